@@ -1,0 +1,223 @@
+"""One typed configuration, loaded from YAML, shared by training, evaluation and serving.
+
+Each part of the system owns one section; unknown keys are errors, so a typo never silently
+falls back to a default. Paths are resolved relative to the YAML file's folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from router_r1.descriptors import PoolSpec, load_pool
+from router_r1.episode import EpisodeConfig
+from router_r1.reward import RewardConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolRuntimeConfig(_Section):
+    """How the ModelPool actor runs (the models themselves are in the descriptor file)."""
+
+    actor_name: str = "model_pool"
+    namespace: str = "router_r1"
+    ledger_dir: str = "outputs/ledger"
+    flush_every: int = 256  # ledger records buffered before a Parquet flush
+    cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
+    run_budget_usd: float | None = None
+    tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
+    num_cpus: float = 0.5
+    max_restarts: int = 4
+
+
+class PolicyConfig(_Section):
+    """The router LLM: a local checkpoint, or a tiny model built from config (demo, tests)."""
+
+    checkpoint: str | None = None  # local HF checkpoint directory
+    tiny: dict[str, Any] = Field(default_factory=lambda: {
+        "architecture": "qwen2", "hidden_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 256,
+        "max_position_embeddings": 2048})
+    tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
+    use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+
+
+class RolloutConfig(_Section):
+    num_actors: int = 1
+    episodes_per_actor: int = 16
+    engine: Literal["transformers", "vllm"] = "transformers"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_restarts: int = 2
+
+
+class LearnerConfig(_Section):
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    group_size: int = 4  # GRPO: samples per question
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.0
+    gamma: float = 1.0  # PPO
+    gae_lambda: float = 1.0  # PPO
+    value_coef: float = 0.5  # PPO
+    vf_lr: float | None = None
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+
+
+class WarmStartConfig(_Section):
+    """Supervised warm start on generated well-formed traces (tiny models only)."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 16
+    num_traces: int = 512
+
+
+class DataConfig(_Section):
+    kind: Literal["simulated", "qa", "replay"] = "simulated"
+    train: list[str] = Field(default_factory=list)  # dataset files (qa/replay)
+    eval: list[str] = Field(default_factory=list)
+    limit: int | None = None
+    sim: dict[str, Any] = Field(default_factory=dict)  # simulated-world options
+    val_fraction: float = 0.1
+
+
+class TrainConfig(_Section):
+    steps: int = 10
+    checkpoint_every: int = 5
+    sample_every: int = 5  # log sample trajectories every K steps
+    eval_every: int = 0
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    experiment: str = "router-r1"
+    enabled: bool = True
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: start a local Ray; "auto" or ray://... to join a cluster
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+    namespace: str = "router_r1"
+
+
+class ServeConfig(_Section):
+    model_name: str = "router-r1"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant; or env ROUTER_R1_API_KEYS
+    max_prompt_chars: int = 8000
+    request_timeout_s: float = 60.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.02
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 16
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+class EvalConfig(_Section):
+    output_dir: str = "outputs/eval"
+    baselines: list[str] = Field(default_factory=list)
+    concurrency: int = 32
+
+
+class RunConfig(_Section):
+    """Everything a run needs. `pool` is the path of the model-descriptor file."""
+
+    name: str = "router-r1"
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    pool: str = "pool_simulated.yaml"
+    pool_runtime: PoolRuntimeConfig = Field(default_factory=PoolRuntimeConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def load_pool(self) -> PoolSpec:
+        return load_pool(self.pool)
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `a.b.c -> value` view, for MLflow params. Holds no secrets by design:
+        API keys live in environment variables named by the descriptors, never in config."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
+            else:
+                out[prefix] = v
+
+        d = self.model_dump()
+        d["serve"].pop("api_keys", None)
+        walk("", d)
+        return out
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(p: str) -> str:
+        q = Path(p)
+        return p if q.is_absolute() or not (base / q).exists() else str((base / q).resolve())
+
+    if isinstance(raw.get("pool"), str):
+        raw["pool"] = fix(raw["pool"])
+    data = raw.get("data") or {}
+    for key in ("train", "eval"):
+        if isinstance(data.get(key), list):
+            data[key] = [fix(p) for p in data[key]]
+    if isinstance((raw.get("policy") or {}).get("checkpoint"), str):
+        raw["policy"]["checkpoint"] = fix(raw["policy"]["checkpoint"])
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from YAML (or defaults), apply dotted `overrides`, validate."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config must be a mapping")
+        base = path.parent
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    raw = _resolve_paths(raw, base)
+    try:
+        return RunConfig.model_validate(raw)
+    except Exception as e:
+        raise ValueError(f"{path or '<defaults>'}: invalid config:\n{e}") from None

@@ -1,0 +1,96 @@
+"""QA datasets, read with pyarrow: FlashRAG JSONL and verl Parquet/JSONL.
+
+FlashRAG rows: {"id", "question", "golden_answers": [...]}.
+verl rows: {"prompt": [{"content": question, ...}], "reward_model": {"ground_truth": ...}} where
+ground_truth is a string, a list, or {"target": str | list}. Schema errors name file, row, field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+
+class DataError(ValueError):
+    """A dataset row that does not fit its schema; the message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class QAExample:
+    id: str
+    question: str
+    golden_answers: list[str]
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def read_table(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    if path.suffix in (".jsonl", ".json"):
+        try:
+            return pajson.read_json(path)
+        except pa.ArrowInvalid:
+            # Mixed-type columns across rows defeat Arrow's inference; fall back to plain JSON.
+            rows = []
+            for i, line in enumerate(path.read_text().splitlines()):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: row {i}: not valid JSON: {e}") from None
+            return pa.Table.from_pylist(rows)
+    raise DataError(f"{path}: unsupported dataset format {path.suffix!r} (want .jsonl or .parquet)")
+
+
+def _answers(value: Any, where: str) -> list[str]:
+    if isinstance(value, dict):
+        if "target" not in value:
+            raise DataError(f"{where}: reward_model.ground_truth has no 'target'")
+        value = value["target"]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise DataError(f"{where}: gold answers must be a non-empty list of strings, got {value!r}")
+    return value
+
+
+def _row_to_example(row: dict[str, Any], where: str, index: int, source: str) -> QAExample:
+    if "question" in row and "golden_answers" in row:  # FlashRAG
+        q, golds = row["question"], _answers(row["golden_answers"], f"{where}: field golden_answers")
+    elif "prompt" in row and "reward_model" in row:  # verl
+        prompt = row["prompt"]
+        if not isinstance(prompt, list) or not prompt or not isinstance(prompt[0], dict) \
+                or not isinstance(prompt[0].get("content"), str):
+            raise DataError(f"{where}: field prompt[0].content missing or not a string")
+        q = prompt[0]["content"]
+        rm = row["reward_model"] or {}
+        if "ground_truth" not in rm:
+            raise DataError(f"{where}: field reward_model.ground_truth missing")
+        golds = _answers(rm["ground_truth"], f"{where}: field reward_model.ground_truth")
+        source = row.get("data_source") or source
+    else:
+        raise DataError(f"{where}: expected FlashRAG fields (question, golden_answers) or verl "
+                        f"fields (prompt, reward_model); got {sorted(row)}")
+    if not isinstance(q, str) or not q.strip():
+        raise DataError(f"{where}: field question is empty or not a string")
+    rid = row.get("id")
+    return QAExample(str(rid) if rid is not None else f"{source}-{index}", q.strip(), golds, source)
+
+
+def load_qa(path: str | Path, limit: int | None = None) -> list[QAExample]:
+    """Load a QA set in either format. `limit` keeps the first N rows."""
+    path = Path(path)
+    table = read_table(path)
+    if limit is not None:
+        table = table.slice(0, limit)
+    source = path.stem.replace("_test", "").replace("_verl", "")
+    return [_row_to_example(r, f"{path}: row {i}", i, source) for i, r in enumerate(table.to_pylist())]

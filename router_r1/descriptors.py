@@ -1,0 +1,151 @@
+"""The candidate pool: one YAML file describes every model the router may call.
+
+A descriptor is all the router ever learns about a model (name, price, latency, size, a short
+description with example performance), which is what lets a trained router be handed models it
+never saw in training. The same file tells the ModelPool how to reach each model (`backend`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BackendKind = Literal["openai", "vllm", "transformers", "replay", "simulated"]
+
+
+class Limits(BaseModel):
+    """Per-model traffic limits enforced by the ModelPool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: float | None = None  # token bucket on requests; None = unlimited
+    tokens_per_minute: float | None = None  # token bucket on prompt+completion tokens
+    max_concurrency: int = 16  # calls in flight to this model at once
+    timeout_s: float = 60.0  # per attempt
+    max_attempts: int = 4  # first try + retries
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    circuit_failures: int = 5  # consecutive failures that open the breaker
+    circuit_cooldown_s: float = 30.0
+
+
+class Backend(BaseModel):
+    """How the ModelPool reaches one model. Fields not used by a kind are ignored by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: BackendKind = "openai"
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_model: str | None = None  # id sent to the API / vLLM; defaults to the display name
+    api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
+    checkpoint: str | None = None  # transformers / vllm: local checkpoint directory
+    replay_source: str | None = None  # replay: table name or file the answers come from
+    replay_column: str | None = None  # replay: the model's column in that table
+    max_tokens: int = 256  # completion cap per call
+    system_prompt: str | None = None  # prepended when the call is a bare query
+    options: dict[str, Any] = Field(default_factory=dict)  # backend-specific extras
+
+
+class ModelDescriptor(BaseModel):
+    """One candidate model. Prices are USD per 1M tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # display name: what the router writes in <search>Name: ...</search>
+    aliases: list[str] = Field(default_factory=list)
+    price_in: float = Field(ge=0)  # USD per 1M prompt tokens
+    price_out: float = Field(ge=0)  # USD per 1M completion tokens
+    latency_s: float = Field(default=1.0, ge=0)  # typical seconds per call
+    params_b: float | None = Field(default=None, ge=0)  # parameter count, billions
+    description: str = ""
+    seen_in_training: bool = True
+    backend: Backend = Field(default_factory=Backend)
+    limits: Limits = Field(default_factory=Limits)
+    fallback: str | None = None  # name of a model to try when this one finally fails
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_price(cls, data: Any) -> Any:
+        # Many providers quote one price; `price` fills both sides.
+        if isinstance(data, dict) and "price" in data:
+            data = dict(data)
+            p = data.pop("price")
+            data.setdefault("price_in", p)
+            data.setdefault("price_out", p)
+        return data
+
+    def keys(self) -> list[str]:
+        return [_norm(self.name), *(_norm(a) for a in self.aliases)]
+
+
+def _norm(name: str) -> str:
+    return name.strip().casefold()
+
+
+class PoolSpec(BaseModel):
+    """The whole candidate pool, loaded from one descriptor file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "pool"
+    models: list[ModelDescriptor]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PoolSpec":
+        seen: dict[str, str] = {}
+        for m in self.models:
+            for k in m.keys():
+                if k in seen and seen[k] != m.name:
+                    raise ValueError(f"name or alias {k!r} used by both {seen[k]!r} and {m.name!r}")
+                seen[k] = m.name
+        for m in self.models:
+            if m.fallback is not None and self.resolve(m.fallback) is None:
+                raise ValueError(f"model {m.name!r}: fallback {m.fallback!r} is not in the pool")
+        return self
+
+    def resolve(self, name: str) -> ModelDescriptor | None:
+        """Exact match on display name or alias, case-insensitive after trimming. Nothing fuzzier."""
+        key = _norm(name)
+        for m in self.models:
+            if key in m.keys():
+                return m
+        return None
+
+    def __getitem__(self, name: str) -> ModelDescriptor:
+        m = self.resolve(name)
+        if m is None:
+            raise KeyError(f"model {name!r} is not in pool {self.name!r} ({', '.join(self.names)})")
+        return m
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def subset(self, names: list[str]) -> "PoolSpec":
+        """The pool restricted to `names` (display names or aliases), in pool order."""
+        keep = {self[n].name for n in names}
+        return PoolSpec(name=self.name, models=[m for m in self.models if m.name in keep])
+
+    def seen(self) -> "PoolSpec":
+        """Only the models marked as seen in training."""
+        return PoolSpec(name=self.name, models=[m for m in self.models if m.seen_in_training])
+
+
+def load_pool(path: str | Path) -> PoolSpec:
+    """Load and validate a descriptor file; errors name the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model descriptor file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or "models" not in raw:
+        raise ValueError(f"{path}: expected a mapping with a 'models' list")
+    raw.setdefault("name", path.stem)
+    try:
+        return PoolSpec.model_validate(raw)
+    except Exception as e:  # pydantic.ValidationError: re-raise naming the file
+        raise ValueError(f"{path}: invalid model descriptors:\n{e}") from None
