@@ -1,0 +1,35 @@
+"""Model backends: how the ModelPool reaches one kind of model.
+
+Every backend implements `ModelBackend`. The registry maps a descriptor's `backend.kind` to the
+class, imported lazily so that e.g. vLLM is only imported where a model uses it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from router_r1.backends.base import BackendError, BackendReply, ModelBackend
+
+REGISTRY: dict[str, str] = {
+    "openai": "router_r1.backends.openai_http:OpenAIBackend",
+    "vllm": "router_r1.backends.vllm_engine:VLLMBackend",
+    "transformers": "router_r1.backends.hf_local:TransformersBackend",
+    "replay": "router_r1.backends.replay:ReplayBackend",
+    "simulated": "router_r1.sim.backend:SimulatedBackend",
+}
+
+
+def backend_class(kind: str) -> type[ModelBackend]:
+    try:
+        target = REGISTRY[kind]
+    except KeyError:
+        raise ValueError(f"unknown backend kind {kind!r}; known: {sorted(REGISTRY)}") from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_backend(kind: str, **options: Any) -> ModelBackend:
+    return backend_class(kind)(**options)
+
+
+__all__ = ["BackendError", "BackendReply", "ModelBackend", "REGISTRY", "backend_class", "make_backend"]

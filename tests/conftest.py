@@ -1,0 +1,36 @@
+"""Shared fixtures. One local Ray instance serves every test that needs one (a start costs ~3 s)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs and a modest object store, shared by the whole session."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
+                 namespace="router_r1_tests", log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                     [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}})
+    yield ray
+    # Left running for the rest of the session; pytest exit tears it down with the process.
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def paper_pool():
+    from router_r1.descriptors import load_pool
+    return load_pool(ROOT / "configs" / "pool_router_r1.yaml")
