@@ -91,6 +91,10 @@ class PoolSpec(BaseModel):
 
     name: str = "pool"
     models: list[ModelDescriptor]
+    # Options shared by every model of one backend kind, e.g. the simulated world's seed or the
+    # replay tables' location: {"simulated": {"seed": 0}, "replay": {"source": "..."}}.
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source_dir: str | None = None  # folder of the descriptor file; relative paths resolve here
 
     @model_validator(mode="after")
     def _unique_names(self) -> "PoolSpec":
@@ -126,11 +130,19 @@ class PoolSpec(BaseModel):
     def subset(self, names: list[str]) -> "PoolSpec":
         """The pool restricted to `names` (display names or aliases), in pool order."""
         keep = {self[n].name for n in names}
-        return PoolSpec(name=self.name, models=[m for m in self.models if m.name in keep])
+        return self.model_copy(update={"models": [m for m in self.models if m.name in keep]})
 
     def seen(self) -> "PoolSpec":
         """Only the models marked as seen in training."""
-        return PoolSpec(name=self.name, models=[m for m in self.models if m.seen_in_training])
+        return self.model_copy(update={"models": [m for m in self.models if m.seen_in_training]})
+
+    def kinds(self) -> set[str]:
+        return {m.backend.kind for m in self.models}
+
+    def resolve_path(self, p: str) -> str:
+        """A path from the descriptor file, made absolute against that file's folder."""
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() or self.source_dir is None else Path(self.source_dir) / q)
 
 
 def load_pool(path: str | Path) -> PoolSpec:
@@ -145,6 +157,7 @@ def load_pool(path: str | Path) -> PoolSpec:
     if not isinstance(raw, dict) or "models" not in raw:
         raise ValueError(f"{path}: expected a mapping with a 'models' list")
     raw.setdefault("name", path.stem)
+    raw.setdefault("source_dir", str(path.resolve().parent))
     try:
         return PoolSpec.model_validate(raw)
     except Exception as e:  # pydantic.ValidationError: re-raise naming the file

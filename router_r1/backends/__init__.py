@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 from router_r1.backends.base import BackendError, BackendReply, ModelBackend
+from router_r1.descriptors import PoolSpec
 
 REGISTRY: dict[str, str] = {
     "openai": "router_r1.backends.openai_http:OpenAIBackend",
@@ -28,8 +29,11 @@ def backend_class(kind: str) -> type[ModelBackend]:
     return getattr(importlib.import_module(module), name)
 
 
-def make_backend(kind: str, **options: Any) -> ModelBackend:
-    return backend_class(kind)(**options)
+def make_backend(kind: str, pool: PoolSpec, **overrides: Any) -> ModelBackend:
+    """Build the backend for `kind` with the pool's shared options for it (pool.backends[kind]).
+    Every backend class takes `pool` as its first argument plus its own keyword options."""
+    options = {**pool.backends.get(kind, {}), **overrides}
+    return backend_class(kind)(pool, **options)
 
 
 __all__ = ["BackendError", "BackendReply", "ModelBackend", "REGISTRY", "backend_class", "make_backend"]
