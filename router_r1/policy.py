@@ -65,7 +65,7 @@ def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0):
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """Load (model, tokenizer) from a local checkpoint directory, refusing partial ones."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -75,13 +75,25 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json; not a transformers checkpoint")
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
     except Exception as e:  # safetensors/json errors: say which checkpoint and why
         raise CheckpointError(f"{path}: cannot load policy checkpoint ({type(e).__name__}: {e})") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.to(device), tok
+
+
+def _load_tokenizer(path: Path):
+    """AutoTokenizer would pick the model family's tokenizer class (adding e.g. Qwen2's unk token);
+    a tokenizer trained here is a plain fast tokenizer and is loaded as exactly that."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg_file = path / "tokenizer_config.json"
+    cls = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.exists() else None
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
