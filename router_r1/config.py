@@ -32,6 +32,7 @@ class PoolRuntimeConfig(_Section):
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5
     max_restarts: int = 4
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class PolicyConfig(_Section):
@@ -53,6 +54,7 @@ class RolloutConfig(_Section):
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_restarts: int = 2
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class LearnerConfig(_Section):
@@ -77,6 +79,7 @@ class LearnerConfig(_Section):
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class WarmStartConfig(_Section):
@@ -131,6 +134,7 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = 16
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class EvalConfig(_Section):
