@@ -16,7 +16,6 @@ the training window's state depends on the run.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from router_r1.reward import CostNormalizer, ReferenceCostNormalizer, RewardConf
 from router_r1.scoring import exact_match, f1_score
 from router_r1.sim.language import RELATIONS
 from router_r1.sim.models import SimCall, Simulation
+from router_r1.sim.policies import expert_plan
 from router_r1.sim.world import SimQuestion
 
 
@@ -105,11 +105,13 @@ def expected_rewards(sim: Simulation, questions: Sequence[SimQuestion], cfg: Rew
                      normalizer: CostNormalizer | None = None) -> dict:
     """Mean rewards of the reference policies, to report a trained router against:
 
-    oracle: the best plan per question; best_single: (name, mean) of the best always-ask-one-model
+    oracle: the best plan per question; expert: the descriptor-only policy of `policies.py`
+    (route each hop to the cheapest strong model, retry hedges); best_single: (name, mean) of the best always-ask-one-model
     policy; per_model: every such policy; random: a model drawn uniformly per question (its
     expectation, i.e. the mean over models). Also the oracle's mean cost and calls per episode.
     """
     plans = [oracle_plan(sim, q, cfg, normalizer) for q in questions]
+    expert = [score_plan(q, [c for _, c in expert_plan(sim, q)], cfg, normalizer) for q in questions]
     per = per_model_rewards(sim, questions, cfg, normalizer)
     best = max(per, key=per.get)
     return {
@@ -118,15 +120,12 @@ def expected_rewards(sim: Simulation, questions: Sequence[SimQuestion], cfg: Rew
         "oracle_em": _mean([p.outcome for p in plans]),
         "oracle_cost_usd": _mean([p.cost_usd for p in plans]),
         "oracle_calls": _mean([len(p.calls) for p in plans]),
+        "expert": _mean([p.reward for p in expert]),
+        "expert_cost_usd": _mean([p.cost_usd for p in expert]),
         "best_single": (best, per[best]),
         "per_model": per,
         "random": _mean(list(per.values())),
     }
-
-
-def random_plan(sim: Simulation, q: SimQuestion, rng: random.Random) -> list[SimCall]:
-    """One call to a uniformly drawn model with the full question (the `random` baseline)."""
-    return [sim.call(rng.choice(sim.names), q.text)]
 
 
 def _mean(xs: list[float]) -> float:
