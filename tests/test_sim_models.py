@@ -146,3 +146,19 @@ def test_backend_rejects_bad_options_and_calls():
     backend = make_backend("simulated", tiny_pool())
     with pytest.raises(BackendError):
         asyncio.run(backend.complete(tiny_pool()["Know-All"], [{"role": "system", "content": "x"}], {}))
+
+
+def test_backend_caps_completion_tokens():
+    pool = tiny_pool()
+    backend = make_backend("simulated", pool)
+    q = Simulation.from_pool(pool).world.all_questions("train")[0]
+    msgs = [{"role": "user", "content": q.text}]
+    full = asyncio.run(backend.complete(pool["Know-All"], msgs, {}))
+    cut = asyncio.run(backend.complete(pool["Know-All"], msgs, {"max_tokens": 5}))
+    assert cut.completion_tokens <= 5 < full.completion_tokens and full.text.startswith(cut.text)
+
+
+def test_world_options_are_validated():
+    with pytest.raises(Exception, match="sede"):
+        Simulation.from_pool(tiny_pool(sede=1))
+    assert Simulation.from_pool(tiny_pool(sleep=True)).world.config.seed == 7

@@ -6,7 +6,12 @@ ModelPool's `simulated` backend can run without any real model. See `world.py` f
 supervised warm-start traces and `backend.py` for the ModelPool backend.
 """
 from router_r1.sim.models import SimCall, SimModel, SimModelSpec, SimReply, Simulation
+from router_r1.sim.oracle import (best_single_model, expected_rewards, oracle_plan, oracle_reward,
+                                  single_model_policy_reward)
+from router_r1.sim.traces import make_trace, make_traces, tokenizer_corpus
 from router_r1.sim.world import SimConfig, SimQuestion, SimWorld
 
 __all__ = ["SimCall", "SimConfig", "SimModel", "SimModelSpec", "SimQuestion", "SimReply",
-           "SimWorld", "Simulation"]
+           "SimWorld", "Simulation", "best_single_model", "expected_rewards", "make_trace",
+           "make_traces", "oracle_plan", "oracle_reward", "single_model_policy_reward",
+           "tokenizer_corpus"]

@@ -38,6 +38,7 @@ class SimulatedBackend(ModelBackend):
             raise BackendError(CallStatus.BAD_RESPONSE,
                                f"{model.name!r} is not a simulated model", retryable=False)
         reply = self.sim.models[model.name].reply(users[-1])
+        text = _truncate(reply.text, params.get("max_tokens") or model.backend.max_tokens)
         latency = model.latency_s * self.latency_scale
         if self.sleep and latency > 0:
             await asyncio.sleep(latency)
@@ -45,6 +46,19 @@ class SimulatedBackend(ModelBackend):
         meta = {"simulated": True, "latency_s": latency, "correct": reply.correct,
                 "hedged": reply.hedged,
                 "understood": list(it.relations) if it is not None else None}
-        return BackendReply(reply.text, sum(count_tokens(m.get("content", "")) for m in messages),
-                            count_tokens(reply.text), meta=meta)
+        return BackendReply(text, sum(count_tokens(m.get("content", "")) for m in messages),
+                            count_tokens(text), meta=meta)
+
+
+def _truncate(text: str, max_tokens: int) -> str:
+    """Cut a reply to at most `max_tokens` simulated tokens, at a word boundary, as a real
+    model stops at its completion cap."""
+    if count_tokens(text) <= max_tokens:
+        return text
+    kept: list[str] = []
+    for word in text.split():
+        if count_tokens(" ".join(kept + [word])) > max_tokens:
+            break
+        kept.append(word)
+    return " ".join(kept)
 

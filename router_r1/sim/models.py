@@ -19,6 +19,9 @@ from router_r1.sim.language import FILLERS, HEDGE, IDK, RELATIONS, count_tokens
 from router_r1.sim.world import Entity, Interpretation, SimConfig, SimWorld, unit
 
 
+BACKEND_ONLY_OPTIONS = ("sleep", "latency_scale")
+
+
 class SimModelSpec(BaseModel):
     """A simulated model's behaviour, read from its descriptor's `backend.options`."""
 
@@ -128,7 +131,9 @@ class Simulation:
     def from_pool(cls, pool: PoolSpec, **world_options: Any) -> "Simulation":
         """World options come from the pool file's `backends: {simulated: {...}}`, then overrides."""
         opts = {**pool.backends.get("simulated", {}), **world_options}
-        cfg = SimConfig.model_validate({k: v for k, v in opts.items() if k in SimConfig.model_fields})
+        for key in BACKEND_ONLY_OPTIONS:  # how the backend serves, not what the world is
+            opts.pop(key, None)
+        cfg = SimConfig.model_validate(opts)
         return cls(pool, SimWorld.build(cfg))
 
     @property
