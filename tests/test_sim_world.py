@@ -121,3 +121,24 @@ def test_domains_restrict_questions():
 def test_relations_keywords_cover_their_templates():
     for r in RELATIONS.values():
         assert r.keywords & set(words(r.question)) and r.keywords & set(words(r.phrase))
+
+
+def test_world_is_identical_across_processes(world):
+    """Python's hash() is salted per process; the world must not depend on it, since the trainer
+    and the ModelPool's backend each build their own copy."""
+    import os
+    import subprocess
+    import sys
+    code = ("from router_r1.sim.world import SimConfig, SimWorld; "
+            "print(SimWorld.build(SimConfig(seed=3, entities_per_domain=24)).fingerprint())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == world.fingerprint()
+    assert SimWorld.build(SMALL, seed=4).fingerprint() != world.fingerprint()
+
+
+def test_question_lookup_and_qa_rows(world):
+    q = world.all_questions("val")[0]
+    row = q.to_qa()
+    assert world.question(row.id) == q and row.question == q.text and row.golden_answers == [q.answer]

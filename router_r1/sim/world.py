@@ -134,12 +134,12 @@ class SimWorld:
     _max_name_words: int = 1
     _questions: dict[str, list[SimQuestion]] = field(default_factory=dict)
     _kinds: dict[str, list[Entity]] = field(default_factory=dict)
+    _by_id: dict[str, SimQuestion] = field(default_factory=dict)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def build(cls, cfg: SimConfig | None = None, **overrides) -> "SimWorld":
-        cfg = (cfg or SimConfig()).model_copy(update=overrides) if overrides else (cfg or SimConfig())
-        cfg = SimConfig.model_validate(cfg.model_dump())
+        cfg = SimConfig.model_validate({**(cfg or SimConfig()).model_dump(), **overrides})
         w = cls(cfg)
         w._generate(random.Random(cfg.seed))
         w._build_index()
@@ -251,6 +251,24 @@ class SimWorld:
                            relations=tuple(relations), facts=tuple(facts),
                            subquestions=tuple(subqs), split=self._split_of(subject.id))
 
+    def question(self, qid: str) -> SimQuestion:
+        """A question by id (e.g. from a QAExample made with `to_qa`), to score it with the oracle."""
+        if not self._by_id:
+            self._by_id = {q.id: q for qs in self._questions.values() for q in qs}
+        return self._by_id[qid]
+
+    def fingerprint(self) -> str:
+        """A short digest of every entity, fact and question: two processes (a trainer and the
+        pool's backend) agree on the world exactly when their fingerprints match."""
+        h = hashlib.blake2b(digest_size=8)
+        for e in self.entities.values():
+            h.update(f"{e.id}={e.name};".encode())
+        for (r, s), o in sorted(self.facts.items()):
+            h.update(f"{r}({s})={o};".encode())
+        for split, qs in sorted(self._questions.items()):
+            h.update(f"{split}:{','.join(q.id for q in qs)};".encode())
+        return h.hexdigest()
+
     def all_questions(self, split: Split) -> list[SimQuestion]:
         return list(self._questions[split])
 
@@ -305,8 +323,7 @@ class SimWorld:
             rest = ws - set(words(e.name))
             hits = [r for r in RELATIONS if r in active and RELATIONS[r].keywords & rest]
             for first, second in CHAINS:
-                if (first in hits and second in hits and RELATIONS[first].subject == e.kind
-                        and {first, second} <= active):
+                if first in hits and second in hits and RELATIONS[first].subject == e.kind:
                     return Interpretation(e, (first, second))
             for r in hits:
                 if RELATIONS[r].subject == e.kind:
