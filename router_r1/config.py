@@ -25,7 +25,7 @@ class PoolRuntimeConfig(_Section):
 
     actor_name: str = "model_pool"
     namespace: str = "router_r1"
-    ledger_dir: str = "outputs/ledger"
+    ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
     flush_every: int = 256  # ledger records buffered before a Parquet flush
     cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
     cache_size: int = 100_000  # cached replies kept (LRU)

@@ -253,14 +253,15 @@ class PoolCore:
         fut = self.cache.inflight(key)
         if fut is not None:
             leader = await asyncio.shield(fut)
-            if leader is not None and leader.ok:
+            if leader is not None and leader.ok and leader.served_by is None:
                 return _as_hit(leader)
             return await self._with_fallback(req)  # the leader failed: try for ourselves
         self.cache.begin(key)
         res = None
         try:
             res = await self._with_fallback(req)
-            self.cache.put(key, res)
+            if res.served_by is None:  # a fallback's answer is not this model's answer
+                self.cache.put(key, res)
             return res
         finally:
             self.cache.end(key, res)
