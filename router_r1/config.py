@@ -50,6 +50,7 @@ class PolicyConfig(_Section):
         "max_position_embeddings": 2048})
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+    compact_prompt: bool = False  # short instructions and model lines (tiny routers; see prompt.py)
 
 
 class RolloutConfig(_Section):
