@@ -59,8 +59,7 @@ class Trainer:
         self.tracker = make_tracker(cfg.mlflow)
         self.history: list[dict[str, float]] = []
         self.evals: dict[str, dict[str, float]] = {}
-        self.step, self.version, self.restarts = 0, 0, 0
-        self.weight_refs: list[Any] = []
+        self.step, self.version, self._restarts_before = 0, 0, 0
         self._owns_ray = False
 
     # -- setup ---------------------------------------------------------------------------------
@@ -101,7 +100,9 @@ class Trainer:
         self.tokenizer = ray.get(self.tokenizer_ref)
 
     def create_rollout_workers(self) -> None:
-        self.workers = [self._new_worker(i) for i in range(self.cfg.rollout.num_actors)]
+        from actors.rollout import RolloutGroup
+
+        self.workers = RolloutGroup(self._new_worker, self.cfg.rollout.num_actors, self.cfg.rollout.max_restarts)
 
     def _new_worker(self, index: int):
         from actors.rollout import make_rollout_actor, rollout_actor_options
@@ -141,7 +142,7 @@ class Trainer:
             batch = TrajectoryBatch.from_episodes(chunk, self.tokenizer, [0.0] * len(chunk),
                                                   list(range(len(chunk))), self.max_response_tokens)
             m = ray.get(self.learner.sft_step.remote(batch))
-            losses.append(float(m.get("sft/loss", m.get("loss", float("nan")))))
+            losses.append(float(m["sft/nll"]))
         return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
 
     def sync_weights(self) -> float:
@@ -149,47 +150,11 @@ class Trainer:
         import ray
 
         t0 = time.perf_counter()
-        self.weight_refs = ray.get(self.learner.publish_weights.remote())
-        ray.get([w.set_weights.remote(self.weight_refs, self.version) for w in self.workers])
+        self.workers.sync(ray.get(self.learner.publish_weights.remote()), self.version)
         return time.perf_counter() - t0
 
     def rollouts(self, items: list[dict], n_samples: int, seed: int, greedy: bool = False) -> list:
-        """Spread `items` over the workers, gather with ray.wait; a dead worker's share is
-        re-issued (after Ray restarts it and its weights are re-synced)."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        k = len(self.workers)
-        chunks = [items[i::k] for i in range(k)]
-        results: list[list | None] = [None] * k
-        pending = {self.workers[i].rollout.remote(c, n_samples, seed + i, greedy): i
-                   for i, c in enumerate(chunks) if c}
-        for i, c in enumerate(chunks):
-            if not c:
-                results[i] = []
-        failures = [0] * k
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-            except RayActorError as e:
-                failures[i] += 1
-                self.restarts += 1
-                log.warning("rollout worker %d died (%s); re-issuing its %d questions",
-                            i, type(e).__name__, len(chunks[i]))
-                if failures[i] > self.cfg.rollout.max_restarts:  # Ray gave up: a fresh actor
-                    self.workers[i] = self._new_worker(i)
-                # Tasks to one actor run in order: the weights land before the re-issued rollout.
-                self.workers[i].set_weights.remote(self.weight_refs, self.version)
-                pending[self.workers[i].rollout.remote(chunks[i], n_samples, seed + i, greedy)] = i
-        # Back to item order: worker i holds items i, i+k, ...; each item's samples are adjacent.
-        by_item: list = []
-        for j in range(len(items)):
-            per = results[j % k]
-            start = (j // k) * n_samples
-            by_item.extend(per[start:start + n_samples])
-        return by_item
+        return self.workers.rollout(items, n_samples, seed, greedy)
 
     def rewards(self, episodes: list):
         return score_episodes(episodes, self.spec, self.cfg.reward, self.normalizer)
@@ -239,9 +204,14 @@ class Trainer:
         self.normalizer.load_state_dict(extra["normalizer"])
         self.stream.load_state_dict(extra["stream"])
         self.history, self.evals = list(extra.get("history", [])), dict(extra.get("evals", {}))
-        self.restarts = int(extra.get("restarts", 0))
+        self._restarts_before = int(extra.get("restarts", 0))
         self._resumed_run_id = extra.get("mlflow_run_id")
         return path
+
+    @property
+    def restarts(self) -> int:
+        """Rollout-actor restarts over the whole run (resumed runs included)."""
+        return self._restarts_before + (self.workers.restarts if hasattr(self, "workers") else 0)
 
     # -- the loop --------------------------------------------------------------------------------
     @property
@@ -362,9 +332,10 @@ class Trainer:
     def shutdown(self) -> None:
         import ray
 
-        for a in [*getattr(self, "workers", []), getattr(self, "learner", None)]:
-            if a is not None:
-                ray.kill(a)
+        if hasattr(self, "workers"):
+            self.workers.kill()
+        if hasattr(self, "learner"):
+            ray.kill(self.learner)
         pool = getattr(self, "pool", None)
         if pool is not None:
             try:
