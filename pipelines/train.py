@@ -150,7 +150,9 @@ class Trainer:
         import ray
 
         t0 = time.perf_counter()
-        self.workers.sync(ray.get(self.learner.publish_weights.remote()), self.version)
+        refs = ray.get(self.learner.publish_weights.remote())
+        self.version = ray.get(self.learner.version.remote())  # the learner numbers its weights
+        self.workers.sync(refs, self.version)
         return time.perf_counter() - t0
 
     def rollouts(self, items: list[dict], n_samples: int, seed: int, greedy: bool = False) -> list:
@@ -199,8 +201,12 @@ class Trainer:
         if path is None:
             raise CheckpointError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}"
                                   f"{_skipped(self.run_dir)}")
+        newer = [d.name for d in path.parent.iterdir() if d.is_dir() and d.name.startswith("step_")
+                 and d.name > path.name]
+        if newer:
+            log.warning("skipping incomplete checkpoints %s; resuming from %s", ", ".join(sorted(newer)), path.name)
         extra = ray.get(self.learner.load_checkpoint.remote(str(path)))
-        self.step, self.version = int(extra["step"]), int(extra["version"])
+        self.step = int(extra["step"])
         self.normalizer.load_state_dict(extra["normalizer"])
         self.stream.load_state_dict(extra["stream"])
         self.history, self.evals = list(extra.get("history", [])), dict(extra.get("evals", {}))
@@ -265,7 +271,6 @@ class Trainer:
             t1 = time.perf_counter()
             m = self.update(episodes, scores)
             learner_s = time.perf_counter() - t1
-            self.version = self.step
             metrics = {**summarize(episodes, scores, self.spec), **_numeric(m),
                        "time/weight_sync_s": sync_s, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
                        "rollout/tokens_per_s": m["batch/policy_tokens"] / max(rollout_s, 1e-9),
