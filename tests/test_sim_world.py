@@ -156,3 +156,10 @@ def test_question_lookup_and_qa_rows(world):
     q = world.all_questions("val")[0]
     row = q.to_qa()
     assert world.question(row.id) == q and row.question == q.text and row.golden_answers == [q.answer]
+
+
+def test_no_entity_is_a_real_word_or_place():
+    from router_r1.sim.names import REAL_WORDS
+    for seed in range(5):
+        w = SimWorld.build(SMALL, seed=seed)
+        assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS
