@@ -64,6 +64,20 @@ def test_questions_mix_and_repeat(world):
     assert all(not q.two_hop for q in world.questions("train", 30, two_hop_fraction=0.0))
     many = world.questions("test", 3 * len(world.all_questions("test")))
     assert {q.id for q in many} <= {q.id for q in world.all_questions("test")}
+    assert len({q.id for q in many}) == len(world.all_questions("test"))  # all used before repeats
+
+
+def test_questions_balance_shapes_without_repeats(world):
+    from collections import Counter
+    train = world.all_questions("train")
+    have = Counter(q.relations for q in train if not q.two_hop)
+    got = Counter(q.relations for q in world.questions("train", 80, two_hop_fraction=0.0))
+    assert sum(got.values()) == 80 and len({*got}) == len(have)
+    fair = 80 // len(have)
+    for shape, k in have.items():  # each shape gets its turn, or all it has
+        assert got[shape] >= min(k, fair), (shape, got[shape], k)
+    qs = world.questions("train", 200)
+    assert len({q.id for q in qs}) == 200
 
 
 def test_question_texts_answers_and_subquestions(world):
@@ -142,3 +156,10 @@ def test_question_lookup_and_qa_rows(world):
     q = world.all_questions("val")[0]
     row = q.to_qa()
     assert world.question(row.id) == q and row.question == q.text and row.golden_answers == [q.answer]
+
+
+def test_no_entity_is_a_real_word_or_place():
+    from router_r1.sim.names import REAL_WORDS
+    for seed in range(5):
+        w = SimWorld.build(SMALL, seed=seed)
+        assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS

@@ -14,6 +14,21 @@ ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 VOWELS = ("a", "e", "i", "o", "u")
 CODAS = ("", "", "n", "r", "l", "s", "k")
 
+# Real words and real places or elements that these syllables (and the simulator's suffixes
+# -land, -ia, -or, -ium) can spell: never produced, so no invented entity is a real one.
+REAL_WORDS = frozenset("""
+baker basal bonus data demon done donor fatal favor final fire five give given labor later legal
+lemon lemur level made mine minor minus modal model moral more motor move mural name nasal natal
+never nine none paper pedal petal polar radar rather regal rigor rival rotor rumor rural salon
+same side sinus sofa solar some sonar take taken tenor there these those tidal tiger token torus
+total tumor tuna tutor valor vigor virus vital zebra time like life line note base bone rose zone
+pine kite mole vote tire dune lake make sure tone tune lane lime dome
+lima mali nepal paris peru rome togo milan sofia riga baku lagos dakar tunis turin pisa kobe nara
+nice kano pune kota sana tula bali goma dili male suva lome bata tema benin gabon timor sudan niger
+kazan somalia romania nigeria tunisia liberia siberia bavaria
+sodium lithium barium radium thorium thulium kalium
+""".split())
+
 
 class NameMaker:
     """Draws unique capitalised stems from one seeded RNG (so the same seed gives the same names).
@@ -23,7 +38,7 @@ class NameMaker:
 
     def __init__(self, rng: random.Random, reserved: set[str] = frozenset()):
         self.rng = rng
-        self.used: set[str] = {w.lower() for w in reserved}
+        self.used: set[str] = {w.lower() for w in reserved} | REAL_WORDS
 
     def syllable(self, coda: bool = True) -> str:
         return (self.rng.choice(ONSETS) + self.rng.choice(VOWELS)

@@ -276,22 +276,23 @@ class SimWorld:
                   two_hop_fraction: float | None = None, seed: int = 0) -> list[SimQuestion]:
         """`n` questions of one split, about `two_hop_fraction` of them two-hop, in a seeded order.
 
-        Splits are disjoint. `n=None` gives the whole split. If `n` exceeds what the split holds
-        of a kind, that kind repeats (a new order each pass), so long training runs never run dry.
+        Splits are disjoint. Within each kind (single-hop, two-hop) the question shapes (e.g.
+        `capital_of`, `founder_of+born_in`) take turns, so people-heavy shapes (there are four
+        people per company) do not crowd out the rest; a shape that runs out leaves its turns
+        to the others. `n=None` gives the whole split. Past the end of a kind, it repeats in a
+        new order, so long training runs never run dry.
         """
         pool = self._questions[split]
+        rng = random.Random(f"{self.config.seed}-{split}-{seed}-{n}-{two_hop_fraction}")
         if n is None:
             out = list(pool)
-            random.Random(f"{self.config.seed}-{split}-{seed}").shuffle(out)
+            rng.shuffle(out)
             return out
         frac = self.config.two_hop_fraction if two_hop_fraction is None else two_hop_fraction
-        rng = random.Random(f"{self.config.seed}-{split}-{seed}-{n}-{frac}")
         singles = [q for q in pool if not q.two_hop]
         doubles = [q for q in pool if q.two_hop]
-        n_two = round(n * frac) if singles else n
-        if not doubles:
-            n_two = 0
-        out = _draw(doubles, n_two, rng) + _draw(singles, n - n_two, rng)
+        n_two = n if not singles else 0 if not doubles else round(n * frac)
+        out = _take_by_shape(doubles, n_two, rng) + _take_by_shape(singles, n - n_two, rng)
         rng.shuffle(out)
         return out
 
@@ -338,10 +339,23 @@ def _num(eid: str) -> int:
     return int(eid.rsplit(":", 1)[1])
 
 
-def _draw(items: list[SimQuestion], k: int, rng: random.Random) -> list[SimQuestion]:
+def _take_by_shape(items: list[SimQuestion], k: int, rng: random.Random) -> list[SimQuestion]:
+    """k questions, shapes taking turns (round robin, each shape's questions shuffled); every
+    question is used once before any repeats."""
     out: list[SimQuestion] = []
     while len(out) < k and items:
-        batch = list(items)
-        rng.shuffle(batch)
-        out += batch[:k - len(out)]
+        queues: dict[tuple[str, ...], list[SimQuestion]] = {}
+        for q in items:
+            queues.setdefault(q.relations, []).append(q)
+        for qs in queues.values():
+            rng.shuffle(qs)
+        order = sorted(queues)
+        rng.shuffle(order)
+        while len(out) < k and order:
+            for shape in list(order):
+                if len(out) == k:
+                    break
+                out.append(queues[shape].pop())
+                if not queues[shape]:
+                    order.remove(shape)
     return out
