@@ -310,7 +310,7 @@ class Learner:
         self.sft_steps += 1
         dt = time.perf_counter() - t0
         return self._reduce_metrics({
-            "sft/nll": nll_sum, "sft/policy_tokens": float(total), "learner/grad_norm": float(grad_norm),
+            "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/policy_tokens": float(total), "learner/grad_norm": float(grad_norm),
             "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt})
 
     def _no_sync(self, skip_allreduce: bool):
