@@ -19,6 +19,9 @@ Design choices (why):
 - Data parallel: with torch.distributed initialised and world_size > 1 the model is wrapped in
   DistributedDataParallel; every learner receives the whole batch, computes GRPO advantages on
   all of it (groups must not be split), then trains on its rank's rows; metrics are averaged.
+  Each rank's loss is the token-mean of its own rows and DDP averages gradients, so ranks with
+  unequal token counts weigh slightly differently from one big batch; PPO whitens advantages
+  per rank.
 """
 from __future__ import annotations
 
@@ -77,6 +80,16 @@ def _disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):
             m.attention_dropout = 0.0
+
+
+def _enable_checkpointing(lm: nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant: works under no_grad scoring and DDP).
+    transformers >= 5.x names it activation checkpointing; older releases gradient checkpointing."""
+    kw = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -152,7 +165,7 @@ class Learner:
             lm = build_tiny_policy(cfg.policy.tiny, tok, seed=cfg.seed)
         self.tokenizer = tok
         if lc.gradient_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(lm)
         _disable_dropout(lm)
         torch.manual_seed(cfg.seed + 1)  # value head init, independent of how the LM was built
         self.model = PolicyWithValue(lm, with_value=lc.algorithm == "ppo").to(self.device)

@@ -29,7 +29,7 @@ def _row_logp(learner: Learner, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_update_changes_weights_and_improves_the_objective(algorithm):
-    learner = Learner(tiny_config(algorithm, ppo_epochs=2), CORPUS)
+    learner = Learner(tiny_config(algorithm, ppo_epochs=2, micro_batch_size=4, grad_accum=1), CORPUS)
     batch = fixed_batch(learner.tokenizer)
     adv_sign = torch.tensor([1.0, -1.0, 1.0, -1.0])  # rewards 1, 0, 1, 0 in one group
     before, lp0, tok0 = _copy(learner.state_dict()), _row_logp(learner, batch), _token_logp(learner, batch)
@@ -106,19 +106,32 @@ def test_micro_batches_and_accumulation_match_one_big_batch():
     for mbs, accum in ((4, 1), (1, 4), (3, 2)):
         learner = Learner(tiny_config("ppo", micro_batch_size=mbs, grad_accum=accum, kl_coef=0.1), CORPUS)
         batch = batch or fixed_batch(learner.tokenizer)
-        seen, step = {}, learner.optimizer.step
+        seen = {}
 
-        def record(*a, **kw):
+        def record(optimizer, args, kwargs, learner=learner, seen=seen):
             seen.update({n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None})
-            return step(*a, **kw)
 
-        learner.optimizer.step = record
+        learner.optimizer.register_step_pre_hook(record)
         learner.update(batch)
         grads.append(seen)
     for other in grads[1:]:
         assert other.keys() == grads[0].keys()
         for k in grads[0]:
             assert torch.allclose(grads[0][k], other[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_gradient_checkpointing_gives_the_same_update_and_bf16_runs():
+    states = []
+    for gc in (False, True):
+        learner = Learner(tiny_config("ppo", gradient_checkpointing=gc), CORPUS)
+        assert getattr(learner.model.lm, "is_activation_checkpointing", gc) == gc
+        learner.update(fixed_batch(learner.tokenizer))
+        states.append(learner.model.state_dict())
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
+    learner = Learner(tiny_config("grpo", bf16=True), CORPUS)  # autocast; CPU here, CUDA on a GPU
+    m = learner.update(fixed_batch(learner.tokenizer))
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
 
 
 def test_lr_schedule_warmup_then_decay():
