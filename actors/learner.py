@@ -248,16 +248,16 @@ class Learner:
         """The version of the last published weights (0 before any publish)."""
         return self.policy_version
 
-    def publish_weights(self) -> list:
+    def publish_weights(self, version: int | None = None) -> list:
         """Put the policy's CPU state dict into the Ray object store from here and return [ref].
 
         Weights go learner -> object store -> rollout actors, never through the driver (a ref
-        nested in a list is not fetched by the caller's ray.get). Bumps `policy_version`; the
-        new version is `version()`."""
+        nested in a list is not fetched by the caller's ray.get). Bumps `policy_version` by one,
+        or sets it to `version` when the driver numbers versions itself; see `version()`."""
         import ray
 
         ref = ray.put(self.state_dict())
-        self.policy_version += 1
+        self.policy_version = self.policy_version + 1 if version is None else int(version)
         return [ref]
 
     def reset_reference(self) -> None:
@@ -416,7 +416,8 @@ class Learner:
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
             "learner/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/optimizer_steps": float(len(grad_norms)), "learner/step": float(self.step),
-            "learner/staleness": float(self.policy_version - tb.policy_version.float().mean()),
+            # Episodes behind the newest weights in the batch (0 when all came from one version).
+            "learner/staleness": float(tb.policy_version.max() - tb.policy_version.float().mean()),
             "actor/advantages_mean": algos.masked_mean(adv, mask).item(),
             "actor/response_length": float(tb.response_mask.sum(1).float().mean()),
             "actor/policy_tokens": float(mask.sum(1).mean()),

@@ -49,6 +49,7 @@ def test_update_changes_weights_and_improves_the_objective(algorithm):
     for key in ("actor/pg_loss", "actor/clipfrac", "actor/kl", "actor/entropy", "learner/step_time_s",
                 "learner/tokens_per_s", "learner/lr", "learner/grad_norm"):
         assert key in first
+    assert first["learner/staleness"] == 0.0  # every episode came from version 0
     metrics = [learner.update(batch) for _ in range(5)]
     lp = _row_logp(learner, batch)
     # Advantage-weighted log-likelihood (the surrogate at ratio 1) goes up: rewarded answers gain.
@@ -176,4 +177,6 @@ def test_publish_weights_through_the_object_store(ray_local):
     assert ray.get(actor.version.remote()) == 1
     ray.get(actor.publish_weights.remote())
     assert ray.get(actor.version.remote()) == 2
+    ray.get(actor.publish_weights.remote(7))  # a driver that numbers versions itself
+    assert ray.get(actor.version.remote()) == 7
     ray.kill(actor)
