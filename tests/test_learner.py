@@ -71,9 +71,12 @@ def test_sft_step_lowers_nll_on_policy_tokens_only():
         m = learner.sft_step(batch)
     assert m["sft/nll"] < m0["sft/nll"] - 0.5
     assert -_row_logp(learner, batch).mean() < nll0
-    # The information text is context, never a target: changing it leaves the first SFT gradient
-    # of the tokens before it unchanged, and SFT's token count is the policy tokens only.
+    # The information text is context, never a target: the loss counts policy tokens only, and
+    # the NLL it reports is the mean over exactly those.
     assert m0["sft/policy_tokens"] == sum(sum(x) for x in batch.loss_mask)
+    mask = batch.to_tensors(0).loss_mask.float()
+    want = -(_token_logp(learner, batch) * mask).sum() / mask.sum()
+    assert learner.sft_step(batch)["sft/nll"] == pytest.approx(want.item(), rel=1e-5)
 
 
 def _param_grads(learner: Learner, tb, adv, old, ref):
