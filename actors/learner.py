@@ -19,6 +19,9 @@ Design choices (why):
 - Data parallel: with torch.distributed initialised and world_size > 1 the model is wrapped in
   DistributedDataParallel; every learner receives the whole batch, computes GRPO advantages on
   all of it (groups must not be split), then trains on its rank's rows; metrics are averaged.
+  Each rank's loss is the token-mean of its own rows and DDP averages gradients, so ranks with
+  unequal token counts weigh slightly differently from one big batch; PPO whitens advantages
+  per rank.
 """
 from __future__ import annotations
 
@@ -77,6 +80,16 @@ def _disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):
             m.attention_dropout = 0.0
+
+
+def _enable_checkpointing(lm: nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant: works under no_grad scoring and DDP).
+    transformers >= 5.x names it activation checkpointing; older releases gradient checkpointing."""
+    kw = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -152,7 +165,7 @@ class Learner:
             lm = build_tiny_policy(cfg.policy.tiny, tok, seed=cfg.seed)
         self.tokenizer = tok
         if lc.gradient_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(lm)
         _disable_dropout(lm)
         torch.manual_seed(cfg.seed + 1)  # value head init, independent of how the LM was built
         self.model = PolicyWithValue(lm, with_value=lc.algorithm == "ppo").to(self.device)
@@ -235,16 +248,16 @@ class Learner:
         """The version of the last published weights (0 before any publish)."""
         return self.policy_version
 
-    def publish_weights(self) -> list:
+    def publish_weights(self, version: int | None = None) -> list:
         """Put the policy's CPU state dict into the Ray object store from here and return [ref].
 
         Weights go learner -> object store -> rollout actors, never through the driver (a ref
-        nested in a list is not fetched by the caller's ray.get). Bumps `policy_version`; the
-        new version is `version()`."""
+        nested in a list is not fetched by the caller's ray.get). Bumps `policy_version` by one,
+        or sets it to `version` when the driver numbers versions itself; see `version()`."""
         import ray
 
         ref = ray.put(self.state_dict())
-        self.policy_version += 1
+        self.policy_version = self.policy_version + 1 if version is None else int(version)
         return [ref]
 
     def reset_reference(self) -> None:
@@ -310,7 +323,7 @@ class Learner:
         self.sft_steps += 1
         dt = time.perf_counter() - t0
         return self._reduce_metrics({
-            "sft/nll": nll_sum, "sft/policy_tokens": float(total), "learner/grad_norm": float(grad_norm),
+            "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/policy_tokens": float(total), "learner/grad_norm": float(grad_norm),
             "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt})
 
     def _no_sync(self, skip_allreduce: bool):
@@ -403,7 +416,8 @@ class Learner:
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
             "learner/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/optimizer_steps": float(len(grad_norms)), "learner/step": float(self.step),
-            "learner/staleness": float(self.policy_version - tb.policy_version.float().mean()),
+            # Episodes behind the newest weights in the batch (0 when all came from one version).
+            "learner/staleness": float(tb.policy_version.max() - tb.policy_version.float().mean()),
             "actor/advantages_mean": algos.masked_mean(adv, mask).item(),
             "actor/response_length": float(tb.response_mask.sum(1).float().mean()),
             "actor/policy_tokens": float(mask.sum(1).mean()),

@@ -18,9 +18,16 @@ from __future__ import annotations
 import torch
 
 
+def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where mask == 1, else 0. A select, not a product: whatever sits on masked tokens (even
+    inf or nan) can reach neither the value nor the gradient. Losses apply it to their inputs
+    before any exp, so an extreme log-prob on an information token cannot turn 0 * inf into nan."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of x where mask == 1. x, mask: same shape. Returns a scalar."""
-    return (x * mask).sum()
+    return masked(x, mask).sum()
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,7 +52,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask
+    return masked(out, mask)
 
 
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -53,7 +60,8 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float =
     over the group g of samples for the same question.
 
     rewards: (B,) float; group_ids: (B,) int. Returns (B,). A group of one sample, or one whose
-    rewards are all equal, carries no signal: its advantages are 0. std is the unbiased one.
+    rewards are all equal (std <= eps), carries no signal: its advantages are 0. std is the
+    unbiased one (as in verl).
     """
     rewards = rewards.float()
     adv = torch.zeros_like(rewards)
@@ -63,7 +71,7 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float =
         if r.numel() < 2:
             continue
         std = r.std()
-        if std < eps:
+        if std <= eps:  # all rewards (numerically) equal: no preference to learn
             continue
         adv[idx] = (r - r.mean()) / (std + eps)
     return adv
@@ -98,6 +106,7 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
     `last_token_rewards`). Returns (advantages, returns), both (B, T), zero where mask == 0;
     returns = advantages + values are the critic's targets.
     """
+    values, token_rewards = masked(values, mask), masked(token_rewards, mask)
     mask = mask.float()
     B, T = values.shape
     next_value = torch.zeros(B, device=values.device)
@@ -110,7 +119,7 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
         adv[:, t] = a * m
         next_value = m * values[:, t] + (1 - m) * next_value
         next_adv = m * a + (1 - m) * next_adv
-    returns = (adv + values) * mask
+    returns = masked(adv + values, mask)
     return adv, returns
 
 
@@ -123,13 +132,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
     logp, old_logp, advantages, mask: (B, T). The mean is over policy tokens (token-mean, as in
     verl's default aggregation). Returns (loss scalar, metrics)."""
-    ratio = torch.exp(logp - old_logp)
+    log_ratio, advantages = masked(logp - old_logp, mask), masked(advantages, mask)
+    ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
     loss = -masked_mean(torch.min(unclipped, clipped), mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped < unclipped).float(), mask)
-        approx_kl = masked_mean(old_logp - logp, mask)  # KL(old || new), k1
+        approx_kl = masked_mean(-log_ratio, mask)  # KL(old || new), k1
     return loss, {"actor/pg_loss": loss.item(), "actor/clipfrac": clipfrac.item(),
                   "actor/approx_kl": approx_kl.item(), "actor/ratio_mean": masked_mean(ratio, mask).item()}
 
@@ -142,7 +152,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
         k3 = pi_ref/pi - log(pi_ref/pi) - 1
     k1 = log(pi/pi_ref) (unbiased, can be negative); k2 = 0.5 * log(pi/pi_ref)^2.
     logp, ref_logp, mask: (B, T). Returns (kl scalar, metrics)."""
-    log_ratio = ref_logp - logp  # log(pi_ref / pi)
+    log_ratio = masked(ref_logp - logp, mask)  # log(pi_ref / pi)
     if kind == "k3":
         kl = torch.exp(log_ratio) - log_ratio - 1
     elif kind == "k1":
@@ -162,9 +172,10 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(token_t) at each position. logits: (B, T, V); tokens: (B, T) -> (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log pi(token_t) at each position. logits: (B, T, V); tokens: (B, T) -> (B, T).
+    Written as logit - logsumexp so no second (B, T, V) tensor is materialised."""
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -175,6 +186,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         L      = 0.5 * mean_t max((V - R)^2, (V_clip - R)^2)
 
     values, old_values, returns, mask: (B, T). `clip=None` gives the plain squared error."""
+    values, old_values, returns = masked(values, mask), masked(old_values, mask), masked(returns, mask)
     err = (values - returns) ** 2
     if clip is None:
         loss = 0.5 * masked_mean(err, mask)
