@@ -138,8 +138,9 @@ class PoolCore:
             elif deadline <= time.time():
                 res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline already passed")
             else:
-                res = await asyncio.wait_for(self._cached(req), deadline - time.time())
-        except asyncio.TimeoutError:
+                async with asyncio.timeout(deadline - time.time()):
+                    res = await self._cached(req)
+        except TimeoutError:
             res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline passed during the call")
         except asyncio.CancelledError:
             self._finish(req, CallResult.failure(req.desc.name, CallStatus.CANCELLED, "caller went away"), t0)
@@ -380,8 +381,9 @@ class PoolCore:
                        params: dict[str, Any], timeout_s: float) -> BackendReply | BackendError:
         """One backend attempt, every failure turned into a BackendError value."""
         try:
-            reply = await asyncio.wait_for(backend.complete(desc, messages, params), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):  # unlike wait_for, no extra task per attempt
+                reply = await backend.complete(desc, messages, params)
+        except TimeoutError:
             return BackendError(CallStatus.TIMEOUT, f"no answer within {timeout_s:g}s", retryable=True)
         except BackendError as e:
             return e
