@@ -110,6 +110,7 @@ class PoolCore:
         self._on_record, self._clock, self._sleep = on_record, clock, sleep
         self._rng = rng or random.Random()
         self._unknown_calls = 0
+        self._resolved: dict[str, ModelDescriptor] = {}
 
     # -- public API ----------------------------------------------------------------------------
     async def call(self, model: str, messages_or_query: str | list[Message],
@@ -206,7 +207,16 @@ class PoolCore:
             messages = [{"role": m["role"], "content": m["content"]} for m in mq]
         else:
             raise _Invalid("expected a query string or a non-empty list of messages")
-        return _Request(model[:200], self.pool.resolve(model), query, messages, p, ctx)
+        return _Request(model[:200], self._resolve(model), query, messages, p, ctx)
+
+    def _resolve(self, name: str) -> ModelDescriptor | None:
+        """PoolSpec.resolve, memoised for names that resolve (a policy's junk names are not kept)."""
+        desc = self._resolved.get(name)
+        if desc is None:
+            desc = self.pool.resolve(name)
+            if desc is not None:
+                self._resolved[name] = desc
+        return desc
 
     def _params(self, params: Any) -> dict[str, Any]:
         if params is not None and not isinstance(params, dict):
