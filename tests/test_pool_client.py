@@ -1,0 +1,72 @@
+"""PoolClient: the `call(model, query)` the episode machine expects, in-process and over Ray."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.model_pool import ModelPoolActor, PoolClient, RayPoolMetrics, get_or_create_pool
+from router_r1.config import PoolRuntimeConfig
+from router_r1.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.pool import PoolCore
+from router_r1.types import CallStatus
+from test_pool_core import ScriptedBackend, make_pool
+
+
+def test_episode_machine_runs_on_an_in_process_pool(tmp_path):
+    core = PoolCore(make_pool(), PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run-ep",
+                    {"simulated": ScriptedBackend()})
+    client = PoolClient(core, tenant="acme")
+    turns = iter([["<think>ask</think><search>B: capital of France?</search>",
+                   "<think>ask</think><search>Nobody: hi</search>"],
+                  ["<think>ok</think><answer>Paris</answer>", "<think>ok</think><answer>?</answer>"]])
+
+    episodes = [Episode(uid=str(i), question="q", golden_answers=["Paris"], prompt="P:") for i in range(2)]
+    asyncio.run(run_episodes(episodes, lambda prompts: next(turns), client.call,
+                             EpisodeConfig(max_turns=2), pool=core.pool))
+    assert episodes[0].calls[0].ok and "B: capital of France?" in episodes[0].response
+    assert episodes[1].calls[0].status is CallStatus.UNKNOWN_MODEL
+    assert core.totals("tenant")["acme"]["calls"] == 1  # the unknown name never reached the pool
+
+
+def test_context_merging_and_with_context():
+    core = PoolCore(make_pool(), PoolRuntimeConfig(ledger_dir=None), "run-x", {"simulated": ScriptedBackend()})
+    client = PoolClient(ModelPoolActor(make_pool(), PoolRuntimeConfig(ledger_dir=None)), tenant="a")
+    assert isinstance(client.target, PoolCore)
+    client = PoolClient(core, tenant="a").with_context(episode_id="e7")
+
+    async def main():
+        await client.call("B", "q1")
+        await client.call("B", "q2", tenant="b")
+        return await client.call_batch([{"model": "C", "query": "q3"},
+                                        {"model": "C", "query": "q4", "context": {"run_id": "other"}}])
+
+    batch = asyncio.run(main())
+    assert all(r.ok for r in batch)
+    assert set(core.totals("tenant")) == {"a", "b"}
+    assert core.totals("run_id")["other"]["calls"] == 1
+
+
+@pytest.mark.ray
+def test_ray_metrics_exporter_tolerates_unknown_names(ray_local):
+    m = RayPoolMetrics(make_pool(), "p")
+    m({"model": "garbage-name", "kind": "call", "cost_usd": 0.0, "status": "unknown_model",
+       "latency_s": 0.0, "attempts": 0, "cache_hit": False})
+
+
+@pytest.mark.ray
+def test_unbatched_client_and_shared_named_actor(ray_local, tmp_path):
+    rt = PoolRuntimeConfig(actor_name="pool-named", namespace="router_r1_tests", ledger_dir=str(tmp_path),
+                           num_cpus=0)
+    import sys
+
+    # The test double lives in a test module the actor's process cannot import: ship it by value.
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[ScriptedBackend.__module__])
+    pool = make_pool()
+    first = get_or_create_pool(pool, rt, "run-a", backends={"simulated": ScriptedBackend()})
+    second = get_or_create_pool(pool, rt, "run-b")  # the same actor: the first creator's config wins
+    assert first._actor_id == second._actor_id
+    client = PoolClient(second, batch=False)
+    r = asyncio.run(client.call("B", "hello"))
+    assert r.ok and ray_local.get(first.info.remote())["run_id"] == "run-a"
+    ray_local.kill(first)
