@@ -234,3 +234,19 @@ def test_call_batch_mixes_good_and_bad():
                               {"model": "C", "messages": [{"role": "user", "content": "hi"}]}]))
     assert [r.status for r in rs] == [CallStatus.OK, CallStatus.UNKNOWN_MODEL,
                                       CallStatus.INVALID_REQUEST, CallStatus.OK]
+
+
+def test_calls_queued_behind_a_failing_model_fail_fast_once_the_circuit_opens():
+    err = BackendError(CallStatus.CONNECTION_ERROR, "refused", retryable=True)
+    be = ScriptedBackend({"C": [0.02, err, err, err] + [err] * 50})
+    # One slot: 20 calls queue; the circuit opens after 3 failures and the rest never reach
+    # the backend, although they were already waiting for the slot when it opened.
+    core = make_core(be, pool=make_pool(max_attempts=1, circuit_failures=3, circuit_cooldown_s=60,
+                                        max_concurrency=1))
+
+    async def main():
+        return await asyncio.gather(*(core.call("C", f"q{i}", {"temperature": 0.7}) for i in range(20)))
+
+    rs = run(main())
+    assert sum(r.status is CallStatus.CIRCUIT_OPEN for r in rs) == 16
+    assert len(be.log) == 4

@@ -113,8 +113,10 @@ class PoolCore:
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         """Many calls at once; each request is {model, query | messages, params?, context?}."""
         async def one(r: Any) -> CallResult:
-            if not isinstance(r, dict):
-                return CallResult.failure("?", CallStatus.INVALID_REQUEST, "a batch item must be a mapping")
+            if not isinstance(r, dict):  # still one call, so still one ledger record
+                return self._finish(Request("?", None, None, None, {}, CallContext(self.run_id)),
+                                    CallResult.failure("?", CallStatus.INVALID_REQUEST,
+                                                       "a batch item must be a mapping"), time.perf_counter())
             return await self.call(r.get("model"), r.get("messages", r.get("query")),
                                    r.get("params"), r.get("context"))
         return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -238,20 +240,24 @@ class PoolCore:
         billed_tokens = [0, 0]
         attempt = 0
         while attempt < lim.max_attempts:
-            if not st.circuit.allow():
+            outcome: BackendReply | BackendError | None = None
+            if st.circuit.state != "open":  # open: fail fast, without queueing for a slot
+                try:
+                    async with st.limiter.slot(est_total):
+                        # Checked again once through the queue: the circuit may have opened meanwhile.
+                        if st.circuit.allow():
+                            attempt += 1
+                            outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
+                except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
+                    st.circuit.release_probe()
+                    raise
+            if outcome is None:
+                st.limiter.settle_tokens(est_total, 0)
                 if last is None:
                     return CallResult.failure(desc.name, CallStatus.CIRCUIT_OPEN,
                                               f"{desc.name} is cooling down after repeated failures; "
                                               f"retry in {st.circuit.retry_in():.1f}s")
                 break  # opened during our retries: report the real error
-            attempt += 1
-            outcome: BackendReply | BackendError
-            try:
-                async with st.limiter.slot(est_total):
-                    outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
-            except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
-                st.circuit.release_probe()
-                raise
             if isinstance(outcome, BackendReply):
                 pt, ct = outcome.prompt_tokens, outcome.completion_tokens
                 st.circuit.record_success()
