@@ -37,6 +37,7 @@ class PoolRuntimeConfig(_Section):
     num_cpus: float = 0.5
     max_restarts: int = 4
     max_concurrency: int = 1000  # actor calls in flight at once (async actor)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class PolicyConfig(_Section):
@@ -49,6 +50,9 @@ class PolicyConfig(_Section):
         "max_position_embeddings": 2048})
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+    # Short instructions and descriptors (router_r1.prompt, compact=True): for tiny routers whose
+    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
+    compact_prompt: bool = False
 
 
 class RolloutConfig(_Section):
@@ -58,6 +62,7 @@ class RolloutConfig(_Section):
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_restarts: int = 2
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class LearnerConfig(_Section):
@@ -82,6 +87,7 @@ class LearnerConfig(_Section):
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class WarmStartConfig(_Section):
@@ -136,6 +142,7 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = 16
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class EvalConfig(_Section):
