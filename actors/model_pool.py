@@ -130,6 +130,7 @@ def get_or_create_pool(pool: PoolSpec | str | Path, runtime: PoolRuntimeConfig |
         name=runtime.actor_name, namespace=runtime.namespace, get_if_exists=True,
         lifetime="detached" if detached else None, max_restarts=runtime.max_restarts,
         max_task_retries=0, max_concurrency=runtime.max_concurrency, num_cpus=runtime.num_cpus,
+        resources=runtime.resources or None,
     ).remote(pool, runtime, run_id, backends)
 
 
@@ -146,6 +147,7 @@ class _TickBatcher:
         self.handle, self.max_batch = handle, max_batch
         self._pending: list[tuple[dict[str, Any], asyncio.Future[CallResult]]] = []
         self._scheduled = False
+        self._sending: set[asyncio.Task] = set()  # held so the loop cannot drop a batch in flight
 
     def submit(self, request: dict[str, Any]) -> "asyncio.Future[CallResult]":
         loop = asyncio.get_running_loop()
@@ -162,7 +164,9 @@ class _TickBatcher:
         self._scheduled = False
         batch, self._pending = self._pending, []
         if batch:
-            asyncio.ensure_future(self._send(batch))
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
         try:

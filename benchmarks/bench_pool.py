@@ -1,7 +1,9 @@
 """ModelPool overhead, in one run: `python -m benchmarks.bench_pool [--quick]`.
 
 (a) calls/s and latency through the pool actor (single calls and call_batch) against
-(b) the same zero-latency backend called directly in-process (and PoolCore without Ray), and
+(b) the same zero-latency backend called directly in-process (and PoolCore without Ray): the
+    simulated backend (configs/pool_simulated.yaml, no sleeping), asked the world's
+    sub-questions, and
 (c) through the pool against a local HTTP model answering in 20 ms at 64 concurrent calls, against
     calling that server directly with aiohttp.
 
@@ -26,9 +28,9 @@ import aiohttp
 import ray
 
 from actors.model_pool import PoolClient, get_or_create_pool
-from router_r1.backends.base import BackendReply, ModelBackend
+from router_r1.backends import make_backend
 from router_r1.config import PoolRuntimeConfig
-from router_r1.descriptors import PoolSpec
+from router_r1.descriptors import PoolSpec, load_pool
 from router_r1.pool import PoolCore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,20 +39,12 @@ HTTP_DELAY_S = 0.02
 HTTP_CONCURRENCY = 64
 
 
-class InstantBackend(ModelBackend):
-    """A zero-latency model: answers at once, so only the pool's own cost is measured."""
-
-    def __init__(self, pool: PoolSpec | None = None):
-        self.pool = pool
-
-    async def complete(self, model, messages, params):
-        return BackendReply(text=f"{model.name}: ok", prompt_tokens=12, completion_tokens=3)
-
-
-def instant_pool() -> PoolSpec:
-    return PoolSpec.model_validate({"models": [
-        {"name": "instant", "price": 0.2, "backend": {"kind": "simulated"},
-         "limits": {"max_concurrency": 100_000}}]})
+def simulated_pool() -> PoolSpec:
+    """The simulated pool, with concurrency caps lifted: the pool's own cost is what is measured."""
+    pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
+    return pool.model_copy(update={"models": [
+        m.model_copy(update={"limits": m.limits.model_copy(update={"max_concurrency": 100_000})})
+        for m in pool.models]})
 
 
 def http_pool(url: str) -> PoolSpec:
@@ -102,31 +96,33 @@ async def bench(quick: bool) -> list[dict]:
     rows = []
     rt = PoolRuntimeConfig(ledger_dir=tempfile.mkdtemp(prefix="bench-ledger-"), num_cpus=0,
                            actor_name="bench-pool", namespace="router_r1_bench", default_params=SAMPLED)
-    pool = instant_pool()
-    q = "what is the capital of france"
-    msgs = [{"role": "user", "content": q}]
+    pool = simulated_pool()
+    be = make_backend("simulated", pool)  # builds the simulated world (a second or two)
+    subqs = [sq for q in be.sim.world.all_questions("train")[:200] for sq in q.subquestions]
+    names = pool.names
+    calls = [(names[i % len(names)], subqs[i % len(subqs)]) for i in range(n_inst)]
+    q = subqs[0]
 
     # (b) the backend directly, and the pool pipeline without Ray
-    be, m = InstantBackend(pool), pool["instant"]
-    wall, lat = await closed_loop(lambda i: be.complete(m, msgs, SAMPLED), n_inst, 64)
-    rows.append(row("(b) backend direct, in-process, 64 in flight", n_inst, wall, lat))
-    core = PoolCore(pool, rt.model_copy(update={"ledger_dir": tempfile.mkdtemp()}), "bench",
-                    {"simulated": InstantBackend(pool)})
-    wall, lat = await closed_loop(lambda i: core.call("instant", q), n_inst, 64)
+    wall, lat = await closed_loop(lambda i: be.complete(pool[calls[i][0]], [
+        {"role": "user", "content": calls[i][1]}], SAMPLED), n_inst, 64)
+    rows.append(row("(b) simulated backend direct, in-process, 64 in flight", n_inst, wall, lat))
+    core = PoolCore(pool, rt.model_copy(update={"ledger_dir": tempfile.mkdtemp()}), "bench", {"simulated": be})
+    wall, lat = await closed_loop(lambda i: core.call(*calls[i]), n_inst, 64)
     rows.append(row("    PoolCore in-process (no Ray), 64 in flight", n_inst, wall, lat))
     await core.close()
 
-    # (a) the pool actor
-    handle = get_or_create_pool(pool, rt, "bench", backends={"simulated": InstantBackend(pool)})
+    # (a) the pool actor, with the same simulated backend built inside it
+    handle = get_or_create_pool(pool, rt, "bench")
     unbatched, client = PoolClient(handle, batch=False), PoolClient(handle)
-    await unbatched.call("instant", q)  # warm up: actor started, backend built
+    await unbatched.call(*calls[0])  # warm up: actor started, world built
     n_single = n_inst // 4
-    wall, lat = await closed_loop(lambda i: unbatched.call("instant", q), n_single, 64)
+    wall, lat = await closed_loop(lambda i: unbatched.call(*calls[i]), n_single, 64)
     rows.append(row("(a) pool actor, one actor call per call, 64 in flight", n_single, wall, lat))
-    wall, lat = await closed_loop(lambda i: client.call("instant", q), n_inst, 64)
+    wall, lat = await closed_loop(lambda i: client.call(*calls[i]), n_inst, 64)
     rows.append(row("(a) pool actor, PoolClient tick batching, 64 in flight", n_inst, wall, lat))
     batch = 256
-    reqs = [{"model": "instant", "query": q}] * batch
+    reqs = [{"model": m, "query": sq} for m, sq in calls[:batch]]
     n_batches = max(4, n_inst // batch)
     wall, lat = await closed_loop(lambda i: client.call_batch(reqs), n_batches, 4)
     rows.append(row(f"(a) pool actor, call_batch({batch}), 4 batches in flight", n_batches * batch,
@@ -136,7 +132,7 @@ async def bench(quick: bool) -> list[dict]:
     # (c) a local HTTP model answering in 20 ms, at a light load and at the target load
     proc, url = start_server()
     try:
-        body = {"model": "local-http", "messages": msgs, **SAMPLED}
+        body = {"model": "local-http", "messages": [{"role": "user", "content": q}], **SAMPLED}
         h2 = get_or_create_pool(http_pool(url), rt.model_copy(update={"actor_name": "bench-pool-http"}), "bench")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
             async def direct(i):
