@@ -250,3 +250,20 @@ def test_calls_queued_behind_a_failing_model_fail_fast_once_the_circuit_opens():
     rs = run(main())
     assert sum(r.status is CallStatus.CIRCUIT_OPEN for r in rs) == 16
     assert len(be.log) == 4
+
+
+def test_simulated_pool_from_the_registry():
+    """The pool file of training and the demo, backends built from the registry."""
+    from pathlib import Path
+
+    from router_r1.descriptors import load_pool
+
+    pool = load_pool(Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml")
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run")
+
+    async def main():
+        return await asyncio.gather(*(core.call(m, "What is the capital of Vorland?") for m in pool.names))
+
+    rs = run(main())
+    assert all(r.ok and r.text and r.cost_usd > 0 for r in rs)
+    assert {r.model for r in rs} == set(pool.names)
