@@ -87,22 +87,23 @@ class ModelPoolActor:
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         return await self.core.call_batch(requests)
 
+    # Async like the calls, so they run on the actor's event loop, never beside a call in a thread.
     @ray.method(max_task_retries=3)
-    def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
+    async def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
         return self.core.totals(by)
 
     @ray.method(max_task_retries=3)
-    def metrics(self) -> dict[str, dict[str, float]]:
+    async def metrics(self) -> dict[str, dict[str, float]]:
         return self.core.metrics()
 
     @ray.method(max_task_retries=3)
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         led = self.core.ledger
         return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
                 "ledger_writer": led.writer, "models": self.core.pool.names}
 
     @ray.method(max_task_retries=3)
-    def flush(self) -> None:
+    async def flush(self) -> None:
         self.core.flush()
 
     async def close(self) -> None:
