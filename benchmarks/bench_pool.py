@@ -142,6 +142,12 @@ async def bench(quick: bool) -> list[dict]:
                 await closed_loop(direct, 200, conc)  # warm connections
                 wall, lat = await closed_loop(direct, n_http, conc)
                 rows.append(row(f"(c) HTTP 20 ms model, aiohttp direct, {conc} in flight", n_http, wall, lat))
+                local = PoolCore(http_pool(url), rt.model_copy(update={"ledger_dir": tempfile.mkdtemp()}), "bench")
+                await closed_loop(lambda i: local.call("local-http", q), 200, conc)  # warm up
+                wall, lat = await closed_loop(lambda i: local.call("local-http", q), n_http, conc)
+                rows.append(row(f"(c) HTTP 20 ms model, PoolCore in-process (no Ray), {conc} in flight",
+                                n_http, wall, lat))
+                await local.close()
                 for batch in ((False, True) if conc == HTTP_CONCURRENCY else (True,)):
                     c2 = PoolClient(h2, batch=batch)
                     await closed_loop(lambda i: c2.call("local-http", q), 200, conc)  # warm up
