@@ -10,7 +10,7 @@ from router_r1.config import PoolRuntimeConfig
 from router_r1.episode import Episode, EpisodeConfig, run_episodes
 from router_r1.pool import PoolCore
 from router_r1.types import CallStatus
-from test_pool_core import ScriptedBackend, make_pool
+from pool_doubles import ScriptedBackend, make_pool
 
 
 def test_episode_machine_runs_on_an_in_process_pool(tmp_path):

@@ -6,48 +6,13 @@ import time
 
 import pytest
 
-from router_r1.backends.base import BackendError, BackendReply, ModelBackend
+from pool_doubles import ScriptedBackend, make_pool
+from router_r1.backends.base import BackendError
 from router_r1.config import PoolRuntimeConfig
 from router_r1.cost import call_cost
-from router_r1.descriptors import PoolSpec
 from router_r1.pool import PoolCore
 from router_r1.pool.ledger import read_records
 from router_r1.types import CallStatus
-
-
-class ScriptedBackend(ModelBackend):
-    """Answers per model from a script of outcomes (then 'ok'); logs every attempt.
-    An outcome is "ok", a float (seconds to hang, then ok), a BackendError, or any exception."""
-
-    def __init__(self, scripts=None, delay_s=0.0):
-        self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
-        self.delay_s = delay_s
-        self.log: list[tuple[str, list]] = []
-
-    async def complete(self, model, messages, params):
-        self.log.append((model.name, messages))
-        script = self.scripts.get(model.name) or []
-        outcome = script.pop(0) if script else "ok"
-        if isinstance(outcome, (int, float)):
-            await asyncio.sleep(outcome)
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        elif outcome == "bad":
-            return "not a BackendReply"
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return BackendReply(text=f"{model.name}: {messages[-1]['content']}", prompt_tokens=10,
-                            completion_tokens=5)
-
-
-def make_pool(**limits):
-    lim = {"backoff_base_s": 0.001, "backoff_max_s": 1.0, **limits}
-    return PoolSpec.model_validate({"models": [
-        {"name": "A", "aliases": ["a-alias"], "price_in": 1.0, "price_out": 2.0, "limits": lim,
-         "fallback": "B", "backend": {"kind": "simulated", "system_prompt": "Be brief."}},
-        {"name": "B", "price": 0.5, "limits": lim, "backend": {"kind": "simulated"}},
-        {"name": "C", "price": 0.5, "limits": lim, "backend": {"kind": "simulated"}},
-    ]})
 
 
 def make_core(backend, tmp_path=None, pool=None, **runtime):
