@@ -98,6 +98,25 @@ def test_limiter_concurrency_cap():
     assert peak == 3
 
 
+def test_limiter_tokens_per_minute_with_refund():
+    clock = FakeClock()
+    lim = ModelLimiter(Limits(tokens_per_minute=600, burst_tokens=20), clock, clock.sleep)
+    times = []
+
+    async def call(est, actual):
+        async with lim.slot(est):
+            times.append(clock.t)
+        lim.settle_tokens(est, actual)
+
+    async def main():
+        await call(20, 5)  # t=0; 15 of the 20 estimated tokens are given back
+        await call(20, 20)  # level 15 -> waits 0.5 s for 5 tokens at 10/s
+        await call(10, 10)  # bucket empty -> waits 1 s
+
+    asyncio.run(main())
+    assert times == pytest.approx([0.0, 0.5, 1.5])
+
+
 # -- budget ------------------------------------------------------------------------------------
 def test_budget_reserve_charge_release():
     async def main():
