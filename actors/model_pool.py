@@ -141,7 +141,9 @@ class _TickBatcher:
     One Ray actor call costs ~0.5 ms of fixed overhead (on the 2-core dev machine the floor is
     ~2,000 trivial calls/s), more than the pool's own work per call. The episode machine
     `gather`s all routed calls of a turn at once, so they leave in the same tick and share one
-    actor call; a call made alone is sent alone, one tick later.
+    actor call per model; a call made alone is sent alone, one tick later. A batch answers when
+    its slowest call ends, hence one batch per model: a fast model's reply never waits for a
+    slow model's.
     """
 
     def __init__(self, handle: Any, max_batch: int):
@@ -163,8 +165,11 @@ class _TickBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
+        pending, self._pending = self._pending, []
+        by_model: dict[str, list] = {}
+        for item in pending:  # a batch returns with its slowest call: keep slow models apart
+            by_model.setdefault(str(item[0]["model"]), []).append(item)
+        for batch in by_model.values():
             task = asyncio.ensure_future(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)

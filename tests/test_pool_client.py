@@ -70,3 +70,29 @@ def test_unbatched_client_and_shared_named_actor(ray_local, tmp_path):
     r = asyncio.run(client.call("B", "hello"))
     assert r.ok and ray_local.get(first.info.remote())["run_id"] == "run-a"
     ray_local.kill(first)
+
+
+@pytest.mark.ray
+def test_tick_batches_are_per_model_so_fast_replies_do_not_wait(ray_local, tmp_path):
+    import sys
+    import time
+
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[ScriptedBackend.__module__])
+    rt = PoolRuntimeConfig(actor_name="pool-tick", namespace="router_r1_tests", ledger_dir=str(tmp_path),
+                           num_cpus=0, default_params={"temperature": 0.7})
+    handle = get_or_create_pool(make_pool(), rt, "run-t", backends={"simulated": ScriptedBackend({"C": [1.5]})})
+    client = PoolClient(handle)
+
+    async def timed(model):
+        t = time.perf_counter()
+        r = await client.call(model, "q")
+        return r, time.perf_counter() - t
+
+    async def main():
+        await client.call("B", "warm up")
+        return await asyncio.gather(timed("B"), timed("C"))
+
+    (fast, t_fast), (slow, t_slow) = asyncio.run(main())
+    assert fast.ok and slow.ok
+    assert t_slow >= 1.5 and t_fast < 1.0
+    ray_local.kill(handle)
