@@ -96,3 +96,23 @@ def test_tick_batches_are_per_model_so_fast_replies_do_not_wait(ray_local, tmp_p
     assert fast.ok and slow.ok
     assert t_slow >= 1.5 and t_fast < 1.0
     ray_local.kill(handle)
+
+
+@pytest.mark.ray
+def test_pool_actor_from_a_descriptor_file(ray_local, tmp_path):
+    """How training starts it: the descriptor file's path, backends from the registry."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml"
+    rt = PoolRuntimeConfig(actor_name="pool-file", namespace="router_r1_tests", ledger_dir=str(tmp_path),
+                           num_cpus=0)
+    handle = get_or_create_pool(str(path), rt, "run-file")
+    client = PoolClient(handle, episode_id="e1")
+
+    async def main():
+        r = await client.call("Sim-Geo-Small", "What is the capital of Vorland?")
+        return r, await client.totals("run_id")
+
+    r, totals = asyncio.run(main())
+    assert r.ok and r.meta.get("simulated") and totals["run-file"]["cost_usd"] == pytest.approx(r.cost_usd)
+    ray_local.kill(handle)
