@@ -77,6 +77,7 @@ class ModelPoolActor:
         runtime = runtime or PoolRuntimeConfig()
         on_record = RayPoolMetrics(spec, runtime.actor_name) if export_metrics and ray.is_initialized() else None
         self.core = PoolCore(spec, runtime, run_id, backends, on_record=on_record)
+        self.backend_errors = self.core.warm_backends()  # ready when constructed; see info()
         ctx = ray.get_runtime_context() if ray.is_initialized() else None
         self.restarted = bool(ctx and ctx.get_actor_id() and ctx.was_current_actor_reconstructed)
 
@@ -100,7 +101,8 @@ class ModelPoolActor:
     async def info(self) -> dict[str, Any]:
         led = self.core.ledger
         return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
-                "ledger_writer": led.writer, "models": self.core.pool.names}
+                "ledger_writer": led.writer, "models": self.core.pool.names,
+                "backend_errors": self.backend_errors}
 
     @ray.method(max_task_retries=3)
     async def flush(self) -> None:

@@ -10,6 +10,7 @@ from pool_doubles import ScriptedBackend, make_pool
 from router_r1.backends.base import BackendError
 from router_r1.config import PoolRuntimeConfig
 from router_r1.cost import call_cost
+from router_r1.descriptors import PoolSpec
 from router_r1.pool import PoolCore
 from router_r1.pool.ledger import read_records
 from router_r1.types import CallStatus
@@ -232,3 +233,15 @@ def test_simulated_pool_from_the_registry():
     rs = run(main())
     assert all(r.ok and r.text and r.cost_usd > 0 for r in rs)
     assert {r.model for r in rs} == set(pool.names)
+
+
+def test_warm_backends_reports_failures_instead_of_raising(tmp_path):
+    pool = PoolSpec.model_validate({"models": [
+        {"name": "S", "price": 1, "backend": {"kind": "simulated"}},
+        {"name": "V", "price": 1, "backend": {"kind": "vllm", "checkpoint": str(tmp_path)}}]})
+    core = PoolCore(pool.model_copy(update={"backends": {"vllm": {"no_such_option": 1}}}),
+                    PoolRuntimeConfig(ledger_dir=None), "run")
+    failed = core.warm_backends()
+    assert set(failed) == {"vllm"} and "no_such_option" in failed["vllm"]
+    r = run(core.call("V", "q"))
+    assert r.status is CallStatus.CONNECTION_ERROR and "unavailable" in r.error

@@ -134,6 +134,17 @@ class PoolCore:
             out[UNKNOWN] = {"calls": self._unknown_calls, "errors": self._unknown_calls}
         return out
 
+    def warm_backends(self) -> dict[str, str]:
+        """Build every backend the pool uses now (e.g. the simulated world) rather than inside the
+        first call. Failures are returned, not raised: those calls will end in a typed error."""
+        failed = {}
+        for kind in sorted(self.pool.kinds()):
+            try:
+                self._backend(kind)
+            except Exception as e:
+                failed[kind] = f"{type(e).__name__}: {e}"
+        return failed
+
     def flush(self) -> None:
         self.ledger.flush()
 
