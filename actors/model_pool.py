@@ -143,13 +143,14 @@ class _TickBatcher:
     One Ray actor call costs ~0.5 ms of fixed overhead (on the 2-core dev machine the floor is
     ~2,000 trivial calls/s), more than the pool's own work per call. The episode machine
     `gather`s all routed calls of a turn at once, so they leave in the same tick and share one
-    actor call per model; a call made alone is sent alone, one tick later. A batch answers when
-    its slowest call ends, hence one batch per model: a fast model's reply never waits for a
-    slow model's.
+    actor call; a call made alone is sent alone, one tick later. A batch answers when its slowest
+    call ends. The episode machine waits for the whole turn anyway, so that costs rollouts
+    nothing; independent callers (serving) set `per_model` so that a fast model's reply never
+    waits for a slow model's, at the price of one actor call per model per tick.
     """
 
-    def __init__(self, handle: Any, max_batch: int):
-        self.handle, self.max_batch = handle, max_batch
+    def __init__(self, handle: Any, max_batch: int, per_model: bool):
+        self.handle, self.max_batch, self.per_model = handle, max_batch, per_model
         self._pending: list[tuple[dict[str, Any], asyncio.Future[CallResult]]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # held so the loop cannot drop a batch in flight
@@ -168,10 +169,10 @@ class _TickBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
-        by_model: dict[str, list] = {}
-        for item in pending:  # a batch returns with its slowest call: keep slow models apart
-            by_model.setdefault(str(item[0]["model"]), []).append(item)
-        for batch in by_model.values():
+        groups: dict[str, list] = {}
+        for item in pending:
+            groups.setdefault(str(item[0]["model"]) if self.per_model else "", []).append(item)
+        for batch in groups.values():
             task = asyncio.ensure_future(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
@@ -192,20 +193,22 @@ class PoolClient:
     Works over an actor handle or an in-process `PoolCore`; context given at construction
     (`PoolClient(h, run_id=..., tenant=...)`) or per call is merged, per call winning. Over an
     actor, calls made in the same event-loop tick travel in one batched actor call (`batch=True`,
-    see `_TickBatcher`); `batch=False` sends one actor call per routed call.
+    see `_TickBatcher`; `batch_per_model=True` for independent callers such as serving);
+    `batch=False` sends one actor call per routed call.
     """
 
-    def __init__(self, target: Any, *, batch: bool = True, max_batch: int = 256, **context: Any):
+    def __init__(self, target: Any, *, batch: bool = True, max_batch: int = 256,
+                 batch_per_model: bool = False, **context: Any):
         if isinstance(target, ModelPoolActor):
             target = target.core
         self.target, self.context = target, context
         self._local = isinstance(target, PoolCore)
-        self._batch, self._max_batch = batch, max_batch
-        self._batcher = None if self._local or not batch else _TickBatcher(target, max_batch)
+        self._opts = {"batch": batch, "max_batch": max_batch, "batch_per_model": batch_per_model}
+        self._batcher = (None if self._local or not batch
+                         else _TickBatcher(target, max_batch, batch_per_model))
 
     def with_context(self, **context: Any) -> "PoolClient":
-        return PoolClient(self.target, batch=self._batch, max_batch=self._max_batch,
-                          **{**self.context, **context})
+        return PoolClient(self.target, **self._opts, **{**self.context, **context})
 
     async def call(self, model: str, query: Any, params: dict[str, Any] | None = None,
                    **context: Any) -> CallResult:

@@ -73,7 +73,7 @@ def test_unbatched_client_and_shared_named_actor(ray_local, tmp_path):
 
 
 @pytest.mark.ray
-def test_tick_batches_are_per_model_so_fast_replies_do_not_wait(ray_local, tmp_path):
+def test_per_model_tick_batches_keep_fast_replies_from_waiting(ray_local, tmp_path):
     import sys
     import time
 
@@ -81,7 +81,7 @@ def test_tick_batches_are_per_model_so_fast_replies_do_not_wait(ray_local, tmp_p
     rt = PoolRuntimeConfig(actor_name="pool-tick", namespace="router_r1_tests", ledger_dir=str(tmp_path),
                            num_cpus=0, default_params={"temperature": 0.7})
     handle = get_or_create_pool(make_pool(), rt, "run-t", backends={"simulated": ScriptedBackend({"C": [1.5]})})
-    client = PoolClient(handle)
+    client = PoolClient(handle, batch_per_model=True)
 
     async def timed(model):
         t = time.perf_counter()
