@@ -245,3 +245,13 @@ def test_warm_backends_reports_failures_instead_of_raising(tmp_path):
     assert set(failed) == {"vllm"} and "no_such_option" in failed["vllm"]
     r = run(core.call("V", "q"))
     assert r.status is CallStatus.CONNECTION_ERROR and "unavailable" in r.error
+
+
+def test_fallback_that_also_fails_reports_no_server_and_bills_both():
+    err = BackendError(CallStatus.HTTP_ERROR, "503", retryable=True, billed_tokens=(10, 0))
+    be = ScriptedBackend({"A": [err], "B": [err]})
+    core = make_core(be, pool=make_pool(max_attempts=1))
+    r = run(core.call("A", "q"))
+    assert r.status is CallStatus.HTTP_ERROR and r.served_by is None and r.model == "A"
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["A"], 10, 0) + call_cost(core.pool["B"], 10, 0))
+    assert sum(t["cost_usd"] for t in core.totals("model").values()) == pytest.approx(r.cost_usd)

@@ -204,7 +204,7 @@ class PoolCore:
             billed += res.cost_usd
         res.model = req.desc.name
         if desc is not req.desc:
-            res.served_by = desc.name
+            res.served_by = desc.name if res.ok else None  # who answered; nobody, if all failed
             res.cost_usd = billed
             res.meta["fallback_from"] = errors
         return res
