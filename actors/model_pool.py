@@ -140,8 +140,8 @@ def get_or_create_pool(pool: PoolSpec | str | Path, runtime: PoolRuntimeConfig |
 class _TickBatcher:
     """Coalesces the calls made in one event-loop tick into one `call_batch` actor call.
 
-    One Ray actor call costs ~0.5 ms of fixed overhead (on the 2-core dev machine the floor is
-    ~2,000 trivial calls/s), more than the pool's own work per call. The episode machine
+    One Ray actor call costs ~1 ms of fixed overhead (on the 2-core dev machine the floor is
+    ~2,000 trivial calls/s at 64 in flight), far more than the pool's own work per call (~0.1 ms). The episode machine
     `gather`s all routed calls of a turn at once, so they leave in the same tick and share one
     actor call; a call made alone is sent alone, one tick later. A batch answers when its slowest
     call ends. The episode machine waits for the whole turn anyway, so that costs rollouts
