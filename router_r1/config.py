@@ -32,7 +32,7 @@ class PoolRuntimeConfig(_Section):
     # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
     # candidate replies deterministic (less reward noise) and cacheable.
     default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
-    run_budget_usd: float | None = None
+    run_budget_usd: float | None = None  # USD cap for each run_id calling through the pool
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5
     max_restarts: int = 4

@@ -6,48 +6,14 @@ import time
 
 import pytest
 
-from router_r1.backends.base import BackendError, BackendReply, ModelBackend
+from pool_doubles import ScriptedBackend, make_pool
+from router_r1.backends.base import BackendError
 from router_r1.config import PoolRuntimeConfig
 from router_r1.cost import call_cost
 from router_r1.descriptors import PoolSpec
 from router_r1.pool import PoolCore
 from router_r1.pool.ledger import read_records
 from router_r1.types import CallStatus
-
-
-class ScriptedBackend(ModelBackend):
-    """Answers per model from a script of outcomes (then 'ok'); logs every attempt.
-    An outcome is "ok", a float (seconds to hang, then ok), a BackendError, or any exception."""
-
-    def __init__(self, scripts=None, delay_s=0.0):
-        self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
-        self.delay_s = delay_s
-        self.log: list[tuple[str, list]] = []
-
-    async def complete(self, model, messages, params):
-        self.log.append((model.name, messages))
-        script = self.scripts.get(model.name) or []
-        outcome = script.pop(0) if script else "ok"
-        if isinstance(outcome, (int, float)):
-            await asyncio.sleep(outcome)
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        elif outcome == "bad":
-            return "not a BackendReply"
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return BackendReply(text=f"{model.name}: {messages[-1]['content']}", prompt_tokens=10,
-                            completion_tokens=5)
-
-
-def make_pool(**limits):
-    lim = {"backoff_base_s": 0.001, "backoff_max_s": 1.0, **limits}
-    return PoolSpec.model_validate({"models": [
-        {"name": "A", "aliases": ["a-alias"], "price_in": 1.0, "price_out": 2.0, "limits": lim,
-         "fallback": "B", "backend": {"kind": "simulated", "system_prompt": "Be brief."}},
-        {"name": "B", "price": 0.5, "limits": lim, "backend": {"kind": "simulated"}},
-        {"name": "C", "price": 0.5, "limits": lim, "backend": {"kind": "simulated"}},
-    ]})
 
 
 def make_core(backend, tmp_path=None, pool=None, **runtime):
@@ -234,3 +200,58 @@ def test_call_batch_mixes_good_and_bad():
                               {"model": "C", "messages": [{"role": "user", "content": "hi"}]}]))
     assert [r.status for r in rs] == [CallStatus.OK, CallStatus.UNKNOWN_MODEL,
                                       CallStatus.INVALID_REQUEST, CallStatus.OK]
+
+
+def test_calls_queued_behind_a_failing_model_fail_fast_once_the_circuit_opens():
+    err = BackendError(CallStatus.CONNECTION_ERROR, "refused", retryable=True)
+    be = ScriptedBackend({"C": [0.02, err, err, err] + [err] * 50})
+    # One slot: 20 calls queue; the circuit opens after 3 failures and the rest never reach
+    # the backend, although they were already waiting for the slot when it opened.
+    core = make_core(be, pool=make_pool(max_attempts=1, circuit_failures=3, circuit_cooldown_s=60,
+                                        max_concurrency=1))
+
+    async def main():
+        return await asyncio.gather(*(core.call("C", f"q{i}", {"temperature": 0.7}) for i in range(20)))
+
+    rs = run(main())
+    assert sum(r.status is CallStatus.CIRCUIT_OPEN for r in rs) == 16
+    assert len(be.log) == 4
+
+
+def test_simulated_pool_from_the_registry():
+    """The pool file of training and the demo, backends built from the registry."""
+    from pathlib import Path
+
+    from router_r1.descriptors import load_pool
+
+    pool = load_pool(Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml")
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run")
+
+    async def main():
+        return await asyncio.gather(*(core.call(m, "What is the capital of Vorland?") for m in pool.names))
+
+    rs = run(main())
+    assert all(r.ok and r.text and r.cost_usd > 0 for r in rs)
+    assert {r.model for r in rs} == set(pool.names)
+
+
+def test_warm_backends_reports_failures_instead_of_raising(tmp_path):
+    pool = PoolSpec.model_validate({"models": [
+        {"name": "S", "price": 1, "backend": {"kind": "simulated"}},
+        {"name": "V", "price": 1, "backend": {"kind": "vllm", "checkpoint": str(tmp_path)}}]})
+    core = PoolCore(pool.model_copy(update={"backends": {"vllm": {"no_such_option": 1}}}),
+                    PoolRuntimeConfig(ledger_dir=None), "run")
+    failed = core.warm_backends()
+    assert set(failed) == {"vllm"} and "no_such_option" in failed["vllm"]
+    r = run(core.call("V", "q"))
+    assert r.status is CallStatus.CONNECTION_ERROR and "unavailable" in r.error
+
+
+def test_fallback_that_also_fails_reports_no_server_and_bills_both():
+    err = BackendError(CallStatus.HTTP_ERROR, "503", retryable=True, billed_tokens=(10, 0))
+    be = ScriptedBackend({"A": [err], "B": [err]})
+    core = make_core(be, pool=make_pool(max_attempts=1))
+    r = run(core.call("A", "q"))
+    assert r.status is CallStatus.HTTP_ERROR and r.served_by is None and r.model == "A"
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["A"], 10, 0) + call_cost(core.pool["B"], 10, 0))
+    assert sum(t["cost_usd"] for t in core.totals("model").values()) == pytest.approx(r.cost_usd)

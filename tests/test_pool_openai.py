@@ -20,7 +20,7 @@ MSG = [{"role": "user", "content": "what is two plus two"}]
 
 def pool_at(base_url: str, **backend) -> PoolSpec:
     return PoolSpec.model_validate({"models": [
-        {"name": "Display", "price": 1.0,
+        {"name": "Display", "price": 1.0, "limits": {"backoff_base_s": 0.01},
          "backend": {"kind": "openai", "base_url": base_url, "api_model": "org/model-x", **backend}}]})
 
 
