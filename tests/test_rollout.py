@@ -121,3 +121,21 @@ def test_group_recovers_a_killed_actor(setup, ray_local):
     assert [e.response for e in eps] == before  # same weights, items and seed: same episodes
     group.kill()
     ray.kill(pool)
+
+
+@pytest.mark.gpu
+def test_vllm_engine_generates_and_loads_new_weights(setup, tmp_path):
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs CUDA")
+    from router_r1.policy import save_policy
+    from router_r1.vllm_generator import VLLMGenerator
+
+    cfg, spec, tok, val = setup
+    save_policy(build_tiny_policy(TINY, tok, seed=1), tok, tmp_path / "p")
+    gen = VLLMGenerator(tmp_path / "p", gpu_memory_utilization=0.2)
+    prompts = [it["question"] for it in val]
+    a = gen.generate(prompts, max_new_tokens=8, temperature=1.0, seed=5)
+    gen.load_state_dict(build_tiny_policy(TINY, tok, seed=2).state_dict())
+    assert gen.generate(prompts, max_new_tokens=8, temperature=1.0, seed=5) != a
