@@ -25,14 +25,19 @@ class PoolRuntimeConfig(_Section):
 
     actor_name: str = "model_pool"
     namespace: str = "router_r1"
-    ledger_dir: str = "outputs/ledger"
+    ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
     flush_every: int = 256  # ledger records buffered before a Parquet flush
     cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
+    cache_size: int = 100_000  # cached replies kept (LRU)
+    # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
+    # candidate replies deterministic (less reward noise) and cacheable.
+    default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
     run_budget_usd: float | None = None
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5
     max_restarts: int = 4
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+    max_concurrency: int = 1000  # actor calls in flight at once (async actor)
 
 
 class PolicyConfig(_Section):
