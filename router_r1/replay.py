@@ -292,7 +292,7 @@ def adopted_call(answer: str | None, replies: Sequence[tuple[str, str]], pool: P
 
     `replies` are (model display name, reply text) in call order. In order of precedence:
     1. the answer names a called model (display name or alias; the last such call wins);
-    2. the normalised answer equals a normalised reply (last call wins);
+    2. the answer equals a reply, verbatim or normalised (last call wins);
     3. one contains the other, as whole tokens (last call wins);
     4. the reply with the best token F1 against the answer, if at least 0.5.
     """
@@ -309,6 +309,9 @@ def adopted_call(answer: str | None, replies: Sequence[tuple[str, str]], pool: P
         for i in range(len(replies) - 1, -1, -1):
             if a.casefold() == replies[i][0].casefold():
                 return i
+    for i in range(len(replies) - 1, -1, -1):
+        if replies[i][1].strip() == a:
+            return i
     na = _norm(a)
     if na:
         norm_replies = [_norm(t) for _, t in replies]
