@@ -17,6 +17,7 @@ episode's outcome is the label of the called model's reply that its final answer
 from __future__ import annotations
 
 import ast
+import csv
 import hashlib
 import os
 import string
@@ -80,9 +81,14 @@ def _literal_text(value: Any, where: str) -> str:
 def _read_csv(path: Path) -> pa.Table:
     if not path.exists():
         raise FileNotFoundError(f"replay table not found: {path}")
+    with path.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    # Text columns stay text even when every cell looks like a number (a reply "7").
+    text = {c: pa.string() for c in header if "response" in c or c in ("prompt", "sample_id", "eval_name")}
     try:
         return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                              convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                              convert_options=pacsv.ConvertOptions(strings_can_be_null=True,
+                                                                   column_types=text))
     except pa.ArrowInvalid as e:
         raise DataError(f"{path}: not a readable CSV: {e}") from None
 
