@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.2, help="cost coefficient of the reward")
     p.add_argument("--normalizer", choices=["window", "reference"], default="window")
     p.add_argument("--max-calls", type=int, default=2)
+    p.add_argument("--shuffle-slots", action="store_true",
+                   help="random model-to-slot placement per episode (generalises to unseen models)")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--batch", type=int, default=2000, help="env steps per training iteration")
     p.add_argument("--minibatch", type=int, default=500)
@@ -64,6 +66,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "data": [str(p) for g in args.data.split(",") for p in g.split("+") if p.strip()],
         "reward": {"alpha": args.alpha, "normalizer": args.normalizer},
         "max_calls": args.max_calls, "features": features.to_dict(), "seed": args.seed,
+        "shuffle_slots": args.shuffle_slots,
     }
     import torch
 
@@ -103,6 +106,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "slots": [m.name for m in tpool.models], "pool": tpool.model_dump(mode="json"),
         "reward": env_config["reward"], "data": env_config["data"], "split": args.split,
         "val_fraction": args.val_fraction, "holdout": holdout, "iterations": args.iterations,
+        "shuffle_slots": args.shuffle_slots,
         "history": history, "algorithm": "PPO (RLlib new API stack)",
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

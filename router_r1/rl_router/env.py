@@ -82,6 +82,9 @@ class RouterEnv(gym.Env):
         self.reward_cfg = RewardConfig(**config.get("reward", {}))
         self.normalizer = make_normalizer(self.reward_cfg)
         self.max_calls = int(config.get("max_calls", 2))
+        # Random slot per model each episode: the policy must read the descriptor features to
+        # know which model a slot holds, which is what lets it take models it never saw.
+        self.shuffle_slots = bool(config.get("shuffle_slots", False))
         self.slots = assign_slots(self.pool, self.spec_f)  # training: pool order
         self.pool_block = pool_features(self.slots)
         self._qvec = _question_vectors(self.samples, self.spec_f.question_dim)
@@ -105,6 +108,12 @@ class RouterEnv(gym.Env):
             self._rng.integers(len(self.samples)))
         self._called[:] = 0.0
         self._step, self._last, self._cost = 0, None, 0.0
+        if self.shuffle_slots:
+            perm = self._rng.permutation(self.spec_f.max_models)[:len(self.pool.models)]
+            self.slots = [None] * self.spec_f.max_models
+            for m, k in zip(self.pool.models, perm):
+                self.slots[int(k)] = m
+            self.pool_block = pool_features(self.slots)
         return self._obs(), {}
 
     def step(self, action: int):

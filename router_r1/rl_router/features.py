@@ -68,7 +68,8 @@ def descriptor_features(m: ModelDescriptor) -> list[float]:
 def assign_slots(pool: PoolSpec, spec: FeatureSpec, trained: Sequence[str] = ()
                  ) -> list[ModelDescriptor | None]:
     """Model per action slot. Models the router was trained with keep their training slot (by
-    display name); other models (unseen in training) fill the free slots in pool order."""
+    display name); other models (unseen in training) fill the free slots in pool order: first
+    the slots of trained models that are absent (a swap inherits the slot), then unused ones."""
     slots: list[ModelDescriptor | None] = [None] * spec.max_models
     index = {n: i for i, n in enumerate(trained)}
     rest = []
@@ -77,8 +78,9 @@ def assign_slots(pool: PoolSpec, spec: FeatureSpec, trained: Sequence[str] = ()
             slots[index[m.name]] = m
         else:
             rest.append(m)
-    free = [i for i, s in enumerate(slots) if s is None and i not in index.values()]
-    free += [i for i, s in enumerate(slots) if s is None and i in index.values()]
+    trained_slots = set(index.values())
+    free = [i for i, s in enumerate(slots) if s is None and i in trained_slots]
+    free += [i for i, s in enumerate(slots) if s is None and i not in trained_slots]
     if len(rest) > len(free):
         raise ValueError(f"pool {pool.name!r} has {len(pool.models)} models; this router has "
                          f"{spec.max_models} slots")
