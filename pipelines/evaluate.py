@@ -207,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     concurrency = args.concurrency or cfg.eval.concurrency
     specs = expand_policies(args.policy, pool)
+    unlabelled = [name for name, _, table in datasets if table is None]
+    if "oracle" in specs and unlabelled:  # checked before anything is spent
+        print(f"router-r1 evaluate: oracle needs replay labels; {', '.join(unlabelled)} has none",
+              file=sys.stderr)
+        return 2
 
     import pyarrow as pa
     import pyarrow.parquet as pq
