@@ -121,13 +121,16 @@ def plot_frontier(by_policy: dict[str, dict[str, Any]], path: str, title: str) -
 
     pts = [Point(k, max(s["cost_usd"], 1e-9), quality(s)) for k, s in by_policy.items()]
     front = pareto_frontier(pts)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    groups: dict[tuple[float, float], list[str]] = {}  # e.g. "cheapest" sits on its single model
     for p in pts:
-        learned = p.name.startswith(("rllib", "llm", "prompt"))
-        ax.scatter(p.cost, p.quality, s=60 if learned else 30, marker="*" if learned else "o",
-                   color="tab:red" if learned else ("tab:green" if p.name == "oracle" else "tab:blue"),
+        groups.setdefault((round(p.cost, 12), round(p.quality, 6)), []).append(p.name)
+    for (cost, q), names in groups.items():
+        learned = any(n.startswith(("rllib", "llm", "prompt")) for n in names)
+        ax.scatter(cost, q, s=90 if learned else 30, marker="*" if learned else "o",
+                   color="tab:red" if learned else ("tab:green" if "oracle" in names else "tab:blue"),
                    zorder=3)
-        ax.annotate(p.name, (p.cost, p.quality), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(" = ".join(names), (cost, q), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if front:
         ax.step([p.cost for p in front], [p.quality for p in front], where="post", color="gray",
                 linestyle="--", label="Pareto frontier", zorder=2)
