@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="comma-separated dataset files; replay tables joined with '+' form one dataset")
     p.add_argument("--pool", default=None, help=f"model-descriptor YAML (default: config's pool or {DEFAULT_POOL})")
+    p.add_argument("--exclude", default="",
+                   help="comma-separated models to drop from the pool (e.g. a router's unseen models)")
     p.add_argument("--config", default=None, help="RunConfig YAML (episode, reward, eval, mlflow sections)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each dataset (after the split)")
     p.add_argument("--split", choices=["train", "val", "all"], default="all", help="replay sets: hash split")
@@ -196,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config) if args.config else RunConfig()
         pool_path = args.pool or (cfg.pool if args.config else DEFAULT_POOL)
         pool = load_pool(pool_path)
+        drop = {pool[m.strip()].name for m in args.exclude.split(",") if m.strip()}
+        if drop:
+            pool = pool.subset([n for n in pool.names if n not in drop])
         groups = [[resolve_data_path(f.strip(), None) for f in g.split("+")]
                   for g in args.data.split(",") if g.strip()]
         datasets = [load_dataset(g, args.split, args.val_fraction, args.seed, args.limit) for g in groups]
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"router-r1 evaluate: {e}", file=sys.stderr)
         return 2
     cfg = cfg.model_copy(update={"seed": args.seed})
@@ -249,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     table_md = markdown_table(summaries)
     (out / "results.md").write_text(f"# Evaluation\n\npool: {pool.name} ({pool_path}); "
-                                    f"split: {args.split}; limit: {args.limit}\n\n{table_md}")
+                                    f"split: {args.split}; limit: {args.limit}"
+                                    f"{'; excluded: ' + args.exclude if args.exclude else ''}\n\n{table_md}")
     pq.write_table(pa.Table.from_pylist(rows), out / "results.parquet")
     (out / "summary.json").write_text(json.dumps(summaries, indent=2))
     for ds_name, by_policy in summaries.items():
@@ -258,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table_md)
     if not args.no_mlflow and cfg.mlflow.enabled:
         params = {"policies": ",".join(specs), "data": args.data, "pool": str(pool_path),
-                  "split": args.split, "limit": args.limit, "seed": args.seed}
+                  "split": args.split, "limit": args.limit, "seed": args.seed,
+                  "exclude": args.exclude}
         run_id = log_mlflow(cfg.mlflow, args.mlflow_uri, params, summaries, out)
         print(f"MLflow run {run_id}")
     return 0

@@ -91,3 +91,21 @@ def test_evaluate_end_to_end(tmp_path, tiny_llm):
 def test_evaluate_bad_input_is_a_clear_error(tmp_path):
     r = run_cli("--policy", "cheapest", "--data", str(tmp_path / "missing.csv"), "--no-mlflow", cwd=tmp_path)
     assert r.returncode == 2 and "not found" in r.stderr
+    csv = write_routerbench(tmp_path / "tiny.csv")
+    pool = write_pool(tmp_path / "pool.yaml", [csv])
+    r = run_cli("--policy", "cheapest", "--data", str(csv), "--pool", str(pool), "--exclude", "Nobody",
+                "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "'Nobody' is not in pool" in r.stderr
+
+
+def test_evaluate_excluding_models(tmp_path):
+    csv = write_routerbench(tmp_path / "tiny.csv")
+    pool = write_pool(tmp_path / "pool.yaml", [csv])
+    r = run_cli("--policy", "cheapest,oracle", "--data", str(csv), "--pool", str(pool), "--exclude", "Small",
+                "--out", str(tmp_path / "o"), "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())["tiny"]
+    # Without Small: cheapest is Mid (.25, $.0025); the oracle picks Mid, Big, Mid, Big.
+    assert s["cheapest (Mid)"]["accuracy"] == pytest.approx(0.25)
+    assert s["oracle"]["accuracy"] == pytest.approx(0.75)
+    assert s["oracle"]["cost_usd"] == pytest.approx((0.001 + 0.02 + 0.003 + 0.04) / 4)
