@@ -126,13 +126,15 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
 
 
 # -- running ----------------------------------------------------------------------------------
-def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id: str):
+def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id: str,
+                 actor_cpus: float = 0.5):
     """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
     repeated question must be billed again, as a deployed policy would be."""
     from router_r1.backends.replay import ReplayBackend
 
     backends = {"replay": ReplayBackend(pool, table=table)} if table is not None else None
-    runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}")
+    runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}",
+                                num_cpus=actor_cpus)
     if use_ray:
         import ray
 

@@ -77,3 +77,20 @@ def test_pareto_frontier_excludes_dominated_and_oracle():
     pts = [Point("a", 1.0, 0.5), Point("b", 2.0, 0.7), Point("c", 3.0, 0.6), Point("d", 0.5, 0.4),
            Point("oracle", 0.1, 1.0), Point("e", 2.0, 0.7)]
     assert [p.name for p in pareto_frontier(pts)] == ["d", "a", "b", "e"]
+
+
+def test_same_numbers_through_the_ray_actor(world, ray_local):
+    import ray
+
+    from pipelines.evaluate import _pool_target, run_policy
+    from router_r1.baselines import make_direct_baseline
+
+    pool, items, table = world
+    actor = _pool_target(pool, table, True, "ray_baseline_test", actor_cpus=0)
+    try:
+        runs = asyncio.run(run_policy(make_direct_baseline("oracle", pool, table_models=table.models),
+                                      items, actor, True))
+        s = aggregate([score_run(i, r, pool, table.models) for i, r in zip(items, runs)])
+        assert s["accuracy"] == pytest.approx(0.75) and s["cost_usd"] == pytest.approx(0.010375)
+    finally:
+        ray.kill(actor)
