@@ -121,7 +121,7 @@ def plot_frontier(by_policy: dict[str, dict[str, Any]], path: str, title: str) -
 
     pts = [Point(k, max(s["cost_usd"], 1e-9), quality(s)) for k, s in by_policy.items()]
     front = pareto_frontier(pts)
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 7))
     groups: dict[tuple[float, float], list[str]] = {}  # e.g. "cheapest" sits on its single model
     for p in pts:
         groups.setdefault((round(p.cost, 12), round(p.quality, 6)), []).append(p.name)
@@ -130,16 +130,20 @@ def plot_frontier(by_policy: dict[str, dict[str, Any]], path: str, title: str) -
         ax.scatter(cost, q, s=90 if learned else 30, marker="*" if learned else "o",
                    color="tab:red" if learned else ("tab:green" if "oracle" in names else "tab:blue"),
                    zorder=3)
-        ax.annotate(" = ".join(names), (cost, q), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        label = names[0] if len(names) == 1 else f"{names[0]} (= {', '.join(names[1:3])}" + (
+            f" +{len(names) - 3})" if len(names) > 3 else ")")
+        ax.annotate(label, (cost, q), fontsize=6.5, xytext=(4, 3), textcoords="offset points",
+                    annotation_clip=True)
     if front:
         ax.step([p.cost for p in front], [p.quality for p in front], where="post", color="gray",
                 linestyle="--", label="Pareto frontier", zorder=2)
         ax.legend(loc="lower right")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.06)
     ax.set_xlabel("mean cost per question (USD, log scale)")
     ax.set_ylabel("accuracy" if any(s.get("accuracy") is not None for s in by_policy.values()) else "EM")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.09)
+    fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -22,7 +22,7 @@ class RLlibPolicy:
 
     @classmethod
     def load(cls, path: str | Path, pool: PoolSpec | None = None, concurrency: int = 32) -> "RLlibPolicy":
-        return cls(RLlibRouter.load(path, pool), f"rllib:{Path(path).name}", concurrency)
+        return cls(RLlibRouter.load(path, pool), f"rllib:{Path(path).name.removeprefix('rllib_')}", concurrency)
 
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
         sem = asyncio.Semaphore(self.concurrency)
