@@ -125,6 +125,9 @@ def plot_frontier(by_policy: dict[str, dict[str, Any]], path: str, title: str) -
     groups: dict[tuple[float, float], list[str]] = {}  # e.g. "cheapest" sits on its single model
     for p in pts:
         groups.setdefault((round(p.cost, 12), round(p.quality, 6)), []).append(p.name)
+    import math
+
+    lo, hi = math.log10(min(p.cost for p in pts)), math.log10(max(p.cost for p in pts))
     for (cost, q), names in groups.items():
         learned = any(n.startswith(("rllib", "llm", "prompt")) for n in names)
         ax.scatter(cost, q, s=90 if learned else 30, marker="*" if learned else "o",
@@ -132,8 +135,9 @@ def plot_frontier(by_policy: dict[str, dict[str, Any]], path: str, title: str) -
                    zorder=3)
         label = names[0] if len(names) == 1 else f"{names[0]} (= {', '.join(names[1:3])}" + (
             f" +{len(names) - 3})" if len(names) > 3 else ")")
-        ax.annotate(label, (cost, q), fontsize=6.5, xytext=(4, 3), textcoords="offset points",
-                    annotation_clip=True)
+        right = hi > lo and (math.log10(cost) - lo) / (hi - lo) > 0.8  # label leftwards near the edge
+        ax.annotate(label, (cost, q), fontsize=6.5, xytext=(-4 if right else 4, 3), textcoords="offset points",
+                    ha="right" if right else "left", annotation_clip=True)
     if front:
         ax.step([p.cost for p in front], [p.quality for p in front], where="post", color="gray",
                 linestyle="--", label="Pareto frontier", zorder=2)
