@@ -50,6 +50,9 @@ class PolicyConfig(_Section):
         "max_position_embeddings": 2048})
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+    # Short instructions and descriptors (router_r1.prompt, compact=True): for tiny routers whose
+    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
+    compact_prompt: bool = False
 
 
 class RolloutConfig(_Section):
