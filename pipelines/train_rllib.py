@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/rllib_router")
     p.add_argument("--num-cpus", type=int, default=None, help="for the local Ray this starts")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true")
     return p
 
 
@@ -113,7 +116,32 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     algo.stop()
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    if not args.no_mlflow:
+        meta["mlflow_run_id"] = log_mlflow(args, meta, out)
     return meta
+
+
+def log_mlflow(args: argparse.Namespace, meta: dict[str, Any], out: Path) -> str:
+    """Params, the return curve, and the router folder as artifacts (experiment <name>-rllib)."""
+    import os
+
+    import mlflow
+
+    from router_r1.config import MlflowConfig
+
+    cfg = MlflowConfig()
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment + "-rllib")
+    with mlflow.start_run(run_name=f"train-rllib-{out.name}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in vars(args).items()})
+        for h in meta["history"]:
+            if h["episode_return_mean"] is not None:
+                mlflow.log_metric("episode_return_mean", h["episode_return_mean"], step=h["iteration"])
+        mlflow.log_artifacts(str(out), artifact_path="router")
+        return run.info.run_id
 
 
 def main(argv: list[str] | None = None) -> int:

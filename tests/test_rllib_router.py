@@ -99,9 +99,14 @@ def test_train_load_route_and_evaluate(tiny, tmp_path, ray_local):
     args = train_rllib.build_parser().parse_args([
         "--pool", str(tmp_path / "pool.yaml"), "--data", str(csv), "--split", "all", "--iterations", "2",
         "--batch", "64", "--minibatch", "32", "--epochs", "1", "--hidden", "16", "--question-dim", "32",
-        "--num-envs", "2", "--holdout", "Mid", "--out", str(out)])
+        "--num-envs", "2", "--holdout", "Mid", "--out", str(out),
+        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"])
     meta = train_rllib.train(args)
     assert len(meta["history"]) == 2 and meta["slots"] == ["Big", "Small"]
+    import mlflow
+
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").get_run(meta["mlflow_run_id"])
+    assert run.data.params["alpha"] == "0.2" and "episode_return_mean" in run.data.metrics
     assert json.loads((out / "rllib_router.json").read_text())["algorithm"].startswith("PPO")
 
     router = RLlibRouter.load(out)

@@ -24,7 +24,7 @@ def trained(tmp_path_factory, ray_local):
     train_rllib.train(train_rllib.build_parser().parse_args([
         "--pool", str(pool), "--data", str(csv), "--split", "all", "--iterations", "1", "--batch", "32",
         "--minibatch", "32", "--epochs", "1", "--hidden", "8", "--question-dim", "16", "--num-envs", "1",
-        "--out", str(out)]))
+        "--out", str(out), "--no-mlflow"]))
     return out, pool
 
 
