@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router_r1.baselines import DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy, make_direct_baseline
+from router_r1.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy, make_direct_baseline,
+                                 replay_call)
 from router_r1.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
 from router_r1.data import load_qa
 from router_r1.descriptors import PoolSpec, load_pool
@@ -152,15 +153,12 @@ async def run_policy(policy: Policy, items: list[EvalItem], target: Any, replay:
     from actors.model_pool import PoolClient
 
     client = PoolClient(target)
-    questions = {it.uid: it.question for it in items}
 
     async def call(model: str, query: str, episode_id: str | None = None):
-        # Replay world: recorded answers exist only for the sample's question, so a routed call
-        # answers that question whatever sub-question the router wrote (docs/evaluation.md).
-        if replay and episode_id in questions:
-            query = questions[episode_id]
         return await client.call(model, query, episode_id=episode_id or "")
 
+    if replay:  # see router_r1.baselines.replay_call and docs/evaluation.md
+        call = replay_call(call, {it.uid: it.question for it in items})
     return await policy.run(items, call)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from router_r1.baselines import EvalItem, PolicyRun
 from router_r1.cost import episode_cost
 from router_r1.descriptors import PoolSpec
-from router_r1.replay import adopted_outcome, model_ids
+from router_r1.replay import replay_outcome
 from router_r1.scoring import exact_match, f1_score
 
 
@@ -33,12 +33,9 @@ def score_run(item: EvalItem, run: PolicyRun, pool: PoolSpec, table_models: Sequ
         "em": None, "f1": None, "accuracy": None, "adopted_model": None,
     }
     if item.sample is not None:
-        columns = model_ids(pool, table_models)
-        replies = [(c.model, c.text) for c in ok_calls]
-        labels = [item.sample.label(columns[c.model]) if c.model in columns else 0.0 for c in ok_calls]
-        acc, idx = adopted_outcome(run.answer, replies, labels, pool)
+        acc, adopted = replay_outcome(run.answer, run.calls, item.sample, pool, table_models)
         row["accuracy"] = acc if run.format_ok else 0.0
-        row["adopted_model"] = None if idx is None else replies[idx][0]
+        row["adopted_model"] = adopted
     if item.golden_answers:
         row["em"] = exact_match(run.answer, item.golden_answers) if run.format_ok else 0.0
         row["f1"] = f1_score(run.answer, item.golden_answers) if run.format_ok else 0.0

@@ -362,3 +362,16 @@ def adopted_outcome(answer: str | None, replies: Sequence[tuple[str, str]], labe
     """(outcome, adopted index): the correctness label of the adopted reply, 0 when none is."""
     i = adopted_call(answer, replies, pool)
     return (0.0 if i is None else float(labels[i])), i
+
+
+def replay_outcome(answer: str | None, calls: Sequence[Any], sample: ReplaySample, pool: PoolSpec,
+                   table_models: Sequence[str]) -> tuple[float, str | None]:
+    """(outcome, adopted model) of one episode in the replay world: the label of the successful
+    call (`CallResult`s, in order) whose reply the answer adopts. Shared by evaluation and by
+    RL training on replay data (reward outcome)."""
+    columns = model_ids(pool, table_models)
+    ok = [c for c in calls if c.ok]
+    replies = [(c.model, c.text) for c in ok]
+    labels = [sample.label(columns[c.model]) if c.model in columns else 0.0 for c in ok]
+    outcome, idx = adopted_outcome(answer, replies, labels, pool)
+    return outcome, None if idx is None else replies[idx][0]
