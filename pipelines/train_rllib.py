@@ -1,6 +1,6 @@
-"""`python -m pipelines.train_rllib`: train the feature-based router with RLlib PPO (new API stack).
+"""`router-r1 train-rllib`: train the feature-based router with RLlib PPO (new API stack).
 
-    python -m pipelines.train_rllib --pool configs/pool_routerbench.yaml \\
+    router-r1 train-rllib --pool configs/pool_routerbench.yaml \\
         --data routerbench/arc_challenge_train.csv+routerbench/mbpp_train.csv+routerbench/winograde_train.csv \\
         --split train --alpha 0.2 --iterations 40 --out outputs/rllib_router
 
@@ -25,7 +25,7 @@ from router_r1.rl_router.router import META_FILE, MODULE_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_rllib", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="router-r1 train-rllib", description=__doc__.splitlines()[0])
     p.add_argument("--pool", default="configs/pool_routerbench.yaml")
     p.add_argument("--data", required=True, help="replay tables joined with '+' (or ',')")
     p.add_argument("--split", choices=["train", "val", "all"], default="train")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = train(args)
     except (FileNotFoundError, ValueError) as e:
-        print(f"train_rllib: {e}", file=sys.stderr)
+        print(f"router-r1 train-rllib: {e}", file=sys.stderr)
         return 2
     print(f"saved RLlib router to {args.out} (final return "
           f"{meta['history'][-1]['episode_return_mean'] if meta['history'] else None})")
