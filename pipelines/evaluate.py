@@ -36,7 +36,7 @@ from router_r1.descriptors import PoolSpec, load_pool
 from router_r1.evaluation import aggregate, markdown_table, plot_frontier, quality, score_run
 from router_r1.replay import ReplayTable, is_replay_file, resolve_data_path, split_samples
 
-DEFAULT_POOL = "configs/pool_routerbench.yaml"
+DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config) if args.config else RunConfig()
         pool_path = args.pool or (cfg.pool if args.config else DEFAULT_POOL)
+        if not args.pool and not args.config and not Path(pool_path).exists():
+            pool_path = str(Path(__file__).resolve().parents[1] / DEFAULT_POOL)
         pool = load_pool(pool_path)
         drop = {pool[m.strip()].name for m in args.exclude.split(",") if m.strip()}
         if drop:

@@ -194,6 +194,8 @@ def load_long(path: str | Path) -> pa.Table:
 def is_replay_file(path: str | Path) -> bool:
     """True for tables this module reads (CSV with response columns or long Parquet)."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
     if path.suffix == ".csv":
         with path.open(encoding="utf-8") as f:
             return "_response" in f.readline()

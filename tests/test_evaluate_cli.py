@@ -90,7 +90,7 @@ def test_evaluate_end_to_end(tmp_path, tiny_llm):
 
 def test_evaluate_bad_input_is_a_clear_error(tmp_path):
     r = run_cli("--policy", "cheapest", "--data", str(tmp_path / "missing.csv"), "--no-mlflow", cwd=tmp_path)
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert r.returncode == 2 and "dataset not found" in r.stderr and "missing.csv" in r.stderr
     csv = write_routerbench(tmp_path / "tiny.csv")
     pool = write_pool(tmp_path / "pool.yaml", [csv])
     r = run_cli("--policy", "cheapest", "--data", str(csv), "--pool", str(pool), "--exclude", "Nobody",
