@@ -74,6 +74,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # a tiny MLP: thread hand-offs cost more than they save
+    RouterEnv(env_config)  # fail here, with our own error, on bad data, pool or holdout (cached)
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     config = (
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         meta = train(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"router-r1 train-rllib: {e}", file=sys.stderr)
         return 2
     print(f"saved RLlib router to {args.out} (final return "
