@@ -28,6 +28,10 @@ class PoolRuntimeConfig(_Section):
     ledger_dir: str = "outputs/ledger"
     flush_every: int = 256  # ledger records buffered before a Parquet flush
     cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
+    cache_size: int = 100_000  # cached replies kept (LRU)
+    # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
+    # candidate replies deterministic (less reward noise) and cacheable.
+    default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
     run_budget_usd: float | None = None
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5

@@ -1,6 +1,7 @@
 """Pricing: a call costs prompt tokens x input price + completion tokens x output price."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from router_r1.descriptors import ModelDescriptor
@@ -18,3 +19,14 @@ def call_cost(model: ModelDescriptor, prompt_tokens: int, completion_tokens: int
 def episode_cost(call_costs: Iterable[float]) -> float:
     """An episode costs the sum of its calls."""
     return float(sum(call_costs))
+
+
+def estimate_tokens(text: str) -> int:
+    """Deliberately high token estimate (3 chars/token; BPE averages ~4 on English text), so
+    budget reservations and token buckets err on the safe side when usage is not known."""
+    return math.ceil(len(text) / 3)
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """Content estimate plus a few tokens per message for the chat template."""
+    return sum(estimate_tokens(m["content"]) + 4 for m in messages) + 2

@@ -22,6 +22,9 @@ class Limits(BaseModel):
 
     requests_per_minute: float | None = None  # token bucket on requests; None = unlimited
     tokens_per_minute: float | None = None  # token bucket on prompt+completion tokens
+    # Bucket capacities (largest burst). None: one second's worth of the rate, at least 1.
+    burst_requests: float | None = Field(default=None, gt=0)
+    burst_tokens: float | None = Field(default=None, gt=0)
     max_concurrency: int = 16  # calls in flight to this model at once
     timeout_s: float = 60.0  # per attempt
     max_attempts: int = 4  # first try + retries

@@ -25,6 +25,7 @@ class CallStatus(str, Enum):
     UNKNOWN_MODEL = "unknown_model"  # the router named a model that is not in the pool
     NOT_ALLOWED = "not_allowed"  # the model exists but is excluded for this request
     CANCELLED = "cancelled"  # the caller's deadline passed or it went away
+    INVALID_REQUEST = "invalid_request"  # the call itself was malformed (params, messages, context)
 
 
 @dataclass

@@ -1,0 +1,451 @@
+"""PoolCore: every candidate-model call goes through one pipeline, without Ray.
+
+    validate -> resolve name -> allowed? -> cache (single-flight) -> budget reserve -> circuit
+    -> rate limit + concurrency slot -> backend attempt with timeout -> retry with backoff and
+    full jitter (honouring Retry-After) -> fallback model -> settle budget -> ledger record
+
+A call never raises to its caller: bad input and every failure end in a typed `CallResult`, and a
+`deadline_s` in the context bounds the whole call. Exactly one ledger record of kind "call" is
+written per call (refusals and cache hits included, at zero cost), plus one "attempt" record per
+failed attempt the provider billed; the call's `CallResult.cost_usd` is the sum of both.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router_r1.backends import make_backend
+from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.config import PoolRuntimeConfig
+from router_r1.cost import call_cost, estimate_prompt_tokens
+from router_r1.descriptors import ModelDescriptor, PoolSpec
+from router_r1.pool.budget import Budget, Reservation
+from router_r1.pool.cache import ResponseCache, cache_key
+from router_r1.pool.circuit import CircuitBreaker
+from router_r1.pool.ledger import Ledger
+from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
+from router_r1.types import CallResult, CallStatus
+
+PARAM_KEYS = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
+              "frequency_penalty"}
+CONTEXT_KEYS = {"run_id", "episode_id", "tenant", "allowed_models", "deadline_s"}
+ROLES = {"system", "user", "assistant"}
+# Failures that say the model is unwell; 429s and 4xx say nothing about its health.
+_CIRCUIT_FAILURES = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.BAD_RESPONSE,
+                     CallStatus.HTTP_ERROR}
+_NO_FALLBACK = {CallStatus.CANCELLED, CallStatus.INVALID_REQUEST}
+UNKNOWN = "<unknown>"  # metrics bucket for names outside the pool (a policy can invent many)
+
+
+class _Invalid(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CallContext:
+    run_id: str
+    episode_id: str = ""
+    tenant: str = "default"
+    allowed_models: frozenset[str] | None = None  # display names; None = every model
+    deadline_s: float | None = None  # absolute time.time()
+
+    def allows(self, name: str) -> bool:
+        return self.allowed_models is None or name in self.allowed_models
+
+
+@dataclass
+class _Request:
+    asked: str  # the model name as the caller wrote it
+    desc: ModelDescriptor | None
+    query: str | None  # a bare query; messages are then built per model (system prompt)
+    messages: list[Message] | None
+    params: dict[str, Any]
+    ctx: CallContext
+    success: tuple[ModelDescriptor, int, int, float] | None = None  # billed answer: model, tokens, cost
+
+    def messages_for(self, desc: ModelDescriptor) -> list[Message]:
+        if self.messages is not None:
+            return self.messages
+        sys = desc.backend.system_prompt
+        return ([{"role": "system", "content": sys}] if sys else []) + [
+            {"role": "user", "content": self.query or ""}]
+
+
+@dataclass
+class _ModelState:
+    limiter: ModelLimiter
+    circuit: CircuitBreaker
+    calls: int = 0
+    errors: int = 0
+    retries: int = 0
+    cache_hits: int = 0
+    spend_usd: float = 0.0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+class PoolCore:
+    """The pool without Ray. One instance per process; `ModelPoolActor` wraps one."""
+
+    def __init__(self, pool: PoolSpec, runtime: PoolRuntimeConfig | None = None, run_id: str = "run",
+                 backends: dict[str, ModelBackend] | None = None, *,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
+                 rng: random.Random | None = None):
+        """`backends`: instances by kind, overriding the registry (tests, benchmarks).
+        The ledger folder, when set, is rebuilt: totals and budget spend survive restarts."""
+        self.pool, self.runtime, self.run_id = pool, runtime or PoolRuntimeConfig(), run_id
+        rt = self.runtime
+        self.ledger = Ledger.rebuild(rt.ledger_dir, rt.flush_every) if rt.ledger_dir else Ledger(None, rt.flush_every)
+        self.budget = Budget(rt.run_budget_usd, rt.tenant_budgets_usd,
+                             spent_by_run={k: v["cost_usd"] for k, v in self.ledger.totals.get("run_id").items()},
+                             spent_by_tenant={k: v["cost_usd"] for k, v in self.ledger.totals.get("tenant").items()})
+        self.cache = ResponseCache(rt.cache_size) if rt.cache else None
+        self._backends: dict[str, ModelBackend] = dict(backends or {})
+        self._states: dict[str, _ModelState] = {}
+        self._on_record, self._clock, self._sleep = on_record, clock, sleep
+        self._rng = rng or random.Random()
+        self._unknown_calls = 0
+
+    # -- public API ----------------------------------------------------------------------------
+    async def call(self, model: str, messages_or_query: str | list[Message],
+                   params: dict[str, Any] | None = None,
+                   context: dict[str, Any] | None = None) -> CallResult:
+        """One routed call; see the module docstring. Never raises (except the caller's own
+        cancellation, which is recorded and re-raised)."""
+        t0 = time.perf_counter()
+        try:
+            req = self._prepare(model, messages_or_query, params, context)
+        except _Invalid as e:
+            asked = model if isinstance(model, str) else "?"
+            req = _Request(asked, None, None, None, {}, CallContext(self.run_id))
+            return self._finish(req, CallResult.failure(asked, CallStatus.INVALID_REQUEST, str(e)), t0)
+        if req.desc is None:
+            return self._finish(req, CallResult.failure(
+                req.asked, CallStatus.UNKNOWN_MODEL,
+                f"no model named {req.asked!r}; choose one of {', '.join(self.pool.names)}"), t0)
+        if not req.ctx.allows(req.desc.name):
+            return self._finish(req, CallResult.failure(
+                req.desc.name, CallStatus.NOT_ALLOWED, f"model {req.desc.name!r} is not allowed here"), t0)
+        try:
+            deadline = req.ctx.deadline_s
+            if deadline is None:
+                res = await self._cached(req)
+            elif deadline <= time.time():
+                res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline already passed")
+            else:
+                res = await asyncio.wait_for(self._cached(req), deadline - time.time())
+        except asyncio.TimeoutError:
+            res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline passed during the call")
+        except asyncio.CancelledError:
+            self._finish(req, CallResult.failure(req.desc.name, CallStatus.CANCELLED, "caller went away"), t0)
+            raise
+        except Exception as e:  # a bug in the pool itself: still a typed result, never a crash
+            res = CallResult.failure(req.desc.name, CallStatus.BAD_RESPONSE,
+                                     f"internal pool error: {type(e).__name__}: {e}")
+        return self._finish(req, res, t0)
+
+    async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
+        """Many calls at once; each request is {model, query | messages, params?, context?}."""
+        async def one(r: Any) -> CallResult:
+            if not isinstance(r, dict):
+                return CallResult.failure("?", CallStatus.INVALID_REQUEST, "a batch item must be a mapping")
+            return await self.call(r.get("model"), r.get("messages", r.get("query")),
+                                   r.get("params"), r.get("context"))
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
+        """Billed totals per model (the model that answered), tenant or run_id, from the ledger."""
+        return self.ledger.totals.get(by)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Per model: calls, errors, retries, cache hits, p50/p99 latency (s), spend (USD)."""
+        out = {}
+        for name, st in self._states.items():
+            lat = sorted(st.latencies)
+            q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0)
+            out[name] = {"calls": st.calls, "errors": st.errors, "retries": st.retries,
+                         "cache_hits": st.cache_hits, "p50_latency_s": q(0.5),
+                         "p99_latency_s": q(0.99), "spend_usd": st.spend_usd,
+                         "circuit": st.circuit.state}
+        if self._unknown_calls:
+            out[UNKNOWN] = {"calls": self._unknown_calls, "errors": self._unknown_calls}
+        return out
+
+    def flush(self) -> None:
+        self.ledger.flush()
+
+    async def close(self) -> None:
+        for b in self._backends.values():
+            try:
+                await b.close()
+            except Exception:  # closing must not stop the ledger from being flushed
+                pass
+        self.ledger.close()
+
+    # -- validation ----------------------------------------------------------------------------
+    def _prepare(self, model: Any, mq: Any, params: Any, context: Any) -> _Request:
+        if not isinstance(model, str) or not model.strip():
+            raise _Invalid("model must be a non-empty string")
+        ctx = self._context(context)
+        p = self._params(params)
+        query, messages = None, None
+        if isinstance(mq, str):
+            if not mq.strip():
+                raise _Invalid("the query is empty")
+            query = mq
+        elif isinstance(mq, list) and mq:
+            for m in mq:
+                if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+                    raise _Invalid("each message must be {'role': system|user|assistant, 'content': str}")
+            messages = [{"role": m["role"], "content": m["content"]} for m in mq]
+        else:
+            raise _Invalid("expected a query string or a non-empty list of messages")
+        return _Request(model[:200], self.pool.resolve(model), query, messages, p, ctx)
+
+    def _params(self, params: Any) -> dict[str, Any]:
+        if params is not None and not isinstance(params, dict):
+            raise _Invalid("params must be a mapping")
+        p = {**self.runtime.default_params, **(params or {})}
+        bad = set(p) - PARAM_KEYS
+        if bad:
+            raise _Invalid(f"unsupported params {sorted(bad)}; allowed: {sorted(PARAM_KEYS)}")
+        t = p.get("temperature")
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t < 0):
+            raise _Invalid("temperature must be a number >= 0")
+        mt = p.get("max_tokens")
+        if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
+            raise _Invalid("max_tokens must be an integer >= 1")
+        return p
+
+    def _context(self, context: Any) -> CallContext:
+        if context is None:
+            return CallContext(self.run_id)
+        if not isinstance(context, dict):
+            raise _Invalid("context must be a mapping")
+        bad = set(context) - CONTEXT_KEYS
+        if bad:
+            raise _Invalid(f"unknown context keys {sorted(bad)}; allowed: {sorted(CONTEXT_KEYS)}")
+        allowed = context.get("allowed_models")
+        if allowed is not None:
+            if not isinstance(allowed, (list, tuple, set, frozenset)):
+                raise _Invalid("allowed_models must be a list of model names")
+            allowed = frozenset(m.name for m in (self.pool.resolve(str(a)) for a in allowed) if m)
+        deadline = context.get("deadline_s")
+        if deadline is not None and not isinstance(deadline, (int, float)):
+            raise _Invalid("deadline_s must be a unix time in seconds")
+        return CallContext(str(context.get("run_id") or self.run_id), str(context.get("episode_id") or ""),
+                           str(context.get("tenant") or "default"), allowed, deadline)
+
+    # -- pipeline ------------------------------------------------------------------------------
+    async def _cached(self, req: _Request) -> CallResult:
+        assert req.desc is not None
+        key = None if self.cache is None else cache_key(req.desc.name, req.messages_for(req.desc), req.params)
+        if key is None or self.cache is None:
+            return await self._with_fallback(req)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return _as_hit(hit)
+        fut = self.cache.inflight(key)
+        if fut is not None:
+            leader = await asyncio.shield(fut)
+            if leader is not None and leader.ok:
+                return _as_hit(leader)
+            return await self._with_fallback(req)  # the leader failed: try for ourselves
+        self.cache.begin(key)
+        res = None
+        try:
+            res = await self._with_fallback(req)
+            self.cache.put(key, res)
+            return res
+        finally:
+            self.cache.end(key, res)
+
+    async def _with_fallback(self, req: _Request) -> CallResult:
+        assert req.desc is not None
+        desc, res = req.desc, await self._call_model(req.desc, req)
+        tried, billed, errors = {desc.name}, res.cost_usd, []
+        while not res.ok and res.status not in _NO_FALLBACK and desc.fallback:
+            nxt = self.pool.resolve(desc.fallback)
+            if nxt is None or nxt.name in tried or not req.ctx.allows(nxt.name):
+                break
+            errors.append(f"{desc.name}: {res.status.value}: {res.error}")
+            tried.add(nxt.name)
+            desc, res = nxt, await self._call_model(nxt, req)
+            billed += res.cost_usd
+        res.model = req.desc.name
+        if desc is not req.desc:
+            res.served_by = desc.name
+            res.cost_usd = billed
+            res.meta["fallback_from"] = errors
+        return res
+
+    def _state(self, desc: ModelDescriptor) -> _ModelState:
+        st = self._states.get(desc.name)
+        if st is None:
+            lim = desc.limits
+            st = self._states[desc.name] = _ModelState(
+                ModelLimiter(lim, self._clock, self._sleep),
+                CircuitBreaker(lim.circuit_failures, lim.circuit_cooldown_s, self._clock))
+        return st
+
+    def _backend(self, kind: str) -> ModelBackend:
+        if kind not in self._backends:
+            self._backends[kind] = make_backend(kind, self.pool)
+        return self._backends[kind]
+
+    async def _call_model(self, desc: ModelDescriptor, req: _Request) -> CallResult:
+        """One model, all its attempts, under one budget reservation."""
+        messages = req.messages_for(desc)
+        params = {"max_tokens": desc.backend.max_tokens, **req.params}
+        est_prompt = estimate_prompt_tokens(messages)
+        reservation = await self.budget.reserve(call_cost(desc, est_prompt, params["max_tokens"]),
+                                                req.ctx.run_id, req.ctx.tenant)
+        if reservation is None:
+            return CallResult.failure(desc.name, CallStatus.BUDGET_EXCEEDED,
+                                      f"budget cap reached (run {req.ctx.run_id!r}, tenant {req.ctx.tenant!r})")
+        try:
+            return await self._attempts(desc, messages, params, est_prompt, req, reservation)
+        finally:
+            reservation.release()
+
+    async def _attempts(self, desc: ModelDescriptor, messages: list[Message], params: dict[str, Any],
+                        est_prompt: int, req: _Request, reservation: Reservation) -> CallResult:
+        st, lim = self._state(desc), desc.limits
+        try:
+            backend = self._backend(desc.backend.kind)
+        except Exception as e:  # e.g. vllm not installed: a typed failure, not a crash
+            return CallResult.failure(desc.name, CallStatus.CONNECTION_ERROR,
+                                      f"backend {desc.backend.kind!r} unavailable: {e}")
+        est_total = est_prompt + params["max_tokens"]
+        last: BackendError | None = None
+        billed_tokens = [0, 0]
+        attempt = 0
+        while attempt < lim.max_attempts:
+            if not st.circuit.allow():
+                if last is None:
+                    return CallResult.failure(desc.name, CallStatus.CIRCUIT_OPEN,
+                                              f"{desc.name} is cooling down after repeated failures; "
+                                              f"retry in {st.circuit.retry_in():.1f}s")
+                break  # opened during our retries: report the real error
+            attempt += 1
+            outcome: BackendReply | BackendError
+            try:
+                async with st.limiter.slot(est_total):
+                    outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
+            except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
+                st.circuit.release_probe()
+                raise
+            if isinstance(outcome, BackendReply):
+                pt, ct = outcome.prompt_tokens, outcome.completion_tokens
+                st.circuit.record_success()
+                st.limiter.settle_tokens(est_total, pt + ct)
+                cost = outcome.cost_usd if outcome.cost_usd is not None else call_cost(desc, pt, ct)
+                reservation.charge(cost)
+                req.success = (desc, pt, ct, cost)
+                return CallResult(model=desc.name, text=outcome.text, prompt_tokens=pt + billed_tokens[0],
+                                  completion_tokens=ct + billed_tokens[1],
+                                  cost_usd=reservation.charged, attempts=attempt,
+                                  meta=dict(outcome.meta))
+            last = outcome
+            if last.status in _CIRCUIT_FAILURES and (last.retryable or last.status is CallStatus.BAD_RESPONSE):
+                st.circuit.record_failure()
+            else:
+                st.circuit.release_probe()  # a 429 or a 4xx says nothing about the model's health
+            st.limiter.settle_tokens(est_total, 0)
+            if last.billed_tokens:
+                self._bill_attempt(desc, req, last, attempt, reservation, billed_tokens)
+            if not last.retryable or attempt >= lim.max_attempts:
+                break
+            delay = self._rng.uniform(0.0, min(lim.backoff_max_s, lim.backoff_base_s * 2 ** (attempt - 1)))
+            if last.retry_after is not None:
+                if last.retry_after > lim.backoff_max_s:
+                    break  # the provider asks for a longer pause than we are allowed to wait
+                delay = max(delay, last.retry_after)
+            st.retries += 1
+            await self._sleep(delay)
+        assert last is not None
+        return CallResult.failure(desc.name, last.status, str(last), attempts=attempt,
+                                  cost_usd=reservation.charged, prompt_tokens=billed_tokens[0],
+                                  completion_tokens=billed_tokens[1],
+                                  meta={"http_status": last.http_status} if last.http_status else {})
+
+    @staticmethod
+    async def _attempt(backend: ModelBackend, desc: ModelDescriptor, messages: list[Message],
+                       params: dict[str, Any], timeout_s: float) -> BackendReply | BackendError:
+        """One backend attempt, every failure turned into a BackendError value."""
+        try:
+            reply = await asyncio.wait_for(backend.complete(desc, messages, params), timeout_s)
+        except asyncio.TimeoutError:
+            return BackendError(CallStatus.TIMEOUT, f"no answer within {timeout_s:g}s", retryable=True)
+        except BackendError as e:
+            return e
+        except Exception as e:
+            return BackendError(CallStatus.BAD_RESPONSE, f"backend raised {type(e).__name__}: {e}",
+                                retryable=False)
+        ok = (isinstance(reply, BackendReply) and isinstance(reply.text, str)
+              and all(isinstance(n, int) and n >= 0 for n in (reply.prompt_tokens, reply.completion_tokens))
+              and (reply.cost_usd is None or reply.cost_usd >= 0))
+        if not ok:
+            return BackendError(CallStatus.BAD_RESPONSE, f"backend returned an invalid reply: {reply!r:.200}",
+                                retryable=False)
+        return reply
+
+    # -- billing -------------------------------------------------------------------------------
+    def _bill_attempt(self, desc: ModelDescriptor, req: _Request, err: BackendError, attempt: int,
+                      reservation: Reservation, tally: list[int]) -> None:
+        pt, ct = err.billed_tokens or (0, 0)
+        cost = call_cost(desc, pt, ct)
+        reservation.charge(cost)
+        tally[0] += pt
+        tally[1] += ct
+        self._emit(kind="attempt", run_id=req.ctx.run_id, episode_id=req.ctx.episode_id,
+                   tenant=req.ctx.tenant, model=desc.name, requested_model=req.asked,
+                   prompt_tokens=pt, completion_tokens=ct, price_in=desc.price_in,
+                   price_out=desc.price_out, cost_usd=cost, status=err.status.value,
+                   attempts=attempt, error=str(err)[:500])
+
+    def _finish(self, req: _Request, res: CallResult, t0: float) -> CallResult:
+        """Write the call's ledger record and update metrics. No await: nothing can interleave."""
+        res.latency_s = time.perf_counter() - t0
+        if req.success is not None:
+            desc, pt, ct, cost = req.success
+        else:
+            desc, pt, ct, cost = req.desc, 0, 0, 0.0
+        rec = self._emit(kind="call", run_id=req.ctx.run_id, episode_id=req.ctx.episode_id,
+                         tenant=req.ctx.tenant, model=desc.name if desc else req.asked,
+                         requested_model=req.asked, prompt_tokens=pt, completion_tokens=ct,
+                         price_in=desc.price_in if desc else 0.0, price_out=desc.price_out if desc else 0.0,
+                         cost_usd=cost, latency_s=res.latency_s, status=res.status.value,
+                         attempts=res.attempts, cache_hit=res.cache_hit,
+                         error=None if res.error is None else res.error[:500])
+        res.meta["record_id"] = rec["record_id"]
+        if req.desc is None:
+            self._unknown_calls += 1
+        else:
+            st = self._state(req.desc)
+            st.calls += 1
+            st.errors += 0 if res.ok else 1
+            st.cache_hits += int(res.cache_hit)
+            st.spend_usd += res.cost_usd
+            st.latencies.append(res.latency_s)
+        return res
+
+    def _emit(self, **fields: Any) -> dict[str, Any]:
+        rec = self.ledger.record(**fields)
+        if self._on_record is not None:
+            try:
+                self._on_record(rec)
+            except Exception:  # an exporter's failure must not fail a billed call
+                pass
+        return rec
+
+
+def _as_hit(r: CallResult) -> CallResult:
+    """A cached answer: same text, billed nothing."""
+    meta = {k: v for k, v in r.meta.items() if k != "record_id"}
+    return CallResult(model=r.model, text=r.text, served_by=r.served_by, cache_hit=True, meta=meta)

@@ -1,0 +1,203 @@
+"""The billing ledger: one record per call, plus one per failed attempt a provider billed.
+
+Durability, in two layers:
+- every record is appended to a write-ahead log (`wal-<writer>-<seq>.jsonl`, one `os.write` per
+  record) before the call returns, so a record the caller saw survives the process being killed;
+- every `flush_every` records, and on `flush()`/`close()`, the batch becomes a Parquet part file
+  (`part-<writer>-<seq>.parquet`, written under a temp name then renamed, so a crash never leaves a
+  half file) and its WAL segment is deleted.
+
+`Ledger.rebuild(dir)` (after a restart) reads all parts, turns WAL segments of dead writers into
+parts, and recomputes the totals. A live writer holds an flock on its WAL, so a rebuild never
+steals a segment still being written. Records carry a unique `record_id`; reading de-duplicates on
+it, which covers a crash between writing a part and deleting its WAL.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("record_id", pa.string()),
+    ("time", pa.float64()),  # unix seconds when the call ended
+    ("kind", pa.string()),  # "call" | "attempt" (a billed failed attempt)
+    ("run_id", pa.string()),
+    ("episode_id", pa.string()),
+    ("tenant", pa.string()),
+    ("model", pa.string()),  # the model billed (the fallback, when one answered)
+    ("requested_model", pa.string()),  # the name the caller asked for
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("price_in", pa.float64()),  # USD per 1M tokens
+    ("price_out", pa.float64()),
+    ("cost_usd", pa.float64()),
+    ("latency_s", pa.float64()),
+    ("status", pa.string()),
+    ("attempts", pa.int64()),
+    ("cache_hit", pa.bool_()),
+    ("error", pa.string()),
+])
+FIELDS = SCHEMA.names
+_DEFAULTS: dict[str, Any] = {"kind": "call", "run_id": "", "episode_id": "", "tenant": "",
+                             "model": "", "requested_model": "", "prompt_tokens": 0,
+                             "completion_tokens": 0, "price_in": 0.0, "price_out": 0.0,
+                             "cost_usd": 0.0, "latency_s": 0.0, "status": "ok", "attempts": 0,
+                             "cache_hit": False, "error": None}
+_NAME = re.compile(r"^(part|wal)-([0-9a-f]+)-(\d+)\.(parquet|jsonl)$")
+BY = ("model", "tenant", "run_id")
+
+
+class Totals:
+    """Running sums per model / tenant / run: calls, tokens, cost."""
+
+    def __init__(self) -> None:
+        self._t: dict[str, dict[str, dict[str, float]]] = {
+            by: defaultdict(lambda: {"calls": 0, "attempt_records": 0, "prompt_tokens": 0,
+                                     "completion_tokens": 0, "cost_usd": 0.0}) for by in BY}
+
+    def add(self, r: dict[str, Any]) -> None:
+        for by in BY:
+            t = self._t[by][r[by]]
+            t["calls" if r["kind"] == "call" else "attempt_records"] += 1
+            t["prompt_tokens"] += r["prompt_tokens"]
+            t["completion_tokens"] += r["completion_tokens"]
+            t["cost_usd"] += r["cost_usd"]
+
+    def get(self, by: str) -> dict[str, dict[str, float]]:
+        if by not in self._t:
+            raise ValueError(f"totals by {by!r}: choose one of {BY}")
+        return {k: dict(v) for k, v in self._t[by].items()}
+
+
+def _read_wal(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a crash mid-write
+            continue
+    return out
+
+
+def _locked_by_other(path: Path) -> bool:
+    """True while a live writer holds this WAL segment."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
+    return False
+
+
+def read_records(directory: str | Path) -> list[dict[str, Any]]:
+    """Every record in a ledger folder (parts and WAL segments), de-duplicated, in time order."""
+    d = Path(directory)
+    seen: dict[str, dict[str, Any]] = {}
+    if not d.is_dir():
+        return []
+    for p in sorted(d.glob("part-*.parquet")):
+        for r in pq.read_table(p, schema=SCHEMA).to_pylist():
+            seen[r["record_id"]] = r
+    for p in sorted(d.glob("wal-*.jsonl")):
+        for r in _read_wal(p):
+            seen.setdefault(r["record_id"], r)
+    return sorted(seen.values(), key=lambda r: r["time"])
+
+
+class Ledger:
+    def __init__(self, directory: str | Path | None, flush_every: int = 256):
+        """`directory` None keeps records in memory only (tests, benchmarks of the logic)."""
+        self.dir = None if directory is None else Path(directory)
+        self.flush_every = max(1, flush_every)
+        self.writer = uuid.uuid4().hex[:12]
+        self.totals = Totals()
+        self.records_written = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._seq = 0
+        self._wal_fd: int | None = None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open_wal()
+
+    @classmethod
+    def rebuild(cls, directory: str | Path, flush_every: int = 256) -> "Ledger":
+        """A ledger on an existing folder: dead writers' WALs recovered, totals recomputed."""
+        led = cls(directory, flush_every)
+        assert led.dir is not None
+        for wal in sorted(led.dir.glob("wal-*.jsonl")):
+            m = _NAME.match(wal.name)
+            if not m or m.group(2) == led.writer or _locked_by_other(wal):
+                continue
+            part = led.dir / f"part-{m.group(2)}-{m.group(3)}.parquet"
+            if not part.exists():
+                led._write_part(part, _read_wal(wal))
+            wal.unlink()
+        for r in read_records(led.dir):
+            led.totals.add(r)
+        return led
+
+    # -- writing -------------------------------------------------------------------------------
+    def _wal_path(self, seq: int) -> Path:
+        assert self.dir is not None
+        return self.dir / f"wal-{self.writer}-{seq:06d}.jsonl"
+
+    def _open_wal(self) -> None:
+        self._wal_fd = os.open(self._wal_path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(self._wal_fd, fcntl.LOCK_EX)
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """Append one record (durable on return when the ledger has a folder). Returns it."""
+        unknown = set(fields) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown ledger fields {sorted(unknown)}")
+        r = {**_DEFAULTS, **fields}
+        r.setdefault("record_id", uuid.uuid4().hex)
+        r.setdefault("time", time.time())
+        if self._wal_fd is not None:
+            os.write(self._wal_fd, (json.dumps(r, separators=(",", ":")) + "\n").encode())
+        self._buffer.append(r)
+        self.totals.add(r)
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+        return r
+
+    def _write_part(self, path: Path, records: list[dict[str, Any]]) -> None:
+        tmp = path.with_name("." + path.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), tmp)
+        os.replace(tmp, path)
+
+    def flush(self) -> None:
+        """Turn the buffered records into one Parquet part and start a new WAL segment."""
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        self.records_written += len(batch)
+        if self.dir is None:
+            return
+        seq = self._seq
+        self._write_part(self.dir / f"part-{self.writer}-{seq:06d}.parquet", batch)
+        old_fd = self._wal_fd
+        self._seq += 1
+        self._open_wal()
+        if old_fd is not None:
+            os.close(old_fd)
+        self._wal_path(seq).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.flush()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+            self._wal_path(self._seq).unlink(missing_ok=True)  # empty: everything is in parts
