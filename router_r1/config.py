@@ -36,6 +36,7 @@ class PoolRuntimeConfig(_Section):
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5
     max_restarts: int = 4
+    max_concurrency: int = 1000  # actor calls in flight at once (async actor)
 
 
 class PolicyConfig(_Section):

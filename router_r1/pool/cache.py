@@ -19,6 +19,7 @@ def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]
     """A stable key, or None when the call is not deterministic and must not be cached."""
     if params.get("temperature") != 0:
         return None
+    params = {**params, "temperature": 0.0}  # 0 and 0.0 are the same call
     blob = json.dumps([model, messages, params], sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 

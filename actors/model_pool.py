@@ -1,0 +1,190 @@
+"""The ModelPool actor: the thin Ray shell around `router_r1.pool.PoolCore`.
+
+One named async actor per run (or per serving deployment) is the single place every candidate-
+model call goes through, so rate limits, budgets and billing are shared by all rollout workers,
+evaluators and Serve replicas. The logic lives in `PoolCore`; this module only adds Ray: the actor
+options, Ray metrics export, and `PoolClient`, which callers use the same way whether they hold an
+actor handle or an in-process `PoolCore` (tests, single-process evaluation).
+
+Lifetime: the actor is *not* detached by default, so a pool cannot outlive (and keep spending for)
+the run that made it; serving, whose replicas live longer than the driver that deployed them,
+passes `detached=True`. `max_restarts` brings a crashed pool back: its constructor rebuilds the
+ledger totals and budget spend from the Parquet/WAL files, so nothing billed is forgotten.
+Calls are never retried by Ray (`max_task_retries=0`): a call that was in flight when the actor died
+may already have been billed by the provider, and a silent retry would bill it twice; the client
+turns that case into a typed CANCELLED result instead. Read-only methods are retried.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.metrics import Counter, Histogram
+
+from router_r1.backends.base import ModelBackend
+from router_r1.config import PoolRuntimeConfig
+from router_r1.descriptors import PoolSpec, load_pool
+from router_r1.pool import PoolCore
+from router_r1.types import CallResult, CallStatus
+
+LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+
+class RayPoolMetrics:
+    """Exports each ledger record as Ray (Prometheus) metrics, tagged by model and status.
+    Names outside the pool are tagged "<unknown>", so a policy inventing names cannot blow up
+    the metric cardinality."""
+
+    def __init__(self, pool: PoolSpec, pool_name: str):
+        self._names = set(pool.names)
+        tags = ("pool", "model")
+        self.calls = Counter("router_r1_pool_calls", "Routed calls that ended", tag_keys=(*tags, "status"))
+        self.errors = Counter("router_r1_pool_errors", "Routed calls that ended in an error",
+                              tag_keys=(*tags, "status"))
+        self.retries = Counter("router_r1_pool_retries", "Retried attempts", tag_keys=tags)
+        self.cache_hits = Counter("router_r1_pool_cache_hits", "Calls answered from cache", tag_keys=tags)
+        self.spend = Counter("router_r1_pool_spend_usd", "USD billed", tag_keys=tags)
+        self.latency = Histogram("router_r1_pool_latency_s", "Call latency, seconds",
+                                 boundaries=LATENCY_BOUNDARIES, tag_keys=tags)
+        self._pool = pool_name
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        model = rec["model"] if rec["model"] in self._names else "<unknown>"
+        tags = {"pool": self._pool, "model": model}
+        if rec["cost_usd"] > 0:
+            self.spend.inc(rec["cost_usd"], tags)
+        if rec["kind"] != "call":
+            return
+        self.calls.inc(1, {**tags, "status": rec["status"]})
+        self.latency.observe(rec["latency_s"], tags)
+        if rec["status"] != CallStatus.OK.value:
+            self.errors.inc(1, {**tags, "status": rec["status"]})
+        if rec["attempts"] > 1:
+            self.retries.inc(rec["attempts"] - 1, tags)
+        if rec["cache_hit"]:
+            self.cache_hits.inc(1, tags)
+
+
+class ModelPoolActor:
+    """Async actor body. Plain class: `ray.remote` is applied at the edge (`ModelPool`)."""
+
+    def __init__(self, pool: PoolSpec | str, runtime: PoolRuntimeConfig | None = None,
+                 run_id: str = "run", backends: dict[str, ModelBackend] | None = None,
+                 export_metrics: bool = True):
+        spec = load_pool(pool) if isinstance(pool, (str, Path)) else pool
+        runtime = runtime or PoolRuntimeConfig()
+        on_record = RayPoolMetrics(spec, runtime.actor_name) if export_metrics and ray.is_initialized() else None
+        self.core = PoolCore(spec, runtime, run_id, backends, on_record=on_record)
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        self.restarted = bool(ctx and ctx.get_actor_id() and ctx.was_current_actor_reconstructed)
+
+    async def call(self, model: str, messages_or_query: Any, params: dict[str, Any] | None = None,
+                   context: dict[str, Any] | None = None) -> CallResult:
+        return await self.core.call(model, messages_or_query, params, context)
+
+    async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
+        return await self.core.call_batch(requests)
+
+    @ray.method(max_task_retries=3)
+    def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
+        return self.core.totals(by)
+
+    @ray.method(max_task_retries=3)
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return self.core.metrics()
+
+    @ray.method(max_task_retries=3)
+    def info(self) -> dict[str, Any]:
+        led = self.core.ledger
+        return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
+                "ledger_writer": led.writer, "models": self.core.pool.names}
+
+    @ray.method(max_task_retries=3)
+    def flush(self) -> None:
+        self.core.flush()
+
+    async def close(self) -> None:
+        """Flush the ledger and close backends; call before letting the actor go."""
+        await self.core.close()
+
+
+ModelPool = ray.remote(ModelPoolActor)
+
+
+def get_or_create_pool(pool: PoolSpec | str | Path, runtime: PoolRuntimeConfig | None = None,
+                       run_id: str = "run", *, detached: bool = False,
+                       backends: dict[str, ModelBackend] | None = None) -> "ray.actor.ActorHandle":
+    """The named pool actor `runtime.actor_name` in `runtime.namespace`, created if absent.
+
+    With `get_if_exists`, the first creator's configuration wins; later callers get that actor.
+    Relative paths are made absolute here, because the actor's working directory differs.
+    """
+    runtime = runtime or PoolRuntimeConfig()
+    if isinstance(pool, (str, Path)):
+        pool = str(Path(pool).resolve())
+    if runtime.ledger_dir:
+        runtime = runtime.model_copy(update={"ledger_dir": str(Path(runtime.ledger_dir).resolve())})
+    return ModelPool.options(
+        name=runtime.actor_name, namespace=runtime.namespace, get_if_exists=True,
+        lifetime="detached" if detached else None, max_restarts=runtime.max_restarts,
+        max_task_retries=0, max_concurrency=runtime.max_concurrency, num_cpus=runtime.num_cpus,
+    ).remote(pool, runtime, run_id, backends)
+
+
+class PoolClient:
+    """`await client.call(model, query)`: the call function the episode machine expects.
+
+    Works over an actor handle or an in-process `PoolCore`; context given at construction
+    (`PoolClient(h, run_id=..., tenant=...)`) or per call is merged, per call winning.
+    """
+
+    def __init__(self, target: Any, **context: Any):
+        self.target, self.context = target, context
+        self._local = isinstance(target, (PoolCore, ModelPoolActor))
+        if isinstance(target, ModelPoolActor):
+            self.target = target.core
+
+    def with_context(self, **context: Any) -> "PoolClient":
+        return PoolClient(self.target, **{**self.context, **context})
+
+    async def call(self, model: str, query: Any, params: dict[str, Any] | None = None,
+                   **context: Any) -> CallResult:
+        ctx = {**self.context, **context} or None
+        if self._local:
+            return await self.target.call(model, query, params, ctx)
+        try:
+            return await self.target.call.remote(model, query, params, ctx)
+        except Exception as e:
+            return _actor_failure(model, e)
+
+    async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
+        reqs = [{**r, "context": {**self.context, **(r.get("context") or {})} or None}
+                if isinstance(r, dict) else r for r in requests]
+        if self._local:
+            return await self.target.call_batch(reqs)
+        try:
+            return await self.target.call_batch.remote(reqs)
+        except Exception as e:
+            return [_actor_failure(r.get("model", "?") if isinstance(r, dict) else "?", e) for r in reqs]
+
+    async def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
+        return self.target.totals(by) if self._local else await self.target.totals.remote(by)
+
+    async def metrics(self) -> dict[str, dict[str, float]]:
+        return self.target.metrics() if self._local else await self.target.metrics.remote()
+
+    async def flush(self) -> None:
+        if self._local:
+            self.target.flush()
+        else:
+            await self.target.flush.remote()
+
+
+def _actor_failure(model: str, e: Exception) -> CallResult:
+    """The actor died (or the call could not be delivered): unknown whether the provider billed,
+    so it is reported, not retried."""
+    died = isinstance(e, ray.exceptions.RayActorError)
+    return CallResult.failure(model, CallStatus.CANCELLED,
+                              f"model pool {'actor died' if died else 'call failed'} during the call: "
+                              f"{type(e).__name__}")
