@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 
 class APIError(Exception):
@@ -52,7 +52,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -62,7 +62,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -73,7 +73,7 @@ class ChatCompletionRequest(BaseModel):
     max_turns: int | None = Field(default=None, ge=0)  # routed calls before the final turn
     models: list[str] | None = None  # allowed candidate subset (display names or aliases)
     max_cost_usd: float | None = Field(default=None, ge=0.0)  # cost cap for this request
-    return_trace: bool = True
+    return_trace: StrictBool = True
 
     @field_validator("messages")
     @classmethod

@@ -133,10 +133,12 @@ class RouterService:
 
     def __init__(self, pool: PoolSpec, serve: ServeConfig, episode: EpisodeConfig, tokenizer,
                  generate_one: GenerateOne, call: PoolCall, *, use_chat_template: bool = True,
-                 run_id: str = "serve", clock: Callable[[], float] = time.time):
+                 run_id: str = "serve", prompt_options: dict[str, Any] | None = None,
+                 clock: Callable[[], float] = time.time):
         self.pool, self.cfg, self.episode_cfg, self.tokenizer = pool, serve, episode, tokenizer
         self._generate_one, self._call = generate_one, call
         self.use_chat_template, self.run_id, self._clock = use_chat_template, run_id, clock
+        self.prompt_options = dict(prompt_options or {})  # render_prompt options the router was trained with
 
     # -- checking ------------------------------------------------------------------------------
     def plan(self, req: ChatCompletionRequest, tenant: str) -> Plan:
@@ -169,7 +171,7 @@ class RouterService:
         top_p = self.episode_cfg.top_p if req.top_p is None else req.top_p
         now = self._clock()
         timeout = cfg.request_timeout_s
-        prompt = format_prompt(self.tokenizer, render_prompt(pool, question), self.use_chat_template)
+        prompt = format_prompt(self.tokenizer, render_prompt(pool, question, **self.prompt_options), self.use_chat_template)
         return Plan(
             request_id=uuid.uuid4().hex, tenant=tenant, question=question, prompt=prompt, pool=pool,
             allowed=allowed,
