@@ -37,6 +37,7 @@ class PoolRuntimeConfig(_Section):
     num_cpus: float = 0.5
     max_restarts: int = 4
     max_concurrency: int = 1000  # actor calls in flight at once (async actor)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class PolicyConfig(_Section):
@@ -58,6 +59,7 @@ class RolloutConfig(_Section):
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_restarts: int = 2
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class LearnerConfig(_Section):
@@ -82,6 +84,7 @@ class LearnerConfig(_Section):
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class WarmStartConfig(_Section):
@@ -145,6 +148,7 @@ class ServeConfig(_Section):
     answer_reserve_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the deadline
     # kept for the router's final turn: candidate calls are cut at (1 - this) x request_timeout_s
     torch_threads: int | None = None  # intra-op threads for CPU generation; None = torch default
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class EvalConfig(_Section):

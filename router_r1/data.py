@@ -29,26 +29,30 @@ class QAExample:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-def read_table(path: str | Path) -> pa.Table:
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a Parquet or JSONL file as dicts. Arrow reads both; a JSONL file whose rows mix
+    types in one column (which Arrow cannot infer) is read line by line instead. Fields a row does
+    not have are absent (not None), so a missing field is reported as missing."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.suffix == ".parquet":
-        return pq.read_table(path)
-    if path.suffix in (".jsonl", ".json"):
-        try:
-            return pajson.read_json(path)
-        except pa.ArrowInvalid:
-            # Mixed-type columns across rows defeat Arrow's inference; fall back to plain JSON.
-            rows = []
-            for i, line in enumerate(path.read_text().splitlines()):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: row {i}: not valid JSON: {e}") from None
-            return pa.Table.from_pylist(rows)
-    raise DataError(f"{path}: unsupported dataset format {path.suffix!r} (want .jsonl or .parquet)")
+        return pq.read_table(path).to_pylist()
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataError(f"{path}: unsupported dataset format {path.suffix!r} (want .jsonl or .parquet)")
+    try:
+        rows = pajson.read_json(path).to_pylist()
+        return [{k: v for k, v in r.items() if v is not None} for r in rows]
+    except pa.ArrowInvalid:
+        pass
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: row {i}: not valid JSON: {e}") from None
+    return rows
 
 
 def _answers(value: Any, where: str) -> list[str]:
@@ -72,7 +76,7 @@ def _row_to_example(row: dict[str, Any], where: str, index: int, source: str) ->
                 or not isinstance(prompt[0].get("content"), str):
             raise DataError(f"{where}: field prompt[0].content missing or not a string")
         q = prompt[0]["content"]
-        rm = row["reward_model"] or {}
+        rm = row["reward_model"] if isinstance(row["reward_model"], dict) else {}
         if "ground_truth" not in rm:
             raise DataError(f"{where}: field reward_model.ground_truth missing")
         golds = _answers(rm["ground_truth"], f"{where}: field reward_model.ground_truth")
@@ -89,8 +93,11 @@ def _row_to_example(row: dict[str, Any], where: str, index: int, source: str) ->
 def load_qa(path: str | Path, limit: int | None = None) -> list[QAExample]:
     """Load a QA set in either format. `limit` keeps the first N rows."""
     path = Path(path)
-    table = read_table(path)
-    if limit is not None:
-        table = table.slice(0, limit)
+    rows = read_rows(path)[:limit]
     source = path.stem.replace("_test", "").replace("_verl", "")
-    return [_row_to_example(r, f"{path}: row {i}", i, source) for i, r in enumerate(table.to_pylist())]
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: row {i}: expected a JSON object")
+        out.append(_row_to_example(r, f"{path}: row {i}", i, source))
+    return out

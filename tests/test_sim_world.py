@@ -1,0 +1,165 @@
+"""The simulated world: deterministic, invented, disjoint splits, and free-form query parsing."""
+from __future__ import annotations
+
+import pytest
+
+from router_r1.sim.language import CHAINS, RELATIONS, template_words, words
+from router_r1.sim.world import SimConfig, SimWorld
+
+SMALL = SimConfig(seed=3, entities_per_domain=24)
+
+
+@pytest.fixture(scope="module")
+def world() -> SimWorld:
+    return SimWorld.build(SMALL)
+
+
+def test_same_seed_same_world_other_seed_other_world(world):
+    again = SimWorld.build(SMALL)
+    assert again.entities == world.entities and again.facts == world.facts
+    assert [q.text for q in again.questions("train", 50)] == [q.text for q in world.questions("train", 50)]
+    other = SimWorld.build(SMALL, seed=4)
+    assert {e.name for e in other.entities.values()} != {e.name for e in world.entities.values()}
+
+
+def test_names_are_invented_unique_and_avoid_template_words(world):
+    names = [e.name for e in world.entities.values()]
+    assert len(names) == len(set(names))
+    # No name word is a template or keyword word, so a name can never be parsed as a relation.
+    assert not {w for n in names for w in words(n)} & template_words()
+
+
+def test_world_structure(world):
+    n = SMALL.entities_per_domain
+    for kind in ("company", "element", "book", "team"):
+        assert len(world.by_kind(kind)) == n
+    assert len(world.by_kind("person")) == 4 * n
+    for c in world.by_kind("country"):
+        capital = world.lookup("capital_of", c)
+        assert world.lookup("country_of", capital) == c
+    # Every founder/discoverer/author/coach is a distinct person.
+    roles = [world.facts[(r, s.id)] for r, kind in (("founder_of", "company"), ("discovered_by", "element"),
+             ("author_of", "book"), ("coach_of", "team")) for s in world.by_kind(kind)]
+    assert len(roles) == len(set(roles))
+
+
+def test_splits_are_disjoint_by_subject_and_cover_everything(world):
+    seen: dict[str, str] = {}
+    total = 0
+    for split in ("train", "val", "test"):
+        qs = world.all_questions(split)
+        total += len(qs)
+        assert qs and all(q.split == split for q in qs)
+        for q in qs:
+            assert seen.setdefault(q.subject, split) == split
+    n_facts = len(world.facts)
+    chains = sum(1 for (r, _s) in world.facts for c in CHAINS if c[0] == r)
+    assert total == n_facts + chains
+
+
+def test_questions_mix_and_repeat(world):
+    qs = world.questions("val", 40, two_hop_fraction=0.25)
+    assert len(qs) == 40 and sum(q.two_hop for q in qs) == 10
+    assert all(q.split == "val" for q in qs)
+    assert all(not q.two_hop for q in world.questions("train", 30, two_hop_fraction=0.0))
+    many = world.questions("test", 3 * len(world.all_questions("test")))
+    assert {q.id for q in many} <= {q.id for q in world.all_questions("test")}
+    assert len({q.id for q in many}) == len(world.all_questions("test"))  # all used before repeats
+
+
+def test_questions_balance_shapes_without_repeats(world):
+    from collections import Counter
+    train = world.all_questions("train")
+    have = Counter(q.relations for q in train if not q.two_hop)
+    got = Counter(q.relations for q in world.questions("train", 80, two_hop_fraction=0.0))
+    assert sum(got.values()) == 80 and len({*got}) == len(have)
+    fair = 80 // len(have)
+    for shape, k in have.items():  # each shape gets its turn, or all it has
+        assert got[shape] >= min(k, fair), (shape, got[shape], k)
+    qs = world.questions("train", 200)
+    assert len({q.id for q in qs}) == 200
+
+
+def test_question_texts_answers_and_subquestions(world):
+    for q in world.all_questions("train"):
+        assert q.text.endswith("?") and len(q.text.split()) <= 14
+        assert 1 <= len(q.answer.split()) <= 3  # book titles are 'The Adj Noun'
+        assert len(q.subquestions) == len(q.relations) == len(q.facts)
+        # Following the facts from the subject reaches the gold answer.
+        assert world.resolve(world.entities[q.subject], q.relations).name == q.answer
+        # Each canonical sub-question is understood as exactly its fact.
+        for sub, fact in zip(q.subquestions, q.facts):
+            it = world.interpret(sub)
+            assert it.relations == (fact.relation,) and it.subject.id == fact.subject
+        it = world.interpret(q.text)
+        assert it.relations == q.relations and it.subject.id == q.subject
+
+
+def test_free_form_queries_are_understood(world):
+    country = world.by_kind("country")[0]
+    company = world.by_kind("company")[0]
+    person = world.by_kind("person")[5]
+    book = world.by_kind("book")[0]
+    stem = company.name.split()[0]
+    cases = {
+        f"capital of {country.name.upper()}??": ("capital_of", country),
+        f"Hey, could you tell me what {country.name}'s capital city is": ("capital_of", country),
+        f"who is the founder of {stem}": ("founder_of", company),
+        f"{person.name.lower()} - where born": ("born_in", person),
+        f"Who is the author of {book.name.lower()}?": ("author_of", book),
+        f"Who founded {company.name}, and where was that person born?": (("founder_of", "born_in"), company),
+        f"which country is the birthplace of {person.name} in": (("born_in", "country_of"), person),
+    }
+    for query, (rels, subject) in cases.items():
+        it = world.interpret(query)
+        assert it is not None, query
+        assert it.subject == subject and it.relations == (rels if isinstance(rels, tuple) else (rels,)), query
+
+
+def test_unintelligible_queries_are_not_understood(world):
+    country = world.by_kind("country")[0]
+    for q in ("", "hello there", "What is the capital of Atlantis?", f"Tell me about {country.name}.",
+              f"Who founded {country.name}?"):  # a country has no founder
+        assert world.interpret(q) is None, q
+
+
+def test_domains_restrict_questions():
+    w = SimWorld.build(SMALL, domains=["geography"])
+    rels = {q.relations for s in ("train", "val", "test") for q in w.all_questions(s)}
+    assert rels == {("capital_of",), ("country_of",), ("country_of", "capital_of")}
+    assert SimWorld.build(SMALL, domains=["geography"]).facts == SimWorld.build(SMALL).facts
+    with pytest.raises(ValueError):
+        SimConfig(domains=["cooking"])
+
+
+def test_relations_keywords_cover_their_templates():
+    for r in RELATIONS.values():
+        assert r.keywords & set(words(r.question)) and r.keywords & set(words(r.phrase))
+
+
+def test_world_is_identical_across_processes(world):
+    """Python's hash() is salted per process; the world must not depend on it, since the trainer
+    and the ModelPool's backend each build their own copy."""
+    import os
+    import subprocess
+    import sys
+    code = ("from router_r1.sim.world import SimConfig, SimWorld; "
+            "print(SimWorld.build(SimConfig(seed=3, entities_per_domain=24)).fingerprint())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == world.fingerprint()
+    assert SimWorld.build(SMALL, seed=4).fingerprint() != world.fingerprint()
+
+
+def test_question_lookup_and_qa_rows(world):
+    q = world.all_questions("val")[0]
+    row = q.to_qa()
+    assert world.question(row.id) == q and row.question == q.text and row.golden_answers == [q.answer]
+
+
+def test_no_entity_is_a_real_word_or_place():
+    from router_r1.sim.names import REAL_WORDS
+    for seed in range(5):
+        w = SimWorld.build(SMALL, seed=seed)
+        assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS
