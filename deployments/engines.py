@@ -46,13 +46,17 @@ def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
     return HFGenerator(model, tokenizer, device=device), tokenizer
 
 
-def prompt_options(checkpoint: str | Path) -> dict[str, Any]:
-    """How the checkpoint's router was prompted (router_r1.json written at save time), so serving
-    renders exactly the prompt it was trained on."""
+def prompt_options(checkpoint: str | Path, cfg: Any = None) -> dict[str, Any]:
+    """`render_prompt` options the checkpoint's router was trained with, so serving renders exactly
+    that prompt: the "prompt" mapping of router_r1.json (written at save time), else the config's
+    `policy.compact_prompt` when it has one, else the full prompt."""
     meta = Path(checkpoint) / "router_r1.json"
     try:
         extra = json.loads(meta.read_text()) if meta.exists() else {}
     except (OSError, json.JSONDecodeError):
         extra = {}
     opts = extra.get("prompt") if isinstance(extra, dict) else None
-    return dict(opts) if isinstance(opts, dict) else {}
+    if isinstance(opts, dict):
+        return dict(opts)
+    compact = getattr(getattr(cfg, "policy", None), "compact_prompt", None)
+    return {"compact": bool(compact)} if compact is not None else {}

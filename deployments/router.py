@@ -102,7 +102,7 @@ class RouterDeployment:
         self.service = RouterService(
             self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
             use_chat_template=cfg.policy.use_chat_template, run_id=f"serve:{cfg.name}",
-            prompt_options=prompt_options(checkpoint))
+            prompt_options=prompt_options(checkpoint, cfg))
 
     # -- batched generation ----------------------------------------------------------------------
     async def _generate_turn(self, prompt: str, gen: GenParams) -> str:
@@ -187,7 +187,8 @@ class RouterDeployment:
 def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
     """Replica count or autoscaling, resources and concurrency, from the config's serve section."""
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus},
+        "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus,
+                              **({"resources": dict(serve_cfg.resources)} if serve_cfg.resources else {})},
         "max_ongoing_requests": max(serve_cfg.max_ongoing_requests, serve_cfg.max_batch_size),
     }
     if serve_cfg.min_replicas == serve_cfg.max_replicas:
