@@ -65,6 +65,39 @@ def test_parse_request_refuses_with_400(raw, param):
     assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
 
 
+def _outcome(*calls):
+    from types import SimpleNamespace
+    return SimpleNamespace(calls=list(calls), plan=SimpleNamespace(tenant="t"))
+
+
+def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
+    from deployments.service import REQUEST_CAP, check_calls
+    from router_r1.types import CallResult, CallStatus as S
+
+    ok = CallResult("A", "fine")
+    broke = CallResult.failure("A", S.HTTP_ERROR, "500")
+    broke_b = CallResult.failure("B", S.TIMEOUT, "slow")
+    broke_pool = CallResult.failure("A", S.BUDGET_EXCEEDED, "budget cap reached")
+    capped = CallResult.failure("A", S.BUDGET_EXCEEDED, "cap", meta={"budget_scope": REQUEST_CAP})
+    invented = CallResult.failure("Z", S.UNKNOWN_MODEL, "no model named Z")
+    for fine in ([], [broke, ok], [capped], [invented], [broke_pool, ok]):
+        check_calls(_outcome(*fine))  # the router answered with what it had: 200
+    with pytest.raises(APIError) as e:
+        check_calls(_outcome(broke, broke_b, invented))
+    assert e.value.status == 503 and "A" in e.value.message and "B" in e.value.message
+    with pytest.raises(APIError) as e:
+        check_calls(_outcome(broke_pool, capped))
+    assert e.value.status == 402 and e.value.code == "insufficient_quota"
+
+
+def test_serve_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
+    from pipelines.serve import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"pool: {Path(__file__).resolve().parents[1] / 'configs' / 'pool_simulated.yaml'}\n")
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--config", str(cfg)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
 # -- the app -------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
