@@ -6,6 +6,7 @@ imported only when chosen (it is the `gpu` extra, absent on CPU machines).
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +37,18 @@ class VLLMGenerator:
 
 
 def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
-    """(generator, tokenizer) for `engine` ("transformers" or "vllm") over a local checkpoint."""
+    """(generator, tokenizer) for `engine` ("transformers" or "vllm") over a local checkpoint.
+
+    The tokenizer returned is a private copy for the event loop (counting, truncating replies):
+    a fast tokenizer's padding/truncation state is switched per call, so sharing one instance
+    with the generation thread lets a plain `encode` un-pad a batch mid-call."""
     if engine == "vllm":
         gen = VLLMGenerator(checkpoint)
-        return gen, gen.tokenizer
+        return gen, copy.deepcopy(gen.tokenizer)
     if engine != "transformers":
         raise ValueError(f"unknown serve engine {engine!r}; use 'transformers' or 'vllm'")
     model, tokenizer = load_policy(checkpoint, device=device)
-    return HFGenerator(model, tokenizer, device=device), tokenizer
+    return HFGenerator(model, tokenizer, device=device), copy.deepcopy(tokenizer)
 
 
 def prompt_options(checkpoint: str | Path, cfg: Any = None) -> dict[str, Any]:

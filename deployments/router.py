@@ -47,6 +47,13 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(err.body(), status_code=e.status_code)
 
 
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, e: Exception) -> JSONResponse:
+    # A bug or a dead engine: still the OpenAI error shape, with the cause named.
+    err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+    return JSONResponse(err.body(), status_code=500)
+
+
 def parse_api_keys(spec: str | None) -> dict[str, str]:
     """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}."""
     keys: dict[str, str] = {}
@@ -169,8 +176,10 @@ class RouterDeployment:
                     getter.cancel()
             try:
                 outcome = task.result()
-            except APIError as e:  # headers are gone: the error travels as an event, as OpenAI's does
-                yield sse(e.body())
+            except Exception as e:  # headers are gone: the error travels as an event, as OpenAI's does
+                err = e if isinstance(e, APIError) else APIError(
+                    500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+                yield sse(err.body())
                 yield sse("[DONE]")
                 return
             yield sse(chunk_body(cid, model, created, {"content": outcome.answer}))
@@ -220,6 +229,9 @@ def build_app(args: dict[str, Any]) -> Application:
     config = args.pop("config", None) or os.environ.get("ROUTER_R1_CONFIG")
     cfg = load_config(config, overrides=args or None)
     cfg.load_pool()  # a bad descriptor file fails here, not in every replica
+    # Replicas and the pool actor run in other working directories: anchor the ledger here.
+    ledger = Path(cfg.pool_runtime.ledger_dir).expanduser().resolve()
+    cfg = cfg.model_copy(update={"pool_runtime": cfg.pool_runtime.model_copy(update={"ledger_dir": str(ledger)})})
     return RouterDeployment.options(**deployment_options(cfg.serve)).bind(
         check_checkpoint(checkpoint), cfg.model_dump())
 
