@@ -25,14 +25,14 @@ class PoolRuntimeConfig(_Section):
 
     actor_name: str = "model_pool"
     namespace: str = "router_r1"
-    ledger_dir: str = "outputs/ledger"
+    ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
     flush_every: int = 256  # ledger records buffered before a Parquet flush
     cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
     cache_size: int = 100_000  # cached replies kept (LRU)
     # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
     # candidate replies deterministic (less reward noise) and cacheable.
     default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
-    run_budget_usd: float | None = None
+    run_budget_usd: float | None = None  # USD cap for each run_id calling through the pool
     tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 0.5
     max_restarts: int = 4
@@ -50,6 +50,9 @@ class PolicyConfig(_Section):
         "max_position_embeddings": 2048})
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+    # Short instructions and descriptors (router_r1.prompt, compact=True): for tiny routers whose
+    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
+    compact_prompt: bool = False
 
 
 class RolloutConfig(_Section):

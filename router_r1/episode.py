@@ -109,8 +109,12 @@ async def _maybe_await(x):
 
 async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: CallFn,
                        cfg: EpisodeConfig, pool: PoolSpec | None = None,
-                       tokenizer: Tokenizer | None = None) -> list[Episode]:
-    """Play every episode to the end (see module docstring). Mutates and returns `episodes`."""
+                       tokenizer: Tokenizer | None = None,
+                       pass_episode_id: bool = False) -> list[Episode]:
+    """Play every episode to the end (see module docstring). Mutates and returns `episodes`.
+
+    With `pass_episode_id`, calls are `call(model, query, episode_id=uid)`, so a pool can
+    attribute each call (ledger, budgets) to its episode."""
     for turn in range(cfg.max_turns + 1):
         live = [e for e in episodes if not e.done]
         if not live:
@@ -127,7 +131,7 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
             e.segments.append(Segment(text, "policy"))
             e.turns += 1
             if stop == "</search>" and turn < cfg.max_turns:
-                pending.append((e, _route(e, text, call, pool)))
+                pending.append((e, _route(e, text, call, pool, pass_episode_id)))
             else:
                 # An answer, a route past the turn limit, or a generation that never stopped.
                 e.done = True
@@ -141,7 +145,8 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
     return episodes
 
 
-async def _route(e: Episode, policy_text: str, call: CallFn, pool: PoolSpec | None) -> CallResult:
+async def _route(e: Episode, policy_text: str, call: CallFn, pool: PoolSpec | None,
+                 pass_episode_id: bool = False) -> CallResult:
     blocks = parse(policy_text).blocks
     searches = [b for b in blocks if b.tag == "search"]
     if not searches:  # '</search>' with no opening tag: nothing to call
@@ -155,6 +160,8 @@ async def _route(e: Episode, policy_text: str, call: CallFn, pool: PoolSpec | No
         return CallResult.failure(r.model, CallStatus.UNKNOWN_MODEL,
                                   f"no model named {r.model!r}; choose one of {', '.join(pool.names)}")
     try:
+        if pass_episode_id:
+            return await call(r.model, r.query, episode_id=e.uid)
         return await call(r.model, r.query)
     except Exception as ex:  # a caller's bug must not end the batch; the router sees an error
         return CallResult.failure(r.model, CallStatus.BAD_RESPONSE, f"{type(ex).__name__}: {ex}")

@@ -116,6 +116,7 @@ class FakeOpenAIServer:
                 return
             ready.set()
             self._loop.run_forever()
+            self._loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
         self._thread.start()
@@ -125,7 +126,7 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is None:
+        if self._loop is None or self._loop.is_closed():
             return
         fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)  # type: ignore[union-attr]
         try:
@@ -134,7 +135,6 @@ class FakeOpenAIServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(5)
-            self._loop = None
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()

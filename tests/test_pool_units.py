@@ -14,7 +14,7 @@ from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
 from router_r1.pool.ledger import Ledger, read_records
 from router_r1.pool.ratelimit import ModelLimiter, TokenBucket
-from router_r1.types import CallResult
+from router_r1.types import CallResult, CallStatus
 
 
 class FakeClock:
@@ -96,6 +96,25 @@ def test_limiter_concurrency_cap():
 
     asyncio.run(main())
     assert peak == 3
+
+
+def test_limiter_tokens_per_minute_with_refund():
+    clock = FakeClock()
+    lim = ModelLimiter(Limits(tokens_per_minute=600, burst_tokens=20), clock, clock.sleep)
+    times = []
+
+    async def call(est, actual):
+        async with lim.slot(est):
+            times.append(clock.t)
+        lim.settle_tokens(est, actual)
+
+    async def main():
+        await call(20, 5)  # t=0; 15 of the 20 estimated tokens are given back
+        await call(20, 20)  # level 15 -> waits 0.5 s for 5 tokens at 10/s
+        await call(10, 10)  # bucket empty -> waits 1 s
+
+    asyncio.run(main())
+    assert times == pytest.approx([0.0, 0.5, 1.5])
 
 
 # -- budget ------------------------------------------------------------------------------------
@@ -255,3 +274,18 @@ def test_cache_lru_keeps_only_successes():
     assert c.get("a") is None and c.get("c").text == "c"
     c.put("d", CallResult.failure("m", "timeout", "x"))
     assert c.get("d") is None
+
+
+# -- stats -------------------------------------------------------------------------------------
+def test_stats_window_quantiles_and_flat_metrics():
+    from router_r1.pool.stats import ModelStats, flat_metrics
+
+    st = ModelStats(window=100)
+    for i in range(200):
+        st.add(CallResult(model="m", latency_s=i / 1000, cost_usd=0.5,
+                          status=CallStatus.OK if i % 4 else CallStatus.TIMEOUT))
+    s = st.summary()
+    assert (s["calls"], s["errors"], s["spend_usd"]) == (200, 50, 100.0)
+    assert s["p50_latency_s"] == pytest.approx(0.150) and s["p99_latency_s"] == pytest.approx(0.199)
+    flat = flat_metrics({"m": {**s, "circuit": "closed"}})
+    assert flat["pool/m/calls"] == 200.0 and "pool/m/circuit" not in flat

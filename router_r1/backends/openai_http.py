@@ -4,7 +4,7 @@ One aiohttp session serves every model of the pool, so connections are pooled an
 API key is read from the environment variable the descriptor names at call time and only ever
 placed in the Authorization header: never logged, never in an error, never in a record.
 Failures become `BackendError`s the pool knows how to retry: 429, 5xx, timeouts and connection
-errors are retryable; other 4xx are not; an unparseable body is BAD_RESPONSE.
+errors (and 408) are retryable; other 4xx are not; an unparseable body is BAD_RESPONSE.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ class OpenAIBackend(ModelBackend):
             if "Authorization" in headers:  # never echo a key back, even if a provider does
                 detail = detail.replace(headers["Authorization"][7:], "***")
             raise BackendError(CallStatus.HTTP_ERROR, f"{model.name}: HTTP {status}: {detail}",
-                               retryable=status >= 500, retry_after=retry_after, http_status=status)
+                               retryable=status >= 500 or status == 408, retry_after=retry_after,
+                               http_status=status)
         return _parse_reply(model, raw, messages)
 
     async def close(self) -> None:

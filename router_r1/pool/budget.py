@@ -56,6 +56,7 @@ class Budget:
         self._runs: dict[str, Account] = {}
         self._tenants: dict[str, Account] = {}
         self._event = asyncio.Event()
+        self._waiting = 0
 
     def _accounts(self, run_id: str, tenant: str) -> list[Account]:
         out = []
@@ -70,8 +71,9 @@ class Budget:
         return out
 
     def _changed(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        if self._waiting:  # wake waiters; nobody waiting (the common case) costs nothing
+            self._event.set()
+            self._event = asyncio.Event()
 
     async def reserve(self, estimate: float, run_id: str, tenant: str) -> Reservation | None:
         """Hold `estimate` USD on the call's accounts, or None when a cap cannot take it."""
@@ -84,7 +86,11 @@ class Budget:
             blocked = [a for a in accounts if a.spent + a.reserved + estimate > a.cap + EPS]
             if any(a.spent + estimate > a.cap + EPS or a.reserved <= EPS for a in blocked):
                 return None  # would not fit even if every call in flight cost nothing
-            await self._event.wait()
+            self._waiting += 1
+            try:
+                await self._event.wait()
+            finally:
+                self._waiting -= 1
 
     def remaining(self, run_id: str, tenant: str) -> float | None:
         accounts = self._accounts(run_id, tenant)

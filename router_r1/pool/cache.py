@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from router_r1.types import CallResult
@@ -44,7 +45,7 @@ class ResponseCache:
     def put(self, key: str, result: CallResult) -> None:
         if not result.ok:
             return
-        self._store[key] = result
+        self._store[key] = replace(result, meta=dict(result.meta))  # the caller keeps its own
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries:
             self._store.popitem(last=False)

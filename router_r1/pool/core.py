@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +28,10 @@ from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
 from router_r1.pool.ledger import Ledger
 from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
+from router_r1.pool.request import CallContext, InvalidRequest, Request, parse_request
+from router_r1.pool.stats import ModelStats
 from router_r1.types import CallResult, CallStatus
 
-PARAM_KEYS = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
-              "frequency_penalty"}
-CONTEXT_KEYS = {"run_id", "episode_id", "tenant", "allowed_models", "deadline_s"}
-ROLES = {"system", "user", "assistant"}
 # Failures that say the model is unwell; 429s and 4xx say nothing about its health.
 _CIRCUIT_FAILURES = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.BAD_RESPONSE,
                      CallStatus.HTTP_ERROR}
@@ -42,50 +39,11 @@ _NO_FALLBACK = {CallStatus.CANCELLED, CallStatus.INVALID_REQUEST}
 UNKNOWN = "<unknown>"  # metrics bucket for names outside the pool (a policy can invent many)
 
 
-class _Invalid(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class CallContext:
-    run_id: str
-    episode_id: str = ""
-    tenant: str = "default"
-    allowed_models: frozenset[str] | None = None  # display names; None = every model
-    deadline_s: float | None = None  # absolute time.time()
-
-    def allows(self, name: str) -> bool:
-        return self.allowed_models is None or name in self.allowed_models
-
-
-@dataclass
-class _Request:
-    asked: str  # the model name as the caller wrote it
-    desc: ModelDescriptor | None
-    query: str | None  # a bare query; messages are then built per model (system prompt)
-    messages: list[Message] | None
-    params: dict[str, Any]
-    ctx: CallContext
-    success: tuple[ModelDescriptor, int, int, float] | None = None  # billed answer: model, tokens, cost
-
-    def messages_for(self, desc: ModelDescriptor) -> list[Message]:
-        if self.messages is not None:
-            return self.messages
-        sys = desc.backend.system_prompt
-        return ([{"role": "system", "content": sys}] if sys else []) + [
-            {"role": "user", "content": self.query or ""}]
-
-
 @dataclass
 class _ModelState:
     limiter: ModelLimiter
     circuit: CircuitBreaker
-    calls: int = 0
-    errors: int = 0
-    retries: int = 0
-    cache_hits: int = 0
-    spend_usd: float = 0.0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    stats: ModelStats = field(default_factory=ModelStats)
 
 
 class PoolCore:
@@ -110,6 +68,7 @@ class PoolCore:
         self._on_record, self._clock, self._sleep = on_record, clock, sleep
         self._rng = rng or random.Random()
         self._unknown_calls = 0
+        self._resolved: dict[str, ModelDescriptor] = {}
 
     # -- public API ----------------------------------------------------------------------------
     async def call(self, model: str, messages_or_query: str | list[Message],
@@ -119,10 +78,11 @@ class PoolCore:
         cancellation, which is recorded and re-raised)."""
         t0 = time.perf_counter()
         try:
-            req = self._prepare(model, messages_or_query, params, context)
-        except _Invalid as e:
-            asked = model if isinstance(model, str) else "?"
-            req = _Request(asked, None, None, None, {}, CallContext(self.run_id))
+            req = parse_request(model, messages_or_query, params, context, resolve=self._resolve,
+                                run_id=self.run_id, default_params=self.runtime.default_params)
+        except InvalidRequest as e:
+            asked = model[:200] if isinstance(model, str) else "?"
+            req = Request(asked, None, None, None, {}, CallContext(self.run_id))
             return self._finish(req, CallResult.failure(asked, CallStatus.INVALID_REQUEST, str(e)), t0)
         if req.desc is None:
             return self._finish(req, CallResult.failure(
@@ -138,8 +98,9 @@ class PoolCore:
             elif deadline <= time.time():
                 res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline already passed")
             else:
-                res = await asyncio.wait_for(self._cached(req), deadline - time.time())
-        except asyncio.TimeoutError:
+                async with asyncio.timeout(deadline - time.time()):
+                    res = await self._cached(req)
+        except TimeoutError:
             res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline passed during the call")
         except asyncio.CancelledError:
             self._finish(req, CallResult.failure(req.desc.name, CallStatus.CANCELLED, "caller went away"), t0)
@@ -152,8 +113,10 @@ class PoolCore:
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         """Many calls at once; each request is {model, query | messages, params?, context?}."""
         async def one(r: Any) -> CallResult:
-            if not isinstance(r, dict):
-                return CallResult.failure("?", CallStatus.INVALID_REQUEST, "a batch item must be a mapping")
+            if not isinstance(r, dict):  # still one call, so still one ledger record
+                return self._finish(Request("?", None, None, None, {}, CallContext(self.run_id)),
+                                    CallResult.failure("?", CallStatus.INVALID_REQUEST,
+                                                       "a batch item must be a mapping"), time.perf_counter())
             return await self.call(r.get("model"), r.get("messages", r.get("query")),
                                    r.get("params"), r.get("context"))
         return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -164,17 +127,23 @@ class PoolCore:
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Per model: calls, errors, retries, cache hits, p50/p99 latency (s), spend (USD)."""
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for name, st in self._states.items():
-            lat = sorted(st.latencies)
-            q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0)
-            out[name] = {"calls": st.calls, "errors": st.errors, "retries": st.retries,
-                         "cache_hits": st.cache_hits, "p50_latency_s": q(0.5),
-                         "p99_latency_s": q(0.99), "spend_usd": st.spend_usd,
-                         "circuit": st.circuit.state}
+            out[name] = {**st.stats.summary(), "circuit": st.circuit.state}
         if self._unknown_calls:
             out[UNKNOWN] = {"calls": self._unknown_calls, "errors": self._unknown_calls}
         return out
+
+    def warm_backends(self) -> dict[str, str]:
+        """Build every backend the pool uses now (e.g. the simulated world) rather than inside the
+        first call. Failures are returned, not raised: those calls will end in a typed error."""
+        failed = {}
+        for kind in sorted(self.pool.kinds()):
+            try:
+                self._backend(kind)
+            except Exception as e:
+                failed[kind] = f"{type(e).__name__}: {e}"
+        return failed
 
     def flush(self) -> None:
         self.ledger.flush()
@@ -187,62 +156,17 @@ class PoolCore:
                 pass
         self.ledger.close()
 
-    # -- validation ----------------------------------------------------------------------------
-    def _prepare(self, model: Any, mq: Any, params: Any, context: Any) -> _Request:
-        if not isinstance(model, str) or not model.strip():
-            raise _Invalid("model must be a non-empty string")
-        ctx = self._context(context)
-        p = self._params(params)
-        query, messages = None, None
-        if isinstance(mq, str):
-            if not mq.strip():
-                raise _Invalid("the query is empty")
-            query = mq
-        elif isinstance(mq, list) and mq:
-            for m in mq:
-                if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-                    raise _Invalid("each message must be {'role': system|user|assistant, 'content': str}")
-            messages = [{"role": m["role"], "content": m["content"]} for m in mq]
-        else:
-            raise _Invalid("expected a query string or a non-empty list of messages")
-        return _Request(model[:200], self.pool.resolve(model), query, messages, p, ctx)
-
-    def _params(self, params: Any) -> dict[str, Any]:
-        if params is not None and not isinstance(params, dict):
-            raise _Invalid("params must be a mapping")
-        p = {**self.runtime.default_params, **(params or {})}
-        bad = set(p) - PARAM_KEYS
-        if bad:
-            raise _Invalid(f"unsupported params {sorted(bad)}; allowed: {sorted(PARAM_KEYS)}")
-        t = p.get("temperature")
-        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t < 0):
-            raise _Invalid("temperature must be a number >= 0")
-        mt = p.get("max_tokens")
-        if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-            raise _Invalid("max_tokens must be an integer >= 1")
-        return p
-
-    def _context(self, context: Any) -> CallContext:
-        if context is None:
-            return CallContext(self.run_id)
-        if not isinstance(context, dict):
-            raise _Invalid("context must be a mapping")
-        bad = set(context) - CONTEXT_KEYS
-        if bad:
-            raise _Invalid(f"unknown context keys {sorted(bad)}; allowed: {sorted(CONTEXT_KEYS)}")
-        allowed = context.get("allowed_models")
-        if allowed is not None:
-            if not isinstance(allowed, (list, tuple, set, frozenset)):
-                raise _Invalid("allowed_models must be a list of model names")
-            allowed = frozenset(m.name for m in (self.pool.resolve(str(a)) for a in allowed) if m)
-        deadline = context.get("deadline_s")
-        if deadline is not None and not isinstance(deadline, (int, float)):
-            raise _Invalid("deadline_s must be a unix time in seconds")
-        return CallContext(str(context.get("run_id") or self.run_id), str(context.get("episode_id") or ""),
-                           str(context.get("tenant") or "default"), allowed, deadline)
+    def _resolve(self, name: str) -> ModelDescriptor | None:
+        """PoolSpec.resolve, memoised for names that resolve (a policy's junk names are not kept)."""
+        desc = self._resolved.get(name)
+        if desc is None:
+            desc = self.pool.resolve(name)
+            if desc is not None:
+                self._resolved[name] = desc
+        return desc
 
     # -- pipeline ------------------------------------------------------------------------------
-    async def _cached(self, req: _Request) -> CallResult:
+    async def _cached(self, req: Request) -> CallResult:
         assert req.desc is not None
         key = None if self.cache is None else cache_key(req.desc.name, req.messages_for(req.desc), req.params)
         if key is None or self.cache is None:
@@ -253,19 +177,20 @@ class PoolCore:
         fut = self.cache.inflight(key)
         if fut is not None:
             leader = await asyncio.shield(fut)
-            if leader is not None and leader.ok:
+            if leader is not None and leader.ok and leader.served_by is None:
                 return _as_hit(leader)
             return await self._with_fallback(req)  # the leader failed: try for ourselves
         self.cache.begin(key)
         res = None
         try:
             res = await self._with_fallback(req)
-            self.cache.put(key, res)
+            if res.served_by is None:  # a fallback's answer is not this model's answer
+                self.cache.put(key, res)
             return res
         finally:
             self.cache.end(key, res)
 
-    async def _with_fallback(self, req: _Request) -> CallResult:
+    async def _with_fallback(self, req: Request) -> CallResult:
         assert req.desc is not None
         desc, res = req.desc, await self._call_model(req.desc, req)
         tried, billed, errors = {desc.name}, res.cost_usd, []
@@ -279,7 +204,7 @@ class PoolCore:
             billed += res.cost_usd
         res.model = req.desc.name
         if desc is not req.desc:
-            res.served_by = desc.name
+            res.served_by = desc.name if res.ok else None  # who answered; nobody, if all failed
             res.cost_usd = billed
             res.meta["fallback_from"] = errors
         return res
@@ -298,7 +223,7 @@ class PoolCore:
             self._backends[kind] = make_backend(kind, self.pool)
         return self._backends[kind]
 
-    async def _call_model(self, desc: ModelDescriptor, req: _Request) -> CallResult:
+    async def _call_model(self, desc: ModelDescriptor, req: Request) -> CallResult:
         """One model, all its attempts, under one budget reservation."""
         messages = req.messages_for(desc)
         params = {"max_tokens": desc.backend.max_tokens, **req.params}
@@ -314,7 +239,7 @@ class PoolCore:
             reservation.release()
 
     async def _attempts(self, desc: ModelDescriptor, messages: list[Message], params: dict[str, Any],
-                        est_prompt: int, req: _Request, reservation: Reservation) -> CallResult:
+                        est_prompt: int, req: Request, reservation: Reservation) -> CallResult:
         st, lim = self._state(desc), desc.limits
         try:
             backend = self._backend(desc.backend.kind)
@@ -326,20 +251,24 @@ class PoolCore:
         billed_tokens = [0, 0]
         attempt = 0
         while attempt < lim.max_attempts:
-            if not st.circuit.allow():
+            outcome: BackendReply | BackendError | None = None
+            if st.circuit.state != "open":  # open: fail fast, without queueing for a slot
+                try:
+                    async with st.limiter.slot(est_total):
+                        # Checked again once through the queue: the circuit may have opened meanwhile.
+                        if st.circuit.allow():
+                            attempt += 1
+                            outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
+                except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
+                    st.circuit.release_probe()
+                    raise
+            if outcome is None:
+                st.limiter.settle_tokens(est_total, 0)
                 if last is None:
                     return CallResult.failure(desc.name, CallStatus.CIRCUIT_OPEN,
                                               f"{desc.name} is cooling down after repeated failures; "
                                               f"retry in {st.circuit.retry_in():.1f}s")
                 break  # opened during our retries: report the real error
-            attempt += 1
-            outcome: BackendReply | BackendError
-            try:
-                async with st.limiter.slot(est_total):
-                    outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
-            except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
-                st.circuit.release_probe()
-                raise
             if isinstance(outcome, BackendReply):
                 pt, ct = outcome.prompt_tokens, outcome.completion_tokens
                 st.circuit.record_success()
@@ -366,7 +295,7 @@ class PoolCore:
                 if last.retry_after > lim.backoff_max_s:
                     break  # the provider asks for a longer pause than we are allowed to wait
                 delay = max(delay, last.retry_after)
-            st.retries += 1
+            st.stats.retries += 1
             await self._sleep(delay)
         assert last is not None
         return CallResult.failure(desc.name, last.status, str(last), attempts=attempt,
@@ -379,8 +308,9 @@ class PoolCore:
                        params: dict[str, Any], timeout_s: float) -> BackendReply | BackendError:
         """One backend attempt, every failure turned into a BackendError value."""
         try:
-            reply = await asyncio.wait_for(backend.complete(desc, messages, params), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):  # unlike wait_for, no extra task per attempt
+                reply = await backend.complete(desc, messages, params)
+        except TimeoutError:
             return BackendError(CallStatus.TIMEOUT, f"no answer within {timeout_s:g}s", retryable=True)
         except BackendError as e:
             return e
@@ -396,7 +326,7 @@ class PoolCore:
         return reply
 
     # -- billing -------------------------------------------------------------------------------
-    def _bill_attempt(self, desc: ModelDescriptor, req: _Request, err: BackendError, attempt: int,
+    def _bill_attempt(self, desc: ModelDescriptor, req: Request, err: BackendError, attempt: int,
                       reservation: Reservation, tally: list[int]) -> None:
         pt, ct = err.billed_tokens or (0, 0)
         cost = call_cost(desc, pt, ct)
@@ -409,7 +339,7 @@ class PoolCore:
                    price_out=desc.price_out, cost_usd=cost, status=err.status.value,
                    attempts=attempt, error=str(err)[:500])
 
-    def _finish(self, req: _Request, res: CallResult, t0: float) -> CallResult:
+    def _finish(self, req: Request, res: CallResult, t0: float) -> CallResult:
         """Write the call's ledger record and update metrics. No await: nothing can interleave."""
         res.latency_s = time.perf_counter() - t0
         if req.success is not None:
@@ -427,12 +357,7 @@ class PoolCore:
         if req.desc is None:
             self._unknown_calls += 1
         else:
-            st = self._state(req.desc)
-            st.calls += 1
-            st.errors += 0 if res.ok else 1
-            st.cache_hits += int(res.cache_hit)
-            st.spend_usd += res.cost_usd
-            st.latencies.append(res.latency_s)
+            self._state(req.desc).stats.add(res)
         return res
 
     def _emit(self, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""Per-model call statistics kept by the pool, and their flat form for MLflow.
+
+Counts are since the pool (re)started; billed totals that must survive restarts come from the
+ledger instead. Latency quantiles are over the last `window` calls.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from router_r1.types import CallResult
+
+
+@dataclass
+class ModelStats:
+    window: int = 10_000
+    calls: int = 0
+    errors: int = 0
+    retries: int = 0
+    cache_hits: int = 0
+    spend_usd: float = 0.0
+    latencies: deque = field(default_factory=deque)
+
+    def add(self, r: CallResult) -> None:
+        self.calls += 1
+        self.errors += 0 if r.ok else 1
+        self.cache_hits += int(r.cache_hit)
+        self.spend_usd += r.cost_usd
+        self.latencies.append(r.latency_s)
+        if len(self.latencies) > self.window:
+            self.latencies.popleft()
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latencies)
+
+        def q(p: float) -> float:
+            return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0
+
+        return {"calls": self.calls, "errors": self.errors, "retries": self.retries,
+                "cache_hits": self.cache_hits, "p50_latency_s": q(0.5), "p99_latency_s": q(0.99),
+                "spend_usd": self.spend_usd}
+
+
+def flat_metrics(metrics: dict[str, dict[str, object]], prefix: str = "pool") -> dict[str, float]:
+    """`{model: {name: value}}` -> `{"pool/<model>/<name>": value}`, numbers only: what the run
+    that owns the pool passes to `mlflow.log_metrics`."""
+    return {f"{prefix}/{model}/{k}": float(v) for model, m in metrics.items() for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}

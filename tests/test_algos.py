@@ -1,0 +1,144 @@
+"""The RL maths on hand-computed examples, and the mask: information tokens never matter."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from router_r1 import algos
+
+
+def test_grpo_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 5.0, 0.3, 0.3])
+    groups = torch.tensor([0, 0, 0, 0, 1, 2, 2])
+    adv = algos.grpo_advantages(rewards, groups, eps=0.0)
+    s = math.sqrt(1 / 3)  # unbiased std of [1, 0, 1, 0]
+    assert adv[:4].tolist() == pytest.approx([0.5 / s, -0.5 / s, 0.5 / s, -0.5 / s])
+    assert adv[4] == 0  # a group of one carries no signal
+    assert adv[5:].tolist() == [0.0, 0.0]  # equal rewards: zero std, zero advantage
+
+
+def test_grpo_advantages_eps_and_group_order():
+    rewards = torch.tensor([2.0, 1.0, 0.0, 4.0])
+    groups = torch.tensor([7, 3, 7, 3])
+    adv = algos.grpo_advantages(rewards, groups, eps=1e-6)
+    s7, s3 = math.sqrt(2.0), math.sqrt(4.5)
+    assert adv.tolist() == pytest.approx([1 / (s7 + 1e-6), -1.5 / (s3 + 1e-6), -1 / (s7 + 1e-6), 1.5 / (s3 + 1e-6)])
+
+
+def test_last_token_rewards_on_last_policy_token():
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    out = algos.last_token_rewards(torch.tensor([2.0, -1.0, 5.0]), mask)
+    want = torch.zeros(3, 6)
+    want[0, 3], want[1, 0] = 2.0, -1.0
+    assert torch.equal(out, want)
+
+
+def test_gae_skips_information_tokens():
+    # positions: policy, information, policy(last, reward 1), padding
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 9.0, 0.2, 7.0]])  # values on masked tokens must not matter
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    adv, ret = algos.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+    # t=2: delta = 1 - 0.2 = 0.8.  t=0: delta = 0.9*0.2 - 0.5 = -0.32; A = -0.32 + 0.9*0.8*0.8
+    assert adv[0].tolist() == pytest.approx([0.256, 0.0, 0.8, 0.0])
+    assert ret[0].tolist() == pytest.approx([0.756, 0.0, 1.0, 0.0])
+
+
+def test_gae_gamma_lambda_one_is_reward_to_go_minus_value():
+    mask = torch.ones(1, 3)
+    values = torch.tensor([[0.1, 0.2, 0.3]])
+    rewards = torch.tensor([[0.0, 0.0, 2.0]])
+    adv, ret = algos.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert adv[0].tolist() == pytest.approx([1.9, 1.8, 1.7])
+    assert ret[0].tolist() == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_masked_mean_and_whiten():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, -50.0, 4.0]])
+    m = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    assert algos.masked_mean(x, m).item() == pytest.approx(2.5)
+    assert algos.masked_mean(x, torch.zeros_like(m)).item() == 0.0
+    w = algos.masked_whiten(x, m)
+    assert w[0, 2] == 0 and w[1, 1] == 0
+    assert algos.masked_mean(w, m).item() == pytest.approx(0.0, abs=1e-6)
+    assert algos.masked_var(w, m).item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_policy_loss_clipping_hand_computed():
+    mask = torch.ones(1, 2)
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))  # ratios 1.5 and 0.5
+    # A=+1 with ratio 1.5 -> clipped at 1.2; A=-1 with ratio 0.5 -> min(-0.5, -0.8) = -0.8
+    loss, m = algos.policy_loss(logp, old, torch.tensor([[1.0, -1.0]]), mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx(-(1.2 - 0.8) / 2)
+    assert m["actor/clipfrac"] == pytest.approx(1.0)
+    # Inside the trust region nothing is clipped and the loss is -mean(ratio * A).
+    loss, m = algos.policy_loss(torch.log(torch.tensor([[1.1, 0.9]])), old, torch.tensor([[1.0, 2.0]]), mask, 0.2)
+    assert loss.item() == pytest.approx(-(1.1 + 1.8) / 2)
+    assert m["actor/clipfrac"] == 0.0
+
+
+def test_kl_estimators():
+    mask = torch.ones(1, 1)
+    logp, ref = torch.tensor([[math.log(0.25)]]), torch.tensor([[math.log(0.5)]])
+    k3, m = algos.kl_penalty(logp, ref, mask, "k3")
+    assert k3.item() == pytest.approx(2 - math.log(2) - 1)  # r - log r - 1 with r = pi_ref / pi = 2
+    assert m["actor/kl"] == pytest.approx(k3.item())
+    assert algos.kl_penalty(logp, ref, mask, "k1")[0].item() == pytest.approx(-math.log(2))
+    assert algos.kl_penalty(logp, logp, mask, "k3")[0].item() == 0.0
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        algos.kl_penalty(logp, ref, mask, "k9")
+
+
+def test_entropy_and_token_logprobs():
+    logits = torch.zeros(2, 3, 8)
+    assert torch.allclose(algos.entropy_from_logits(logits), torch.full((2, 3), math.log(8)))
+    logits = torch.randn(2, 3, 8)
+    tokens = torch.randint(0, 8, (2, 3))
+    want = torch.log_softmax(logits, -1)[torch.arange(2)[:, None], torch.arange(3)[None], tokens]
+    assert torch.allclose(algos.token_logprobs(logits, tokens), want)
+
+
+def test_value_loss_clipped_hand_computed():
+    mask = torch.ones(1, 2)
+    old = torch.tensor([[0.0, 0.0]])
+    values = torch.tensor([[1.0, 0.1]])
+    returns = torch.tensor([[1.0, 0.0]])
+    # pos 0: unclipped err 0, clipped V = 0.2 -> err 0.64 -> max 0.64; pos 1: err 0.01 both ways
+    loss, m = algos.value_loss(values, old, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
+    assert m["critic/vf_clipfrac"] == pytest.approx(0.5)
+    plain, _ = algos.value_loss(values, old, returns, mask, clip=None)
+    assert plain.item() == pytest.approx(0.5 * (0.0 + 0.01) / 2)
+
+
+def _total_loss(logp, old, ref, adv, values, old_values, returns, mask):
+    pg, _ = algos.policy_loss(logp, old, adv, mask, 0.2)
+    kl, _ = algos.kl_penalty(logp, ref, mask)
+    vf, _ = algos.value_loss(values, old_values, returns, mask, 0.2)
+    return pg + 0.1 * kl + 0.5 * vf
+
+
+def test_masked_tokens_change_no_gradient():
+    torch.manual_seed(0)
+    B, T = 3, 7
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0, 0]]).float()
+    tensors = {k: torch.randn(B, T) for k in ("logp", "old", "ref", "adv", "values", "old_values", "returns")}
+
+    def grads(t):
+        logp = t["logp"].clone().requires_grad_(True)
+        values = t["values"].clone().requires_grad_(True)
+        loss = _total_loss(logp, t["old"], t["ref"], t["adv"], values, t["old_values"], t["returns"], mask)
+        loss.backward()
+        return loss.detach(), logp.grad, values.grad
+
+    base_loss, g_logp, g_values = grads(tensors)
+    assert torch.all(g_logp[mask == 0] == 0) and torch.all(g_values[mask == 0] == 0)
+    assert g_logp[mask == 1].abs().sum() > 0
+    # Garbage on the information tokens: every input, including the policy's own log-probs there.
+    poisoned = {k: torch.where(mask == 0, torch.full_like(v, 1e3), v) for k, v in tensors.items()}
+    loss2, g2_logp, g2_values = grads(poisoned)
+    assert torch.equal(base_loss, loss2)
+    assert torch.equal(g_logp, g2_logp) and torch.equal(g_values, g2_values)

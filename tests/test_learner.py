@@ -1,0 +1,185 @@
+"""The learner on a tiny policy: GRPO/PPO/SFT steps learn on a fixed batch, information tokens are
+never trained on, micro-batching is exact, weights travel through the Ray object store."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.learner import Learner, lr_lambda
+from router_r1 import algos
+from tiny_learner import CORPUS, fixed_batch, tiny_config
+
+
+def _copy(sd):
+    return {k: v.clone() for k, v in sd.items()}
+
+
+def _token_logp(learner: Learner, batch) -> torch.Tensor:
+    """log-prob of every response token under the current policy: (B, T)."""
+    tb = batch.to_tensors(learner.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return learner._forward(learner.model, tb)[0]
+
+
+def _row_logp(learner: Learner, batch) -> torch.Tensor:
+    """Mean log-prob of each row's policy tokens under the current policy: (B,)."""
+    m = batch.to_tensors(0).loss_mask.float()
+    return (_token_logp(learner, batch) * m).sum(1) / m.sum(1)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_update_changes_weights_and_improves_the_objective(algorithm):
+    learner = Learner(tiny_config(algorithm, ppo_epochs=2, micro_batch_size=4, grad_accum=1), CORPUS)
+    batch = fixed_batch(learner.tokenizer)
+    adv_sign = torch.tensor([1.0, -1.0, 1.0, -1.0])  # rewards 1, 0, 1, 0 in one group
+    before, lp0, tok0 = _copy(learner.state_dict()), _row_logp(learner, batch), _token_logp(learner, batch)
+    mask = batch.to_tensors(0).loss_mask.float()
+    adv = algos.grpo_advantages(torch.tensor(batch.rewards), torch.tensor(batch.group_ids))[:, None] * mask
+
+    def surrogate() -> float:
+        """-mean(ratio * A) against the weights before any update (unclipped: after several
+        updates every ratio leaves the trust region, where the clipped form stops measuring)."""
+        return algos.policy_loss(_token_logp(learner, batch), tok0, adv, mask, clip_eps=1e9)[0].item()
+
+    loss0 = surrogate()
+
+    first = learner.update(batch)
+    after = learner.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for key in ("actor/pg_loss", "actor/clipfrac", "actor/kl", "actor/entropy", "learner/step_time_s",
+                "learner/tokens_per_s", "learner/lr", "learner/grad_norm"):
+        assert key in first
+    assert first["learner/staleness"] == 0.0  # every episode came from version 0
+    metrics = [learner.update(batch) for _ in range(5)]
+    lp = _row_logp(learner, batch)
+    # Advantage-weighted log-likelihood (the surrogate at ratio 1) goes up: rewarded answers gain.
+    assert (adv_sign * lp).sum() > (adv_sign * lp0).sum() + 0.5
+    assert lp[0] - lp[1] > lp0[0] - lp0[1] and lp[2] - lp[3] > lp0[2] - lp0[3]
+    assert surrogate() < loss0 - 0.1
+    if algorithm == "ppo":
+        assert "critic/vf_loss" in first
+        assert metrics[-1]["critic/vf_loss"] < first["critic/vf_loss"]
+    assert learner.step == 6
+
+
+def test_sft_step_lowers_nll_on_policy_tokens_only():
+    learner = Learner(tiny_config(), CORPUS)
+    batch = fixed_batch(learner.tokenizer)
+    m0 = learner.sft_step(batch)
+    nll0 = -_row_logp(learner, batch).mean()
+    for _ in range(8):
+        m = learner.sft_step(batch)
+    assert m["sft/nll"] < m0["sft/nll"] - 0.5
+    assert -_row_logp(learner, batch).mean() < nll0
+    # The information text is context, never a target: the loss counts policy tokens only, and
+    # the NLL it reports is the mean over exactly those.
+    assert m0["sft/policy_tokens"] == sum(sum(x) for x in batch.loss_mask)
+    mask = batch.to_tensors(0).loss_mask.float()
+    want = -(_token_logp(learner, batch) * mask).sum() / mask.sum()
+    assert learner.sft_step(batch)["sft/nll"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def _param_grads(learner: Learner, tb, adv, old, ref):
+    learner.model.zero_grad(set_to_none=True)
+    logp, _, _ = learner._forward(learner.model, tb)
+    m = tb.loss_mask.float()
+    pg, _ = algos.policy_loss(logp, old, adv, m, 0.2)
+    kl, _ = algos.kl_penalty(logp, ref, m)
+    (pg + 0.1 * kl).backward()
+    return {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
+
+
+def test_information_tokens_change_no_gradient():
+    learner = Learner(tiny_config(), CORPUS)
+    tb = fixed_batch(learner.tokenizer).to_tensors(learner.tokenizer.pad_token_id)
+    info = tb.loss_mask == 0
+    torch.manual_seed(1)
+    adv, old, ref = (torch.randn(tb.loss_mask.shape) for _ in range(3))
+    g = _param_grads(learner, tb, adv, old, ref)
+    poison = lambda x: torch.where(info, torch.full_like(x, 1e4), x)  # noqa: E731
+    g2 = _param_grads(learner, tb, poison(adv), poison(old), poison(ref))
+    assert g.keys() == g2.keys() and len(g) > 0
+    for n in g:
+        assert torch.equal(g[n], g2[n]), n
+
+
+def test_micro_batches_and_accumulation_match_one_big_batch():
+    """The token-mean over an optimizer step does not depend on how it is cut into micro-batches."""
+    batch = None
+    grads = []
+    for mbs, accum in ((4, 1), (1, 4), (3, 2)):
+        learner = Learner(tiny_config("ppo", micro_batch_size=mbs, grad_accum=accum, kl_coef=0.1), CORPUS)
+        batch = batch or fixed_batch(learner.tokenizer)
+        seen = {}
+
+        def record(optimizer, args, kwargs, learner=learner, seen=seen):
+            seen.update({n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None})
+
+        learner.optimizer.register_step_pre_hook(record)
+        learner.update(batch)
+        grads.append(seen)
+    for other in grads[1:]:
+        assert other.keys() == grads[0].keys()
+        for k in grads[0]:
+            assert torch.allclose(grads[0][k], other[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_gradient_checkpointing_gives_the_same_update_and_bf16_runs():
+    states = []
+    for gc in (False, True):
+        learner = Learner(tiny_config("ppo", gradient_checkpointing=gc), CORPUS)
+        assert getattr(learner.model.lm, "is_activation_checkpointing", gc) == gc
+        learner.update(fixed_batch(learner.tokenizer))
+        states.append(learner.model.state_dict())
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
+    learner = Learner(tiny_config("grpo", bf16=True), CORPUS)  # autocast; CPU here, CUDA on a GPU
+    m = learner.update(fixed_batch(learner.tokenizer))
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+
+
+def test_lr_schedule_warmup_then_decay():
+    f = lr_lambda(2, 10, "cosine")
+    assert [round(f(s), 3) for s in (0, 1)] == [0.333, 0.667]
+    assert f(2) == 1.0 and f(10) == pytest.approx(0.0) and 0 < f(6) < 1
+    g = lr_lambda(0, 10, "linear")
+    assert g(0) == 1.0 and g(5) == pytest.approx(0.5)
+    assert lr_lambda(3, 10, "constant")(9) == 1.0
+
+
+def test_save_policy_loads_as_a_plain_transformers_checkpoint(tmp_path):
+    from router_r1.policy import load_policy
+
+    learner = Learner(tiny_config(), CORPUS)
+    learner.sft_step(fixed_batch(learner.tokenizer))
+    path = learner.save_policy(tmp_path / "policy")
+    model, tok = load_policy(path)
+    sd = learner.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    text = "<think>x</think><answer>Marlow</answer>"
+    assert tok.encode(text) == learner.tokenizer.encode(text)
+
+
+def test_tiny_policy_without_corpus_is_a_clear_error():
+    with pytest.raises(ValueError, match="tokenizer_corpus"):
+        Learner(tiny_config())
+
+
+@pytest.mark.ray
+def test_publish_weights_through_the_object_store(ray_local):
+    ray = ray_local
+    actor = ray.remote(num_cpus=0)(Learner).remote(tiny_config(), CORPUS)
+    tok = ray.get(actor.get_tokenizer.remote())
+    ray.get(actor.sft_step.remote(fixed_batch(tok)))
+    refs = ray.get(actor.publish_weights.remote())
+    assert isinstance(refs, list) and len(refs) == 1 and isinstance(refs[0], ray.ObjectRef)
+    published, current = ray.get(refs[0]), ray.get(actor.state_dict.remote())
+    assert published.keys() == current.keys()
+    assert all(torch.equal(published[k], current[k]) for k in current)
+    assert ray.get(actor.version.remote()) == 1
+    ray.get(actor.publish_weights.remote())
+    assert ray.get(actor.version.remote()) == 2
+    ray.get(actor.publish_weights.remote(7))  # a driver that numbers versions itself
+    assert ray.get(actor.version.remote()) == 7
+    ray.kill(actor)

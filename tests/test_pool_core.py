@@ -1,0 +1,257 @@
+"""PoolCore in-process, against a scripted test-double backend (no Ray, no HTTP)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pool_doubles import ScriptedBackend, make_pool
+from router_r1.backends.base import BackendError
+from router_r1.config import PoolRuntimeConfig
+from router_r1.cost import call_cost
+from router_r1.descriptors import PoolSpec
+from router_r1.pool import PoolCore
+from router_r1.pool.ledger import read_records
+from router_r1.types import CallStatus
+
+
+def make_core(backend, tmp_path=None, pool=None, **runtime):
+    rt = PoolRuntimeConfig(ledger_dir=str(tmp_path) if tmp_path else None, **runtime)
+    return PoolCore(pool or make_pool(), rt, "run-1", {"simulated": backend})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_ok_call_priced_from_descriptor_and_recorded(tmp_path):
+    be = ScriptedBackend()
+    core = make_core(be, tmp_path)
+    r = run(core.call("a-alias", "what?", {"temperature": 0.5}, {"episode_id": "e1", "tenant": "acme"}))
+    assert r.ok and r.model == "A" and r.attempts == 1
+    assert be.log[0][1] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "what?"}]
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["A"], 10, 5)) == pytest.approx(20e-6)
+    core.flush()
+    (rec,) = read_records(tmp_path)
+    assert rec["record_id"] == r.meta["record_id"]
+    assert (rec["run_id"], rec["episode_id"], rec["tenant"], rec["model"], rec["requested_model"]) == \
+        ("run-1", "e1", "acme", "A", "a-alias")
+    assert (rec["price_in"], rec["price_out"], rec["status"], rec["cache_hit"]) == (1.0, 2.0, "ok", False)
+
+
+@pytest.mark.parametrize("model,mq,params,context,status", [
+    ("Nope", "q", None, None, CallStatus.UNKNOWN_MODEL),
+    ("A", "q", None, {"allowed_models": ["B"]}, CallStatus.NOT_ALLOWED),
+    ("", "q", None, None, CallStatus.INVALID_REQUEST),
+    (None, "q", None, None, CallStatus.INVALID_REQUEST),
+    ("A", "   ", None, None, CallStatus.INVALID_REQUEST),
+    ("A", [{"role": "robot", "content": "x"}], None, None, CallStatus.INVALID_REQUEST),
+    ("A", 42, None, None, CallStatus.INVALID_REQUEST),
+    ("A", "q", {"stream": True}, None, CallStatus.INVALID_REQUEST),
+    ("A", "q", {"temperature": -1}, None, CallStatus.INVALID_REQUEST),
+    ("A", "q", {"max_tokens": 0}, None, CallStatus.INVALID_REQUEST),
+    ("A", "q", "hot", None, CallStatus.INVALID_REQUEST),
+    ("A", "q", None, {"api_key": "x"}, CallStatus.INVALID_REQUEST),
+    ("A", "q", None, {"deadline_s": time.time() - 1}, CallStatus.CANCELLED),
+])
+def test_bad_input_is_a_typed_result_and_recorded(model, mq, params, context, status):
+    be = ScriptedBackend()
+    core = make_core(be)
+    r = run(core.call(model, mq, params, context))
+    assert r.status is status and r.error and r.cost_usd == 0
+    assert not be.log
+    assert sum(t["calls"] for t in core.totals("run_id").values()) == 1
+
+
+def test_retries_honour_retry_after_then_succeed():
+    be = ScriptedBackend({"B": [BackendError(CallStatus.RATE_LIMITED, "429", retryable=True, retry_after=0.2),
+                                BackendError(CallStatus.HTTP_ERROR, "503", retryable=True)]})
+    core = make_core(be)
+    t0 = time.perf_counter()
+    r = run(core.call("B", "q"))
+    assert r.ok and r.attempts == 3 and time.perf_counter() - t0 >= 0.2
+    assert core.metrics()["B"]["retries"] == 2
+
+
+def test_non_retryable_error_is_not_retried():
+    be = ScriptedBackend({"C": [BackendError(CallStatus.HTTP_ERROR, "400 bad", retryable=False, http_status=400)]})
+    r = run(make_core(be).call("C", "q"))
+    assert r.status is CallStatus.HTTP_ERROR and r.attempts == 1 and len(be.log) == 1
+
+
+def test_retry_after_longer_than_allowed_gives_up():
+    be = ScriptedBackend({"C": [BackendError(CallStatus.RATE_LIMITED, "429", retryable=True, retry_after=60)]})
+    r = run(make_core(be).call("C", "q"))
+    assert r.status is CallStatus.RATE_LIMITED and r.attempts == 1
+
+
+def test_timeouts_and_crashing_backends_end_typed():
+    be = ScriptedBackend({"C": [5.0, 5.0], "B": [RuntimeError("boom"), "bad"]})
+    core = make_core(be, pool=make_pool(timeout_s=0.05, max_attempts=2))
+    r = run(core.call("C", "q"))
+    assert r.status is CallStatus.TIMEOUT and r.attempts == 2
+    r = run(core.call("B", "q"))
+    assert r.status is CallStatus.BAD_RESPONSE and "boom" in r.error
+    r = run(core.call("B", "q"))
+    assert r.status is CallStatus.BAD_RESPONSE and "invalid reply" in r.error
+
+
+def test_fallback_answers_and_bills_the_fallback():
+    err = BackendError(CallStatus.HTTP_ERROR, "500", retryable=True)
+    be = ScriptedBackend({"A": [err, err]})
+    core = make_core(be, pool=make_pool(max_attempts=2))
+    r = run(core.call("A", "q"))
+    assert r.ok and r.model == "A" and r.served_by == "B"
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["B"], 10, 5))
+    assert core.totals("model")["B"]["cost_usd"] == pytest.approx(r.cost_usd)
+    assert "A: http_error" in r.meta["fallback_from"][0]
+    # A fallback the caller has not allowed is not used.
+    be.scripts["A"] = [err, err]
+    r = run(core.call("A", "q", context={"allowed_models": ["A"]}))
+    assert r.status is CallStatus.HTTP_ERROR and r.served_by is None
+
+
+def test_circuit_opens_and_fails_fast():
+    err = BackendError(CallStatus.CONNECTION_ERROR, "refused", retryable=True)
+    be = ScriptedBackend({"C": [err] * 10})
+    core = make_core(be, pool=make_pool(max_attempts=1, circuit_failures=3, circuit_cooldown_s=60))
+
+    async def main():
+        return [await core.call("C", "q") for _ in range(5)]
+
+    rs = run(main())
+    assert [r.status for r in rs] == [CallStatus.CONNECTION_ERROR] * 3 + [CallStatus.CIRCUIT_OPEN] * 2
+    assert len(be.log) == 3 and core.metrics()["C"]["circuit"] == "open"
+
+
+def test_billed_failed_attempts_are_recorded_and_charged(tmp_path):
+    billed = BackendError(CallStatus.TIMEOUT, "cut off", retryable=True, billed_tokens=(10, 3))
+    be = ScriptedBackend({"C": [billed]})
+    core = make_core(be, tmp_path)
+    r = run(core.call("C", "q"))
+    assert r.ok and r.attempts == 2
+    core.flush()
+    recs = read_records(tmp_path)
+    assert sorted(x["kind"] for x in recs) == ["attempt", "call"]
+    assert sum(x["cost_usd"] for x in recs) == pytest.approx(r.cost_usd)
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["C"], 20, 8))
+
+
+def test_cache_hits_are_free_and_single_flight(tmp_path):
+    be = ScriptedBackend(delay_s=0.05)
+    core = make_core(be, tmp_path)
+
+    async def main():
+        first = await asyncio.gather(*(core.call("B", "same question") for _ in range(10)))
+        later = await core.call("B", "same question")
+        sampled = await core.call("B", "same question", {"temperature": 0.7})
+        return first, later, sampled
+
+    first, later, sampled = run(main())
+    assert len(be.log) == 2  # one for the ten identical calls, one for the sampled call
+    assert sum(not r.cache_hit for r in first) == 1 and later.cache_hit and not sampled.cache_hit
+    hits = [r for r in first + [later] if r.cache_hit]
+    assert all(r.ok and r.cost_usd == 0 and r.text == first[0].text for r in hits)
+    assert core.totals("model")["B"]["cost_usd"] == pytest.approx(2 * call_cost(core.pool["B"], 10, 5))
+    assert core.metrics()["B"]["cache_hits"] == 10
+
+
+def test_cache_off_by_config():
+    be = ScriptedBackend()
+    core = make_core(be, cache=False)
+
+    async def main():
+        for _ in range(3):
+            await core.call("B", "q")
+
+    run(main())
+    assert len(be.log) == 3
+
+
+def test_deadline_cancels_a_hanging_call():
+    be = ScriptedBackend({"C": [30.0]})
+    core = make_core(be, pool=make_pool(timeout_s=60))
+    t0 = time.perf_counter()
+    r = run(core.call("C", "q", context={"deadline_s": time.time() + 0.1}))
+    assert r.status is CallStatus.CANCELLED and time.perf_counter() - t0 < 1.0
+
+
+def test_budget_refusal_and_restart_keeps_spend(tmp_path):
+    one = call_cost(make_pool()["C"], 10, 5)
+    # The reservation estimate is above the real cost, so cap at a bit more than 2 real calls
+    # plus one estimate: after 2 calls, a third estimate no longer fits.
+    core = make_core(ScriptedBackend(), tmp_path, run_budget_usd=2.5 * one, default_params={"max_tokens": 5})
+
+    async def main(c):
+        return [await c.call("C", "short q") for _ in range(4)]
+
+    rs = run(main(core))
+    assert [r.status for r in rs] == [CallStatus.OK] * 2 + [CallStatus.BUDGET_EXCEEDED] * 2
+    run(core.close())
+    again = make_core(ScriptedBackend(), tmp_path, run_budget_usd=2.5 * one, default_params={"max_tokens": 5})
+    assert again.totals("run_id")["run-1"]["cost_usd"] == pytest.approx(2 * one)
+    assert run(again.call("C", "short q")).status is CallStatus.BUDGET_EXCEEDED
+
+
+def test_call_batch_mixes_good_and_bad():
+    core = make_core(ScriptedBackend())
+    rs = run(core.call_batch([{"model": "B", "query": "q"}, {"model": "Zed", "query": "q"}, "junk",
+                              {"model": "C", "messages": [{"role": "user", "content": "hi"}]}]))
+    assert [r.status for r in rs] == [CallStatus.OK, CallStatus.UNKNOWN_MODEL,
+                                      CallStatus.INVALID_REQUEST, CallStatus.OK]
+
+
+def test_calls_queued_behind_a_failing_model_fail_fast_once_the_circuit_opens():
+    err = BackendError(CallStatus.CONNECTION_ERROR, "refused", retryable=True)
+    be = ScriptedBackend({"C": [0.02, err, err, err] + [err] * 50})
+    # One slot: 20 calls queue; the circuit opens after 3 failures and the rest never reach
+    # the backend, although they were already waiting for the slot when it opened.
+    core = make_core(be, pool=make_pool(max_attempts=1, circuit_failures=3, circuit_cooldown_s=60,
+                                        max_concurrency=1))
+
+    async def main():
+        return await asyncio.gather(*(core.call("C", f"q{i}", {"temperature": 0.7}) for i in range(20)))
+
+    rs = run(main())
+    assert sum(r.status is CallStatus.CIRCUIT_OPEN for r in rs) == 16
+    assert len(be.log) == 4
+
+
+def test_simulated_pool_from_the_registry():
+    """The pool file of training and the demo, backends built from the registry."""
+    from pathlib import Path
+
+    from router_r1.descriptors import load_pool
+
+    pool = load_pool(Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml")
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run")
+
+    async def main():
+        return await asyncio.gather(*(core.call(m, "What is the capital of Vorland?") for m in pool.names))
+
+    rs = run(main())
+    assert all(r.ok and r.text and r.cost_usd > 0 for r in rs)
+    assert {r.model for r in rs} == set(pool.names)
+
+
+def test_warm_backends_reports_failures_instead_of_raising(tmp_path):
+    pool = PoolSpec.model_validate({"models": [
+        {"name": "S", "price": 1, "backend": {"kind": "simulated"}},
+        {"name": "V", "price": 1, "backend": {"kind": "vllm", "checkpoint": str(tmp_path)}}]})
+    core = PoolCore(pool.model_copy(update={"backends": {"vllm": {"no_such_option": 1}}}),
+                    PoolRuntimeConfig(ledger_dir=None), "run")
+    failed = core.warm_backends()
+    assert set(failed) == {"vllm"} and "no_such_option" in failed["vllm"]
+    r = run(core.call("V", "q"))
+    assert r.status is CallStatus.CONNECTION_ERROR and "unavailable" in r.error
+
+
+def test_fallback_that_also_fails_reports_no_server_and_bills_both():
+    err = BackendError(CallStatus.HTTP_ERROR, "503", retryable=True, billed_tokens=(10, 0))
+    be = ScriptedBackend({"A": [err], "B": [err]})
+    core = make_core(be, pool=make_pool(max_attempts=1))
+    r = run(core.call("A", "q"))
+    assert r.status is CallStatus.HTTP_ERROR and r.served_by is None and r.model == "A"
+    assert r.cost_usd == pytest.approx(call_cost(core.pool["A"], 10, 0) + call_cost(core.pool["B"], 10, 0))
+    assert sum(t["cost_usd"] for t in core.totals("model").values()) == pytest.approx(r.cost_usd)
