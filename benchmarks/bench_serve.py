@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = cfg.model_dump()
     raw["pool"] = str(pool_file)
     # No response cache: every routed call really reaches the (simulated) model and is billed.
-    raw["pool_runtime"].update(actor_name=f"bench_pool_{_free_port()}", ledger_dir=str(work / "ledger"), cache=False,
-                               num_cpus=0, run_budget_usd=None, tenant_budgets_usd={})
+    raw["pool_runtime"].update(actor_name=f"bench_pool_{_free_port()}", ledger_dir=str(work / "ledger"),
+                               cache=False, num_cpus=0, run_budget_usd=None, tenant_budgets_usd={})
     raw["serve"].update(num_cpus=0, min_replicas=1, max_replicas=1, api_keys={},
                         request_timeout_s=args.timeout, max_ongoing_requests=max(64, 2 * args.concurrency))
     config = work / "config.yaml"
