@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                                prompt_options={"compact": True}))
         print(f"built a scripted tiny router at {checkpoint} (routes every question to {pool.names[0]})")
 
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
