@@ -97,6 +97,6 @@ def test_serve_app_over_http(trained):
         status, r = _post(f"{base}/v1/route", {"nothing": 1})
         assert status == 400 and "question" in r["error"]["message"]
     finally:
-        serve.delete("rllib_test")
+        serve.shutdown()  # other modules start Serve with their own HTTP port
     with pytest.raises(ValueError, match="rllib_router.json"):
         build_app({"router": str(pool.parent)})

@@ -138,6 +138,7 @@ def served(ray_local, fake, tmp_path_factory):
                   "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}))
     ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=120)
     port = _free_port()
+    serve.shutdown()  # a Serve left by another module would keep its own HTTP options
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "config.yaml")}),
               name="router_r1_test", route_prefix="/", blocking=False)
