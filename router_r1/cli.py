@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_ in (
         ("train", "pipelines.train", "train a router with RL on Ray"),
         ("evaluate", "pipelines.evaluate", "evaluate a router or baseline through the ModelPool"),
+        ("train-rllib", "pipelines.train_rllib", "train the feature-based RLlib router on replay data"),
         ("serve", "pipelines.serve", "serve a trained router with Ray Serve (OpenAI API)"),
     ):
         sp = sub.add_parser(name, help=help_, add_help=False)

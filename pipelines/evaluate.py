@@ -1,0 +1,277 @@
+"""`router-r1 evaluate`: policies x datasets through the ModelPool -> table, Parquet, plot, MLflow.
+
+    router-r1 evaluate --policy baselines,rllib:outputs/rllib_router \\
+        --data routerbench/arc_challenge_train.csv,routerbench/mbpp_train.csv --split val \\
+        --pool configs/pool_routerbench.yaml --out outputs/eval_routerbench
+
+Policies (comma-separated): `single:<model>`, `singles` (every pool model), `random`, `cheapest`,
+`largest`, `most-expensive`, `oracle`, `baselines` (all of those), `rllib:<dir>` (RLlib router),
+`llm:<dir>` (an RL-trained router checkpoint), `prompt:<dir>` (an untrained LLM prompted with the
+descriptors), `openai:<model>@<base_url>` (prompt-only router behind an OpenAI-compatible
+completions endpoint). A bare directory is an RLlib router if it holds rllib_router.json, else an
+LLM checkpoint.
+
+Datasets: QA sets (FlashRAG/verl, router_r1.data.load_qa) are scored with EM/F1 against gold
+answers; replay tables (RouterBench/RouteLLM CSV or long Parquet, router_r1.replay) with accuracy
+under the adoption rule. `--split train|val|all` applies the deterministic hash split to replay
+sets (a held-out test file evaluates with `--split all`). Relative data paths also resolve
+against the shared data folder.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from router_r1.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy, make_direct_baseline,
+                                 replay_call)
+from router_r1.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
+from router_r1.data import load_qa
+from router_r1.descriptors import PoolSpec, load_pool
+from router_r1.evaluation import aggregate, markdown_table, plot_frontier, quality, score_run
+from router_r1.replay import ReplayTable, is_replay_file, resolve_data_path, split_samples
+
+DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router-r1 evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--policy", required=True, help="comma-separated policies (see module docstring)")
+    p.add_argument("--data", required=True,
+                   help="comma-separated dataset files; replay tables joined with '+' form one dataset")
+    p.add_argument("--pool", default=None, help=f"model-descriptor YAML (default: config's pool or {DEFAULT_POOL})")
+    p.add_argument("--exclude", default="",
+                   help="comma-separated models to drop from the pool (e.g. a router's unseen models)")
+    p.add_argument("--config", default=None, help="RunConfig YAML (episode, reward, eval, mlflow sections)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each dataset (after the split)")
+    p.add_argument("--split", choices=["train", "val", "all"], default="all", help="replay sets: hash split")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default: config eval.output_dir)")
+    p.add_argument("--concurrency", type=int, default=None, help="calls in flight (default: config)")
+    p.add_argument("--ray", action="store_true", help="call models through the ModelPool Ray actor")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: config / MLFLOW_TRACKING_URI)")
+    p.add_argument("--no-mlflow", action="store_true")
+    return p
+
+
+# -- datasets ---------------------------------------------------------------------------------
+def load_dataset(paths: list[Path], split: str, val_fraction: float, seed: int, limit: int | None
+                 ) -> tuple[str, list[EvalItem], ReplayTable | None]:
+    """(dataset name, items, replay table or None). Several replay files (joined with '+' on the
+    command line) make one dataset, e.g. all RouterBench tasks together."""
+    if all(is_replay_file(p) for p in paths):
+        table = ReplayTable.from_files(paths)
+        samples = split_samples(table.samples, split, val_fraction, seed)[:limit]
+        name = "+".join(p.stem for p in paths) + ("" if split == "all" else f"[{split}]")
+        items = [EvalItem(f"{s.eval_name}:{s.sample_id}", s.prompt, [], s, s.eval_name) for s in samples]
+        return name, items, table
+    if len(paths) != 1:
+        raise ValueError(f"only replay tables can be joined with '+': {'+'.join(map(str, paths))}")
+    path = paths[0]
+    qa = load_qa(path, limit)
+    return path.stem, [EvalItem(e.id, e.question, e.golden_answers, None, e.source) for e in qa], None
+
+
+# -- policies ---------------------------------------------------------------------------------
+def expand_policies(spec: str, pool: PoolSpec) -> list[str]:
+    out: list[str] = []
+    for s in (x.strip() for x in spec.split(",")):
+        if not s:
+            continue
+        if s == "singles":
+            out += [f"single:{n}" for n in pool.names]
+        elif s == "baselines":
+            out += [f"single:{n}" for n in pool.names] + list(DIRECT_BASELINES)
+        else:
+            out.append(s)
+    return list(dict.fromkeys(out))
+
+
+def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[str], concurrency: int) -> Policy:
+    if spec.startswith("single:") or spec in DIRECT_BASELINES:
+        return make_direct_baseline(spec, pool, cfg.seed, concurrency, table_models)
+    kind, _, arg = spec.partition(":")
+    if not arg:  # a bare directory
+        arg = spec
+        kind = "rllib" if (Path(arg) / "rllib_router.json").exists() else "llm"
+    if kind == "rllib":
+        from router_r1.rl_router.policy import RLlibPolicy
+
+        return RLlibPolicy.load(arg, pool, concurrency=concurrency)
+    if kind in ("llm", "prompt"):
+        from router_r1.policy import HFGenerator, format_prompt, load_policy
+
+        model, tok = load_policy(arg)
+        gen = HFGenerator(model, tok)
+        ep = cfg.episode
+
+        def generate(prompts: list[str]) -> list[str]:
+            return gen.generate(prompts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
+
+        return EpisodePolicy(f"{kind}:{Path(arg).name}", generate, pool, ep, tok, batch_size=concurrency,
+                             wrap=lambda s: format_prompt(tok, s, cfg.policy.use_chat_template))
+    if kind == "openai":
+        from router_r1.endpoint_generator import CompletionsGenerator
+
+        model_id, _, url = arg.partition("@")
+        gen = CompletionsGenerator(url or None, model_id, cfg.episode)
+        return EpisodePolicy(f"prompt:{model_id}", gen.generate, pool, cfg.episode, None,
+                             batch_size=concurrency)
+    raise ValueError(f"unknown policy {spec!r}")
+
+
+# -- running ----------------------------------------------------------------------------------
+def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id: str,
+                 actor_cpus: float = 0.5):
+    """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
+    repeated question must be billed again, as a deployed policy would be."""
+    from router_r1.backends.replay import ReplayBackend
+
+    backends = {"replay": ReplayBackend(pool, table=table)} if table is not None else None
+    runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}",
+                                num_cpus=actor_cpus)
+    if use_ray:
+        import ray
+
+        from actors.model_pool import get_or_create_pool
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        return get_or_create_pool(pool, runtime, run_id, backends=backends)
+    from router_r1.pool import PoolCore
+
+    return PoolCore(pool, runtime, run_id, backends=backends)
+
+
+async def run_policy(policy: Policy, items: list[EvalItem], target: Any, replay: bool) -> list:
+    from actors.model_pool import PoolClient
+
+    client = PoolClient(target)
+
+    async def call(model: str, query: str, episode_id: str | None = None):
+        return await client.call(model, query, episode_id=episode_id or "")
+
+    if replay:  # see router_r1.baselines.replay_call and docs/evaluation.md
+        call = replay_call(call, {it.uid: it.question for it in items})
+    return await policy.run(items, call)
+
+
+def _metric_key(*parts: str) -> str:
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. /:]", "_", p) for p in parts)
+
+
+def log_mlflow(mcfg: MlflowConfig, uri: str | None, params: dict[str, Any],
+               summaries: dict[str, dict[str, dict[str, Any]]], out: Path) -> str:
+    import os
+
+    import mlflow
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mcfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(mcfg.experiment + "-eval")
+    with mlflow.start_run(run_name=f"evaluate-{out.name}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics = {}
+        for ds, by_policy in summaries.items():
+            for pol, s in by_policy.items():
+                for k in ("accuracy", "em", "f1", "cost_usd", "calls_per_q", "format_ok", "latency_s"):
+                    if s.get(k) is not None:
+                        metrics[_metric_key(ds, pol, k)] = float(s[k])
+        mlflow.log_metrics(metrics)
+        for f in sorted(out.iterdir()):
+            if f.is_file():
+                mlflow.log_artifact(str(f))
+        return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config) if args.config else RunConfig()
+        pool_path = args.pool or (cfg.pool if args.config else DEFAULT_POOL)
+        if not args.pool and not args.config and not Path(pool_path).exists():
+            pool_path = str(Path(__file__).resolve().parents[1] / DEFAULT_POOL)
+        pool = load_pool(pool_path)
+        drop = {pool[m.strip()].name for m in args.exclude.split(",") if m.strip()}
+        if drop:
+            pool = pool.subset([n for n in pool.names if n not in drop])
+        groups = [[resolve_data_path(f.strip(), None) for f in g.split("+")]
+                  for g in args.data.split(",") if g.strip()]
+        datasets = [load_dataset(g, args.split, args.val_fraction, args.seed, args.limit) for g in groups]
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"router-r1 evaluate: {e}", file=sys.stderr)
+        return 2
+    cfg = cfg.model_copy(update={"seed": args.seed})
+    out = Path(args.out or cfg.eval.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    concurrency = args.concurrency or cfg.eval.concurrency
+    specs = expand_policies(args.policy, pool)
+    unlabelled = [name for name, _, table in datasets if table is None]
+    if "oracle" in specs and unlabelled:  # checked before anything is spent
+        print(f"router-r1 evaluate: oracle needs replay labels; {', '.join(unlabelled)} has none",
+              file=sys.stderr)
+        return 2
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    for ds_name, items, table in datasets:
+        table_models = table.models if table is not None else []
+        for spec in specs:
+            try:
+                policy = make_policy(spec, pool, cfg, table_models, concurrency)
+            except (FileNotFoundError, ValueError, RuntimeError) as e:
+                print(f"router-r1 evaluate: policy {spec!r}: {e}", file=sys.stderr)
+                return 2
+            run_id = re.sub(r"[^A-Za-z0-9_]", "_", f"{ds_name}_{policy.name}")[:60]
+            target = _pool_target(pool, table, args.ray, run_id)
+            t0 = time.perf_counter()
+            runs = asyncio.run(run_policy(policy, items, target, table is not None))
+            wall = time.perf_counter() - t0
+            ds_rows = []
+            for it, r in zip(items, runs, strict=True):
+                row = score_run(it, r, pool, table_models)
+                row.update(dataset=ds_name, policy=policy.name)
+                ds_rows.append(row)
+            rows += ds_rows
+            s = aggregate(ds_rows)
+            s["wall_s"] = wall
+            summaries.setdefault(ds_name, {})[policy.name] = s
+            print(f"{ds_name:32s} {policy.name:40s} quality={quality(s):.3f} "
+                  f"cost=${s['cost_usd']:.6f} calls={s['calls_per_q']:.2f} ({wall:.1f}s)", flush=True)
+            if args.ray:
+                import ray
+
+                ray.kill(target)
+
+    table_md = markdown_table(summaries)
+    (out / "results.md").write_text(f"# Evaluation\n\npool: {pool.name} ({pool_path}); "
+                                    f"split: {args.split}; limit: {args.limit}"
+                                    f"{'; excluded: ' + args.exclude if args.exclude else ''}\n\n{table_md}")
+    pq.write_table(pa.Table.from_pylist(rows), out / "results.parquet")
+    (out / "summary.json").write_text(json.dumps(summaries, indent=2))
+    for ds_name, by_policy in summaries.items():
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ds_name)
+        plot_frontier(by_policy, str(out / f"frontier_{safe}.png"), f"{ds_name}: cost vs quality ({pool.name})")
+    print(table_md)
+    if not args.no_mlflow and cfg.mlflow.enabled:
+        params = {"policies": ",".join(specs), "data": args.data, "pool": str(pool_path),
+                  "split": args.split, "limit": args.limit, "seed": args.seed,
+                  "exclude": args.exclude}
+        run_id = log_mlflow(cfg.mlflow, args.mlflow_uri, params, summaries, out)
+        print(f"MLflow run {run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""`router-r1 train-rllib`: train the feature-based router with RLlib PPO (new API stack).
+
+    router-r1 train-rllib --pool configs/pool_routerbench.yaml \\
+        --data routerbench/arc_challenge_train.csv+routerbench/mbpp_train.csv+routerbench/winograde_train.csv \\
+        --split train --alpha 0.2 --iterations 40 --out outputs/rllib_router
+
+Trains on the replay world's train split (router_r1.rl_router.env), then writes a self-contained
+router folder: the RLModule (loadable without an Algorithm) and rllib_router.json. `--holdout`
+leaves models out of training (they are unseen models at evaluation time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from router_r1.descriptors import load_pool
+from router_r1.rl_router.env import RouterEnv, training_pool
+from router_r1.rl_router.features import FeatureSpec
+from router_r1.rl_router.router import META_FILE, MODULE_DIR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router-r1 train-rllib", description=__doc__.splitlines()[0])
+    p.add_argument("--pool", default="configs/pool_routerbench.yaml")
+    p.add_argument("--data", required=True, help="replay tables joined with '+' (or ',')")
+    p.add_argument("--split", choices=["train", "val", "all"], default="train")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--holdout", default="", help="comma-separated models left out of training")
+    p.add_argument("--alpha", type=float, default=0.2, help="cost coefficient of the reward")
+    p.add_argument("--normalizer", choices=["window", "reference"], default="window")
+    p.add_argument("--max-calls", type=int, default=2)
+    p.add_argument("--shuffle-slots", action="store_true",
+                   help="random model-to-slot placement per episode (generalises to unseen models)")
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--batch", type=int, default=2000, help="env steps per training iteration")
+    p.add_argument("--minibatch", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--entropy", type=float, default=0.01)
+    p.add_argument("--hidden", default="128,128")
+    p.add_argument("--question-dim", type=int, default=256)
+    p.add_argument("--num-envs", type=int, default=16, help="vectorised envs in the local env runner")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/rllib_router")
+    p.add_argument("--num-cpus", type=int, default=None, help="for the local Ray this starts")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true")
+    return p
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    pool_path = str(Path(args.pool).resolve())
+    pool = load_pool(pool_path)
+    holdout = [h.strip() for h in args.holdout.split(",") if h.strip()]
+    tpool = training_pool(pool, holdout)
+    features = FeatureSpec(question_dim=args.question_dim)
+    env_config = {
+        "pool_path": pool_path, "holdout": holdout, "split": args.split, "val_fraction": args.val_fraction,
+        "data": [str(p) for g in args.data.split(",") for p in g.split("+") if p.strip()],
+        "reward": {"alpha": args.alpha, "normalizer": args.normalizer},
+        "max_calls": args.max_calls, "features": features.to_dict(), "seed": args.seed,
+        "shuffle_slots": args.shuffle_slots,
+    }
+    import torch
+
+    torch.set_num_threads(1)  # a tiny MLP: thread hand-offs cost more than they save
+    RouterEnv(env_config)  # fail here, with our own error, on bad data, pool or holdout (cached)
+    if not ray.is_initialized():
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    config = (
+        PPOConfig()
+        .environment(RouterEnv, env_config=env_config)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=args.num_envs)
+        .learners(num_learners=0)
+        .training(train_batch_size_per_learner=args.batch, minibatch_size=args.minibatch,
+                  num_epochs=args.epochs, lr=args.lr, entropy_coeff=args.entropy, gamma=1.0, lambda_=1.0)
+        .rl_module(model_config=DefaultModelConfig(
+            fcnet_hiddens=[int(h) for h in args.hidden.split(",")], fcnet_activation="relu",
+            vf_share_layers=False))
+        .debugging(seed=args.seed)
+        .reporting(metrics_num_episodes_for_smoothing=200)
+    )
+    algo = config.build_algo()
+    history = []
+    t0 = time.perf_counter()
+    for it in range(args.iterations):
+        res = algo.train()
+        ret = res.get("env_runners", {}).get("episode_return_mean")
+        history.append({"iteration": it, "episode_return_mean": ret, "elapsed_s": time.perf_counter() - t0})
+        print(f"iter {it:3d}  return {ret if ret is None else round(ret, 4)}  "
+              f"({time.perf_counter() - t0:.1f}s)", flush=True)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    module = algo.get_module()
+    module.save_to_path(str((tmp / MODULE_DIR).resolve()))
+    meta = {
+        "features": features.to_dict(), "max_calls": args.max_calls,
+        "slots": [m.name for m in tpool.models], "pool": tpool.model_dump(mode="json"),
+        "reward": env_config["reward"], "data": env_config["data"], "split": args.split,
+        "val_fraction": args.val_fraction, "holdout": holdout, "iterations": args.iterations,
+        "shuffle_slots": args.shuffle_slots,
+        "history": history, "algorithm": "PPO (RLlib new API stack)",
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    algo.stop()
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    if not args.no_mlflow:
+        meta["mlflow_run_id"] = log_mlflow(args, meta, out)
+    return meta
+
+
+def log_mlflow(args: argparse.Namespace, meta: dict[str, Any], out: Path) -> str:
+    """Params, the return curve, and the router folder as artifacts (experiment <name>-rllib)."""
+    import os
+
+    import mlflow
+
+    from router_r1.config import MlflowConfig
+
+    cfg = MlflowConfig()
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment + "-rllib")
+    with mlflow.start_run(run_name=f"train-rllib-{out.name}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in vars(args).items()})
+        for h in meta["history"]:
+            if h["episode_return_mean"] is not None:
+                mlflow.log_metric("episode_return_mean", h["episode_return_mean"], step=h["iteration"])
+        mlflow.log_artifacts(str(out), artifact_path="router")
+        return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        meta = train(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"router-r1 train-rllib: {e}", file=sys.stderr)
+        return 2
+    print(f"saved RLlib router to {args.out} (final return "
+          f"{meta['history'][-1]['episode_return_mean'] if meta['history'] else None})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Routing policies to evaluate, all calling models through the same pool call function.
+
+A policy turns a batch of `EvalItem`s into `PolicyRun`s (answer + the calls it paid for), given an
+async `call(model, query, episode_id=uid) -> CallResult` (the ModelPool's, so every policy is
+billed alike):
+
+- direct baselines (send the question to one model, answer with its reply): `single:<model>`,
+  `random`, `cheapest`, `largest`, `most-expensive`, and `oracle` (best per question from the
+  replay labels: the cheapest model that answered correctly, else the cheapest; RouterBench's
+  "Oracle" and the upper bound of any one-call router);
+- `EpisodePolicy`: an LLM router (RL-trained checkpoint, or prompt-only: an untrained checkpoint or
+  an OpenAI-compatible endpoint prompted with the descriptors) played by the episode machine;
+- the RLlib router lives in router_r1.rl_router and plugs in through `RLlibPolicy` there.
+Ray-free.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router_r1.cost import call_cost, estimate_tokens
+from router_r1.descriptors import ModelDescriptor, PoolSpec
+from router_r1.episode import Episode, EpisodeConfig, GenerateFn, Tokenizer, run_episodes
+from router_r1.prompt import render_prompt
+from router_r1.replay import ReplaySample, model_ids
+from router_r1.types import CallResult
+
+CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
+DIRECT_BASELINES = ("random", "cheapest", "largest", "most-expensive", "oracle")
+
+
+@dataclass
+class EvalItem:
+    """One question. QA sets carry gold answers; replay sets carry every model's recorded answer."""
+
+    uid: str
+    question: str
+    golden_answers: list[str] = field(default_factory=list)
+    sample: ReplaySample | None = None
+    source: str = ""
+
+
+@dataclass
+class PolicyRun:
+    """What a policy did on one item: its final answer (None: no answer) and the calls it paid for."""
+
+    answer: str | None
+    calls: list[CallResult]
+    format_ok: bool = True
+    latency_s: float = 0.0  # wall time of this item (calls and generation)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    name: str
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]: ...
+
+
+def replay_call(call: CallFn, questions: dict[str, str]) -> CallFn:
+    """The call function of the replay world: recorded answers exist only for the sample's own
+    question, so a routed call answers that question (looked up by episode id) whatever
+    sub-question the router wrote. Calls without a known episode id pass through unchanged."""
+    async def wrapped(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        if episode_id in questions:
+            query = questions[episode_id]
+        return await call(model, query, episode_id=episode_id or "")
+
+    return wrapped
+
+
+def total_price(m: ModelDescriptor) -> float:
+    return m.price_in + m.price_out
+
+
+class DirectPolicy:
+    """Send the question to the model `choose(item)` picks; the answer is its reply."""
+
+    def __init__(self, name: str, choose: Callable[[EvalItem], str], concurrency: int = 32):
+        self.name, self.choose, self.concurrency = name, choose, concurrency
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: EvalItem) -> PolicyRun:
+            async with sem:
+                model = self.choose(item)
+                t0 = time.perf_counter()
+                res = await call(model, item.question, episode_id=item.uid)
+                return PolicyRun(res.text if res.ok else None, [res], True, time.perf_counter() - t0,
+                                 {"chosen": model})
+
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def _stable_rng(seed: int, uid: str) -> random.Random:
+    """Per-question randomness that does not depend on order or concurrency."""
+    return random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:8], "big"))
+
+
+def sample_cost(pool: PoolSpec, model: ModelDescriptor, sample: ReplaySample, column: str) -> float:
+    """What calling `model` on `sample` costs: the recorded cost, else priced from the descriptor."""
+    a = sample.answers.get(column)
+    if a is not None and a.cost is not None:
+        return a.cost
+    completion = estimate_tokens(a.response) if a is not None and a.response else 0
+    return call_cost(model, estimate_tokens(sample.prompt) + 6, completion)
+
+
+def oracle_choice(pool: PoolSpec, sample: ReplaySample, columns: dict[str, str]) -> str:
+    """The cheapest model whose recorded answer is correct, else the cheapest model (ties: pool
+    order). Only models the replay tables know are candidates."""
+    cands = [m for m in pool.models if m.name in columns]
+    if not cands:
+        raise ValueError("oracle: no pool model has a column in the replay tables")
+    priced = [(sample_cost(pool, m, sample, columns[m.name]), i, m) for i, m in enumerate(cands)]
+    correct = [p for p in priced if sample.label(columns[p[2].name]) > 0]
+    return min(correct or priced, key=lambda p: (p[0], p[1]))[2].name
+
+
+def make_direct_baseline(spec: str, pool: PoolSpec, seed: int = 0, concurrency: int = 32,
+                         table_models: Sequence[str] = ()) -> DirectPolicy:
+    """`single:<model>`, `random`, `cheapest`, `largest`, `most-expensive` or `oracle`."""
+    if spec.startswith("single:"):
+        m = pool[spec.split(":", 1)[1]]
+        return DirectPolicy(f"single:{m.name}", lambda item, n=m.name: n, concurrency)
+    if spec == "random":
+        names = pool.names
+        return DirectPolicy("random", lambda item: _stable_rng(seed, item.uid).choice(names), concurrency)
+    if spec == "cheapest":
+        m = min(pool.models, key=total_price)
+        return DirectPolicy(f"cheapest ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "most-expensive":
+        m = max(pool.models, key=total_price)
+        return DirectPolicy(f"most-expensive ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "largest":
+        sized = [m for m in pool.models if m.params_b is not None]
+        m = max(sized, key=lambda d: d.params_b) if sized else max(pool.models, key=total_price)
+        return DirectPolicy(f"largest ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "oracle":
+        columns = model_ids(pool, table_models)
+
+        def choose(item: EvalItem) -> str:
+            if item.sample is None:
+                raise ValueError(f"oracle needs replay labels; item {item.uid!r} has none")
+            return oracle_choice(pool, item.sample, columns)
+
+        return DirectPolicy("oracle", choose, concurrency)
+    raise ValueError(f"unknown baseline {spec!r}; known: single:<model>, {', '.join(DIRECT_BASELINES)}")
+
+
+class EpisodePolicy:
+    """An LLM router played by the episode machine (router_r1.episode), in batches.
+
+    `generate` is a batched text generator (HFGenerator.generate or an endpoint's); the router
+    sees the descriptors through the rendered prompt, so a pool with unseen models needs nothing
+    but a different descriptor file. `wrap` applies the chat template (router_r1.policy.format_prompt).
+    """
+
+    def __init__(self, name: str, generate: GenerateFn, pool: PoolSpec, cfg: EpisodeConfig,
+                 tokenizer: Tokenizer | None = None, batch_size: int = 16,
+                 wrap: Callable[[str], str] = lambda s: s):
+        self.name, self.generate, self.pool, self.cfg = name, generate, pool, cfg
+        self.tokenizer, self.batch_size, self.wrap = tokenizer, batch_size, wrap
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
+        out: list[PolicyRun] = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            eps = [Episode(it.uid, it.question, it.golden_answers,
+                           self.wrap(render_prompt(self.pool, it.question))) for it in chunk]
+            t0 = time.perf_counter()
+            await run_episodes(eps, self.generate, call, self.cfg, self.pool, self.tokenizer,
+                               pass_episode_id=True)
+            wall = (time.perf_counter() - t0) / max(1, len(chunk))
+            for e in eps:
+                parsed = e.parsed(self.pool)
+                out.append(PolicyRun(parsed.answer, list(e.calls), parsed.format_ok and not e.truncated,
+                                     wall, {"turns": e.turns, "routes": [m for m, _ in e.routes],
+                                            "response": e.response[-2000:]}))
+        return out
