@@ -149,12 +149,10 @@ def make_trace(world: ReplayWorld, s: ReplaySample, model: str, pool: PoolSpec, 
     final = model
     if len(reply.split()) <= SHORT_REPLY_WORDS and reply.strip() and rng.random() < 0.3:
         final = reply.strip()  # adopted by reproduction instead of by name
-    # The model's name is written only where it matters (the route and the answer): every extra
-    # copy is one more place for a sampled tiny router to garble it.
     segments = [
-        Segment(f"<think> {task}. </think>\n<search> {model}: solve it </search>", "policy"),
+        Segment(f"<think> {task}: ask {model}. </think>\n<search> {model}: solve it </search>", "policy"),
         Segment(information_block(truncate_tokens(reply, max_obs_tokens, tokenizer)), "information"),
-        Segment(f"<think> adopt the reply. </think>\n<answer> {final} </answer>", "policy"),
+        Segment(f"<think> {model} answered. </think>\n<answer> {final} </answer>", "policy"),
     ]
     call = CallResult(model=model, text=reply, cost_usd=ans.cost or 0.0, attempts=1)
     return Episode(uid=item_id(s), question=s.prompt, golden_answers=[],
