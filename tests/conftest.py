@@ -15,7 +15,7 @@ def ray_local():
     """A local Ray with 2 CPUs and a modest object store, shared by the whole session."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
+        ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
                  namespace="router_r1_tests", log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                      [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}})
