@@ -178,10 +178,13 @@ class Trainer:
     def rollouts(self, items: list[dict], n_samples: int, seed: int, greedy: bool = False) -> list:
         return self.workers.rollout(items, n_samples, seed, greedy)
 
-    def rewards(self, episodes: list, normalizer=None):
+    def rewards(self, episodes: list):
+        return self.score(episodes, self.normalizer)
+
+    def score(self, episodes: list, normalizer):
         """Rewards; in the replay world the outcome is the adopted reply's label, not EM."""
         outcomes = self.replay.outcomes(episodes, self.spec) if self.replay is not None else None
-        return score_episodes(episodes, self.spec, self.cfg.reward, normalizer or self.normalizer, outcomes)
+        return score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
 
     def update(self, episodes: list, scores: list) -> dict[str, float]:
         import ray
@@ -200,7 +203,7 @@ class Trainer:
         """Greedy episodes on the validation questions, scored with the stateless reference cost
         normaliser (as the simulator's reference policies are)."""
         eps = self.rollouts(self.val_items, 1, seed=0, greedy=True)
-        scores = self.rewards(eps, ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
+        scores = self.score(eps, ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
         m = summarize(eps, scores, self.spec)
         self.evals[label] = m
         return m

@@ -99,9 +99,9 @@ def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
     seen: list = []
 
     class Recording(Trainer):
-        def rewards(self, episodes, normalizer=None):
-            scores = super().rewards(episodes, normalizer)
-            seen.append((episodes, scores, normalizer or self.normalizer))
+        def score(self, episodes, normalizer):  # training rewards and greedy validation
+            scores = super().score(episodes, normalizer)
+            seen.append((episodes, scores, normalizer))
             return scores
 
     t = Recording(cfg, progress=False)
@@ -131,7 +131,7 @@ def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
            _episode(uid, "Small", "Small", response("m-small", "t.1.0")),
            _episode(uid, response("m-mid", "t.1.0"), "Mid", response("m-mid", "t.1.0")),
            _episode(uid, "Paris", "Mid", response("m-mid", "t.1.0"))]
-    scores = t.rewards(eps, ReferenceCostNormalizer(0.05))
+    scores = t.score(eps, ReferenceCostNormalizer(0.05))
     assert [s.em for s in scores] == [1.0, 0.0, 1.0, 0.0]
     assert scores[0].reward.reward == pytest.approx(0.8 + 0.2 * (1 - 0.001 / 0.05))
     assert [s.reward.reward for s in scores[1:]] == [0.0, pytest.approx(scores[0].reward.reward), 0.0]
