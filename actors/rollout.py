@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
+from router_r1.baselines import replay_call
 from router_r1.config import RunConfig
 from router_r1.episode import Episode, run_episodes
 from router_r1.policy import HFGenerator, build_tiny_policy, format_prompt, load_policy, save_policy
-from router_r1.prompt import render_prompt
+from router_r1.replay_training import router_prompt
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
@@ -90,7 +91,8 @@ class RolloutWorker:
     # -- rollouts ------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
         p = self.cfg.policy
-        return format_prompt(self.tokenizer, render_prompt(self.spec, question, compact=p.compact_prompt),
+        return format_prompt(self.tokenizer, router_prompt(self.spec, question, p.compact_prompt,
+                                                           p.max_question_tokens, self.tokenizer),
                              p.use_chat_template)
 
     def rollout(self, items: Sequence[Item], n_samples: int = 1, seed: int = 0,
@@ -113,8 +115,11 @@ class RolloutWorker:
                                         temperature=0.0 if greedy else ep_cfg.temperature,
                                         top_p=ep_cfg.top_p, seed=seed * 1009 + turn)
 
+        call = self.client.call
+        if self.cfg.data.kind == "replay":  # a routed call answers the sample's own question
+            call = replay_call(call, {e.uid: e.question for e in episodes})
         t0 = time.perf_counter()
-        asyncio.run(run_episodes(episodes, generate, self.client.call, ep_cfg, self.spec,
+        asyncio.run(run_episodes(episodes, generate, call, ep_cfg, self.spec,
                                  self.tokenizer, pass_episode_id=True))
         wall = time.perf_counter() - t0
         for e in episodes:

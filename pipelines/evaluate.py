@@ -114,8 +114,13 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         def generate(prompts: list[str]) -> list[str]:
             return gen.generate(prompts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
 
-        return EpisodePolicy(f"{kind}:{Path(arg).name}", generate, pool, ep, tok, batch_size=concurrency,
-                             wrap=lambda s: format_prompt(tok, s, cfg.policy.use_chat_template))
+        from router_r1.replay_training import router_prompt
+
+        pc = cfg.policy  # the prompt the router was trained with (--config): compact, question tail
+        return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
+                             wrap=lambda s: format_prompt(tok, s, pc.use_chat_template),
+                             render=lambda q: router_prompt(pool, q, pc.compact_prompt,
+                                                            pc.max_question_tokens, tok))
     if kind == "openai":
         from router_r1.endpoint_generator import CompletionsGenerator
 
@@ -124,6 +129,13 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         return EpisodePolicy(f"prompt:{model_id}", gen.generate, pool, cfg.episode, None,
                              batch_size=concurrency)
     raise ValueError(f"unknown policy {spec!r}")
+
+
+def _llm_name(kind: str, arg: str) -> str:
+    """`llm:<run>/policy` is named after its run folder (every run's final policy is `policy`)."""
+    p = Path(arg)
+    name = p.parent.name if p.name == "policy" and p.parent.name else p.name
+    return f"{kind}:{name}"
 
 
 # -- running ----------------------------------------------------------------------------------

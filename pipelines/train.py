@@ -53,7 +53,11 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir).resolve()
         self.spec = cfg.load_pool()
         self.sim = simulation_for(self.spec) if cfg.data.kind == "simulated" else None
-        train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed)
+        self.replay = _replay_world(cfg, self.spec)  # data.kind replay: questions, outcomes, traces
+        if self.replay is not None:
+            train_items, self.val_items = self.replay.items(self.replay.train), self.replay.items(self.replay.val)
+        else:
+            train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed)
         self.stream = QuestionStream(train_items, cfg.seed)
         self.normalizer = make_normalizer(cfg.reward)
         self.tracker = make_tracker(cfg.mlflow)
@@ -115,6 +119,11 @@ class Trainer:
         from router_r1.prompt import render_prompt
         from router_r1.sim import tokenizer_corpus
 
+        if self.replay is not None:
+            from router_r1 import replay_training
+
+            return replay_training.tokenizer_corpus(self.replay, self.spec, self.cfg.policy.compact_prompt,
+                                                    seed=self.cfg.seed)
         if self.sim is not None:
             return tokenizer_corpus(self.sim, n_traces=max(256, self.cfg.warmstart.num_traces),
                                     seed=self.cfg.seed, compact=self.cfg.policy.compact_prompt)
@@ -131,11 +140,14 @@ class Trainer:
         from router_r1.sim import make_traces
 
         ws = self.cfg.warmstart
-        if ws.steps <= 0 or self.sim is None:
+        if ws.steps <= 0 or (self.sim is None and self.replay is None):
             return {}
-        qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
-        traces = make_traces(self.sim, qs, seed=self.cfg.seed, reward_cfg=self.cfg.reward,
-                             compact=self.cfg.policy.compact_prompt)
+        if self.replay is not None:
+            traces = self.replay_traces()
+        else:
+            qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
+            traces = make_traces(self.sim, qs, seed=self.cfg.seed, reward_cfg=self.cfg.reward,
+                                 compact=self.cfg.policy.compact_prompt)
         losses = []
         for s in self._bar(range(ws.steps), "warm start"):
             chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]
@@ -144,6 +156,14 @@ class Trainer:
             m = ray.get(self.learner.sft_step.remote(batch))
             losses.append(float(m["sft/nll"]))
         return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
+
+    def replay_traces(self) -> list:
+        from router_r1 import replay_training
+
+        p = self.cfg.policy
+        return replay_training.make_traces(self.replay, self.spec, self.cfg.warmstart.num_traces,
+                                           self.cfg.seed + 1, p.compact_prompt, p.max_question_tokens,
+                                           self.cfg.episode.max_obs_tokens, self.tokenizer)
 
     def sync_weights(self) -> float:
         """The learner puts its weights once; every rollout worker gets the same refs."""
@@ -159,7 +179,12 @@ class Trainer:
         return self.workers.rollout(items, n_samples, seed, greedy)
 
     def rewards(self, episodes: list):
-        return score_episodes(episodes, self.spec, self.cfg.reward, self.normalizer)
+        return self.score(episodes, self.normalizer)
+
+    def score(self, episodes: list, normalizer):
+        """Rewards; in the replay world the outcome is the adopted reply's label, not EM."""
+        outcomes = self.replay.outcomes(episodes, self.spec) if self.replay is not None else None
+        return score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
 
     def update(self, episodes: list, scores: list) -> dict[str, float]:
         import ray
@@ -178,8 +203,7 @@ class Trainer:
         """Greedy episodes on the validation questions, scored with the stateless reference cost
         normaliser (as the simulator's reference policies are)."""
         eps = self.rollouts(self.val_items, 1, seed=0, greedy=True)
-        scores = score_episodes(eps, self.spec, self.cfg.reward,
-                                ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
+        scores = self.score(eps, ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
         m = summarize(eps, scores, self.spec)
         self.evals[label] = m
         return m
@@ -251,7 +275,7 @@ class Trainer:
             self.tracker.log_params({k: v for k, v in cfg.flat().items() if not _SECRET.search(k)})
             self.sync_weights()
             if not self.resume:
-                if cfg.warmstart.steps > 0 and self.sim is not None:
+                if cfg.warmstart.steps > 0 and (self.sim is not None or self.replay is not None):
                     self.evaluate("untrained")
                     self.tracker.log_metrics(self.warm_start(), step=0)
                     self.sync_weights()
@@ -373,6 +397,16 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(it, desc=desc, dynamic_ncols=True, **kw)
+
+
+def _replay_world(cfg: RunConfig, spec):
+    """The replay world of `data.kind: replay` (router_r1.replay_training), else None."""
+    if cfg.data.kind != "replay":
+        return None
+    from router_r1.replay_training import ReplayWorld
+
+    d = cfg.data
+    return ReplayWorld.load(d.train, spec, d.val_fraction, cfg.seed, d.limit, d.val_size)
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

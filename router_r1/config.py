@@ -53,6 +53,10 @@ class PolicyConfig(_Section):
     # Short instructions and descriptors (router_r1.prompt, compact=True): for tiny routers whose
     # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
     compact_prompt: bool = False
+    # Keep only the last N tokens of the question in the prompt (None: the whole question). For
+    # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
+    # question itself last); the replayed call still receives the full question.
+    max_question_tokens: int | None = Field(default=None, ge=1)
 
 
 class RolloutConfig(_Section):
@@ -106,6 +110,9 @@ class DataConfig(_Section):
     limit: int | None = None
     sim: dict[str, Any] = Field(default_factory=dict)  # simulated-world options
     val_fraction: float = 0.1
+    # Replay worlds: the first N validation questions the driver plays greedily at the start and
+    # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
+    val_size: int | None = Field(default=None, ge=1)
 
 
 class TrainConfig(_Section):

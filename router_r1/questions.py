@@ -1,6 +1,7 @@
 """Training and validation questions, and the seeded stream that feeds them to the trainer.
 
-Questions come from the simulated world (`data.kind: simulated`) or from QA files (`qa`). The
+Questions come from the simulated world (`data.kind: simulated`), from QA files (`qa`) or from
+replay tables (`replay`, router_r1.replay_training). The
 stream reshuffles each epoch from (seed, epoch), so its whole state is two integers, kept in
 checkpoints: a resumed run sees exactly the questions an uninterrupted one would.
 """
@@ -59,7 +60,12 @@ def load_questions(data: DataConfig, pool: PoolSpec, seed: int = 0) -> tuple[lis
             val = [train[i] for i in sorted(held)]
             train = [x for i, x in enumerate(train) if i not in held]
         return train, val
-    raise ValueError(f"data.kind {data.kind!r} is not supported for training; use 'simulated' or 'qa'")
+    if data.kind == "replay":  # real recorded answers (router_r1.replay_training)
+        from router_r1.replay_training import ReplayWorld
+
+        w = ReplayWorld.load(data.train, pool, data.val_fraction, seed, data.limit, data.val_size)
+        return w.items(w.train), w.items(w.val)
+    raise ValueError(f"data.kind {data.kind!r} is not supported for training; use 'simulated', 'qa' or 'replay'")
 
 
 class QuestionStream:

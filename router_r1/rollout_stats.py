@@ -28,11 +28,16 @@ class EpisodeScore:
 
 
 def score_episodes(episodes: Sequence[Episode], pool: PoolSpec, cfg: RewardConfig,
-                   normalizer: CostNormalizer) -> list[EpisodeScore]:
-    """Score a batch; updates `normalizer` with the batch's costs (see reward.score_batch)."""
+                   normalizer: CostNormalizer, outcomes: Sequence[float] | None = None) -> list[EpisodeScore]:
+    """Score a batch; updates `normalizer` with the batch's costs (see reward.score_batch).
+    `outcomes` replaces EM/F1 against gold answers (replay world: the adopted reply's label,
+    router_r1.replay_training); it is then reported as both EM and F1."""
     parsed = [e.parsed(pool) for e in episodes]
-    em = [exact_match(p.answer, e.golden_answers) for p, e in zip(parsed, episodes)]
-    f1 = [f1_score(p.answer, e.golden_answers) for p, e in zip(parsed, episodes)]
+    if outcomes is not None:
+        em = f1 = [float(o) for o in outcomes]
+    else:
+        em = [exact_match(p.answer, e.golden_answers) for p, e in zip(parsed, episodes)]
+        f1 = [f1_score(p.answer, e.golden_answers) for p, e in zip(parsed, episodes)]
     outcome = em if cfg.metric == "em" else f1
     rewards = score_batch([p.format_ok for p in parsed], outcome, [e.cost_usd for e in episodes],
                           normalizer, cfg)
