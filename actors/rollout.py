@@ -1,0 +1,228 @@
+"""Rollout actor: plays batches of multi-round episodes with the current policy.
+
+Each worker holds a copy of the router policy behind a generation engine (transformers `generate`
+on CPU/GPU, or vLLM on a GPU) and plays episodes with the core's episode machine, one batched
+generation per turn across every live episode, calling candidate models through the shared
+ModelPool. Weights arrive from the learner through the object store: the learner puts its state
+dict once, every worker gets the same refs (`set_weights`). Each episode is stamped with the
+policy version it was generated with.
+
+Plain class; `ray.remote` is applied at the edge (`RolloutActor`, `rollout_actor_options`), so the
+worker runs in-process in tests. A restarted actor comes back with fresh (version -1) weights;
+the driver re-syncs it before re-issuing its episodes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from router_r1.config import RunConfig
+from router_r1.episode import Episode, run_episodes
+from router_r1.policy import HFGenerator, build_tiny_policy, format_prompt, load_policy, save_policy
+from router_r1.prompt import render_prompt
+
+log = logging.getLogger(__name__)
+Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
+
+
+def make_engine(kind: str, model, tokenizer, device: str, seed: int = 0):
+    """The generation engine behind `generate(prompts, ...)` and `load_state_dict(state)`."""
+    if kind == "transformers":
+        return HFGenerator(model, tokenizer, device=device)
+    if kind == "vllm":
+        from router_r1.vllm_generator import VLLMGenerator
+
+        # vLLM loads from a folder; a policy built in memory is written once to a temp folder.
+        folder = tempfile.mkdtemp(prefix="router_r1_vllm_")
+        save_policy(model, tokenizer, folder)
+        return VLLMGenerator(folder, seed=seed)
+    raise ValueError(f"unknown rollout engine {kind!r}; choose 'transformers' or 'vllm'")
+
+
+class RolloutWorker:
+    """Generates episodes for a list of questions. See the module docstring."""
+
+    def __init__(self, cfg: RunConfig, tokenizer=None, pool: Any = None, worker_index: int = 0,
+                 run_id: str = "run"):
+        """`tokenizer`: the learner's tokenizer (a tiny policy is rebuilt around it from
+        cfg.policy.tiny); ignored when cfg.policy.checkpoint is set. `pool`: a ModelPool actor
+        handle or an in-process PoolCore, anything `PoolClient` accepts."""
+        from actors.model_pool import PoolClient  # Ray-side import, kept out of module import
+
+        self.cfg, self.index = cfg, worker_index
+        self.spec = cfg.load_pool()
+        device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        if cfg.policy.checkpoint:
+            model, tok = load_policy(cfg.policy.checkpoint, device=device)
+        elif tokenizer is not None:
+            tok = tokenizer
+            model = build_tiny_policy(cfg.policy.tiny, tok, seed=cfg.seed).to(device)
+        else:
+            raise ValueError("a rollout worker needs cfg.policy.checkpoint or the learner's tokenizer")
+        model.eval()
+        self.tokenizer = tok
+        self.engine = make_engine(cfg.rollout.engine, model, tok, device, seed=cfg.seed + worker_index)
+        self.version = -1
+        self.client = PoolClient(pool, run_id=run_id) if pool is not None else None
+
+    # -- weights -------------------------------------------------------------------------------
+    def set_weights(self, refs: Sequence[Any], version: int) -> float:
+        """Load the learner's published state dict (ObjectRefs, or the dicts themselves in-process).
+        Returns the seconds it took (weight-sync time)."""
+        t0 = time.perf_counter()
+        parts = _resolve(refs)
+        state: dict[str, torch.Tensor] = {}
+        for p in parts:
+            state.update(p)
+        self.engine.load_state_dict(state)
+        self.version = int(version)
+        return time.perf_counter() - t0
+
+    def get_version(self) -> int:
+        return self.version
+
+    # -- rollouts ------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        p = self.cfg.policy
+        return format_prompt(self.tokenizer, render_prompt(self.spec, question, compact=p.compact_prompt),
+                             p.use_chat_template)
+
+    def rollout(self, items: Sequence[Item], n_samples: int = 1, seed: int = 0,
+                greedy: bool = False) -> list[Episode]:
+        """Play `n_samples` episodes per item to the end. Sampling is seeded per turn from `seed`,
+        so the same weights, items and seed give the same episodes."""
+        if self.client is None:
+            raise RuntimeError("this rollout worker was built without a model pool")
+        episodes = [Episode(uid=f"{it['id']}#{k}", question=it["question"],
+                            golden_answers=list(it["golden_answers"]), prompt=self.prompt(it["question"]),
+                            policy_version=self.version, meta={"group": str(it["id"]), "sample": k})
+                    for it in items for k in range(n_samples)]
+        ep_cfg = self.cfg.episode
+        turn = 0
+
+        def generate(prompts: list[str]) -> list[str]:
+            nonlocal turn
+            turn += 1
+            return self.engine.generate(prompts, max_new_tokens=ep_cfg.max_new_tokens,
+                                        temperature=0.0 if greedy else ep_cfg.temperature,
+                                        top_p=ep_cfg.top_p, seed=seed * 1009 + turn)
+
+        t0 = time.perf_counter()
+        asyncio.run(run_episodes(episodes, generate, self.client.call, ep_cfg, self.spec,
+                                 self.tokenizer, pass_episode_id=True))
+        wall = time.perf_counter() - t0
+        for e in episodes:
+            e.meta.update(worker=self.index, rollout_wall_s=wall)
+        return episodes
+
+
+def _resolve(refs: Sequence[Any]) -> list[dict]:
+    """ObjectRefs -> values with one `ray.get` (never in a loop); plain dicts pass through."""
+    if refs and not isinstance(refs[0], dict):
+        import ray
+
+        return ray.get(list(refs))
+    return list(refs)
+
+
+def rollout_actor_options(cfg: RunConfig) -> dict[str, Any]:
+    """Ray options for one rollout actor, from cfg.rollout. Tasks are not retried by Ray: the
+    driver re-issues a dead actor's episodes itself after re-syncing its weights."""
+    r = cfg.rollout
+    return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.resources) or None,
+            "max_restarts": r.max_restarts, "max_task_retries": 0}
+
+
+def make_rollout_actor():
+    import ray
+
+    return ray.remote(RolloutWorker)
+
+
+class RolloutGroup:
+    """The driver's view of its rollout actors: one weight sync for all, one rollout spread over
+    all, and recovery when an actor dies.
+
+    Ray restarts a dead actor (`max_restarts`), but the new instance has no weights: whatever it
+    was doing fails with RayActorError, and anything it answers with the wrong policy version
+    was generated by fresh random weights. Either way its weights are re-sent and its share is
+    re-issued. After `max_restarts` failures of one slot, the slot gets a brand-new actor.
+    """
+
+    def __init__(self, make_worker: Callable[[int], Any], size: int, max_restarts: int):
+        self.make_worker, self.max_restarts = make_worker, max_restarts
+        self.workers = [make_worker(i) for i in range(size)]
+        self.refs: list[Any] = []
+        self.version = -1
+        self.restarts = 0
+        self._failures = [0] * size
+
+    def sync(self, refs: list[Any], version: int) -> None:
+        """Every worker loads the weights behind `refs` (one ray.put by the learner, many gets)."""
+        self.refs, self.version = refs, version
+        self._gather({w.set_weights.remote(refs, version): i for i, w in enumerate(self.workers)},
+                     lambda i: self.workers[i].set_weights.remote(self.refs, self.version))
+
+    def rollout(self, items: Sequence[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
+        """`items` dealt round-robin over the workers (worker i: seed + i); episodes come back in
+        item order, each item's `n_samples` episodes adjacent."""
+        k = len(self.workers)
+        chunks = [list(items[i::k]) for i in range(k)]
+
+        def submit(i: int):
+            return self.workers[i].rollout.remote(chunks[i], n_samples, seed + i, greedy)
+
+        def resubmit(i: int):
+            # Calls to one actor run in order: the weights land before the re-issued rollout.
+            self.workers[i].set_weights.remote(self.refs, self.version)
+            return submit(i)
+
+        results = self._gather({submit(i): i for i in range(k) if chunks[i]}, resubmit,
+                               check=lambda eps: all(e.policy_version == self.version for e in eps))
+        out: list[Episode] = []
+        for j in range(len(items)):
+            start = (j // k) * n_samples
+            out.extend(results[j % k][start:start + n_samples])
+        return out
+
+    def _gather(self, pending: dict[Any, int], resubmit: Callable[[int], Any],
+                check: Callable[[Any], bool] | None = None) -> dict[int, Any]:
+        """Wait for every task (ray.wait, never ray.get in a loop); re-issue a dead worker's."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        done: dict[int, Any] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                value = ray.get(ready[0])
+                if check is None or check(value):
+                    done[i] = value
+                    continue
+                reason = "answered with stale weights (restarted)"
+            except RayActorError as e:
+                reason = f"died ({type(e).__name__})"
+            self._recover(i, reason)
+            pending[resubmit(i)] = i
+        return done
+
+    def _recover(self, i: int, reason: str) -> None:
+        self.restarts += 1
+        self._failures[i] += 1
+        log.warning("rollout worker %d %s; re-sending weights and re-issuing its work", i, reason)
+        if self._failures[i] > self.max_restarts:  # Ray will not restart it again
+            self.workers[i] = self.make_worker(i)
+            self._failures[i] = 0
+
+    def kill(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)

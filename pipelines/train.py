@@ -1,0 +1,450 @@
+"""`router-r1 train`: the RL training driver (Router-R1, Zhang et al., 2025, on Ray).
+
+One short loop of named steps, each a method of `Trainer`:
+
+    start Ray -> model pool -> learner -> rollout workers -> warm start (optional SFT)
+    loop: sync weights -> rollouts -> rewards -> learner update (advantages inside) -> log -> checkpoint
+    end: greedy evaluation vs the simulator's reference policies -> report -> final artifacts
+
+The driver does only light work (scoring, batching, logging); generation lives in rollout
+actors, gradients in the learner actor, candidate-model calls in the ModelPool actor. A rollout
+actor that dies is restarted by Ray (`rollout.max_restarts`); its episodes are re-issued after its
+weights are re-synced, and training goes on. `--resume` continues from the newest complete
+checkpoint: model, optimizer, scheduler and RNG (learner), step, cost-normaliser window, data
+position, metric history and the MLflow run id (driver).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router_r1 import checkpoint as ckpt
+from router_r1.config import RunConfig, load_config
+from router_r1.policy import CheckpointError
+from router_r1.questions import QuestionStream, load_questions, simulation_for
+from router_r1.reward import ReferenceCostNormalizer, make_normalizer
+from router_r1.rollout_stats import score_episodes, summarize, trajectory_record
+from router_r1.tracking import make_tracker
+
+log = logging.getLogger("router_r1.train")
+ROOT = Path(__file__).resolve().parents[1]
+_SECRET = re.compile(r"(api_keys?|secret|password|credentials?)$", re.IGNORECASE)
+REPORT_KEYS = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok rate"),
+               ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
+
+
+class Trainer:
+    """The driver. `run()` executes the steps of the module docstring and returns the report."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True,
+                 learner_cls: type | None = None):
+        """`learner_cls` replaces actors.learner.Learner (tests only)."""
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.learner_cls = learner_cls
+        self.run_dir = Path(cfg.output_dir).resolve()
+        self.spec = cfg.load_pool()
+        self.sim = simulation_for(self.spec) if cfg.data.kind == "simulated" else None
+        train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed)
+        self.stream = QuestionStream(train_items, cfg.seed)
+        self.normalizer = make_normalizer(cfg.reward)
+        self.tracker = make_tracker(cfg.mlflow)
+        self.history: list[dict[str, float]] = []
+        self.evals: dict[str, dict[str, float]] = {}
+        self.step, self.version, self._restarts_before = 0, 0, 0
+        self._owns_ray = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def start_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        r = self.cfg.ray
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
+        if r.address:  # join a cluster: resources are the cluster's
+            ray.init(address=r.address, namespace=r.namespace, runtime_env=env)
+        else:
+            ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory,
+                     namespace=r.namespace, include_dashboard=False, log_to_driver=False,
+                     runtime_env=env)
+        self._owns_ray = True
+
+    def create_pool(self) -> None:
+        from actors.model_pool import get_or_create_pool
+
+        self.pool = get_or_create_pool(self.cfg.pool, self.cfg.pool_runtime, run_id=self.cfg.name)
+
+    def create_learner(self) -> None:
+        import ray
+
+        if self.learner_cls is None:
+            from actors.learner import Learner
+        else:
+            Learner = self.learner_cls
+        corpus = None if self.cfg.policy.checkpoint else self.tokenizer_corpus()
+        lc = self.cfg.learner
+        self.learner = ray.remote(Learner).options(
+            num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=dict(lc.resources) or None,
+            max_restarts=0).remote(self.cfg, corpus)
+        self.tokenizer_ref = self.learner.get_tokenizer.remote()
+        self.tokenizer = ray.get(self.tokenizer_ref)
+
+    def create_rollout_workers(self) -> None:
+        from actors.rollout import RolloutGroup
+
+        self.workers = RolloutGroup(self._new_worker, self.cfg.rollout.num_actors, self.cfg.rollout.max_restarts)
+
+    def _new_worker(self, index: int):
+        from actors.rollout import make_rollout_actor, rollout_actor_options
+
+        return make_rollout_actor().options(**rollout_actor_options(self.cfg)).remote(
+            self.cfg, self.tokenizer_ref, self.pool, index, self.cfg.name)
+
+    def tokenizer_corpus(self) -> list[str]:
+        """Text for the tiny policy's local tokenizer: the simulator's corpus, or the prompts."""
+        from router_r1.prompt import render_prompt
+        from router_r1.sim import tokenizer_corpus
+
+        if self.sim is not None:
+            return tokenizer_corpus(self.sim, n_traces=max(256, self.cfg.warmstart.num_traces),
+                                    seed=self.cfg.seed, compact=self.cfg.policy.compact_prompt)
+        items = self.stream.items + self.val_items
+        return [render_prompt(self.spec, it["question"], compact=self.cfg.policy.compact_prompt)
+                + " ".join(it["golden_answers"]) for it in items]
+
+    # -- the named steps -------------------------------------------------------------------------
+    def warm_start(self) -> dict[str, float]:
+        """Supervised steps on well-formed simulator traces, so a tiny model learns the format."""
+        import ray
+
+        from router_r1.batch import TrajectoryBatch
+        from router_r1.sim import make_traces
+
+        ws = self.cfg.warmstart
+        if ws.steps <= 0 or self.sim is None:
+            return {}
+        qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
+        traces = make_traces(self.sim, qs, seed=self.cfg.seed, reward_cfg=self.cfg.reward,
+                             compact=self.cfg.policy.compact_prompt)
+        losses = []
+        for s in self._bar(range(ws.steps), "warm start"):
+            chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]
+            batch = TrajectoryBatch.from_episodes(chunk, self.tokenizer, [0.0] * len(chunk),
+                                                  list(range(len(chunk))), self.max_response_tokens)
+            m = ray.get(self.learner.sft_step.remote(batch))
+            losses.append(float(m["sft/nll"]))
+        return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
+
+    def sync_weights(self) -> float:
+        """The learner puts its weights once; every rollout worker gets the same refs."""
+        import ray
+
+        t0 = time.perf_counter()
+        refs = ray.get(self.learner.publish_weights.remote())
+        self.version = ray.get(self.learner.version.remote())  # the learner numbers its weights
+        self.workers.sync(refs, self.version)
+        return time.perf_counter() - t0
+
+    def rollouts(self, items: list[dict], n_samples: int, seed: int, greedy: bool = False) -> list:
+        return self.workers.rollout(items, n_samples, seed, greedy)
+
+    def rewards(self, episodes: list):
+        return score_episodes(episodes, self.spec, self.cfg.reward, self.normalizer)
+
+    def update(self, episodes: list, scores: list) -> dict[str, float]:
+        import ray
+
+        from router_r1.batch import TrajectoryBatch
+
+        groups: dict[str, int] = {}
+        gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
+        batch = TrajectoryBatch.from_episodes(episodes, self.tokenizer, [s.reward.reward for s in scores],
+                                              gids, self.max_response_tokens)
+        m = ray.get(self.learner.update.remote(batch))
+        m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
+        return m
+
+    def evaluate(self, label: str) -> dict[str, float]:
+        """Greedy episodes on the validation questions, scored with the stateless reference cost
+        normaliser (as the simulator's reference policies are)."""
+        eps = self.rollouts(self.val_items, 1, seed=0, greedy=True)
+        scores = score_episodes(eps, self.spec, self.cfg.reward,
+                                ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
+        m = summarize(eps, scores, self.spec)
+        self.evals[label] = m
+        return m
+
+    def save_checkpoint(self) -> Path:
+        import ray
+
+        path = ckpt.checkpoint_dir(self.run_dir, self.step)
+        extra = {"step": self.step, "version": self.version, "normalizer": self.normalizer.state_dict(),
+                 "stream": self.stream.state_dict(), "mlflow_run_id": self.tracker.run_id,
+                 "history": self.history, "evals": self.evals, "restarts": self.restarts}
+        ray.get(self.learner.save_checkpoint.remote(str(path), extra))
+        return path
+
+    def load_checkpoint(self) -> Path:
+        import ray
+
+        path = ckpt.latest(self.run_dir)
+        if path is None:
+            raise CheckpointError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}"
+                                  f"{_skipped(self.run_dir)}")
+        newer = [d.name for d in path.parent.iterdir() if d.is_dir() and d.name.startswith("step_")
+                 and d.name > path.name]
+        if newer:
+            log.warning("skipping incomplete checkpoints %s; resuming from %s", ", ".join(sorted(newer)), path.name)
+        extra = ray.get(self.learner.load_checkpoint.remote(str(path)))
+        self.step = int(extra["step"])
+        self.normalizer.load_state_dict(extra["normalizer"])
+        self.stream.load_state_dict(extra["stream"])
+        self.history, self.evals = list(extra.get("history", [])), dict(extra.get("evals", {}))
+        self._restarts_before = int(extra.get("restarts", 0))
+        self._resumed_run_id = extra.get("mlflow_run_id")
+        return path
+
+    @property
+    def restarts(self) -> int:
+        """Rollout-actor restarts over the whole run (resumed runs included)."""
+        return self._restarts_before + (self.workers.restarts if hasattr(self, "workers") else 0)
+
+    # -- the loop --------------------------------------------------------------------------------
+    @property
+    def max_response_tokens(self) -> int:
+        e = self.cfg.episode  # every turn's generation plus every inserted block (with its tags)
+        return (e.max_turns + 1) * e.max_new_tokens + e.max_turns * (e.max_obs_tokens + 16)
+
+    def run(self) -> dict[str, Any]:
+        cfg, t_start = self.cfg, time.perf_counter()
+        self.start_ray()
+        try:
+            self.create_pool()
+            self.create_learner()
+            self.create_rollout_workers()
+            if self.resume:
+                path = self.load_checkpoint()
+                log.info("resumed from %s at step %d", path, self.step)
+            self.tracker.start(run_id=getattr(self, "_resumed_run_id", None), run_name=cfg.name)
+            self.tracker.log_params({k: v for k, v in cfg.flat().items() if not _SECRET.search(k)})
+            self.sync_weights()
+            if not self.resume:
+                if cfg.warmstart.steps > 0 and self.sim is not None:
+                    self.evaluate("untrained")
+                    self.tracker.log_metrics(self.warm_start(), step=0)
+                    self.sync_weights()
+                self.tracker.log_metrics(_prefixed(self.evaluate("start"), "eval/"), step=0)
+            self.train_loop()
+            self.tracker.log_metrics(_prefixed(self.evaluate("end"), "eval/"), step=self.step)
+            report = self.report(time.perf_counter() - t_start)
+            self.finish(report)
+            return report
+        except BaseException:
+            self.tracker.end("FAILED")
+            raise
+        finally:
+            self.shutdown()
+
+    def train_loop(self) -> None:
+        cfg = self.cfg
+        group = cfg.learner.group_size if cfg.learner.algorithm == "grpo" else 1
+        n_questions = max(1, cfg.rollout.num_actors * cfg.rollout.episodes_per_actor // group)
+        bar = self._bar(range(self.step, cfg.train.steps), "train", total=cfg.train.steps, initial=self.step)
+        for _ in bar:
+            self.step += 1
+            sync_s = self.sync_weights()
+            t0 = time.perf_counter()
+            items = self.stream.next_batch(n_questions)
+            episodes = self.rollouts(items, group, seed=cfg.seed * 100_003 + self.step * 101)
+            rollout_s = time.perf_counter() - t0
+            scores = self.rewards(episodes)
+            t1 = time.perf_counter()
+            m = self.update(episodes, scores)
+            learner_s = time.perf_counter() - t1
+            metrics = {**summarize(episodes, scores, self.spec), **_numeric(m),
+                       "time/weight_sync_s": sync_s, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
+                       "rollout/tokens_per_s": m["batch/policy_tokens"] / max(rollout_s, 1e-9),
+                       "response/length_tokens": m["batch/policy_tokens"] / len(episodes),
+                       "rollout/restarts": float(self.restarts)}
+            self.history.append({"step": self.step, **metrics})
+            self.tracker.log_metrics(metrics, step=self.step)
+            if not hasattr(bar, "set_postfix"):  # no progress bar: one log line per step
+                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f",
+                         self.step, metrics["reward/mean"], metrics["outcome/em"], metrics["format/ok_rate"],
+                         metrics["cost/mean_usd"], metrics["calls/per_episode"])
+            else:
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", em=f"{metrics['outcome/em']:.2f}",
+                                fmt=f"{metrics['format/ok_rate']:.2f}", cost=f"{metrics['cost/mean_usd']:.1e}",
+                                calls=f"{metrics['calls/per_episode']:.2f}")
+            if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+                self.tracker.log_jsonl([trajectory_record(e, s, self.step) for e, s in
+                                        list(zip(episodes, scores))[:8]], f"samples/step_{self.step:06d}.jsonl")
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
+                self.tracker.log_metrics(_prefixed(self.evaluate(f"step_{self.step}"), "eval/"), step=self.step)
+            if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) \
+                    or self.step == cfg.train.steps:
+                self.save_checkpoint()
+
+    # -- the end ---------------------------------------------------------------------------------
+    def report(self, wall_s: float) -> dict[str, Any]:
+        """Start -> end figures (training batches and greedy validation) and, on the simulator,
+        the trained router's reward as a fraction of the oracle's and the best single model's."""
+        first, last = self.history[:3], self.history[-3:]
+        rep: dict[str, Any] = {"steps": self.step, "wall_s": wall_s, "restarts": self.restarts,
+                               "train": {k: [_mean(first, k), _mean(last, k)] for k, _ in REPORT_KEYS},
+                               "eval": {label: {k: m.get(k) for k, _ in REPORT_KEYS}
+                                        for label, m in self.evals.items()}}
+        if self.sim is not None and "end" in self.evals:
+            from router_r1.sim import expected_rewards
+
+            qs = [self.sim.world.question(it["id"]) for it in self.val_items]
+            ref = expected_rewards(self.sim, qs, self.cfg.reward)
+            end = self.evals["end"]["reward/mean"]
+            best_name, best = ref["best_single"]
+            rep["reference"] = {"oracle": ref["oracle"], "best_single": [best_name, best],
+                                "random": ref["random"], "expert": ref["expert"],
+                                "fraction_of_oracle": end / ref["oracle"] if ref["oracle"] else None,
+                                "fraction_of_best_single": end / best if best else None}
+        return rep
+
+    def finish(self, report: dict[str, Any]) -> None:
+        import ray
+
+        policy_dir = self.run_dir / "policy"
+        ray.get(self.learner.save_policy.remote(str(policy_dir)))
+        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+        if self.tracker.run_id:
+            t = self.tracker
+            t.log_metrics({f"report/{k}": v for k, v in _numeric(report.get("reference", {})).items()},
+                          step=self.step)
+            t.log_dict(report, "report.json")
+            t.log_curves(self.history)
+            last = ckpt.latest(self.run_dir)
+            if last is not None:
+                t.log_dir(last, f"checkpoint/{last.name}")
+            p = self.cfg.policy
+            t.log_router(policy_dir, self.cfg.pool, {"episode": self.cfg.episode.model_dump(),
+                                                     "compact_prompt": p.compact_prompt,
+                                                     "use_chat_template": p.use_chat_template})
+            t.end("FINISHED")
+
+    def shutdown(self) -> None:
+        import ray
+
+        if hasattr(self, "workers"):
+            self.workers.kill()
+        if hasattr(self, "learner"):
+            ray.kill(self.learner)
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            try:
+                ray.get(pool.close.remote(), timeout=30)
+            except Exception as e:  # the ledger is flushed on a best-effort basis at exit
+                log.warning("model pool did not close cleanly: %s", e)
+            ray.kill(pool)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def _bar(self, it, desc: str, **kw):
+        if not self.progress:
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, desc=desc, dynamic_ncols=True, **kw)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    xs = [r[key] for r in rows if key in r]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _numeric(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _prefixed(d: dict[str, float], prefix: str) -> dict[str, float]:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def _skipped(run_dir: Path) -> str:
+    root = run_dir / "checkpoints"
+    bad = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return f" (incomplete or corrupt, refused: {', '.join(bad)})" if bad else ""
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = [f"router-r1 train: {rep['steps']} steps in {rep['wall_s']:.0f} s"
+             + (f", {rep['restarts']} rollout-actor restarts" if rep["restarts"] else "")]
+    lines.append(f"  {'':22s} {'train: first -> last':>24s}   {'greedy val: start -> end':>26s}")
+    ev = rep["eval"]
+    for key, name in REPORT_KEYS:
+        a, b = rep["train"][key]
+        s, e = (ev.get("start") or {}).get(key), (ev.get("end") or {}).get(key)
+        lines.append(f"  {name:22s} {_f(a):>11s} -> {_f(b):<10s}   {_f(s):>12s} -> {_f(e):<10s}")
+    if "untrained" in ev:
+        lines.append(f"  before warm start: format-ok {_f(ev['untrained'].get('format/ok_rate'))}, "
+                     f"reward {_f(ev['untrained'].get('reward/mean'))}")
+    ref = rep.get("reference")
+    if ref:
+        lines.append(f"  val reward {_f(ev['end']['reward/mean'])} = {_f(ref['fraction_of_oracle'])} of the oracle "
+                     f"({_f(ref['oracle'])}) and {_f(ref['fraction_of_best_single'])} of the best single model "
+                     f"({ref['best_single'][0]}: {_f(ref['best_single'][1])}); random routing {_f(ref['random'])}")
+    return "\n".join(lines)
+
+
+def _f(x: Any) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set a.b=value` pairs; values are parsed as YAML (numbers, booleans, lists, null)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router-r1 train", description="Train a router with RL on Ray.")
+    p.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set learner.lr=1e-4 (repeatable)")
+    p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = parse_overrides(args.set)
+        if args.steps is not None:
+            overrides["train.steps"] = args.steps
+        cfg = load_config(args.config, overrides)
+        report = Trainer(cfg, resume=args.resume, progress=not args.no_progress).run()
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"router-r1 train: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The trained router as an MLflow pyfunc model: questions in, full routed episodes out.
+
+`mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"question": [...]}))` plays each question
+to the end with the logged policy (greedy), calling candidate models through an in-process
+ModelPool core built from the logged descriptor file, and returns the answer, the trajectory,
+the models called and the cost. With the simulated pool this runs fully offline; with real
+backends their API keys must be in the environment named by the descriptors.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import mlflow.pyfunc
+
+
+class RouterModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from router_r1.descriptors import load_pool
+        from router_r1.episode import EpisodeConfig
+        from router_r1.policy import HFGenerator, load_policy
+
+        a = context.artifacts
+        self.settings = json.loads(open(a["router"]).read())
+        self.pool = load_pool(a["pool"])
+        model, self.tokenizer = load_policy(a["policy"])
+        self.generator = HFGenerator(model, self.tokenizer)
+        self.episode_cfg = EpisodeConfig.model_validate({**self.settings.get("episode", {}),
+                                                         "temperature": 0.0})
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        import pandas as pd
+
+        from actors.model_pool import PoolClient
+        from router_r1.episode import Episode, run_episodes
+        from router_r1.policy import format_prompt
+        from router_r1.config import PoolRuntimeConfig
+        from router_r1.pool import PoolCore
+        from router_r1.prompt import render_prompt
+
+        questions = _questions(model_input)
+        compact = bool(self.settings.get("compact_prompt", False))
+        chat = bool(self.settings.get("use_chat_template", True))
+        episodes = [Episode(uid=str(i), question=q, golden_answers=[],
+                            prompt=format_prompt(self.tokenizer, render_prompt(self.pool, q, compact=compact), chat))
+                    for i, q in enumerate(questions)]
+        client = PoolClient(PoolCore(self.pool, PoolRuntimeConfig(ledger_dir=None), "mlflow-router"))
+        cfg = self.episode_cfg
+
+        def generate(prompts):
+            return self.generator.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+
+        asyncio.run(run_episodes(episodes, generate, client.call, cfg, self.pool, self.tokenizer))
+        return pd.DataFrame([{"question": e.question, "answer": e.parsed(self.pool).answer,
+                              "format_ok": e.parsed(self.pool).format_ok, "response": e.response,
+                              "models": [c.model for c in e.calls], "cost_usd": e.cost_usd}
+                             for e in episodes])
+
+
+def _questions(model_input: Any) -> list[str]:
+    if hasattr(model_input, "columns"):
+        if "question" not in model_input.columns:
+            raise ValueError("router input needs a 'question' column")
+        return [str(q) for q in model_input["question"]]
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, dict):
+        q = model_input.get("question")
+        return [q] if isinstance(q, str) else [str(x) for x in q]
+    return [str(q) for q in model_input]

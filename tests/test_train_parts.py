@@ -1,0 +1,61 @@
+"""Driver parts without Ray: the question stream's resumable order, scoring and batch metrics,
+and the tracking helpers."""
+from __future__ import annotations
+
+import pytest
+
+from router_r1.episode import Episode, Segment
+from router_r1.questions import QuestionStream
+from router_r1.reward import RewardConfig, WindowCostNormalizer
+from router_r1.rollout_stats import score_episodes, summarize
+from router_r1.tracking import plot_curves, resolve_tracking_uri
+from router_r1.config import MlflowConfig
+from router_r1.types import CallResult
+
+
+def test_question_stream_resumes_where_it_stopped():
+    items = [{"id": str(i), "question": f"q{i}", "golden_answers": ["a"]} for i in range(7)]
+    a = QuestionStream(items, seed=1)
+    first = a.next_batch(5)
+    b = QuestionStream(items, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert a.next_batch(9) == b.next_batch(9)  # across an epoch boundary too
+    epoch = QuestionStream(items, seed=1).next_batch(7)
+    assert epoch[:5] == first and sorted(x["id"] for x in epoch) == [str(i) for i in range(7)]
+    with pytest.raises(ValueError, match="data changed"):
+        QuestionStream(items[:3]).load_state_dict(a.state_dict())
+
+
+def _episode(response: str, cost: float, model: str = "M") -> Episode:
+    e = Episode(uid="q#0", question="q", golden_answers=["Paris"], prompt="p")
+    e.segments = [Segment(response, "policy")]
+    e.calls = [CallResult(model=model, cost_usd=cost)] if cost else []
+    return e
+
+
+def test_scores_and_summary_follow_the_reward_formula(paper_pool):
+    name = paper_pool.names[0]
+    good = _episode("<think> x </think>\n<answer> Paris </answer>", 2e-6, name)
+    wrong = _episode("<think> x </think>\n<answer> Rome </answer>", 0.0)
+    bad = _episode("Paris", 0.0)
+    cfg = RewardConfig(alpha=0.0)
+    scores = score_episodes([good, wrong, bad], paper_pool, cfg, WindowCostNormalizer())
+    assert [s.reward.reward for s in scores] == [1.0, 0.0, -1.0]
+    m = summarize([good, wrong, bad], scores, paper_pool)
+    assert m["format/ok_rate"] == pytest.approx(2 / 3) and m["outcome/em"] == pytest.approx(1 / 3)
+    assert m["calls/per_episode"] == pytest.approx(1 / 3) and m[f"calls/share/{name}"] == 1.0
+
+
+def test_tracking_uri_refuses_the_file_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="filesystem store"):
+        resolve_tracking_uri(MlflowConfig(tracking_uri=str(tmp_path / "mlruns")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/x/m.db")
+    assert resolve_tracking_uri(MlflowConfig()).endswith("x/m.db") and (tmp_path / "x").is_dir()
+
+
+def test_training_curves_png(tmp_path):
+    hist = [{"step": s, "reward/mean": -1 + s / 10, "format/ok_rate": s / 10} for s in range(1, 6)]
+    path = plot_curves(hist, tmp_path / "c.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert plot_curves([{"step": 1}], tmp_path / "none.png") is None
