@@ -142,6 +142,15 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = 16
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # Added for the serving app (issue 6).
+    max_ongoing_requests: int = 64  # per replica; must cover max_batch_size for batching to fill
+    engine: Literal["transformers", "vllm"] = "transformers"  # the router policy's generator
+    temperature: float = 0.0  # router sampling when the request gives none (greedy by default)
+    max_turns_limit: int = 8  # largest per-request max_turns accepted
+    max_new_tokens_limit: int = 512  # largest per-request max_tokens (per router turn) accepted
+    answer_reserve_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the deadline
+    # kept for the router's final turn: candidate calls are cut at (1 - this) x request_timeout_s
+    torch_threads: int | None = None  # intra-op threads for CPU generation; None = torch default
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 

@@ -1,0 +1,161 @@
+"""The OpenAI chat-completions wire format, as the router app speaks it. Ray-free.
+
+Request parsing is strict where a wrong value would change what is billed or routed (types,
+ranges, unknown router controls) and lenient where OpenAI clients send fields a router has no use
+for (`n`, `user`, `stop`, ... are accepted and ignored). Every refusal is an `APIError`, rendered
+as OpenAI's error body `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+
+class APIError(Exception):
+    """A request the app refuses, with the status and OpenAI error fields to send back."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, ...: accepted, unused
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's body plus the router's own controls (sent by clients as `extra_body`)."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+
+    model: str
+    messages: list[ChatMessage]
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)  # per router turn
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    # Router controls.
+    max_turns: int | None = Field(default=None, ge=0)  # routed calls before the final turn
+    models: list[str] | None = None  # allowed candidate subset (display names or aliases)
+    max_cost_usd: float | None = Field(default=None, ge=0.0)  # cost cap for this request
+    return_trace: StrictBool = True
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if not v:
+            raise ValueError("messages must contain at least one message")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models_non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("models, when given, must name at least one candidate model")
+        return v
+
+    def question(self) -> str:
+        """The last user message: what the router answers (earlier turns are not routed)."""
+        for m in reversed(self.messages):
+            if m.role == "user":
+                q = m.text()
+                if q.strip():
+                    return q
+                break
+        raise APIError(400, "the last user message is empty or missing; nothing to answer",
+                       param="messages", code="invalid_value")
+
+
+def parse_request(raw: bytes) -> ChatCompletionRequest:
+    """Bytes of a POST body -> a validated request, or an `APIError` (400) naming the field."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = f"invalid value for '{param}': {err['msg']}" if param else err["msg"]
+        if len(e.errors()) > 1:
+            msg += f" (and {len(e.errors()) - 1} more problem(s))"
+        raise APIError(400, msg, param=param, code="invalid_value") from None
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(cid: str, model: str, answer: str, finish_reason: str,
+                    usage: dict[str, int], extra: dict[str, Any] | None) -> dict[str, Any]:
+    body = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                         "finish_reason": finish_reason, "logprobs": None}],
+            "usage": usage}
+    if extra is not None:
+        body["router_r1"] = extra
+    return body
+
+
+def chunk_body(cid: str, model: str, created: int, delta: dict[str, Any] | None,
+               finish_reason: str | None = None, extra: dict[str, Any] | None = None,
+               usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """One `chat.completion.chunk`. `delta=None` makes the usage-only chunk (empty choices)."""
+    body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": []}
+    if delta is not None:
+        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                            "logprobs": None}]
+    if usage is not None:
+        body["usage"] = usage
+    if extra is not None:
+        body["router_r1"] = extra
+    return body
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event line pair."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -1,0 +1,244 @@
+"""The Router-R1 Ray Serve application: an OpenAI-compatible chat endpoint over a trained router.
+
+    serve run deployments.router:build_app checkpoint=outputs/run/checkpoints/latest config=configs/demo.yaml
+    ROUTER_R1_CHECKPOINT=... ROUTER_R1_CONFIG=... serve run deployments.router:app
+    router-r1 serve --checkpoint DIR [--config YAML]
+
+Each replica holds the policy (transformers on CPU, vLLM on GPU) and answers
+`POST /v1/chat/completions` by playing the multi-round episode, calling candidate models through
+the shared named ModelPool actor (budgets, rate limits and the ledger are shared by every replica).
+Concurrent requests share generation: every router turn goes through `_generate_batch`
+(`@serve.batch`), so 32 requests in flight cost a few batched generations per turn, not 32.
+The request logic itself is `deployments.service.RouterService` (Ray-free).
+"""
+# No `from __future__ import annotations`: FastAPI must see real classes (Request) in the
+# route signatures of a class that Serve ships to replicas by value.
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.openai_api import (APIError, chunk_body, completion_body, completion_id,
+                                    parse_request, sse)
+from deployments.service import GenParams, Plan, RouterService
+from router_r1.config import RunConfig, ServeConfig, load_config
+from router_r1.policy import CheckpointError
+
+api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths and wrong methods answer in the same error shape as everything else.
+    err = APIError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+    return JSONResponse(err.body(), status_code=e.status_code)
+
+
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, e: Exception) -> JSONResponse:
+    # A bug or a dead engine: still the OpenAI error shape, with the cause named.
+    err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+    return JSONResponse(err.body(), status_code=500)
+
+
+def parse_api_keys(spec: str | None) -> dict[str, str]:
+    """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}."""
+    keys: dict[str, str] = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, tenant = item.strip().partition(":")
+        if not sep or not key or not tenant:
+            raise ValueError(f"ROUTER_R1_API_KEYS: expected 'key:tenant', got {item.strip()!r}")
+        keys[key] = tenant
+    return keys
+
+
+def tenant_for(authorization: str | None, keys: dict[str, str]) -> str:
+    """The tenant a request bills to; 401 when keys are configured and this one is not among them."""
+    if not keys:
+        return "default"
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+    tenant = keys.get(token.strip())
+    if tenant is None:
+        raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+    return tenant
+
+
+@serve.deployment(name="RouterR1")
+@serve.ingress(api)
+class RouterDeployment:
+    """One replica: the policy, its batched generator, and a client of the shared ModelPool."""
+
+    def __init__(self, checkpoint: str, config: dict[str, Any]):
+        from actors.model_pool import PoolClient, get_or_create_pool
+        from deployments.engines import make_generator, prompt_options
+
+        cfg = RunConfig.model_validate(config)
+        self.cfg, self.serve_cfg, self.checkpoint = cfg, cfg.serve, checkpoint
+        if cfg.serve.torch_threads:
+            import torch
+            torch.set_num_threads(cfg.serve.torch_threads)
+        device = "cuda" if cfg.serve.num_gpus > 0 else "cpu"
+        self.generator, tokenizer = make_generator(cfg.serve.engine, checkpoint, device)
+        self.pool = cfg.load_pool()
+        # Serving replicas outlive the driver that deployed them, so the pool is detached.
+        handle = get_or_create_pool(cfg.pool, cfg.pool_runtime, run_id=f"serve:{cfg.name}",
+                                    detached=True)
+        self.pool_client = PoolClient(handle)
+        self.keys = dict(cfg.serve.api_keys) or parse_api_keys(os.environ.get("ROUTER_R1_API_KEYS"))
+        self._generate_batch.set_max_batch_size(cfg.serve.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
+        self.batches = self.batched_turns = 0
+        self.service = RouterService(
+            self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
+            use_chat_template=cfg.policy.use_chat_template, run_id=f"serve:{cfg.name}",
+            prompt_options=prompt_options(checkpoint, cfg))
+
+    # -- batched generation ----------------------------------------------------------------------
+    async def _generate_turn(self, prompt: str, gen: GenParams) -> str:
+        return await self._generate_batch((prompt, gen))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    async def _generate_batch(self, items: list[tuple[str, GenParams]]) -> list[str]:
+        """One router turn for every episode waiting now, grouped by sampling parameters."""
+        groups: dict[GenParams, list[int]] = {}
+        for i, (_, g) in enumerate(items):
+            groups.setdefault(g, []).append(i)
+        out = [""] * len(items)
+        for (temperature, top_p, max_new), idx in groups.items():
+            texts = await asyncio.to_thread(self.generator.generate, [items[i][0] for i in idx],
+                                            max_new_tokens=max_new, temperature=temperature, top_p=top_p)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        self.batches += 1
+        self.batched_turns += len(items)
+        return out
+
+    # -- endpoints -------------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.serve_cfg.model_name, "checkpoint": self.checkpoint,
+                "pool": self.pool.name, "candidates": self.pool.names,
+                "generation_batches": self.batches, "batched_turns": self.batched_turns}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        tenant_for(request.headers.get("authorization"), self.keys)
+        return {"object": "list", "data": [{
+            "id": self.serve_cfg.model_name, "object": "model", "created": 0, "owned_by": "router-r1",
+            "candidates": self.pool.names}]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        tenant = tenant_for(request.headers.get("authorization"), self.keys)
+        req = parse_request(await request.body())
+        plan = self.service.plan(req, tenant)
+        cid = completion_id()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._stream(plan, cid, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        outcome = await self.service.run(plan)
+        return completion_body(cid, self.serve_cfg.model_name, outcome.answer, outcome.finish_reason,
+                               outcome.usage(), outcome.extra())
+
+    async def _stream(self, plan: Plan, cid: str, include_usage: bool):
+        """SSE in OpenAI's chunk format: the role, one chunk per route event (field `router_r1`,
+        as it happens), the answer, the finish chunk with the trace, usage if asked, [DONE]."""
+        model, created = self.serve_cfg.model_name, int(time.time())
+        events: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(self.service.run(plan, on_event=events.put_nowait))
+        try:
+            yield sse(chunk_body(cid, model, created, {"role": "assistant", "content": ""}))
+            while not (task.done() and events.empty()):
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield sse(chunk_body(cid, model, created, {}, extra={"event": getter.result()}))
+                else:
+                    getter.cancel()
+            try:
+                outcome = task.result()
+            except Exception as e:  # headers are gone: the error travels as an event, as OpenAI's does
+                err = e if isinstance(e, APIError) else APIError(
+                    500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+                yield sse(err.body())
+                yield sse("[DONE]")
+                return
+            yield sse(chunk_body(cid, model, created, {"content": outcome.answer}))
+            yield sse(chunk_body(cid, model, created, {}, finish_reason=outcome.finish_reason,
+                                 extra=outcome.extra()))
+            if include_usage:
+                yield sse(chunk_body(cid, model, created, None, usage=outcome.usage()))
+            yield sse("[DONE]")
+        finally:
+            if not task.done():  # the client went away: stop the episode and its calls
+                task.cancel()
+
+
+def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
+    """Replica count or autoscaling, resources and concurrency, from the config's serve section."""
+    opts: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus,
+                              **({"resources": dict(serve_cfg.resources)} if serve_cfg.resources else {})},
+        "max_ongoing_requests": max(serve_cfg.max_ongoing_requests, serve_cfg.max_batch_size),
+    }
+    if serve_cfg.min_replicas == serve_cfg.max_replicas:
+        opts["num_replicas"] = serve_cfg.min_replicas
+    else:
+        opts["autoscaling_config"] = {"min_replicas": serve_cfg.min_replicas,
+                                      "max_replicas": serve_cfg.max_replicas,
+                                      "target_ongoing_requests": serve_cfg.target_ongoing_requests}
+    return opts
+
+
+def check_checkpoint(checkpoint: str | Path) -> str:
+    """Fail on the driver, before any replica starts, when the checkpoint cannot be loaded."""
+    path = Path(checkpoint).expanduser().resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"policy checkpoint not found: {path}")
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json; not a transformers checkpoint")
+    return str(path)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve application builder: `checkpoint` (required), `config` (YAML path, optional), and
+    dotted `serve.*`/`pool_runtime.*` overrides, e.g. `serve.max_batch_size=1`."""
+    args = dict(args)
+    checkpoint = args.pop("checkpoint", None) or os.environ.get("ROUTER_R1_CHECKPOINT")
+    if not checkpoint:
+        raise ValueError("build_app needs checkpoint=DIR (or ROUTER_R1_CHECKPOINT)")
+    config = args.pop("config", None) or os.environ.get("ROUTER_R1_CONFIG")
+    cfg = load_config(config, overrides=args or None)
+    cfg.load_pool()  # a bad descriptor file fails here, not in every replica
+    # Replicas and the pool actor run in other working directories: anchor the ledger here.
+    ledger = Path(cfg.pool_runtime.ledger_dir).expanduser().resolve()
+    cfg = cfg.model_copy(update={"pool_runtime": cfg.pool_runtime.model_copy(update={"ledger_dir": str(ledger)})})
+    return RouterDeployment.options(**deployment_options(cfg.serve)).bind(
+        check_checkpoint(checkpoint), cfg.model_dump())
+
+
+def __getattr__(name: str):
+    """`deployments.router:app` for `serve run`, built from ROUTER_R1_CHECKPOINT/ROUTER_R1_CONFIG
+    on first access (so importing this module never needs them)."""
+    if name == "app":
+        return build_app({})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

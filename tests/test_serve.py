@@ -1,0 +1,375 @@
+"""The Router-R1 Serve app over real HTTP: the official `openai` client for what it can send,
+raw HTTP for what it cannot (malformed JSON, wrong types, missing keys).
+
+One app serves the module: a scripted tiny router (benchmarks.tiny_router: always routes once
+to Echo-Model, then answers) over a ModelPool whose candidates are a fake OpenAI server in this
+process; each test sets how the fake server misbehaves. Ray-free checks of the request logic
+come first.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+
+from deployments.openai_api import APIError, parse_request  # noqa: E402
+from deployments.router import parse_api_keys, tenant_for  # noqa: E402
+
+openai = pytest.importorskip("openai")
+
+ECHO_PRICE = 1.0  # USD per 1M tokens, both directions
+TIMEOUT_S = 6.0  # serve.request_timeout_s of the test app
+KEYS = {"sk-rich": "rich", "sk-poor": "poor"}
+
+
+# -- Ray-free ------------------------------------------------------------------------------------
+def test_api_keys_from_env_format():
+    assert parse_api_keys("k1:tenantA, k2:tenantB") == {"k1": "tenantA", "k2": "tenantB"}
+    assert parse_api_keys("") == {}
+    with pytest.raises(ValueError, match="key:tenant"):
+        parse_api_keys("just-a-key")
+    assert tenant_for("Bearer k1", {"k1": "A"}) == "A"
+    assert tenant_for(None, {}) == "default"
+    for header in (None, "Bearer nope", "Basic k1", "Bearer "):
+        with pytest.raises(APIError) as e:
+            tenant_for(header, {"k1": "A"})
+        assert e.value.status == 401
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b"{not json", None), (b"[1, 2]", None),
+    (b'{"model": "router-r1", "messages": "hi"}', "messages"),
+    (b'{"model": "router-r1", "messages": []}', "messages"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_turns": "many"}',
+     "max_turns"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_cost_usd": -1}',
+     "max_cost_usd"),
+    (b'{"messages": [{"role": "user", "content": "q"}]}', "model"),
+])
+def test_parse_request_refuses_with_400(raw, param):
+    with pytest.raises(APIError) as e:
+        parse_request(raw)
+    assert e.value.status == 400
+    assert e.value.param == param
+    assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def _outcome(*calls):
+    from types import SimpleNamespace
+    return SimpleNamespace(calls=list(calls), plan=SimpleNamespace(tenant="t"))
+
+
+def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
+    from deployments.service import REQUEST_CAP, check_calls
+    from router_r1.types import CallResult, CallStatus as S
+
+    ok = CallResult("A", "fine")
+    broke = CallResult.failure("A", S.HTTP_ERROR, "500")
+    broke_b = CallResult.failure("B", S.TIMEOUT, "slow")
+    broke_pool = CallResult.failure("A", S.BUDGET_EXCEEDED, "budget cap reached")
+    capped = CallResult.failure("A", S.BUDGET_EXCEEDED, "cap", meta={"budget_scope": REQUEST_CAP})
+    invented = CallResult.failure("Z", S.UNKNOWN_MODEL, "no model named Z")
+    for fine in ([], [broke, ok], [capped], [invented], [broke_pool, ok]):
+        check_calls(_outcome(*fine))  # the router answered with what it had: 200
+    with pytest.raises(APIError) as e:
+        check_calls(_outcome(broke, broke_b, invented))
+    assert e.value.status == 503 and "A" in e.value.message and "B" in e.value.message
+    with pytest.raises(APIError) as e:
+        check_calls(_outcome(broke_pool, capped))
+    assert e.value.status == 402 and e.value.code == "insufficient_quota"
+
+
+def test_serve_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
+    from pipelines.serve import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"pool: {Path(__file__).resolve().parents[1] / 'configs' / 'pool_simulated.yaml'}\n")
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--config", str(cfg)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+# -- the app -------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, fake, tmp_path_factory):
+    """Deploy the app once for the module; yields (base_url, fake server)."""
+    from ray import serve
+
+    from benchmarks.tiny_router import build_scripted_router
+    from deployments.router import build_app
+    from router_r1.descriptors import load_pool
+
+    tmp = tmp_path_factory.mktemp("serve")
+    limits = {"max_attempts": 1, "timeout_s": 30, "circuit_failures": 1000}
+    backend = {"kind": "openai", "base_url": fake.url}
+    (tmp / "pool.yaml").write_text(yaml.safe_dump({"name": "fake", "models": [
+        {"name": "Echo-Model", "price": ECHO_PRICE, "description": "Echoes the question.",
+         "backend": backend, "limits": limits},
+        {"name": "Other-Model", "price": 3.0, "description": "Also echoes.", "backend": backend,
+         "limits": limits}]}))
+    actor_name = f"serve_test_pool_{_free_port()}"
+    (tmp / "config.yaml").write_text(yaml.safe_dump({
+        "name": "serve-test", "pool": "pool.yaml",
+        "pool_runtime": {"actor_name": actor_name, "ledger_dir": str(tmp / "ledger"), "cache": False,
+                         "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0}, "num_cpus": 0},
+        "episode": {"max_turns": 2, "max_new_tokens": 48},
+        "serve": {"api_keys": KEYS, "request_timeout_s": TIMEOUT_S, "max_prompt_chars": 2000,
+                  "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}))
+    ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=200)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "config.yaml")}),
+              name="router_r1_test", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:  # serve.run returns once RUNNING; the proxy may lag a moment behind
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=5).read()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    yield base, fake
+    serve.shutdown()
+    import ray
+    try:
+        ray.kill(ray.get_actor(actor_name, namespace="router_r1"))
+    except ValueError:
+        pass
+
+
+@pytest.fixture
+def base(served):
+    base_url, fake = served
+    fake.reset()
+    yield base_url
+    fake.reset()
+
+
+def client(base: str, key: str | None = "sk-rich"):
+    return openai.OpenAI(base_url=base + "/v1", api_key=key or "none", max_retries=0, timeout=30)
+
+
+def post(base: str, body: bytes | dict, key: str | None = "sk-rich") -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(base + "/v1/chat/completions", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def ask(question: str = "Who wrote the book Zelix?", **extra) -> dict:
+    return {"model": "router-r1", "messages": [{"role": "user", "content": question}], **extra}
+
+
+def assert_error(status: int, body: dict, want_status: int, code: str | None = None) -> dict:
+    assert status == want_status, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+def check_accounting(usage: dict, extra: dict) -> None:
+    """usage = router tokens + every call's tokens; cost = the calls' costs."""
+    trace = extra["trace"]
+    router = extra["router_usage"]
+    assert usage["prompt_tokens"] == router["prompt_tokens"] + sum(s["prompt_tokens"] for s in trace)
+    assert usage["completion_tokens"] == router["completion_tokens"] + sum(s["completion_tokens"] for s in trace)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert extra["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in trace))
+    assert router["prompt_tokens"] > 0 and router["completion_tokens"] > 0
+
+
+def test_completion_with_trace_usage_and_cost(fake, base):
+    r = client(base).chat.completions.create(
+        model="router-r1", messages=[{"role": "system", "content": "be brief"},
+                                     {"role": "user", "content": "Who wrote the book Zelix?"}])
+    extra = r.model_extra["router_r1"]
+    trace = extra["trace"]
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert len(trace) >= 1 and trace[0]["model"] == "Echo-Model" and trace[0]["status"] == "ok"
+    assert trace[0]["query"] and trace[0]["prompt_tokens"] > 0 and trace[0]["completion_tokens"] > 0
+    step = trace[0]
+    assert step["cost_usd"] == pytest.approx(
+        (step["prompt_tokens"] + step["completion_tokens"]) * ECHO_PRICE / 1e6)
+    check_accounting(r.usage.model_dump(), extra)
+    # The content is the router's own <answer>, whatever it says.
+    from router_r1.protocol import extract_answer
+    assert r.choices[0].message.content == (extract_answer(extra["router_text"]) or "")
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert fake.count("Echo-Model") == len(trace)
+
+
+def test_trace_can_be_left_out(base):
+    status, body = post(base, ask(return_trace=False))
+    assert status == 200, body
+    assert "trace" not in body["router_r1"] and body["router_r1"]["cost_usd"] > 0
+
+
+def test_streamed_completion_emits_route_steps_then_answer(base):
+    stream = client(base).chat.completions.create(
+        model="router-r1", messages=[{"role": "user", "content": "Where was Tomas Velik born?"}],
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    events = [c.model_extra["router_r1"]["event"] for c in chunks
+              if c.model_extra.get("router_r1", {}).get("event")]
+    assert [e["type"] for e in events[:2]] == ["route", "call_result"]
+    assert events[0]["model"] == "Echo-Model" and events[1]["status"] == "ok"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1
+    extra = finish[0].model_extra["router_r1"]
+    from router_r1.protocol import extract_answer
+    assert content == (extract_answer(extra["router_text"]) or "")
+    # Route events arrive before the answer's content chunk.
+    first_content = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
+    first_event = next(i for i, c in enumerate(chunks) if c.model_extra.get("router_r1", {}).get("event"))
+    assert first_event < first_content
+    usage = chunks[-1].usage
+    assert usage is not None and not chunks[-1].choices
+    check_accounting(usage.model_dump(), extra)
+
+
+def test_raw_stream_ends_with_done(base):
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(ask(stream=True)).encode(),
+                                 headers={"Authorization": "Bearer sk-rich", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        lines = [ln for ln in r.read().decode().splitlines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_models_and_health(base):
+    models = client(base).models.list()
+    assert [m.id for m in models.data] == ["router-r1"]
+    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
+    assert health["status"] == "ok" and health["candidates"] == ["Echo-Model", "Other-Model"]
+
+
+def test_missing_or_wrong_key_is_401(fake, base):
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(base, key="sk-wrong").chat.completions.create(**ask())
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    assert_error(*post(base, ask(), key=None), 401, "invalid_api_key")
+    assert fake.count() == 0  # nothing was routed or billed
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b'{"model": "router-r1", "messages": [', 400, None),
+    (b'{"model": "router-r1", "messages": "What is 2+2?"}', 400, "messages"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "stream": "yes"}', 400, "stream"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": 42}]}', 400, "messages.0.content.str"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_turns": "many"}', 400,
+     "max_turns"),
+    (b'{"model": "router-r1", "messages": []}', 400, "messages"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "   "}]}', 400, "messages"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_turns": 99}', 400,
+     "max_turns"),
+])
+def test_bad_requests_get_openai_errors(fake, base, body, status, param):
+    err = assert_error(*post(base, body), status)
+    assert err["param"] == param
+    assert fake.count() == 0
+
+
+def test_prompt_over_the_limit_is_413(base):
+    err = assert_error(*post(base, ask("x" * 2001)), 413, "context_length_exceeded")
+    assert "2000" in err["message"]
+
+
+def test_unknown_model_is_404(base):
+    with pytest.raises(openai.NotFoundError) as e:
+        client(base).chat.completions.create(model="gpt-4o", messages=ask()["messages"])
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    err = assert_error(*post(base, ask(models=["Echo-Model", "No-Such-Model"])), 404, "model_not_found")
+    assert err["param"] == "models" and "No-Such-Model" in err["message"]
+    req = urllib.request.Request(base + "/v1/nothing-here")
+    with pytest.raises(urllib.error.HTTPError) as h:
+        urllib.request.urlopen(req, timeout=10)
+    assert h.value.code == 404 and set(json.loads(h.value.read())["error"]) == {"message", "type", "param", "code"}
+
+
+def test_tenant_budget_exhausted_is_402(fake, base):
+    status, body = post(base, ask(), key="sk-poor")
+    err = assert_error(status, body, 402, "insufficient_quota")
+    assert "poor" in err["message"]
+    assert fake.count("Echo-Model") == 0  # refused before anything was sent
+
+
+def test_request_cost_cap_refuses_calls_but_answers(fake, base):
+    status, body = post(base, ask(max_cost_usd=0.0))
+    assert status == 200, body
+    trace = body["router_r1"]["trace"]
+    assert trace and all(s["status"] == "budget_exceeded" for s in trace)
+    assert "max_cost_usd" in trace[0]["error"] and body["router_r1"]["cost_usd"] == 0
+    assert fake.count("Echo-Model") == 0
+
+
+def test_allowed_models_subset_is_enforced(fake, base):
+    # The scripted router always asks Echo-Model; with only Other-Model allowed it must not reach it.
+    status, body = post(base, ask(models=["Other-Model"]))
+    assert status == 200, body
+    trace = body["router_r1"]["trace"]
+    assert trace and trace[0]["model"] == "Echo-Model" and trace[0]["status"] == "unknown_model"
+    assert "Other-Model" in trace[0]["error"]
+    assert fake.count() == 0
+
+
+def test_all_candidates_down_is_503_naming_them(fake, base):
+    fake.set("Echo-Model", "500")
+    err = assert_error(*post(base, ask()), 503, "models_unavailable")
+    assert "Echo-Model" in err["message"] and "http_error" in err["message"]
+
+
+def test_hung_candidate_is_bounded_by_the_deadline(fake, base):
+    # Past the call deadline, yet finished before the module ends (the fake server waits for it).
+    fake.set("Echo-Model", "slow", delay_s=TIMEOUT_S + 1.0)
+    t0 = time.monotonic()
+    err = assert_error(*post(base, ask()), 503, "models_unavailable")
+    elapsed = time.monotonic() - t0
+    assert "Echo-Model" in err["message"] and "cancelled" in err["message"]
+    assert elapsed < TIMEOUT_S + 1.0, elapsed
+    assert fake.count("Echo-Model") == 1  # the call was made, and cut
+
+
+def test_concurrent_requests_share_generation_batches(base):
+    before = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(lambda i: post(base, ask(f"question number {i}?")), range(16)))
+    assert all(s == 200 for s, _ in results), results
+    after = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
+    batches = after["generation_batches"] - before["generation_batches"]
+    turns = after["batched_turns"] - before["batched_turns"]
+    assert turns >= 16 * 2  # route turn + answer turn per request
+    assert batches < turns / 2, (batches, turns)  # on average more than two turns per generation
