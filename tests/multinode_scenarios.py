@@ -38,7 +38,8 @@ def start_cluster(worker_resources: dict[str, float], worker_cpus: int = 2):
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "resources": {"learner": 1, "model_pool": 1},
-        "object_store_memory": 150 * 1024 * 1024, "_system_config": FAST_FAILURE})
+        "object_store_memory": 150 * 1024 * 1024, "include_dashboard": False,
+        "_system_config": FAST_FAILURE})
     log("head started")
     workers = [cluster.add_node(num_cpus=worker_cpus, resources=dict(worker_resources),
                                 object_store_memory=100 * 1024 * 1024) for _ in range(2)]
@@ -207,7 +208,7 @@ def scenario_serve() -> dict:
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"num_cpus": 0, "min_replicas": 2, "max_replicas": 2, "resources": {"rollout": 1},
                   "request_timeout_s": 20, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}}))
-    ckpt = build_scripted_router(tmp / "router", load_pool(pool_path), "Sim-Geo-Small", steps=100)
+    ckpt = build_scripted_router(tmp / "router", load_pool(pool_path), "Sim-Geo-Small", steps=60)
     log("scripted router built")
     ray.init(address=cluster.address, namespace="router_r1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
