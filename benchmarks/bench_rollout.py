@@ -44,6 +44,10 @@ def make_config(checkpoint: Path, **over):
     return load_config(None, {**base, **over})
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def policy_tokens(episodes, tokenizer) -> int:
     """Tokens the policy generated (loss mask), information blocks excluded."""
     from router_r1.batch import TrajectoryBatch
@@ -106,7 +110,9 @@ def bench_actors(cfg, n: int, repeats: int) -> dict:
         group = RolloutGroup(lambda i: make_rollout_actor().options(**rollout_actor_options(cfg)).remote(
             cfg, None, pool, i, "bench"), k, max_restarts=0)
         one_thread(group.workers)
+        log(f"{k} actor(s) up")
         group.rollout(items[:2 * k], 1, seed=99)  # warm-up: every actor built and generating
+        log(f"{k} actor(s) warm")
         runs = []
         for r in range(repeats):
             t0 = time.perf_counter()
@@ -123,6 +129,8 @@ def bench_actors(cfg, n: int, repeats: int) -> dict:
 
 # -- (c) time split of a training step -------------------------------------------------------------------
 def bench_step(cfg, sizes: list[int], repeats: int) -> dict:
+    import ray
+
     from pipelines.train import Trainer
 
     t = Trainer(cfg, progress=False)
@@ -130,6 +138,9 @@ def bench_step(cfg, sizes: list[int], repeats: int) -> dict:
     t.create_learner()
     t.create_rollout_workers()
     one_thread(t.workers.workers)
+    # The learner and the rollouts take turns in a synchronous step: while it updates, the
+    # machine's two cores are its own.
+    ray.get(t.learner.__ray_call__.remote(lambda self: torch.set_num_threads(2)))
     group = cfg.learner.group_size
     out = {}
     try:
@@ -137,6 +148,7 @@ def bench_step(cfg, sizes: list[int], repeats: int) -> dict:
         t.rollouts(t.stream.next_batch(2), group, seed=0)  # warm-up
         for size in sizes:
             runs = []
+            log(f"(c) {size} episodes")
             for r in range(repeats):
                 t0 = time.perf_counter()
                 sync = t.sync_weights()
@@ -185,6 +197,8 @@ def table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p.add_argument("--router", default=str(ROOT / "outputs" / "bench_rollout_router"),
+                   help="scripted router checkpoint folder (built there when absent)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench_rollout.json"))
     args = p.parse_args(argv)
     import ray
@@ -193,18 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     from router_r1.descriptors import load_pool
 
     load_before = [round(x, 2) for x in os.getloadavg()]
-    ckpt = build_scripted_router(Path(tempfile.mkdtemp(prefix="bench_router_")) / "router", load_pool(POOL),
-                                 "Sim-Geo-Small", steps=60 if args.quick else 200)
+    ckpt = Path(args.router)
+    if not (ckpt / "config.json").is_file():  # built once (a minute or two of SFT), then reused
+        build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200)
     cfg = make_config(ckpt)
     n_a, n_b, repeats = (8, 16, 1) if args.quick else (32, 64, 3)
     sizes = [8] if args.quick else [8, 16, 32]
+    log("policy built")
     res = {"batched": bench_batched(cfg, n_a)}
-    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
+    log("(a) done")
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}})
     try:
         res["actors"] = bench_actors(cfg, n_b, repeats)
-        res["step"] = bench_step(make_config(ckpt, **{"rollout.num_actors": 2}), sizes, 1 if args.quick else 2)
+        log("(b) done")
+        res["step"] = bench_step(make_config(ckpt, **{"rollout.num_actors": 2, "learner.num_cpus": 0}), sizes, 1 if args.quick else 2)
     finally:
         ray.shutdown()
     res.update(loadavg_before=load_before, loadavg_after=[round(x, 2) for x in os.getloadavg()],
