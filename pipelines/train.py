@@ -219,6 +219,16 @@ class Trainer:
         """Rollout-actor restarts over the whole run (resumed runs included)."""
         return self._restarts_before + (self.workers.restarts if hasattr(self, "workers") else 0)
 
+    def set_aside_old_checkpoints(self) -> None:
+        """A fresh run in a used output_dir: move the old run's checkpoints aside (never delete),
+        so a later --resume cannot pick up a checkpoint of a different run."""
+        old = self.run_dir / "checkpoints"
+        if old.is_dir() and any(old.iterdir()):
+            dest = self.run_dir / f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            old.rename(dest)
+            log.warning("%s held checkpoints of an earlier run; moved to %s (use --resume to continue "
+                        "a run)", self.run_dir, dest.name)
+
     # -- the loop --------------------------------------------------------------------------------
     @property
     def max_response_tokens(self) -> int:
@@ -235,6 +245,8 @@ class Trainer:
             if self.resume:
                 path = self.load_checkpoint()
                 log.info("resumed from %s at step %d", path, self.step)
+            else:
+                self.set_aside_old_checkpoints()
             self.tracker.start(run_id=getattr(self, "_resumed_run_id", None), run_name=cfg.name)
             self.tracker.log_params({k: v for k, v in cfg.flat().items() if not _SECRET.search(k)})
             self.sync_weights()

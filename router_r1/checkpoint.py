@@ -16,11 +16,12 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from router_r1.atomic import atomic_dir
 
 from router_r1.policy import CheckpointError
 
@@ -52,9 +53,7 @@ def save(path: str | Path, objects: dict[str, Any], step: int, meta: dict[str, A
     """Write `objects` (name -> anything `torch.save` takes; each becomes `<name>.pt`) and `meta`
     (JSON) as one checkpoint at `path`, atomically. An existing checkpoint there is replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         files: dict[str, dict[str, Any]] = {}
         for name, obj in objects.items():
             buf = io.BytesIO()
@@ -66,17 +65,6 @@ def save(path: str | Path, objects: dict[str, Any], step: int, meta: dict[str, A
         manifest = {"format": FORMAT, "step": int(step), "files": files, "meta": meta or {}}
         # The manifest is written last: a folder without one was never completed.
         _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
