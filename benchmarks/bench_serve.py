@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     raw = cfg.model_dump()
     raw["pool"] = str(pool_file)
+    # No response cache: every routed call really reaches the (simulated) model and is billed.
     raw["pool_runtime"].update(actor_name=f"bench_pool_{_free_port()}", ledger_dir=str(work / "ledger"),
-                               num_cpus=0, run_budget_usd=None, tenant_budgets_usd={})
+                               cache=False, num_cpus=0, run_budget_usd=None, tenant_budgets_usd={})
     raw["serve"].update(num_cpus=0, min_replicas=1, max_replicas=1, api_keys={},
                         request_timeout_s=args.timeout, max_ongoing_requests=max(64, 2 * args.concurrency))
     config = work / "config.yaml"
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                                prompt_options={"compact": True}))
         print(f"built a scripted tiny router at {checkpoint} (routes every question to {pool.names[0]})")
 
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

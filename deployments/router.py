@@ -14,7 +14,6 @@ The request logic itself is `deployments.service.RouterService` (Ray-free).
 # No `from __future__ import annotations`: FastAPI must see real classes (Request) in the
 # route signatures of a class that Serve ships to replicas by value.
 import asyncio
-import json
 import os
 import time
 from pathlib import Path

@@ -17,7 +17,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from router_r1.config import ServeConfig
@@ -123,9 +123,10 @@ def _queries(e: Episode) -> list[str]:
 
 @dataclass
 class _Spend:
+    """What this request's calls have cost so far (for its `max_cost_usd`)."""
+
     usd: float = 0.0
     calls: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RouterService:

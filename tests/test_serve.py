@@ -136,7 +136,7 @@ def served(ray_local, fake, tmp_path_factory):
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"api_keys": KEYS, "request_timeout_s": TIMEOUT_S, "max_prompt_chars": 2000,
                   "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}))
-    ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=200)
+    ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=120)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "config.yaml")}),
