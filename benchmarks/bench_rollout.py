@@ -8,7 +8,7 @@
     real driver's step functions (pipelines.train.Trainer), at 8, 16 and 32 episodes per step.
 
 The policy is the scripted tiny router (benchmarks.tiny_router: a briefly supervised tiny Qwen2
-that routes once, then answers), so episodes have the real shape: two router turns, one
+that routes once, then answers; compact prompt, as the demo), so episodes have the real shape: two router turns, one
 candidate call through the ModelPool on the simulated pool (configs/pool_simulated.yaml).
 Generated tokens are the policy's own tokens (the batch's loss mask), not inserted information.
 The load average is recorded with the figures: other processes on the machine skew them.
@@ -34,6 +34,7 @@ def make_config(checkpoint: Path, **over):
     from router_r1.config import load_config
 
     base = {"name": "bench-rollout", "pool": str(POOL), "policy.checkpoint": str(checkpoint),
+            "policy.compact_prompt": True,  # as the demo: short instructions for a tiny router
             "pool_runtime": {"actor_name": f"bench_pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
                              "cache": False, "num_cpus": 0},
             "episode": {"max_turns": 3, "max_new_tokens": 48, "temperature": 1.0},
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     ckpt = Path(args.router)
     if not (ckpt / "config.json").is_file():  # built once (a minute or two of SFT), then reused
-        build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200)
+        build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200, prompt_options={"compact": True})
     cfg = make_config(ckpt)
     n_a, n_b, repeats = (8, 16, 1) if args.quick else (32, 64, 3)
     sizes = [8] if args.quick else [8, 16, 32]

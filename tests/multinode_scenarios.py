@@ -208,7 +208,8 @@ def scenario_serve() -> dict:
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"num_cpus": 0, "min_replicas": 2, "max_replicas": 2, "resources": {"rollout": 1},
                   "request_timeout_s": 20, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}}))
-    ckpt = build_scripted_router(tmp / "router", load_pool(pool_path), "Sim-Geo-Small", steps=60)
+    ckpt = build_scripted_router(tmp / "router", load_pool(pool_path), "Sim-Geo-Small", steps=100,
+                                 prompt_options={"compact": True})
     log("scripted router built")
     ray.init(address=cluster.address, namespace="router_r1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
