@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.tiny_router import build_scripted_router
     from router_r1.descriptors import load_pool
 
+    torch.set_num_threads(1)  # the driver's own work (the fixture's SFT, part (a)): one core
     load_before = [round(x, 2) for x in os.getloadavg()]
     ckpt = Path(args.router)
     if not (ckpt / "config.json").is_file():  # built once (a minute or two of SFT), then reused

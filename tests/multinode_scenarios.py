@@ -197,6 +197,9 @@ def scenario_serve() -> dict:
     from deployments.router import build_app
     from router_r1.descriptors import load_pool
 
+    import torch
+
+    torch.set_num_threads(1)  # the fixture's SFT below: two threads on a loaded 2-core machine crawl
     cluster, workers = start_cluster({"rollout": 1}, worker_cpus=1)
     tmp = Path(tempfile.mkdtemp(prefix="router_r1_multinode_serve_"))
     pool_path = ROOT / "configs" / "pool_simulated.yaml"
