@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (ckpt / "config.json").is_file():  # built once (a minute or two of SFT), then reused
         build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200, prompt_options={"compact": True})
     cfg = make_config(ckpt)
-    n_a, n_b, repeats = (8, 16, 1) if args.quick else (32, 64, 3)
+    n_a, n_b, repeats = (8, 16, 1) if args.quick else (64, 192, 3)
     sizes = [8] if args.quick else [8, 16, 32]
     log("policy built")
     res = {"batched": bench_batched(cfg, n_a)}

@@ -34,6 +34,7 @@ def run_scenario(name: str, timeout: float = 240) -> dict:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_rollouts_spread_and_survive_a_node_loss():
     r = run_scenario("train")
     # (a) the two rollout actors sit on the two worker nodes; learner and pool stay on the head
@@ -53,6 +54,7 @@ def test_rollouts_spread_and_survive_a_node_loss():
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_serve_keeps_answering_when_a_replica_node_dies():
     r = run_scenario("serve")
     assert r["replica_nodes"] == r["worker_node_ids"]  # one replica per worker node
