@@ -1,6 +1,6 @@
 """The Router-R1 Ray Serve application: an OpenAI-compatible chat endpoint over a trained router.
 
-    serve run deployments.router:build_app checkpoint=outputs/run/checkpoints/latest config=configs/demo.yaml
+    serve run deployments.router:build_app checkpoint=outputs/demo/policy config=configs/demo.yaml
     ROUTER_R1_CHECKPOINT=... ROUTER_R1_CONFIG=... serve run deployments.router:app
     router-r1 serve --checkpoint DIR [--config YAML]
 

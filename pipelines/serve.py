@@ -1,6 +1,6 @@
 """`router-r1 serve`: start Ray and Serve, deploy the router app, print its URL, wait for Ctrl-C.
 
-    router-r1 serve --checkpoint outputs/demo/checkpoints/latest --config configs/demo.yaml
+    router-r1 serve --checkpoint outputs/demo/policy --config configs/demo.yaml
 
 Equivalent to `serve run deployments.router:build_app checkpoint=... config=...`, plus the Ray
 address, host and port taken from the config (`ray.*`, `serve.host`, `serve.port`).
