@@ -137,11 +137,13 @@ def _resolve(refs: Sequence[Any]) -> list[dict]:
 
 
 def rollout_actor_options(cfg: RunConfig) -> dict[str, Any]:
-    """Ray options for one rollout actor, from cfg.rollout. Tasks are not retried by Ray: the
+    """Ray options for one rollout actor, from cfg.rollout, spread over nodes. Tasks are not retried by Ray: the
     driver re-issues a dead actor's episodes itself after re-syncing its weights."""
     r = cfg.rollout
+    # SPREAD: one actor per node while nodes last, so rollouts scale out (and one lost node
+    # costs one actor's share) instead of packing onto the first node that fits.
     return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.resources) or None,
-            "max_restarts": r.max_restarts, "max_task_retries": 0}
+            "max_restarts": r.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
 
 
 def make_rollout_actor():
