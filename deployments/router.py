@@ -229,8 +229,9 @@ def build_app(args: dict[str, Any]) -> Application:
     cfg = load_config(config, overrides=args or None)
     cfg.load_pool()  # a bad descriptor file fails here, not in every replica
     # Replicas and the pool actor run in other working directories: anchor the ledger here.
-    ledger = Path(cfg.pool_runtime.ledger_dir).expanduser().resolve()
-    cfg = cfg.model_copy(update={"pool_runtime": cfg.pool_runtime.model_copy(update={"ledger_dir": str(ledger)})})
+    if cfg.pool_runtime.ledger_dir is not None:  # None: an in-memory ledger, nothing to anchor
+        ledger = Path(cfg.pool_runtime.ledger_dir).expanduser().resolve()
+        cfg = cfg.model_copy(update={"pool_runtime": cfg.pool_runtime.model_copy(update={"ledger_dir": str(ledger)})})
     return RouterDeployment.options(**deployment_options(cfg.serve)).bind(
         check_checkpoint(checkpoint), cfg.model_dump())
 

@@ -78,7 +78,8 @@ class Trainer:
         if r.address:  # join a cluster: resources are the cluster's
             ray.init(address=r.address, namespace=r.namespace, runtime_env=env)
         else:
-            ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory,
+            # address="local": always a fresh local Ray, never a stray cluster left on this machine.
+            ray.init(address="local", num_cpus=r.num_cpus, object_store_memory=r.object_store_memory,
                      namespace=r.namespace, include_dashboard=False, log_to_driver=False,
                      runtime_env=env)
         self._owns_ray = True
