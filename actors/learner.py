@@ -153,6 +153,8 @@ class Learner:
         self.cfg = cfg
         lc = cfg.learner
         seed_everything(cfg.seed)
+        if lc.torch_threads:
+            torch.set_num_threads(lc.torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(0)  # Ray exposes the actor's GPU(s) as cuda:0..

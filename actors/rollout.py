@@ -58,6 +58,8 @@ class RolloutWorker:
 
         self.cfg, self.index = cfg, worker_index
         self.spec = cfg.load_pool()
+        if cfg.rollout.torch_threads:
+            torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         if cfg.policy.checkpoint:
             model, tok = load_policy(cfg.policy.checkpoint, device=device)

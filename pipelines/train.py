@@ -147,8 +147,8 @@ class Trainer:
             traces = self.replay_traces()
         else:
             qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
-            traces = make_traces(self.sim, qs, seed=self.cfg.seed, reward_cfg=self.cfg.reward,
-                                 compact=self.cfg.policy.compact_prompt)
+            traces = make_traces(self.sim, qs, mix=ws.trace_mix, seed=self.cfg.seed,
+                                 reward_cfg=self.cfg.reward, compact=self.cfg.policy.compact_prompt)
         losses = []
         for s in self._bar(range(ws.steps), "warm start"):
             chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]

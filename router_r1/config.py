@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router_r1.descriptors import PoolSpec, load_pool
 from router_r1.episode import EpisodeConfig
@@ -67,6 +67,7 @@ class RolloutConfig(_Section):
     num_gpus: float = 0.0
     max_restarts: int = 2
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU threads; None: Ray's (= num_cpus)
 
 
 class LearnerConfig(_Section):
@@ -91,6 +92,10 @@ class LearnerConfig(_Section):
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+    # CPU threads for torch; None: what Ray gives (OMP_NUM_THREADS = num_cpus). The driver's step is
+    # synchronous (rollouts, then the update), so a CPU learner may use cores its actor does not
+    # reserve: the demo's learner (num_cpus 1) updates with 2 threads while the rollouts wait.
+    torch_threads: int | None = Field(default=None, ge=1)
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
@@ -101,6 +106,24 @@ class WarmStartConfig(_Section):
     lr: float = 1e-3
     batch_size: int = 16
     num_traces: int = 512
+    # Simulator traces: share of each demonstrated policy (router_r1.sim.traces.TRACE_POLICIES).
+    # None: the default mix (60% expert, 40% random). {random: 1.0} teaches the format, the moves
+    # and copying an answer out of <information>, but not which model to trust: that is left to RL.
+    trace_mix: dict[str, float] | None = None
+
+    @field_validator("trace_mix")
+    @classmethod
+    def _known_policies(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        from router_r1.sim.traces import TRACE_POLICIES
+
+        if v is None:
+            return v
+        bad = sorted(set(v) - set(TRACE_POLICIES))
+        if bad:
+            raise ValueError(f"unknown trace policies {bad}; choose from {list(TRACE_POLICIES)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("trace_mix weights must be >= 0 with a positive sum")
+        return v
 
 
 class DataConfig(_Section):
