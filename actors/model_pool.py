@@ -88,6 +88,11 @@ class ModelPoolActor:
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         return await self.core.call_batch(requests)
 
+    async def call_stream(self, requests: list[dict[str, Any]]):
+        """Generator task: `(index, CallResult)` for each request, as each call ends."""
+        async for item in self.core.call_stream(requests):
+            yield item
+
     # Async like the calls, so they run on the actor's event loop, never beside a call in a thread.
     @ray.method(max_task_retries=3)
     async def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
@@ -138,19 +143,23 @@ def get_or_create_pool(pool: PoolSpec | str | Path, runtime: PoolRuntimeConfig |
 
 
 class _TickBatcher:
-    """Coalesces the calls made in one event-loop tick into one `call_batch` actor call.
+    """Coalesces the calls made in one event-loop tick into one actor call.
 
     One Ray actor call costs ~1 ms of fixed overhead (on the 2-core dev machine the floor is
-    ~2,000 trivial calls/s at 64 in flight), far more than the pool's own work per call (~0.1 ms). The episode machine
-    `gather`s all routed calls of a turn at once, so they leave in the same tick and share one
-    actor call; a call made alone is sent alone, one tick later. A batch answers when its slowest
-    call ends. The episode machine waits for the whole turn anyway, so that costs rollouts
-    nothing; independent callers (serving) set `per_model` so that a fast model's reply never
-    waits for a slow model's, at the price of one actor call per model per tick.
+    ~2,000 trivial calls/s at 64 in flight), far more than the pool's own work per call (~0.1 ms).
+    The episode machine `gather`s all routed calls of a turn at once, and concurrent serving
+    requests land in the same tick, so they share one actor call; a call made alone is sent alone,
+    one tick later.
+
+    `stream=True` (the default) sends the tick as one generator task (`call_stream`): each result
+    comes back the moment its call ends, so a fast model's reply never waits for a slow one's and
+    independent callers see no head-of-line blocking. `stream=False` sends `call_batch`, whose
+    results all arrive when the slowest call ends: one reply message instead of one per call,
+    for callers that wait for the whole tick anyway (a rollout turn).
     """
 
-    def __init__(self, handle: Any, max_batch: int, per_model: bool):
-        self.handle, self.max_batch, self.per_model = handle, max_batch, per_model
+    def __init__(self, handle: Any, max_batch: int, stream: bool):
+        self.handle, self.max_batch, self.stream = handle, max_batch, stream
         self._pending: list[tuple[dict[str, Any], asyncio.Future[CallResult]]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # held so the loop cannot drop a batch in flight
@@ -168,14 +177,12 @@ class _TickBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, []
-        groups: dict[str, list] = {}
-        for item in pending:
-            groups.setdefault(str(item[0]["model"]) if self.per_model else "", []).append(item)
-        for batch in groups.values():
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        task = asyncio.ensure_future(self._send_stream(batch) if self.stream else self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
         try:
@@ -186,26 +193,38 @@ class _TickBatcher:
             if not fut.done():  # the caller may have given up (cancelled) meanwhile
                 fut.set_result(res)
 
+    async def _send_stream(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
+        error: Exception | None = None
+        try:
+            async for ref in self.handle.call_stream.remote([r for r, _ in batch]):
+                i, res = await ref
+                if not batch[i][1].done():
+                    batch[i][1].set_result(res)
+        except Exception as e:
+            error = e
+        for r, fut in batch:  # whatever the stream did not deliver (the actor died mid-stream)
+            if not fut.done():
+                fut.set_result(_actor_failure(r["model"], error or RuntimeError("stream ended early")))
+
 
 class PoolClient:
     """`await client.call(model, query)`: the call function the episode machine expects.
 
     Works over an actor handle or an in-process `PoolCore`; context given at construction
     (`PoolClient(h, run_id=..., tenant=...)`) or per call is merged, per call winning. Over an
-    actor, calls made in the same event-loop tick travel in one batched actor call (`batch=True`,
-    see `_TickBatcher`; `batch_per_model=True` for independent callers such as serving);
-    `batch=False` sends one actor call per routed call.
+    actor, calls made in the same event-loop tick travel in one actor call (`batch=True`, see
+    `_TickBatcher`), their results streamed back one by one as they end (`stream=True`) or all
+    together; `batch=False` sends one actor call per routed call.
     """
 
     def __init__(self, target: Any, *, batch: bool = True, max_batch: int = 256,
-                 batch_per_model: bool = False, **context: Any):
+                 stream: bool = True, **context: Any):
         if isinstance(target, ModelPoolActor):
             target = target.core
         self.target, self.context = target, context
         self._local = isinstance(target, PoolCore)
-        self._opts = {"batch": batch, "max_batch": max_batch, "batch_per_model": batch_per_model}
-        self._batcher = (None if self._local or not batch
-                         else _TickBatcher(target, max_batch, batch_per_model))
+        self._opts = {"batch": batch, "max_batch": max_batch, "stream": stream}
+        self._batcher = None if self._local or not batch else _TickBatcher(target, max_batch, stream)
 
     def with_context(self, **context: Any) -> "PoolClient":
         return PoolClient(self.target, **self._opts, **{**self.context, **context})

@@ -1,6 +1,7 @@
 """ModelPool overhead, in one run: `python -m benchmarks.bench_pool [--quick]`.
 
-(a) calls/s and latency through the pool actor (single calls and call_batch) against
+(a) calls/s and latency through the pool actor (one actor call per call; PoolClient's tick
+    batching with results streamed back as each call ends, its default, or whole; call_batch) against
 (b) the same zero-latency backend called directly in-process (and PoolCore without Ray): the
     simulated backend (configs/pool_simulated.yaml, no sleeping), asked the world's
     sub-questions, and
@@ -119,8 +120,9 @@ async def bench(quick: bool) -> list[dict]:
     n_single = n_inst // 4
     wall, lat = await closed_loop(lambda i: unbatched.call(*calls[i]), n_single, 64)
     rows.append(row("(a) pool actor, one actor call per call, 64 in flight", n_single, wall, lat))
-    wall, lat = await closed_loop(lambda i: client.call(*calls[i]), n_inst, 64)
-    rows.append(row("(a) pool actor, PoolClient tick batching, 64 in flight", n_inst, wall, lat))
+    for how, c in (("streamed", client), ("whole", PoolClient(handle, stream=False))):
+        wall, lat = await closed_loop(lambda i: c.call(*calls[i]), n_inst, 64)
+        rows.append(row(f"(a) pool actor, tick batching ({how}), 64 in flight", n_inst, wall, lat))
     batch = 256
     reqs = [{"model": m, "query": sq} for m, sq in calls[:batch]]
     n_batches = max(4, n_inst // batch)
@@ -148,11 +150,13 @@ async def bench(quick: bool) -> list[dict]:
                 rows.append(row(f"(c) HTTP 20 ms model, PoolCore in-process (no Ray), {conc} in flight",
                                 n_http, wall, lat))
                 await local.close()
-                for batch in ((False, True) if conc == HTTP_CONCURRENCY else (True,)):
-                    c2 = PoolClient(h2, batch=batch)
+                modes = {"one actor call each": {"batch": False},
+                         "tick batching, whole": {"stream": False},
+                         "tick batching, streamed": {}}  # PoolClient's default
+                for how, opts in modes.items():
+                    c2 = PoolClient(h2, **opts)
                     await closed_loop(lambda i: c2.call("local-http", q), 200, conc)  # warm up
                     wall, lat = await closed_loop(lambda i: c2.call("local-http", q), n_http, conc)
-                    how = "tick batching" if batch else "one actor call each"
                     rows.append(row(f"(c) HTTP 20 ms model, pool actor ({how}), {conc} in flight",
                                     n_http, wall, lat))
         ray.kill(h2)
@@ -172,15 +176,15 @@ def main() -> None:
         rows = asyncio.run(bench(args.quick))
     finally:
         ray.shutdown()
-    print(f"\n{'measurement':66s} {'calls':>7s} {'calls/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"\n{'measurement':72s} {'calls':>7s} {'calls/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
     for r in rows:
-        print(f"{r['name']:66s} {r['calls']:7d} {r['calls_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+        print(f"{r['name']:72s} {r['calls']:7d} {r['calls_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
               + (f"  ({r['note']})" if r["note"] else ""))
     best = max(r["calls_s"] for r in rows if r["name"].startswith("(a)"))
     print(f"\nthroughput through one pool actor: {best:,.0f} calls/s (target >= 2,000)")
     for conc in (16, HTTP_CONCURRENCY):
         d = next(r for r in rows if r["name"].endswith(f"aiohttp direct, {conc} in flight"))
-        p = next(r for r in rows if r["name"].endswith(f"(tick batching), {conc} in flight"))
+        p = next(r for r in rows if r["name"].endswith(f"(tick batching, streamed), {conc} in flight"))
         print(f"added latency on a 20 ms HTTP call at {conc} in flight: "
               f"p50 {100 * (p['p50_ms'] / d['p50_ms'] - 1):+.1f}%, "
               f"mean {100 * (p['mean_ms'] / d['mean_ms'] - 1):+.1f}% (target <= +10% at 64)")

@@ -255,3 +255,30 @@ def test_fallback_that_also_fails_reports_no_server_and_bills_both():
     assert r.status is CallStatus.HTTP_ERROR and r.served_by is None and r.model == "A"
     assert r.cost_usd == pytest.approx(call_cost(core.pool["A"], 10, 0) + call_cost(core.pool["B"], 10, 0))
     assert sum(t["cost_usd"] for t in core.totals("model").values()) == pytest.approx(r.cost_usd)
+
+
+def test_call_stream_yields_each_result_as_it_ends_and_finishes_abandoned_calls(tmp_path):
+    be = ScriptedBackend({"A": [0.3], "B": [0.05]})
+    core = make_core(be, tmp_path, default_params={"temperature": 0.7})
+    reqs = [{"model": "A", "query": "slow"}, {"model": "B", "query": "fast"}, "not a mapping"]
+
+    async def consume_all():
+        return [item async for item in core.call_stream(reqs)]
+
+    items = run(consume_all())
+    assert sorted(i for i, _ in items) == [0, 1, 2]
+    assert [i for i, _ in items][-1] == 0  # the slow call comes last, the others do not wait for it
+    by_index = dict(items)
+    assert by_index[0].ok and by_index[1].ok and by_index[2].status is CallStatus.INVALID_REQUEST
+
+    async def stop_after_first():
+        stream = core.call_stream([{"model": "A", "query": "slow"}, {"model": "B", "query": "fast"}])
+        first = await anext(stream)
+        await stream.aclose()  # the consumer goes away; the slow call was sent, so it still ends
+        await asyncio.sleep(0.5)
+        return first
+
+    be.scripts = {"A": [0.3], "B": [0.05]}
+    assert run(stop_after_first())[0] == 1
+    core.flush()
+    assert len(read_records(tmp_path)) == 5  # every call recorded once, abandoned one included

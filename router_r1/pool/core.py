@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ class PoolCore:
         self._rng = rng or random.Random()
         self._unknown_calls = 0
         self._resolved: dict[str, ModelDescriptor] = {}
+        self._orphans: set[asyncio.Task] = set()  # stream calls whose consumer went away
 
     # -- public API ----------------------------------------------------------------------------
     async def call(self, model: str, messages_or_query: str | list[Message],
@@ -110,16 +111,35 @@ class PoolCore:
                                      f"internal pool error: {type(e).__name__}: {e}")
         return self._finish(req, res, t0)
 
+    async def _one(self, r: Any) -> CallResult:
+        """One item of a batch: a mapping of `call`'s arguments."""
+        if not isinstance(r, dict):  # still one call, so still one ledger record
+            return self._finish(Request("?", None, None, None, {}, CallContext(self.run_id)),
+                                CallResult.failure("?", CallStatus.INVALID_REQUEST,
+                                                   "a batch item must be a mapping"), time.perf_counter())
+        return await self.call(r.get("model"), r.get("messages", r.get("query")),
+                               r.get("params"), r.get("context"))
+
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         """Many calls at once; each request is {model, query | messages, params?, context?}."""
-        async def one(r: Any) -> CallResult:
-            if not isinstance(r, dict):  # still one call, so still one ledger record
-                return self._finish(Request("?", None, None, None, {}, CallContext(self.run_id)),
-                                    CallResult.failure("?", CallStatus.INVALID_REQUEST,
-                                                       "a batch item must be a mapping"), time.perf_counter())
-            return await self.call(r.get("model"), r.get("messages", r.get("query")),
-                                   r.get("params"), r.get("context"))
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def call_stream(self, requests: list[dict[str, Any]]) -> AsyncIterator[tuple[int, CallResult]]:
+        """The calls of `call_batch`, each yielded as `(index, result)` the moment it ends, so a
+        fast reply never waits for a slow one. Calls left when the consumer stops still run to
+        the end (and are billed and recorded): a sent request cannot be unsent."""
+        tasks = [asyncio.ensure_future(self._one(r)) for r in requests]
+        index = {t: i for i, t in enumerate(tasks)}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in sorted(done, key=index.get):
+                    yield index[t], t.result()
+        finally:
+            for t in pending:  # held until they end: the loop keeps only weak references to tasks
+                self._orphans.add(t)
+                t.add_done_callback(self._orphans.discard)
 
     def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
         """Billed totals per model (the model that answered), tenant or run_id, from the ledger."""
