@@ -316,9 +316,10 @@ class Trainer:
             self.history.append({"step": self.step, **metrics})
             self.tracker.log_metrics(metrics, step=self.step)
             if not hasattr(bar, "set_postfix"):  # no progress bar: one log line per step
-                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f",
+                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f "
+                         "(rollout %.1f s, update %.1f s)",
                          self.step, metrics["reward/mean"], metrics["outcome/em"], metrics["format/ok_rate"],
-                         metrics["cost/mean_usd"], metrics["calls/per_episode"])
+                         metrics["cost/mean_usd"], metrics["calls/per_episode"], rollout_s, learner_s)
             else:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", em=f"{metrics['outcome/em']:.2f}",
                                 fmt=f"{metrics['format/ok_rate']:.2f}", cost=f"{metrics['cost/mean_usd']:.1e}",

@@ -129,6 +129,7 @@ class HFGenerator:
         self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
         self.tokenizer.padding_side = "left"
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", 2048)
+        self._stop_cache: dict[tuple[str, ...], list[int] | None] = {}
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 128, temperature: float = 1.0,
@@ -149,15 +150,26 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         sample = temperature > 0
+        stop_ids = self._stop_token_ids(tuple(stop or ()))
+        stopping = ({"eos_token_id": [tok.eos_token_id, *stop_ids]} if stop_ids is not None else
+                    {"eos_token_id": tok.eos_token_id, "stop_strings": list(stop), "tokenizer": tok})
         out = self.model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=sample,
             temperature=temperature if sample else None, top_p=top_p if sample else None,
-            top_k=0 if sample else None, stop_strings=list(stop) if stop else None, tokenizer=tok,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            top_k=0 if sample else None, pad_token_id=tok.pad_token_id, **stopping)
         if was_training:
             self.model.train()
         new = out[:, enc["input_ids"].shape[1]:]
         return tok.batch_decode(new, skip_special_tokens=True)
+
+    def _stop_token_ids(self, stop: tuple[str, ...]) -> list[int] | None:
+        """The stop strings' token ids when each is one token (the tiny router's tags are added
+        tokens): stopping on ids is a cheap check per step, where `stop_strings` matches decoded
+        text across every sequence of the batch. None: some stop string spans several tokens."""
+        if stop not in self._stop_cache:
+            ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in stop]
+            self._stop_cache[stop] = [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
+        return self._stop_cache[stop]
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
