@@ -6,12 +6,16 @@
     simulated backend (configs/pool_simulated.yaml, no sleeping), asked the world's
     sub-questions, and
 (c) through the pool against a local HTTP model answering in 20 ms at 64 concurrent calls, against
-    calling that server directly with aiohttp.
+    calling that server directly with aiohttp, and
+(d) the floor of any actor hop on this machine: a bare async actor that sleeps 20 ms per call.
 
 Every pool call goes through the full pipeline: validation, budget reservation, rate-limit slot,
 backend, ledger record written to a WAL on disk (Parquet flush every 256), Ray metrics. Caching is
 off for the measurement (sampled calls), otherwise the pool would answer from memory.
 Targets (issue 4): >= 2,000 calls/s through one pool actor; <= 10 % added to a 20 ms HTTP call.
+The (c) rows also give the whole machine's CPU per call and busy share (/proc/stat): every
+process of the measurement (client, pool actor, HTTP server, Ray) shares this machine's cores,
+so once they are saturated, added CPU per call shows up as added latency.
 """
 from __future__ import annotations
 
@@ -70,14 +74,38 @@ async def closed_loop(fn, total: int, concurrency: int) -> tuple[float, list[flo
     return time.perf_counter() - t0, lat
 
 
+def busy_cpu_s() -> float | None:
+    """Seconds of CPU the whole machine has spent busy (all processes: this one, the pool actor,
+    the HTTP server, Ray's daemons), from /proc/stat; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(fn, total: int, concurrency: int) -> tuple[float, list[float], dict]:
+    """`closed_loop`, plus the machine's CPU use during it: ms of CPU per call and busy share."""
+    c0 = busy_cpu_s()
+    wall, lat = await closed_loop(fn, total, concurrency)
+    c1 = busy_cpu_s()
+    if c0 is None or c1 is None:
+        return wall, lat, {}
+    return wall, lat, {"cpu_ms_per_call": 1e3 * (c1 - c0) / total,
+                       "busy": (c1 - c0) / (wall * (os.cpu_count() or 1))}
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-def row(name: str, calls: int, wall: float, lat: list[float], note: str = "") -> dict:
+def row(name: str, calls: int, wall: float, lat: list[float], note: str = "", cpu: dict | None = None) -> dict:
     return {"name": name, "calls": calls, "calls_s": calls / wall, "p50_ms": 1e3 * pct(lat, 0.5),
-            "p99_ms": 1e3 * pct(lat, 0.99), "mean_ms": 1e3 * statistics.fmean(lat), "note": note}
+            "p99_ms": 1e3 * pct(lat, 0.99), "mean_ms": 1e3 * statistics.fmean(lat), "note": note,
+            **(cpu or {})}
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
@@ -89,6 +117,27 @@ def start_server() -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise RuntimeError("fake OpenAI server did not start")
     return proc, url
+
+
+@ray.remote(num_cpus=0)
+class SleepActor:
+    """The floor for any design that hops through an actor: a bare async actor method that only
+    sleeps as long as the HTTP model takes to answer."""
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(HTTP_DELAY_S)
+
+
+async def ray_floor(n: int) -> list[dict]:
+    actor = SleepActor.remote()
+    await actor.sleep.remote()
+    rows = []
+    for conc in (16, HTTP_CONCURRENCY):
+        wall, lat, cpu = await measured(lambda i: actor.sleep.remote(), n, conc)
+        rows.append(row(f"(d) Ray floor: 20 ms sleep in a bare actor, one call each, {conc} in flight",
+                        n, wall, lat, cpu=cpu))
+    ray.kill(actor)
+    return rows
 
 
 async def bench(quick: bool) -> list[dict]:
@@ -142,27 +191,29 @@ async def bench(quick: bool) -> list[dict]:
                     await r.json()
             for conc in (16, HTTP_CONCURRENCY):
                 await closed_loop(direct, 200, conc)  # warm connections
-                wall, lat = await closed_loop(direct, n_http, conc)
-                rows.append(row(f"(c) HTTP 20 ms model, aiohttp direct, {conc} in flight", n_http, wall, lat))
+                wall, lat, cpu = await measured(direct, n_http, conc)
+                rows.append(row(f"(c) HTTP 20 ms model, aiohttp direct, {conc} in flight", n_http, wall, lat,
+                                cpu=cpu))
                 local = PoolCore(http_pool(url), rt.model_copy(update={"ledger_dir": tempfile.mkdtemp()}), "bench")
                 await closed_loop(lambda i: local.call("local-http", q), 200, conc)  # warm up
-                wall, lat = await closed_loop(lambda i: local.call("local-http", q), n_http, conc)
+                wall, lat, cpu = await measured(lambda i: local.call("local-http", q), n_http, conc)
                 rows.append(row(f"(c) HTTP 20 ms model, PoolCore in-process (no Ray), {conc} in flight",
-                                n_http, wall, lat))
+                                n_http, wall, lat, cpu=cpu))
                 await local.close()
                 modes = {"one actor call each": {"batch": False},
                          "tick batching, whole": {"stream": False},
+                         "tick batching, streamed, 5 ms coalescing": {"coalesce_s": 0.005},
                          "tick batching, streamed": {}}  # PoolClient's default
                 for how, opts in modes.items():
                     c2 = PoolClient(h2, **opts)
                     await closed_loop(lambda i: c2.call("local-http", q), 200, conc)  # warm up
-                    wall, lat = await closed_loop(lambda i: c2.call("local-http", q), n_http, conc)
+                    wall, lat, cpu = await measured(lambda i: c2.call("local-http", q), n_http, conc)
                     rows.append(row(f"(c) HTTP 20 ms model, pool actor ({how}), {conc} in flight",
-                                    n_http, wall, lat))
+                                    n_http, wall, lat, cpu=cpu))
         ray.kill(h2)
     finally:
         proc.kill()
-    return rows
+    return rows + await ray_floor(n_http)
 
 
 def main() -> None:
@@ -176,10 +227,12 @@ def main() -> None:
         rows = asyncio.run(bench(args.quick))
     finally:
         ray.shutdown()
-    print(f"\n{'measurement':72s} {'calls':>7s} {'calls/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"\n{'measurement':82s} {'calls':>7s} {'calls/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'CPU ms/call':>11s} {'busy':>5s}")
     for r in rows:
-        print(f"{r['name']:72s} {r['calls']:7d} {r['calls_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
-              + (f"  ({r['note']})" if r["note"] else ""))
+        cpu = (f" {r['cpu_ms_per_call']:11.2f} {100 * r['busy']:4.0f}%" if "busy" in r else "")
+        print(f"{r['name']:82s} {r['calls']:7d} {r['calls_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+              + cpu + (f"  ({r['note']})" if r["note"] else ""))
     best = max(r["calls_s"] for r in rows if r["name"].startswith("(a)"))
     print(f"\nthroughput through one pool actor: {best:,.0f} calls/s (target >= 2,000)")
     for conc in (16, HTTP_CONCURRENCY):

@@ -263,7 +263,7 @@ def test_call_stream_yields_each_result_as_it_ends_and_finishes_abandoned_calls(
     reqs = [{"model": "A", "query": "slow"}, {"model": "B", "query": "fast"}, "not a mapping"]
 
     async def consume_all():
-        return [item async for item in core.call_stream(reqs)]
+        return [item async for chunk in core.call_stream(reqs) for item in chunk]
 
     items = run(consume_all())
     assert sorted(i for i, _ in items) == [0, 1, 2]
@@ -273,7 +273,7 @@ def test_call_stream_yields_each_result_as_it_ends_and_finishes_abandoned_calls(
 
     async def stop_after_first():
         stream = core.call_stream([{"model": "A", "query": "slow"}, {"model": "B", "query": "fast"}])
-        first = await anext(stream)
+        (first,) = await anext(stream)
         await stream.aclose()  # the consumer goes away; the slow call was sent, so it still ends
         await asyncio.sleep(0.5)
         return first
