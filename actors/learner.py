@@ -303,8 +303,12 @@ class Learner:
         """One supervised warm-start step: token-mean cross-entropy on policy tokens only
         (inserted information is context, never a target). Own AdamW at `warmstart.lr`."""
         t0 = time.perf_counter()
+        ws = self.cfg.warmstart
         if self.sft_optimizer is None:
-            self.sft_optimizer = torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
+            self.sft_optimizer = torch.optim.AdamW(self.model.lm.parameters(), lr=ws.lr)
+        lr = ws.lr * lr_lambda(ws.warmup_steps, ws.steps, ws.lr_schedule)(self.sft_steps)
+        for group in self.sft_optimizer.param_groups:  # a function of sft_steps: resumes exactly
+            group["lr"] = lr
         if self.world_size > 1:
             batch = batch.select(self._shard(len(batch)))
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
@@ -325,7 +329,8 @@ class Learner:
         self.sft_steps += 1
         dt = time.perf_counter() - t0
         return self._reduce_metrics({
-            "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/policy_tokens": float(total), "learner/grad_norm": float(grad_norm),
+            "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
+            "learner/grad_norm": float(grad_norm),
             "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt})
 
     def _no_sync(self, skip_allreduce: bool):

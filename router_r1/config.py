@@ -104,6 +104,9 @@ class WarmStartConfig(_Section):
 
     steps: int = 0
     lr: float = 1e-3
+    # The multiplier of `lr` at SFT step k (learner.lr_lambda): warmup, then constant or decay to 0.
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = 16
     num_traces: int = 512
     # Simulator traces: share of each demonstrated policy (router_r1.sim.traces.TRACE_POLICIES).

@@ -183,3 +183,15 @@ def test_publish_weights_through_the_object_store(ray_local):
     ray.get(actor.publish_weights.remote(7))  # a driver that numbers versions itself
     assert ray.get(actor.version.remote()) == 7
     ray.kill(actor)
+
+
+def test_warm_start_lr_follows_its_schedule():
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"warmstart": cfg.warmstart.model_copy(
+        update={"steps": 6, "warmup_steps": 2, "lr_schedule": "cosine"})})
+    learner = Learner(cfg, CORPUS)
+    batch = fixed_batch(learner.tokenizer)
+    lrs = [learner.sft_step(batch)["sft/lr"] for _ in range(6)]
+    f = lr_lambda(2, 6, "cosine")
+    assert lrs == pytest.approx([3e-3 * f(k) for k in range(6)])
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[5]  # warmup, then decay
