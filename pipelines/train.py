@@ -439,6 +439,11 @@ def format_report(rep: dict[str, Any]) -> str:
         a, b = rep["train"][key]
         s, e = (ev.get("start") or {}).get(key), (ev.get("end") or {}).get(key)
         lines.append(f"  {name:22s} {_f(a):>11s} -> {_f(b):<10s}   {_f(s):>12s} -> {_f(e):<10s}")
+    steps = [(label.removeprefix("step_"), m) for label, m in ev.items() if label.startswith("step_")]
+    if steps:  # train.eval_every: the greedy validation reward along the way
+        path = [("start", ev.get("start")), *steps, ("end", ev.get("end"))]
+        lines.append("  greedy val reward by step: " + ", ".join(
+            f"{label} {_f(m.get('reward/mean'))}" for label, m in path if m))
     if "untrained" in ev:
         lines.append(f"  before warm start: format-ok {_f(ev['untrained'].get('format/ok_rate'))}, "
                      f"reward {_f(ev['untrained'].get('reward/mean'))}")

@@ -59,3 +59,15 @@ def test_training_curves_png(tmp_path):
     path = plot_curves(hist, tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert plot_curves([{"step": 1}], tmp_path / "none.png") is None
+
+
+def test_report_lists_greedy_validation_along_the_way():
+    from pipelines.train import REPORT_KEYS, format_report
+
+    ev = {label: {k: r for k, _ in REPORT_KEYS} for label, r in
+          (("untrained", -1.0), ("start", 0.25), ("step_10", 0.5), ("end", 0.75))}
+    rep = {"steps": 20, "wall_s": 1.0, "restarts": 0, "eval": ev,
+           "train": {k: [0.1, 0.2] for k, _ in REPORT_KEYS}}
+    text = format_report(rep)
+    assert "greedy val reward by step: start 0.250, 10 0.500, end 0.750" in text
+    assert "by step" not in format_report({**rep, "eval": {k: ev[k] for k in ("start", "end")}})
