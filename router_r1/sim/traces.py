@@ -136,13 +136,12 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
 
 def tokenizer_corpus(sim: Simulation, n_traces: int = 1000, seed: int = 0,
                      instructions: str | None = None, compact: bool = False) -> list[str]:
-    """Texts to train the tiny router's tokenizer on locally: the training split only (its
-    questions, and full prompts + traces over them, mixed policies). Validation and test
-    questions are about entities training never shows; a tokenizer that had seen their names
-    would give them whole tokens whose embeddings training never touches, which a tiny router
-    cannot copy. Left out, those names are spelled in the sub-word pieces training does use."""
+    """Texts to train the tiny router's tokenizer on locally: every entity name, every question
+    of every split, and full prompts + traces over training questions (mixed policies), so
+    every word the router will read or write in the simulator is in its vocabulary."""
     w = sim.world
-    texts = [q.text for q in w.all_questions("train")]
+    texts = [e.name for e in w.entities.values()]
+    texts += [q.text for split in ("train", "val", "test") for q in w.all_questions(split)]
     for ep in make_traces(sim, w.questions("train", n_traces, seed=seed), seed=seed,
                           instructions=instructions, compact=compact):
         texts.append(ep.prompt + ep.response)
