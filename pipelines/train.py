@@ -148,7 +148,8 @@ class Trainer:
         else:
             qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
             traces = make_traces(self.sim, qs, mix=ws.trace_mix, seed=self.cfg.seed,
-                                 reward_cfg=self.cfg.reward, compact=self.cfg.policy.compact_prompt)
+                                 reward_cfg=self.cfg.reward, compact=self.cfg.policy.compact_prompt,
+                                 name_swap=ws.name_swap)
         losses = []
         for s in self._bar(range(ws.steps), "warm start"):
             chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]

@@ -113,6 +113,9 @@ class WarmStartConfig(_Section):
     # None: the default mix (60% expert, 40% random). {random: 1.0} teaches the format, the moves
     # and copying an answer out of <information>, but not which model to trust: that is left to RL.
     trace_mix: dict[str, float] | None = None
+    # Share of simulator traces whose replies' stated entities are renamed to random entities of
+    # the same kind (router_r1.sim.traces.swap_stated_names): the router then writes every name.
+    name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("trace_mix")
     @classmethod

@@ -141,3 +141,27 @@ def test_compact_prompt_and_two_call_trace_fit_a_tiny_router(sim):
     assert traces and max(lengths) <= 360, max(lengths)
     full = make_trace(sim, sim.world.questions("val", 1)[0], "expert")
     assert len(tok.encode(full.prompt)) > len(tok.encode(traces[0].prompt)) + 50
+
+
+def test_name_swap_renames_stated_entities_consistently(sim):
+    import re
+
+    qs = [q for q in sim.world.questions("train", 80) if q.two_hop]
+    base = make_traces(sim, qs, seed=3, mix={"expert": 1.0})
+    swapped = make_traces(sim, qs, seed=3, mix={"expert": 1.0}, name_swap=1.0)
+    assert [e.response for e in make_traces(sim, qs, seed=3, mix={"expert": 1.0}, name_swap=0.0)] == \
+        [e.response for e in base]  # off by default: the usual traces, unchanged
+    names = {e.name: e.kind for e in sim.world.entities.values()}
+    changed = 0
+    for a, b in zip(base, swapped):
+        assert b.meta["name_swap"] and b.prompt == a.prompt and b.segments[0] == a.segments[0]
+        assert [s.origin for s in b.segments] == [s.origin for s in a.segments]
+        old = re.search(r"<answer> (.*?) </answer>", a.response).group(1)
+        new = re.search(r"<answer> (.*?) </answer>", b.response).group(1)
+        if a.meta["stated"][-1] is not None:
+            assert names[new] == names[old]  # an entity of the same kind
+            changed += new != old
+        if len(b.calls) == 2 and a.meta["stated"][0] is not None:  # hop 2 asks about hop 1's (new) name
+            stated1 = re.search(r"</information>\s*<think> .*? is (.*?)\. Now", b.response).group(1)
+            assert stated1 in b.routes[1][1]
+    assert changed > len(qs) // 2

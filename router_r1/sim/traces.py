@@ -105,7 +105,9 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
         calls=[_call_result(sim, c) for _, c in moves],
         routes=[(c.model, c.query) for _, c in moves],
         turns=sum(s.origin == "policy" for s in segments), done=True,
-        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers)})
+        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers),
+              "stated": [(c.reply.stated.name, c.reply.stated.kind) if c.reply.stated else None
+                         for _, c in moves]})
 
 
 def _call_result(sim: Simulation, c: SimCall) -> CallResult:
@@ -114,24 +116,58 @@ def _call_result(sim: Simulation, c: SimCall) -> CallResult:
                       latency_s=sim.descriptor(c.model).latency_s, attempts=1)
 
 
+def swap_stated_names(ep: Episode, sim: Simulation, rng: random.Random) -> Episode:
+    """The same trace with each reply's stated entity renamed to a random entity of the same
+    kind, from the information block that states it onwards (so later sub-questions and the
+    answer copy the new name). The facts become false; the text stays consistent. This is how
+    the tiny router gets to read and write every entity name of the world, held-out ones
+    included (as answers, never as the held-out questions or their facts): a name it never
+    produced in training is one it cannot copy out of a question (docs/training.md)."""
+    by_kind: dict[str, list[str]] = {}
+    for e in sim.world.entities.values():
+        by_kind.setdefault(e.kind, []).append(e.name)
+    segments = [Segment(x.text, x.origin) for x in ep.segments]
+    routes = list(ep.routes)
+    for i, stated in enumerate(ep.meta["stated"]):
+        if stated is None:
+            continue
+        name, kind = stated
+        new = rng.choice(by_kind[kind])
+        for j in range(2 * i + 1, len(segments)):  # segment 2i+1 is call i's information
+            segments[j] = Segment(segments[j].text.replace(name, new), segments[j].origin)
+        routes[i + 1:] = [(m, q.replace(name, new)) for m, q in routes[i + 1:]]
+    return Episode(uid=ep.uid, question=ep.question, golden_answers=ep.golden_answers, prompt=ep.prompt,
+                   segments=segments, calls=ep.calls, routes=routes, turns=ep.turns, done=True,
+                   meta={**ep.meta, "name_swap": True, "em": 0.0})
+
+
 DEFAULT_MIX = {"expert": 0.6, "random": 0.4}
 
 
 def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
-                instructions: str | None = None, compact: bool = False) -> list[Episode]:
+                instructions: str | None = None, compact: bool = False,
+                name_swap: float = 0.0) -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
-    40% random: the format and sensible routing, plus enough variety for RL to explore from)."""
+    40% random: the format and sensible routing, plus enough variety for RL to explore from).
+    A `name_swap` share of them have their stated names swapped (`swap_stated_names`)."""
     mix = mix or DEFAULT_MIX
     bad = sorted(set(mix) - set(TRACE_POLICIES))
     if bad:
         raise ValueError(f"unknown trace policies {bad}; choose from {TRACE_POLICIES}")
-    rng = random.Random(seed)
+    if not 0.0 <= name_swap <= 1.0:
+        raise ValueError(f"name_swap must be in [0, 1], got {name_swap}")
+    rng, swap_rng = random.Random(seed), random.Random(f"{seed}-name-swap")
     names, weights = list(mix), list(mix.values())
-    return [make_trace(sim, q, rng.choices(names, weights)[0], rng, reward_cfg,
-                       instructions=instructions, compact=compact)
-            for q in questions]
+    out = []
+    for q in questions:
+        ep = make_trace(sim, q, rng.choices(names, weights)[0], rng, reward_cfg,
+                        instructions=instructions, compact=compact)
+        if name_swap and swap_rng.random() < name_swap:
+            ep = swap_stated_names(ep, sim, swap_rng)
+        out.append(ep)
+    return out
 
 
 def tokenizer_corpus(sim: Simulation, n_traces: int = 1000, seed: int = 0,
