@@ -88,9 +88,9 @@ class ModelPoolActor:
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         return await self.core.call_batch(requests)
 
-    async def call_stream(self, requests: list[dict[str, Any]], coalesce_s: float = 0.0):
+    async def call_stream(self, requests: list[dict[str, Any]]):
         """Generator task: lists of `(index, CallResult)` as the calls end (see PoolCore)."""
-        async for item in self.core.call_stream(requests, coalesce_s):
+        async for item in self.core.call_stream(requests):
             yield item
 
     # Async like the calls, so they run on the actor's event loop, never beside a call in a thread.
@@ -158,8 +158,8 @@ class _TickBatcher:
     for callers that wait for the whole tick anyway (a rollout turn).
     """
 
-    def __init__(self, handle: Any, max_batch: int, stream: bool, coalesce_s: float = 0.0):
-        self.handle, self.max_batch, self.stream, self.coalesce_s = handle, max_batch, stream, coalesce_s
+    def __init__(self, handle: Any, max_batch: int, stream: bool):
+        self.handle, self.max_batch, self.stream = handle, max_batch, stream
         self._pending: list[tuple[dict[str, Any], asyncio.Future[CallResult]]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # held so the loop cannot drop a batch in flight
@@ -196,7 +196,7 @@ class _TickBatcher:
     async def _send_stream(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
         error: Exception | None = None
         try:
-            async for ref in self.handle.call_stream.remote([r for r, _ in batch], self.coalesce_s):
+            async for ref in self.handle.call_stream.remote([r for r, _ in batch]):
                 for i, res in await ref:
                     if not batch[i][1].done():
                         batch[i][1].set_result(res)
@@ -218,14 +218,13 @@ class PoolClient:
     """
 
     def __init__(self, target: Any, *, batch: bool = True, max_batch: int = 256,
-                 stream: bool = True, coalesce_s: float = 0.0, **context: Any):
+                 stream: bool = True, **context: Any):
         if isinstance(target, ModelPoolActor):
             target = target.core
         self.target, self.context = target, context
         self._local = isinstance(target, PoolCore)
-        self._opts = {"batch": batch, "max_batch": max_batch, "stream": stream, "coalesce_s": coalesce_s}
-        self._batcher = (None if self._local or not batch
-                         else _TickBatcher(target, max_batch, stream, coalesce_s))
+        self._opts = {"batch": batch, "max_batch": max_batch, "stream": stream}
+        self._batcher = None if self._local or not batch else _TickBatcher(target, max_batch, stream)
 
     def with_context(self, **context: Any) -> "PoolClient":
         return PoolClient(self.target, **self._opts, **{**self.context, **context})

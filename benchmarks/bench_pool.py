@@ -202,7 +202,6 @@ async def bench(quick: bool) -> list[dict]:
                 await local.close()
                 modes = {"one actor call each": {"batch": False},
                          "tick batching, whole": {"stream": False},
-                         "tick batching, streamed, 5 ms coalescing": {"coalesce_s": 0.005},
                          "tick batching, streamed": {}}  # PoolClient's default
                 for how, opts in modes.items():
                     c2 = PoolClient(h2, **opts)

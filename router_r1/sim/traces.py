@@ -123,16 +123,13 @@ def swap_stated_names(ep: Episode, sim: Simulation, rng: random.Random) -> Episo
     the tiny router gets to read and write every entity name of the world, held-out ones
     included (as answers, never as the held-out questions or their facts): a name it never
     produced in training is one it cannot copy out of a question (docs/training.md)."""
-    by_kind: dict[str, list[str]] = {}
-    for e in sim.world.entities.values():
-        by_kind.setdefault(e.kind, []).append(e.name)
     segments = [Segment(x.text, x.origin) for x in ep.segments]
     routes = list(ep.routes)
     for i, stated in enumerate(ep.meta["stated"]):
         if stated is None:
             continue
         name, kind = stated
-        new = rng.choice(by_kind[kind])
+        new = rng.choice(sim.world.by_kind(kind)).name
         for j in range(2 * i + 1, len(segments)):  # segment 2i+1 is call i's information
             segments[j] = Segment(segments[j].text.replace(name, new), segments[j].origin)
         routes[i + 1:] = [(m, q.replace(name, new)) for m, q in routes[i + 1:]]
