@@ -57,7 +57,7 @@ class Trainer:
         if self.replay is not None:
             train_items, self.val_items = self.replay.items(self.replay.train), self.replay.items(self.replay.val)
         else:
-            train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed)
+            train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed, self.sim)
         self.stream = QuestionStream(train_items, cfg.seed)
         self.normalizer = make_normalizer(cfg.reward)
         self.tracker = make_tracker(cfg.mlflow)

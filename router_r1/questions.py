@@ -8,11 +8,14 @@ checkpoints: a resumed run sees exactly the questions an uninterrupted one would
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router_r1.config import DataConfig
 from router_r1.data import load_qa
 from router_r1.descriptors import PoolSpec
+
+if TYPE_CHECKING:
+    from router_r1.sim import Simulation
 
 Item = dict[str, Any]  # {"id", "question", "golden_answers"}: what rollout workers take
 SIM_OPTIONS = {"train_size", "val_size", "two_hop_fraction"}
@@ -29,14 +32,16 @@ def simulation_for(pool: PoolSpec):
     return Simulation.from_pool(pool)
 
 
-def load_questions(data: DataConfig, pool: PoolSpec, seed: int = 0) -> tuple[list[Item], list[Item]]:
-    """(train, val) items. Simulated: the world's disjoint train / val splits; `data.sim` may set
-    train_size (default: the whole split), val_size (default 64), two_hop_fraction."""
+def load_questions(data: DataConfig, pool: PoolSpec, seed: int = 0,
+                   sim: Simulation | None = None) -> tuple[list[Item], list[Item]]:
+    """(train, val) items. Simulated: the world's disjoint train / val splits (of `sim` when the
+    caller has already built it); `data.sim` may set train_size (default: the whole split),
+    val_size (default 64), two_hop_fraction."""
     if data.kind == "simulated":
         bad = sorted(set(data.sim) - SIM_OPTIONS)
         if bad:
             raise ValueError(f"unknown data.sim options {bad}; known: {sorted(SIM_OPTIONS)}")
-        world = simulation_for(pool).world
+        world = (sim or simulation_for(pool)).world
         frac = data.sim.get("two_hop_fraction")
         n_train = data.sim.get("train_size", data.limit)
         train = world.questions("train", n_train, frac, seed=seed) if n_train else world.questions("train", seed=seed)

@@ -168,13 +168,14 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0, compa
     from `model_weights` of its task's accuracy (see module docstring)."""
     rng = random.Random(seed)
     acc = world.task_accuracy(pool)
+    columns = model_ids(pool, world.table.models)
     order = list(world.train)
     rng.shuffle(order)
     traces = []
     for i in range(n):
         s = order[i % len(order)]
         usable = {m: a for m, a in acc[s.eval_name].items()
-                  if (x := s.answers.get(model_ids(pool, world.table.models)[m])) is not None and x.response}
+                  if (x := s.answers.get(columns[m])) is not None and x.response}
         if not usable:
             continue
         w = model_weights(usable, temperature)

@@ -28,7 +28,7 @@ from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
 from router_r1.pool.ledger import Ledger
 from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
-from router_r1.pool.request import CallContext, InvalidRequest, Request, parse_request
+from router_r1.pool.request import MAX_NAME, CallContext, InvalidRequest, Request, parse_request
 from router_r1.pool.stats import ModelStats
 from router_r1.types import CallResult, CallStatus
 
@@ -82,9 +82,7 @@ class PoolCore:
             req = parse_request(model, messages_or_query, params, context, resolve=self._resolve,
                                 run_id=self.run_id, default_params=self.runtime.default_params)
         except InvalidRequest as e:
-            asked = model[:200] if isinstance(model, str) else "?"
-            req = Request(asked, None, None, None, {}, CallContext(self.run_id))
-            return self._finish(req, CallResult.failure(asked, CallStatus.INVALID_REQUEST, str(e)), t0)
+            return self._invalid(model[:MAX_NAME] if isinstance(model, str) else "?", str(e), t0)
         if req.desc is None:
             return self._finish(req, CallResult.failure(
                 req.asked, CallStatus.UNKNOWN_MODEL,
@@ -114,11 +112,14 @@ class PoolCore:
     async def _one(self, r: Any) -> CallResult:
         """One item of a batch: a mapping of `call`'s arguments."""
         if not isinstance(r, dict):  # still one call, so still one ledger record
-            return self._finish(Request("?", None, None, None, {}, CallContext(self.run_id)),
-                                CallResult.failure("?", CallStatus.INVALID_REQUEST,
-                                                   "a batch item must be a mapping"), time.perf_counter())
+            return self._invalid("?", "a batch item must be a mapping", time.perf_counter())
         return await self.call(r.get("model"), r.get("messages", r.get("query")),
                                r.get("params"), r.get("context"))
+
+    def _invalid(self, asked: str, why: str, t0: float) -> CallResult:
+        """A request that never became a call, recorded as one (INVALID_REQUEST)."""
+        req = Request(asked, None, None, None, {}, CallContext(self.run_id))
+        return self._finish(req, CallResult.failure(asked, CallStatus.INVALID_REQUEST, why), t0)
 
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         """Many calls at once; each request is {model, query | messages, params?, context?}."""

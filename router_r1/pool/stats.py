@@ -21,14 +21,15 @@ class ModelStats:
     spend_usd: float = 0.0
     latencies: deque = field(default_factory=deque)
 
+    def __post_init__(self) -> None:
+        self.latencies = deque(self.latencies, maxlen=self.window)  # the last `window` calls
+
     def add(self, r: CallResult) -> None:
         self.calls += 1
         self.errors += 0 if r.ok else 1
         self.cache_hits += int(r.cache_hit)
         self.spend_usd += r.cost_usd
         self.latencies.append(r.latency_s)
-        if len(self.latencies) > self.window:
-            self.latencies.popleft()
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies)
