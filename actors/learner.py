@@ -29,7 +29,6 @@ import contextlib
 import copy
 import math
 import random
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -186,7 +185,6 @@ class Learner:
         self.policy_version = 0
         self.rank, self.world_size = 0, 1
         self.ddp: nn.Module | None = None
-        self._tokenizer_dir: str | None = None
         if dist.is_initialized() and dist.get_world_size() > 1:
             self._wrap_ddp()
         seed_everything(cfg.seed)
@@ -231,13 +229,6 @@ class Learner:
     def get_tokenizer(self):
         """The policy's tokenizer object (rollout actors must tokenise exactly as the learner)."""
         return self.tokenizer
-
-    def tokenizer_dir(self) -> str:
-        """A local folder with the saved tokenizer files (same node only; prefer get_tokenizer)."""
-        if self._tokenizer_dir is None:
-            self._tokenizer_dir = tempfile.mkdtemp(prefix="router_r1_tokenizer_")
-            self.tokenizer.save_pretrained(self._tokenizer_dir)
-        return self._tokenizer_dir
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The policy LM's weights on CPU (keys as the transformers model names them)."""

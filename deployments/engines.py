@@ -8,32 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from router_r1.policy import HFGenerator, load_policy
-from router_r1.protocol import STOP_STRINGS
-
-
-class VLLMGenerator:
-    """Offline vLLM engine over a local checkpoint; the engine batches each call internally."""
-
-    def __init__(self, checkpoint: str | Path, **engine_kw: Any):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise RuntimeError("serve.engine=vllm needs the `gpu` extra (pip install router-r1[gpu])") from e
-        self.llm = LLM(model=str(checkpoint), **{"gpu_memory_utilization": 0.5, **engine_kw})
-        self.tokenizer = self.llm.get_tokenizer()
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 128, temperature: float = 1.0,
-                 top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS, seed: int | None = None) -> list[str]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                stop=list(stop), include_stop_str_in_output=True, seed=seed)
-        return [o.outputs[0].text for o in self.llm.generate(list(prompts), params, use_tqdm=False)]
 
 
 def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
@@ -42,9 +20,11 @@ def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
     The tokenizer returned is a private copy for the event loop (counting, truncating replies):
     a fast tokenizer's padding/truncation state is switched per call, so sharing one instance
     with the generation thread lets a plain `encode` un-pad a batch mid-call."""
-    if engine == "vllm":
-        gen = VLLMGenerator(checkpoint)
-        return gen, copy.deepcopy(gen.tokenizer)
+    if engine == "vllm":  # the rollout engine (router_r1.vllm_generator), lazily imported
+        from router_r1.vllm_generator import VLLMGenerator
+
+        gen = VLLMGenerator(checkpoint, gpu_memory_utilization=0.5)
+        return gen, copy.deepcopy(gen.llm.get_tokenizer())
     if engine != "transformers":
         raise ValueError(f"unknown serve engine {engine!r}; use 'transformers' or 'vllm'")
     model, tokenizer = load_policy(checkpoint, device=device)

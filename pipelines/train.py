@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ from router_r1.tracking import make_tracker
 
 log = logging.getLogger("router_r1.train")
 ROOT = Path(__file__).resolve().parents[1]
-_SECRET = re.compile(r"(api_keys?|secret|password|credentials?)$", re.IGNORECASE)
 REPORT_KEYS = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok rate"),
                ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
 
@@ -274,7 +272,7 @@ class Trainer:
             else:
                 self.set_aside_old_checkpoints()
             self.tracker.start(run_id=getattr(self, "_resumed_run_id", None), run_name=cfg.name)
-            self.tracker.log_params({k: v for k, v in cfg.flat().items() if not _SECRET.search(k)})
+            self.tracker.log_params(cfg.flat())  # flat() holds no secrets by design
             self.sync_weights()
             if not self.resume:
                 if cfg.warmstart.steps > 0 and (self.sim is not None or self.replay is not None):

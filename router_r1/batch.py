@@ -92,10 +92,6 @@ class TrajectoryBatch:
         kw = {f.name: [getattr(self, f.name)[i] for i in rows] for f in fields(self) if f.name != "metadata"}
         return TrajectoryBatch(**kw, metadata=[self.metadata[i] for i in rows] if self.metadata else [])
 
-    def num_tokens(self) -> int:
-        """Prompt + response tokens, the unit of learner throughput."""
-        return sum(len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids))
-
     def to_tensors(self, pad_id: int, device: str | torch.device = "cpu") -> TensorBatch:
         """Right-padded tensors; see `TensorBatch`."""
         B = len(self)
