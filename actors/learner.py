@@ -296,7 +296,7 @@ class Learner:
         t0 = time.perf_counter()
         ws = self.cfg.warmstart
         if self.sft_optimizer is None:
-            self.sft_optimizer = torch.optim.AdamW(self.model.lm.parameters(), lr=ws.lr)
+            self.sft_optimizer = self._new_sft_optimizer()
         lr = ws.lr * lr_lambda(ws.warmup_steps, ws.steps, ws.lr_schedule)(self.sft_steps)
         for group in self.sft_optimizer.param_groups:  # a function of sft_steps: resumes exactly
             group["lr"] = lr
@@ -323,6 +323,10 @@ class Learner:
             "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
             "learner/grad_norm": float(grad_norm),
             "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt})
+
+    def _new_sft_optimizer(self) -> torch.optim.Optimizer:
+        """The warm start's own AdamW (its lr is set per step from the schedule)."""
+        return torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
 
     def _no_sync(self, skip_allreduce: bool):
         """DDP: all-reduce gradients only on the last micro-batch of an optimizer step."""
@@ -460,7 +464,7 @@ class Learner:
         self.optimizer.load_state_dict(objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         if "sft_optimizer" in objects:
-            self.sft_optimizer = torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
+            self.sft_optimizer = self._new_sft_optimizer()
             self.sft_optimizer.load_state_dict(objects["sft_optimizer"])
         self.step, self.sft_steps = int(meta["step"]), int(meta["sft_steps"])
         self.policy_version = int(meta["policy_version"])

@@ -29,7 +29,7 @@ from deployments.openai_api import (APIError, chunk_body, completion_body, compl
                                     parse_request, sse)
 from deployments.service import GenParams, Plan, RouterService
 from router_r1.config import RunConfig, ServeConfig, load_config
-from router_r1.policy import CheckpointError
+from router_r1.policy import check_checkpoint_dir
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
 
@@ -210,12 +210,7 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
 
 def check_checkpoint(checkpoint: str | Path) -> str:
     """Fail on the driver, before any replica starts, when the checkpoint cannot be loaded."""
-    path = Path(checkpoint).expanduser().resolve()
-    if not path.is_dir():
-        raise CheckpointError(f"policy checkpoint not found: {path}")
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json; not a transformers checkpoint")
-    return str(path)
+    return str(check_checkpoint_dir(Path(checkpoint).expanduser().resolve()))
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -62,17 +62,23 @@ def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0):
     return AutoModelForCausalLM.from_config(cfg)
 
 
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """`path` when it looks like a transformers checkpoint folder; a clear CheckpointError if not."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"policy checkpoint not found: {path}")
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json; not a transformers checkpoint")
+    return path
+
+
 def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """Load (model, tokenizer) from a local checkpoint directory, refusing partial ones."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"policy checkpoint not found: {path}")
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json; not a transformers checkpoint")
+    path = check_checkpoint_dir(path)
     try:
         tok = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)

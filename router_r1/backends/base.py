@@ -16,6 +16,13 @@ from router_r1.types import CallStatus
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
+def render_chat(tokenizer: Any, messages: list[Message]) -> str:
+    """The prompt text a local model sees: its chat template, or plain "role: content" lines."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
 @dataclass
 class BackendReply:
     text: str

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend, render_chat
 from router_r1.descriptors import ModelDescriptor, PoolSpec
 from router_r1.types import CallStatus
 
@@ -46,9 +46,7 @@ class _Engine:
         self._gen_lock = threading.Lock()  # one generate at a time per model
 
     def render(self, messages: list[Message]) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return render_chat(self.tok, messages)
 
     async def submit(self, messages: list[Message], params: dict[str, Any], max_tokens: int) -> BackendReply:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend, render_chat
 from router_r1.descriptors import ModelDescriptor, PoolSpec
 from router_r1.types import CallStatus
 
@@ -45,10 +45,7 @@ class VLLMEngine:
     async def _render(self, messages: list[Message]) -> str:
         if self._tokenizer is None:
             self._tokenizer = await self.engine.get_tokenizer()
-        tok = self._tokenizer
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return render_chat(self._tokenizer, messages)
 
     async def generate(self, messages: list[Message], params: dict[str, Any]) -> tuple[str, int, int, str | None]:
         """(text, prompt tokens, completion tokens, finish reason) of one call."""
