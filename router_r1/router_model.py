@@ -52,10 +52,12 @@ class RouterModel(mlflow.pyfunc.PythonModel):
             return self.generator.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
 
         asyncio.run(run_episodes(episodes, generate, client.call, cfg, self.pool, self.tokenizer))
-        return pd.DataFrame([{"question": e.question, "answer": e.parsed(self.pool).answer,
-                              "format_ok": e.parsed(self.pool).format_ok, "response": e.response,
-                              "models": [c.model for c in e.calls], "cost_usd": e.cost_usd}
-                             for e in episodes])
+        rows = []
+        for e in episodes:
+            parsed = e.parsed(self.pool)
+            rows.append({"question": e.question, "answer": parsed.answer, "format_ok": parsed.format_ok,
+                         "response": e.response, "models": [c.model for c in e.calls], "cost_usd": e.cost_usd})
+        return pd.DataFrame(rows)
 
 
 def _questions(model_input: Any) -> list[str]:
