@@ -31,6 +31,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,13 @@ from torch import nn
 from router_r1 import algos, checkpoint
 from router_r1.batch import TensorBatch, TrajectoryBatch
 from router_r1.config import RunConfig
-from router_r1.policy import CheckpointError, build_tiny_policy, load_policy, save_policy, train_tokenizer
+from router_r1.policy import (
+    CheckpointError,
+    build_tiny_policy,
+    load_policy,
+    save_policy,
+    train_tokenizer,
+)
 
 
 class PolicyWithValue(nn.Module):
@@ -135,14 +142,17 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
-                       backend: str | None = None) -> None:
-    """Join the learners' torch.distributed group: nccl on CUDA, gloo on CPU."""
+def init_process_group(rank: int, world_size: int, master_addr: str | None = None,
+                       master_port: int | None = None, backend: str | None = None, *,
+                       init_method: str | None = None, timeout_s: float = 300.0) -> None:
+    """Join the learners' torch.distributed group: nccl on CUDA, gloo on CPU. Rendezvous at
+    tcp://master_addr:master_port unless `init_method` says otherwise (e.g. a file:// store);
+    a group that cannot form fails after `timeout_s` instead of waiting torch's 30 minutes."""
     if dist.is_initialized():
         return
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
-                            rank=rank, world_size=world_size)
+    dist.init_process_group(backend, init_method=init_method or f"tcp://{master_addr}:{master_port}",
+                            rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
 
 
 class Learner:
@@ -190,9 +200,10 @@ class Learner:
         seed_everything(cfg.seed)
 
     # ------------------------------------------------------------------ setup and data parallel
-    def init_process_group(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    def init_process_group(self, rank: int, world_size: int, master_addr: str | None = None,
+                           master_port: int | None = None, init_method: str | None = None) -> None:
         """Join the process group (driver calls this on every learner when num_learners > 1)."""
-        init_process_group(rank, world_size, master_addr, master_port)
+        init_process_group(rank, world_size, master_addr, master_port, init_method=init_method)
         if world_size > 1:
             self._wrap_ddp()
 

@@ -2,7 +2,6 @@
 replicas stay identical, and metrics are all-reduced."""
 from __future__ import annotations
 
-import socket
 import sys
 
 import pytest
@@ -10,15 +9,17 @@ import torch
 import torch.multiprocessing as mp
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from actors.learner import Learner
     from tiny_learner import CORPUS, fixed_batch, tiny_config
+
+    from actors.learner import Learner
 
     torch.set_num_threads(1)
     # Different seeds per rank: DDP must broadcast rank 0's weights at wrap time.
     learner = Learner(tiny_config("ppo").model_copy(update={"seed": rank}), CORPUS)
-    learner.init_process_group(rank, world, "127.0.0.1", port)
+    # A file store in tmp: no free-port race with the suite's Ray processes.
+    learner.init_process_group(rank, world, init_method=f"file://{out_dir}/rendezvous")
     batch = fixed_batch(learner.tokenizer)
     sft = learner.sft_step(batch)
     metrics = learner.update(batch)
@@ -28,10 +29,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_learners_stay_in_sync(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k
