@@ -31,6 +31,10 @@ class TrajectoryBatch:
     rewards:        one scalar reward per episode (`router_r1.reward`).
     group_ids:      episodes sampled for the same question share an id (GRPO groups).
     policy_version: the weights version that generated the episode (staleness accounting).
+    sampler_logprobs: per row, the sampler's log-prob of each response token as it was sampled
+                    (0.0 on inserted tokens), same length as response_ids; empty list when the
+                    rows were not sampled (warm-start traces). The learner compares them with its
+                    own log-probs at the same weights (`rollout/logp_diff_*`).
     metadata:       optional per-episode dicts (uid, question, ...); empty list or one per row.
     """
 
@@ -40,6 +44,7 @@ class TrajectoryBatch:
     rewards: list[float]
     group_ids: list[int]
     policy_version: list[int]
+    sampler_logprobs: list[list[float]] = field(default_factory=list)
     metadata: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -47,6 +52,13 @@ class TrajectoryBatch:
         for f in ("response_ids", "loss_mask", "rewards", "group_ids", "policy_version"):
             if len(getattr(self, f)) != n:
                 raise BatchError(f"TrajectoryBatch.{f} has {len(getattr(self, f))} rows, prompt_ids has {n}")
+        if self.sampler_logprobs:
+            if len(self.sampler_logprobs) != n:
+                raise BatchError(f"TrajectoryBatch.sampler_logprobs has {len(self.sampler_logprobs)} rows, "
+                                 f"expected 0 or {n}")
+            for i, (r, lp) in enumerate(zip(self.response_ids, self.sampler_logprobs)):
+                if len(r) != len(lp):
+                    raise BatchError(f"row {i}: {len(r)} response ids but {len(lp)} sampler log-probs")
         if self.metadata and len(self.metadata) != n:
             raise BatchError(f"TrajectoryBatch.metadata has {len(self.metadata)} rows, expected 0 or {n}")
         for i, (p, r, m) in enumerate(zip(self.prompt_ids, self.response_ids, self.loss_mask)):
@@ -89,8 +101,10 @@ class TrajectoryBatch:
 
     def select(self, rows: Sequence[int]) -> TrajectoryBatch:
         """A batch of the given rows (e.g. one data-parallel shard)."""
-        kw = {f.name: [getattr(self, f.name)[i] for i in rows] for f in fields(self) if f.name != "metadata"}
-        return TrajectoryBatch(**kw, metadata=[self.metadata[i] for i in rows] if self.metadata else [])
+        optional = ("sampler_logprobs", "metadata")  # empty lists stay empty
+        kw = {f.name: [getattr(self, f.name)[i] for i in rows] for f in fields(self) if f.name not in optional}
+        kw |= {name: [getattr(self, name)[i] for i in rows] if getattr(self, name) else [] for name in optional}
+        return TrajectoryBatch(**kw)
 
     def to_tensors(self, pad_id: int, device: str | torch.device = "cpu") -> TensorBatch:
         """Right-padded tensors; see `TensorBatch`."""
@@ -103,6 +117,7 @@ class TrajectoryBatch:
         response_pos = torch.zeros((B, T), dtype=torch.long)
         response_mask = torch.zeros((B, T), dtype=torch.long)
         loss_mask = torch.zeros((B, T), dtype=torch.long)
+        sampler_logp = torch.zeros((B, T), dtype=torch.float32)
         for i, (p, r, m) in enumerate(zip(self.prompt_ids, self.response_ids, self.loss_mask)):
             n = len(p) + len(r)
             input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
@@ -112,8 +127,11 @@ class TrajectoryBatch:
                 response_pos[i, :len(r)] = torch.arange(len(p), n)
                 response_mask[i, :len(r)] = 1
                 loss_mask[i, :len(r)] = torch.tensor(m, dtype=torch.long)
+                if self.sampler_logprobs:
+                    sampler_logp[i, :len(r)] = torch.tensor(self.sampler_logprobs[i], dtype=torch.float32)
         tb = TensorBatch(input_ids=input_ids, attention_mask=attention_mask, response_ids=response_ids,
                          response_pos=response_pos, response_mask=response_mask, loss_mask=loss_mask,
+                         sampler_logp=sampler_logp,
                          rewards=torch.tensor(self.rewards, dtype=torch.float32),
                          group_ids=torch.tensor(self.group_ids, dtype=torch.long),
                          policy_version=torch.tensor(self.policy_version, dtype=torch.long))
@@ -131,6 +149,7 @@ class TensorBatch:
                    from position response_pos - 1 (0 on padding, which the masks hide).
     response_mask: (B, T): 1 on real response tokens (policy and information).
     loss_mask:     (B, T): 1 on policy tokens only: what every loss averages over.
+    sampler_logp:  (B, T): the sampler's log-prob of each response token (0 where unknown).
     rewards: (B,) float; group_ids, policy_version: (B,) long.
     """
 
@@ -140,6 +159,7 @@ class TensorBatch:
     response_pos: torch.Tensor
     response_mask: torch.Tensor
     loss_mask: torch.Tensor
+    sampler_logp: torch.Tensor
     rewards: torch.Tensor
     group_ids: torch.Tensor
     policy_version: torch.Tensor
