@@ -146,7 +146,7 @@ def bench_step(cfg, sizes: list[int], repeats: int) -> dict:
     one_thread(t.workers.workers)
     # The learner and the rollouts take turns in a synchronous step: while it updates, the
     # machine's two cores are its own.
-    ray.get(t.learner.__ray_call__.remote(lambda self: torch.set_num_threads(2)))
+    ray.get(t.learner.rank0.__ray_call__.remote(lambda self: torch.set_num_threads(2)))
     group = cfg.learner.group_size
     out = {}
     try:

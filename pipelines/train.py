@@ -46,10 +46,13 @@ class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True,
                  learner_cls: type | None = None):
         """`learner_cls` replaces actors.learner.Learner (tests only)."""
+        cfg.check_training()
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.learner_cls = learner_cls
         self.run_dir = Path(cfg.output_dir).resolve()
-        self.spec = cfg.load_pool()
+        # The training view: models marked seen_in_training: false are neither shown (prompts,
+        # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
+        self.spec = cfg.load_pool().seen()
         self.sim = simulation_for(self.spec) if cfg.data.kind == "simulated" else None
         self.replay = _replay_world(cfg, self.spec)  # data.kind replay: questions, outcomes, traces
         if self.replay is not None:
@@ -85,21 +88,21 @@ class Trainer:
     def create_pool(self) -> None:
         from actors.model_pool import get_or_create_pool
 
-        self.pool = get_or_create_pool(self.cfg.pool, self.cfg.pool_runtime, run_id=self.cfg.name)
+        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name)
 
     def create_learner(self) -> None:
+        """`learner.num_learners` learner actors in one process group, behind a LearnerGroup."""
         import ray
+
+        from actors.learner_group import LearnerGroup
 
         if self.learner_cls is None:
             from actors.learner import Learner
         else:
             Learner = self.learner_cls
         corpus = None if self.cfg.policy.checkpoint else self.tokenizer_corpus()
-        lc = self.cfg.learner
-        self.learner = ray.remote(Learner).options(
-            num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=dict(lc.resources) or None,
-            max_restarts=0).remote(self.cfg, corpus)
-        self.tokenizer_ref = self.learner.get_tokenizer.remote()
+        self.learner = LearnerGroup(Learner, self.cfg, corpus)
+        self.tokenizer_ref = self.learner.rank0.get_tokenizer.remote()
         self.tokenizer = ray.get(self.tokenizer_ref)
 
     def create_rollout_workers(self) -> None:
@@ -133,8 +136,6 @@ class Trainer:
     # -- the named steps -------------------------------------------------------------------------
     def warm_start(self) -> dict[str, float]:
         """Supervised steps on well-formed simulator traces, so a tiny model learns the format."""
-        import ray
-
         from router_r1.batch import TrajectoryBatch
         from router_r1.sim import make_traces
 
@@ -153,25 +154,23 @@ class Trainer:
             chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]
             batch = TrajectoryBatch.from_episodes(chunk, self.tokenizer, [0.0] * len(chunk),
                                                   list(range(len(chunk))), self.max_response_tokens)
-            m = ray.get(self.learner.sft_step.remote(batch))
+            m = self.learner.sft_step(batch)
             losses.append(float(m["sft/nll"]))
         return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
 
     def replay_traces(self) -> list:
         from router_r1 import replay_training
+        from router_r1.prompt import PromptOptions
 
-        p = self.cfg.policy
         return replay_training.make_traces(self.replay, self.spec, self.cfg.warmstart.num_traces,
-                                           self.cfg.seed + 1, p.compact_prompt, p.max_question_tokens,
+                                           self.cfg.seed + 1, PromptOptions.from_policy(self.cfg.policy),
                                            self.cfg.episode.max_obs_tokens, self.tokenizer)
 
     def sync_weights(self) -> float:
         """The learner puts its weights once; every rollout worker gets the same refs."""
-        import ray
-
         t0 = time.perf_counter()
-        refs = ray.get(self.learner.publish_weights.remote())
-        self.version = ray.get(self.learner.version.remote())  # the learner numbers its weights
+        refs = self.learner.publish_weights()
+        self.version = self.learner.version()  # the learner numbers its weights
         self.workers.sync(refs, self.version)
         return time.perf_counter() - t0
 
@@ -187,15 +186,13 @@ class Trainer:
         return score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
 
     def update(self, episodes: list, scores: list) -> dict[str, float]:
-        import ray
-
         from router_r1.batch import TrajectoryBatch
 
         groups: dict[str, int] = {}
         gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
         batch = TrajectoryBatch.from_episodes(episodes, self.tokenizer, [s.reward.reward for s in scores],
                                               gids, self.max_response_tokens)
-        m = ray.get(self.learner.update.remote(batch))
+        m = self.learner.update(batch)
         m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
         return m
 
@@ -209,18 +206,14 @@ class Trainer:
         return m
 
     def save_checkpoint(self) -> Path:
-        import ray
-
         path = ckpt.checkpoint_dir(self.run_dir, self.step)
         extra = {"step": self.step, "version": self.version, "normalizer": self.normalizer.state_dict(),
                  "stream": self.stream.state_dict(), "mlflow_run_id": self.tracker.run_id,
                  "history": self.history, "evals": self.evals, "restarts": self.restarts}
-        ray.get(self.learner.save_checkpoint.remote(str(path), extra))
+        self.learner.save_checkpoint(str(path), extra)
         return path
 
     def load_checkpoint(self) -> Path:
-        import ray
-
         path = ckpt.latest(self.run_dir)
         if path is None:
             raise CheckpointError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}"
@@ -229,7 +222,7 @@ class Trainer:
                  and d.name > path.name]
         if newer:
             log.warning("skipping incomplete checkpoints %s; resuming from %s", ", ".join(sorted(newer)), path.name)
-        extra = ray.get(self.learner.load_checkpoint.remote(str(path)))
+        extra = self.learner.load_checkpoint(str(path))
         self.step = int(extra["step"])
         self.normalizer.load_state_dict(extra["normalizer"])
         self.stream.load_state_dict(extra["stream"])
@@ -355,10 +348,8 @@ class Trainer:
         return rep
 
     def finish(self, report: dict[str, Any]) -> None:
-        import ray
-
         policy_dir = self.run_dir / "policy"
-        ray.get(self.learner.save_policy.remote(str(policy_dir)))
+        self.learner.save_policy(str(policy_dir))
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
         if self.tracker.run_id:
             t = self.tracker
@@ -369,10 +360,8 @@ class Trainer:
             last = ckpt.latest(self.run_dir)
             if last is not None:
                 t.log_dir(last, f"checkpoint/{last.name}")
-            p = self.cfg.policy
-            t.log_router(policy_dir, self.cfg.pool, {"episode": self.cfg.episode.model_dump(),
-                                                     "compact_prompt": p.compact_prompt,
-                                                     "use_chat_template": p.use_chat_template})
+            # The prompt options travel inside the policy folder (router_r1.json, by save_policy).
+            t.log_router(policy_dir, self.cfg.pool, {"episode": self.cfg.episode.model_dump()})
             t.end("FINISHED")
 
     def shutdown(self) -> None:
@@ -381,7 +370,7 @@ class Trainer:
         if hasattr(self, "workers"):
             self.workers.kill()
         if hasattr(self, "learner"):
-            ray.kill(self.learner)
+            self.learner.kill()
         pool = getattr(self, "pool", None)
         if pool is not None:
             try:

@@ -91,7 +91,7 @@ def scenario_train() -> dict:
         result["actor_nodes"] = [node_of(w) for w in group.workers]
         result["worker_node_ids"] = sorted(worker_nodes)
         result["head_node_id"] = head
-        result["learner_node"] = node_of(trainer.learner)
+        result["learner_node"] = node_of(trainer.learner.rank0)
 
         def step(n_questions: int, on_first_result=None, straggler: int | None = None) -> tuple[list, dict]:
             trainer.step += 1

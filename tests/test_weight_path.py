@@ -61,16 +61,16 @@ def test_driver_forwards_learner_owned_refs_and_never_holds_weights(ray_local, t
         refs = t.workers.refs
         assert refs and all(isinstance(r, ray.ObjectRef) for r in refs)
         driver = ray.get_runtime_context().get_worker_id()
-        learner = ray.get(t.learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_worker_id()))
+        learner = ray.get(t.learner.rank0.__ray_call__.remote(lambda self: ray.get_runtime_context().get_worker_id()))
         owner = refs[0].owner_address()
         # The owner address names the worker that created the object: the learner, not the driver.
         assert bytes.fromhex(learner) in owner and bytes.fromhex(driver) not in owner
         # and the rollout actors really loaded those weights (same version, same values)
         versions = ray.get([w.get_version.remote() for w in t.workers.workers])
-        assert versions == [t.version] == [ray.get(t.learner.version.remote())]
+        assert versions == [t.version] == [ray.get(t.learner.rank0.version.remote())]
         w0 = ray.get(t.workers.workers[0].__ray_call__.remote(
             lambda self: {k: v.clone() for k, v in self.engine.model.state_dict().items()}))
-        lw = ray.get(t.learner.state_dict.remote())
+        lw = ray.get(t.learner.rank0.state_dict.remote())
         assert all(torch.equal(w0[k], lw[k]) for k in lw)
     finally:
         t.shutdown()  # kills the actors; the session's Ray stays (the trainer does not own it)
