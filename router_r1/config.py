@@ -71,6 +71,8 @@ class RolloutConfig(_Section):
 
 
 class LearnerConfig(_Section):
+    """The learner (actors/learner.py; the maths and its papers in router_r1/algos.py)."""
+
     algorithm: Literal["grpo", "ppo"] = "grpo"
     lr: float = 1e-5
     warmup_steps: int = 0
@@ -79,9 +81,15 @@ class LearnerConfig(_Section):
     clip_eps: float = 0.2
     kl_coef: float = 0.001
     entropy_coef: float = 0.0
+    # How per-token losses become one loss per optimizer step (algos.loss_weights): "token-mean"
+    # (every policy token alike), "seq-mean-token-mean" (DeepSeekMath GRPO: mean per episode, then
+    # over episodes), "seq-mean-token-sum" (Dr. GRPO: sum per episode, mean over episodes).
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # KL(pi || ref) per token (algos.kl_penalty)
     gamma: float = 1.0  # PPO
     gae_lambda: float = 1.0  # PPO
     value_coef: float = 0.5  # PPO
+    vf_clip: float | None = Field(default=0.2, gt=0.0)  # PPO value clipping range; None: no clipping
     vf_lr: float | None = None
     ppo_epochs: int = 1
     micro_batch_size: int = 8
@@ -91,7 +99,10 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = False
     num_gpus: float = 0.0
     num_cpus: float = 1.0
-    num_learners: int = 1  # data-parallel learner actors (torch.distributed)
+    # Data-parallel learner actors (torch.distributed; actors/learner_group.py). The update does
+    # not depend on it: an optimizer step holds micro_batch_size * grad_accum rows in all, split
+    # over the learners, each running its part in micro-batches of at most micro_batch_size rows.
+    num_learners: int = Field(default=1, ge=1)
     # CPU threads for torch; None: what Ray gives (OMP_NUM_THREADS = num_cpus). The driver's step is
     # synchronous (rollouts, then the update), so a CPU learner may use cores its actor does not
     # reserve: the demo's learner (num_cpus 1) updates with 2 threads while the rollouts wait.
@@ -219,6 +230,20 @@ class RunConfig(_Section):
 
     def load_pool(self) -> PoolSpec:
         return load_pool(self.pool)
+
+    def check_training(self) -> None:
+        """Refuse, in one line, settings under which RL training would silently be wrong. Called
+        by the train driver and the learner (evaluation and serving may sample greedily)."""
+        e, lc = self.episode, self.learner
+        if lc.algorithm == "grpo" and lc.group_size < 2:
+            raise ValueError(f"learner.group_size is {lc.group_size}: GRPO needs >= 2 samples per question "
+                             "(a group of one has zero advantage)")
+        if e.temperature <= 0:
+            raise ValueError(f"episode.temperature is {e.temperature}: RL training samples, so it must be > 0 "
+                             "(greedy groups give equal rewards, zero advantages and no sampler log-probs)")
+        if e.top_p != 1.0:
+            raise ValueError(f"episode.top_p is {e.top_p}: training must sample with top_p 1.0, the "
+                             "distribution the learner scores (top-p would make every update off-policy)")
 
     def flat(self) -> dict[str, Any]:
         """Flattened `a.b.c -> value` view, for MLflow params. Holds no secrets by design:
