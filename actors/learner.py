@@ -484,8 +484,11 @@ class Learner:
 
     def save_policy(self, path: str | Path) -> str:
         """A plain transformers checkpoint (policy + tokenizer) for serving and evaluation,
-        loadable by `router_r1.policy.load_policy`."""
+        loadable by `router_r1.policy.load_policy`, with the prompt options it was trained on."""
+        from router_r1.prompt import PromptOptions
+
         save_policy(self.model.lm, self.tokenizer, path,
                     extra={"step": self.step, "policy_version": self.policy_version,
-                           "algorithm": self.cfg.learner.algorithm})
+                           "algorithm": self.cfg.learner.algorithm},
+                    prompt_options=PromptOptions.from_policy(self.cfg.policy))
         return str(path)

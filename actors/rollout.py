@@ -25,8 +25,8 @@ import torch
 from router_r1.baselines import replay_call
 from router_r1.config import RunConfig
 from router_r1.episode import Episode, run_episodes
-from router_r1.policy import HFGenerator, build_tiny_policy, format_prompt, load_policy, save_policy
-from router_r1.replay_training import router_prompt
+from router_r1.policy import HFGenerator, build_tiny_policy, load_policy, save_policy
+from router_r1.prompt import PromptOptions, render_prompt_ids
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
@@ -57,7 +57,10 @@ class RolloutWorker:
         from actors.model_pool import PoolClient  # Ray-side import, kept out of module import
 
         self.cfg, self.index = cfg, worker_index
-        self.spec = cfg.load_pool()
+        # The training view: models unseen in training are neither in the prompt nor callable
+        # (the episode machine answers a route to one with unknown_model).
+        self.spec = cfg.load_pool().seen()
+        self.prompt_options = PromptOptions.from_policy(cfg.policy)
         if cfg.rollout.torch_threads:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -91,11 +94,13 @@ class RolloutWorker:
         return self.version
 
     # -- rollouts ------------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> tuple[str, list[int]]:
+        """(text, ids) of the prompt an episode of `question` starts from (router_r1.prompt.render_prompt_ids
+        with the options the learner saves with the policy)."""
+        return render_prompt_ids(self.tokenizer, self.spec, question, self.prompt_options)
+
     def prompt(self, question: str) -> str:
-        p = self.cfg.policy
-        return format_prompt(self.tokenizer, router_prompt(self.spec, question, p.compact_prompt,
-                                                           p.max_question_tokens, self.tokenizer),
-                             p.use_chat_template)
+        return self.prompt_ids(question)[0]
 
     def rollout(self, items: Sequence[Item], n_samples: int = 1, seed: int = 0,
                 greedy: bool = False) -> list[Episode]:

@@ -17,7 +17,7 @@ import torch
 
 from router_r1.descriptors import PoolSpec
 from router_r1.policy import build_tiny_policy, save_policy, train_tokenizer
-from router_r1.prompt import render_prompt
+from router_r1.prompt import PromptOptions, user_turn
 from router_r1.protocol import information_block
 
 QUERY = "what is the answer to the question?"
@@ -34,13 +34,15 @@ def _question(rng: random.Random) -> str:
 
 def scripted_examples(pool: PoolSpec, route_to: str, n: int, seed: int = 0,
                       prompt_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """(context, target) pairs: half first turns (route), half second turns (answer)."""
+    """(context, target) pairs: half first turns (route), half second turns (answer).
+    `prompt_options`: router_r1.prompt.PromptOptions fields (the tokenizer has no chat template)."""
+    opts = PromptOptions.model_validate(prompt_options or {})
     rng = random.Random(seed)
     route = f"<think> I should ask a model. </think>\n<search> {route_to}: {QUERY} </search>"
     answer = f"<think> I have the reply. </think>\n<answer> {ANSWER} </answer>"
     out = []
     for i in range(n):
-        prompt = render_prompt(pool, _question(rng), **(prompt_options or {}))
+        prompt = user_turn(pool, _question(rng), opts)
         if i % 2 == 0:
             out.append((prompt, route))
         else:
@@ -79,5 +81,5 @@ def build_scripted_router(path: str | Path, pool: PoolSpec, route_to: str, steps
         opt.step()
     model.eval()
     return save_policy(model, tok, path, extra={"kind": "scripted-tiny-router", "route_to": route_to,
-                                                "final_loss": float(loss.detach()), "steps": steps,
-                                                "prompt": dict(prompt_options or {})})
+                                                "final_loss": float(loss.detach()), "steps": steps},
+                       prompt_options=PromptOptions.model_validate(prompt_options or {}))

@@ -87,7 +87,8 @@ class RouterDeployment:
 
     def __init__(self, checkpoint: str, config: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
-        from deployments.engines import make_generator, prompt_options
+        from deployments.engines import make_generator
+        from router_r1.prompt import PromptOptions, load_prompt_options
 
         cfg = RunConfig.model_validate(config)
         self.cfg, self.serve_cfg, self.checkpoint = cfg, cfg.serve, checkpoint
@@ -107,8 +108,9 @@ class RouterDeployment:
         self.batches = self.batched_turns = 0
         self.service = RouterService(
             self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
-            use_chat_template=cfg.policy.use_chat_template, run_id=f"serve:{cfg.name}",
-            prompt_options=prompt_options(checkpoint, cfg))
+            run_id=f"serve:{cfg.name}",
+            # As the router was trained; a checkpoint that records none renders as the config says.
+            prompt_options=load_prompt_options(checkpoint, default=PromptOptions.from_policy(cfg.policy)))
 
     # -- batched generation ----------------------------------------------------------------------
     async def _generate_turn(self, prompt: str, gen: GenParams) -> str:

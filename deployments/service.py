@@ -24,8 +24,7 @@ from router_r1.config import ServeConfig
 from router_r1.cost import call_cost, estimate_prompt_tokens
 from router_r1.descriptors import PoolSpec
 from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_episode
-from router_r1.policy import format_prompt
-from router_r1.prompt import render_prompt
+from router_r1.prompt import PromptOptions, render_prompt_ids
 from router_r1.protocol import parse, parse_route
 from router_r1.types import CallResult, CallStatus
 
@@ -50,7 +49,8 @@ class Plan:
     request_id: str
     tenant: str
     question: str
-    prompt: str
+    prompt: str  # rendered by router_r1.prompt.render_prompt_ids with the checkpoint's options
+    prompt_ids: list[int]  # what the router conditions on
     pool: PoolSpec  # the candidates this request may use
     allowed: list[str] | None  # display names, None = the whole pool
     episode: EpisodeConfig
@@ -133,13 +133,12 @@ class RouterService:
     """Turns a `ChatCompletionRequest` into an `Outcome` (or an `APIError`)."""
 
     def __init__(self, pool: PoolSpec, serve: ServeConfig, episode: EpisodeConfig, tokenizer,
-                 generate_one: GenerateOne, call: PoolCall, *, use_chat_template: bool = True,
-                 run_id: str = "serve", prompt_options: dict[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 generate_one: GenerateOne, call: PoolCall, *, prompt_options: PromptOptions = PromptOptions(),
+                 run_id: str = "serve", clock: Callable[[], float] = time.time):
+        """`prompt_options`: those the router was trained with (router_r1.prompt.load_prompt_options)."""
         self.pool, self.cfg, self.episode_cfg, self.tokenizer = pool, serve, episode, tokenizer
         self._generate_one, self._call = generate_one, call
-        self.use_chat_template, self.run_id, self._clock = use_chat_template, run_id, clock
-        self.prompt_options = dict(prompt_options or {})  # render_prompt options the router was trained with
+        self.prompt_options, self.run_id, self._clock = prompt_options, run_id, clock
 
     # -- checking ------------------------------------------------------------------------------
     def plan(self, req: ChatCompletionRequest, tenant: str) -> Plan:
@@ -172,10 +171,10 @@ class RouterService:
         top_p = self.episode_cfg.top_p if req.top_p is None else req.top_p
         now = self._clock()
         timeout = cfg.request_timeout_s
-        prompt = format_prompt(self.tokenizer, render_prompt(pool, question, **self.prompt_options), self.use_chat_template)
+        prompt, prompt_ids = render_prompt_ids(self.tokenizer, pool, question, self.prompt_options)
         return Plan(
-            request_id=uuid.uuid4().hex, tenant=tenant, question=question, prompt=prompt, pool=pool,
-            allowed=allowed,
+            request_id=uuid.uuid4().hex, tenant=tenant, question=question, prompt=prompt,
+            prompt_ids=prompt_ids, pool=pool, allowed=allowed,
             episode=self.episode_cfg.model_copy(update={"max_turns": max_turns, "max_new_tokens": max_new,
                                                         "temperature": temperature, "top_p": top_p}),
             gen=(float(temperature), float(top_p), int(max_new)), max_cost_usd=req.max_cost_usd,

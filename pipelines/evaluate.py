@@ -105,22 +105,21 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
 
         return RLlibPolicy.load(arg, pool, concurrency=concurrency)
     if kind in ("llm", "prompt"):
-        from router_r1.policy import HFGenerator, format_prompt, load_policy
+        from router_r1.policy import HFGenerator, load_policy
+        from router_r1.prompt import PromptOptions, load_prompt_options, render_prompt_ids
 
         model, tok = load_policy(arg)
         gen = HFGenerator(model, tok)
         ep = cfg.episode
+        # The prompt the router was trained with, saved beside it; a checkpoint that records none
+        # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
+        options = load_prompt_options(arg, default=PromptOptions.from_policy(cfg.policy))
 
         def generate(prompts: list[str]) -> list[str]:
             return gen.generate(prompts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
 
-        from router_r1.replay_training import router_prompt
-
-        pc = cfg.policy  # the prompt the router was trained with (--config): compact, question tail
         return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
-                             wrap=lambda s: format_prompt(tok, s, pc.use_chat_template),
-                             render=lambda q: router_prompt(pool, q, pc.compact_prompt,
-                                                            pc.max_question_tokens, tok))
+                             render=lambda q: render_prompt_ids(tok, pool, q, options))
     if kind == "openai":
         from router_r1.endpoint_generator import CompletionsGenerator
 

@@ -159,26 +159,26 @@ class EpisodePolicy:
 
     `generate` is a batched text generator (HFGenerator.generate or an endpoint's); the router
     sees the descriptors through the rendered prompt, so a pool with unseen models needs nothing
-    but a different descriptor file. `wrap` applies the chat template (router_r1.policy.format_prompt);
-    `render` turns a question into the user turn (default: the full prompt of router_r1.prompt; a
-    router trained with compact prompts and question tails needs the same, see
-    router_r1.replay_training.router_prompt).
+    but a different descriptor file. `render` turns a question into the prompt's (text, ids): a
+    local router's is router_r1.prompt.render_prompt_ids with its checkpoint's options, the one
+    renderer of training, Serve and the MLflow model. None (an endpoint router, no local
+    tokenizer): the full prompt as text.
     """
 
     def __init__(self, name: str, generate: GenerateFn, pool: PoolSpec, cfg: EpisodeConfig,
                  tokenizer: Tokenizer | None = None, batch_size: int = 16,
-                 wrap: Callable[[str], str] = lambda s: s,
-                 render: Callable[[str], str] | None = None):
+                 render: Callable[[str], tuple[str, list[int]]] | None = None):
         self.name, self.generate, self.pool, self.cfg = name, generate, pool, cfg
-        self.tokenizer, self.batch_size, self.wrap = tokenizer, batch_size, wrap
-        self.render = render or (lambda q: render_prompt(self.pool, q))
+        self.tokenizer, self.batch_size, self.render = tokenizer, batch_size, render
+
+    def prompt(self, question: str) -> str:
+        return self.render(question)[0] if self.render is not None else render_prompt(self.pool, question)
 
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
         out: list[PolicyRun] = []
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
-            eps = [Episode(it.uid, it.question, it.golden_answers,
-                           self.wrap(self.render(it.question))) for it in chunk]
+            eps = [Episode(it.uid, it.question, it.golden_answers, self.prompt(it.question)) for it in chunk]
             t0 = time.perf_counter()
             await run_episodes(eps, self.generate, call, self.cfg, self.pool, self.tokenizer,
                                pass_episode_id=True)

@@ -136,8 +136,12 @@ class PoolSpec(BaseModel):
         return self.model_copy(update={"models": [m for m in self.models if m.name in keep]})
 
     def seen(self) -> "PoolSpec":
-        """Only the models marked as seen in training."""
-        return self.model_copy(update={"models": [m for m in self.models if m.seen_in_training]})
+        """The training view: only the models marked as seen in training. Training shows and calls
+        nothing else (prompt, warm-start traces, routes); evaluation and serving use the whole pool."""
+        models = [m for m in self.models if m.seen_in_training]
+        if not models:
+            raise ValueError(f"pool {self.name!r}: no model is seen_in_training; training needs at least one")
+        return self.model_copy(update={"models": models})
 
     def kinds(self) -> set[str]:
         return {m.backend.kind for m in self.models}

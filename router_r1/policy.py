@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from router_r1.atomic import atomic_dir
+from router_r1.prompt import POLICY_META, PromptOptions
 from router_r1.protocol import STOP_STRINGS, TAGS
 
 # Save/load progress bars are noise in rollouts and tests.
@@ -101,27 +102,24 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write a loadable checkpoint atomically: a temp folder beside it, then one rename."""
+def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
+                prompt_options: PromptOptions | None = None) -> Path:
+    """Write a loadable checkpoint atomically: a temp folder beside it, then one rename.
+    `extra` and the router's `prompt_options` (key "prompt", read back by
+    router_r1.prompt.load_prompt_options) go to router_r1.json beside the weights."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = Path(path)
+    meta = dict(extra or {})
+    if prompt_options is not None:
+        meta["prompt"] = prompt_options.model_dump()
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            (tmp / "router_r1.json").write_text(json.dumps(extra, indent=2))
+        if meta:
+            (tmp / POLICY_META).write_text(json.dumps(meta, indent=2))
     return path
-
-
-def format_prompt(tokenizer, user_text: str, use_chat_template: bool = True) -> str:
-    """Wrap the rendered prompt in the tokenizer's chat template when it has one (instruct models);
-    tiny models trained here have none and see the raw text."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
-                                             tokenize=False, add_generation_prompt=True)
-    return user_text
 
 
 class HFGenerator:

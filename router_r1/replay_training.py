@@ -5,9 +5,9 @@ traces and episode outcomes. Ray-free; the training driver (`data.kind: replay`)
   (`seed`, `data.val_fraction`), the same deterministic hash split `router-r1 evaluate --split`
   uses, so a router trained on `train` is compared on an unseen `val`.
 - Prompt: a tiny router cannot read a 2,000-character ARC prompt, so only the question's last
-  `policy.max_question_tokens` tokens enter the prompt (RouterBench puts its few-shot examples
-  first and the question last). The replayed call still gets the full question
-  (`router_r1.baselines.replay_call`).
+  `policy.max_question_tokens` tokens enter the prompt (router_r1.prompt.question_tail; RouterBench
+  puts its few-shot examples first and the question last). The replayed call still gets the full
+  question (`router_r1.baselines.replay_call`).
 - Outcome: the label of the called model's reply that the answer adopts
   (`router_r1.replay.replay_outcome`, docs/evaluation.md), in place of EM against gold answers.
 - Warm start: well-formed one-call traces (think -> route -> recorded reply -> think -> answer
@@ -27,7 +27,7 @@ from typing import Any
 
 from router_r1.descriptors import PoolSpec
 from router_r1.episode import Episode, Segment, Tokenizer, truncate_tokens
-from router_r1.prompt import render_prompt
+from router_r1.prompt import PromptOptions, render_prompt, render_prompt_ids, user_turn
 from router_r1.protocol import information_block
 from router_r1.replay import ReplaySample, ReplayTable, model_ids, replay_outcome, resolve_data_path, split_samples
 from router_r1.types import CallResult
@@ -41,27 +41,6 @@ SHORT_REPLY_WORDS = 3  # replies this short may be repeated verbatim as the answ
 def task_words(eval_name: str) -> str:
     low = eval_name.lower()
     return next((w for k, w in TASK_WORDS.items() if k in low), "question")
-
-
-def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
-    """The last `max_tokens` tokens of the question (whitespace words without a tokenizer),
-    prefixed with '... ' when cut. None keeps the whole question."""
-    q = question.strip()
-    if max_tokens is None:
-        return q
-    if tokenizer is None:
-        words = q.split()
-        return q if len(words) <= max_tokens else "... " + " ".join(words[-max_tokens:])
-    ids = tokenizer.encode(q, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return q
-    return "... " + tokenizer.decode(ids[-max_tokens:], skip_special_tokens=True).strip()
-
-
-def router_prompt(pool: PoolSpec, question: str, compact: bool = False, max_question_tokens: int | None = None,
-                  tokenizer: Tokenizer | None = None) -> str:
-    """The router's user turn with the question cut to its tail (see module docstring)."""
-    return render_prompt(pool, question_tail(question, max_question_tokens, tokenizer), compact=compact)
 
 
 def item_id(s: ReplaySample) -> str:
@@ -139,9 +118,10 @@ def model_weights(acc: dict[str, float], temperature: float) -> dict[str, float]
 
 
 def make_trace(world: ReplayWorld, s: ReplaySample, model: str, pool: PoolSpec, rng: random.Random,
-               compact: bool, max_question_tokens: int | None, max_obs_tokens: int,
-               tokenizer: Tokenizer | None) -> Episode:
-    """One well-formed one-call trajectory routing `s` to `model` (a pool display name)."""
+               options: PromptOptions, max_obs_tokens: int, tokenizer: Tokenizer | None) -> Episode:
+    """One well-formed one-call trajectory routing `s` to `model` (a pool display name). With the
+    policy's tokenizer the prompt is the rollouts' own (render_prompt_ids); without one (the
+    tokenizer corpus, before the tokenizer exists) it is the user turn alone."""
     col = model_ids(pool, world.table.models)[model]
     ans = s.answers[col]
     reply = ans.response or ""
@@ -156,13 +136,14 @@ def make_trace(world: ReplayWorld, s: ReplaySample, model: str, pool: PoolSpec, 
     ]
     call = CallResult(model=model, text=reply, cost_usd=ans.cost or 0.0, attempts=1)
     return Episode(uid=item_id(s), question=s.prompt, golden_answers=[],
-                   prompt=router_prompt(pool, s.prompt, compact, max_question_tokens, tokenizer),
+                   prompt=(render_prompt_ids(tokenizer, pool, s.prompt, options)[0] if tokenizer is not None
+                           else user_turn(pool, s.prompt, options)),
                    segments=segments, calls=[call], routes=[(model, "solve it")], turns=2, done=True,
                    meta={"group": item_id(s), "trace_model": model})
 
 
-def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0, compact: bool = True,
-                max_question_tokens: int | None = None, max_obs_tokens: int = 32,
+def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
+                options: PromptOptions = PromptOptions(compact=True), max_obs_tokens: int = 32,
                 tokenizer: Tokenizer | None = None, temperature: float = 0.1) -> list[Episode]:
     """`n` traces over training questions (cycled in a seeded order); the model of each is drawn
     from `model_weights` of its task's accuracy (see module docstring)."""
@@ -180,8 +161,7 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0, compa
             continue
         w = model_weights(usable, temperature)
         model = rng.choices(list(w), list(w.values()))[0]
-        traces.append(make_trace(world, s, model, pool, rng, compact, max_question_tokens, max_obs_tokens,
-                                 tokenizer))
+        traces.append(make_trace(world, s, model, pool, rng, options, max_obs_tokens, tokenizer))
     return traces
 
 
@@ -190,6 +170,6 @@ def tokenizer_corpus(world: ReplayWorld, pool: PoolSpec, compact: bool = True, n
     """Texts for the tiny router's tokenizer: the question tails it will read (by characters,
     since the tokenizer does not exist yet), the rendered prompt and traces with replies."""
     texts = [s.prompt[-tail_chars:] for s in world.train + world.val]
-    for e in make_traces(world, pool, n_traces, seed, compact, None, 10_000, None):
+    for e in make_traces(world, pool, n_traces, seed, PromptOptions(compact=compact), 10_000, None):
         texts.append(render_prompt(pool, e.question[-tail_chars:], compact=compact) + e.response[:2000])
     return texts

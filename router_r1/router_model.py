@@ -2,8 +2,9 @@
 
 `mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"question": [...]}))` plays each question
 to the end with the logged policy (greedy), calling candidate models through an in-process
-ModelPool core built from the logged descriptor file, and returns the answer, the trajectory,
-the models called and the cost. With the simulated pool this runs fully offline; with real
+ModelPool core built from the logged descriptor file (the whole pool, unseen models included),
+and returns the answer, the trajectory, the models called and the cost. The prompt is rendered
+with the options saved in the policy folder (router_r1.prompt.render_prompt_ids), as in training. With the simulated pool this runs fully offline; with real
 backends their API keys must be in the environment named by the descriptors.
 """
 from __future__ import annotations
@@ -20,30 +21,32 @@ class RouterModel(mlflow.pyfunc.PythonModel):
         from router_r1.descriptors import load_pool
         from router_r1.episode import EpisodeConfig
         from router_r1.policy import HFGenerator, load_policy
+        from router_r1.prompt import load_prompt_options
 
         a = context.artifacts
         self.settings = json.loads(open(a["router"]).read())
         self.pool = load_pool(a["pool"])
+        self.prompt_options = load_prompt_options(a["policy"])
         model, self.tokenizer = load_policy(a["policy"])
         self.generator = HFGenerator(model, self.tokenizer)
         self.episode_cfg = EpisodeConfig.model_validate({**self.settings.get("episode", {}),
                                                          "temperature": 0.0})
 
+    def prompt_ids(self, question: str) -> tuple[str, list[int]]:
+        from router_r1.prompt import render_prompt_ids
+
+        return render_prompt_ids(self.tokenizer, self.pool, question, self.prompt_options)
+
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
 
         from actors.model_pool import PoolClient
-        from router_r1.episode import Episode, run_episodes
-        from router_r1.policy import format_prompt
         from router_r1.config import PoolRuntimeConfig
+        from router_r1.episode import Episode, run_episodes
         from router_r1.pool import PoolCore
-        from router_r1.prompt import render_prompt
 
         questions = _questions(model_input)
-        compact = bool(self.settings.get("compact_prompt", False))
-        chat = bool(self.settings.get("use_chat_template", True))
-        episodes = [Episode(uid=str(i), question=q, golden_answers=[],
-                            prompt=format_prompt(self.tokenizer, render_prompt(self.pool, q, compact=compact), chat))
+        episodes = [Episode(uid=str(i), question=q, golden_answers=[], prompt=self.prompt_ids(q)[0])
                     for i, q in enumerate(questions)]
         client = PoolClient(PoolCore(self.pool, PoolRuntimeConfig(ledger_dir=None), "mlflow-router"))
         cfg = self.episode_cfg

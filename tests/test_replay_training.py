@@ -13,7 +13,8 @@ from router_r1.descriptors import load_pool
 from router_r1.episode import Episode, Segment
 from router_r1.protocol import information_block
 from router_r1.replay import replay_outcome
-from router_r1.replay_training import ReplayWorld, make_traces, question_tail
+from router_r1.prompt import PromptOptions, question_tail
+from router_r1.replay_training import ReplayWorld, make_traces
 from router_r1.reward import ReferenceCostNormalizer, compute_reward
 from router_r1.types import CallResult
 from tests.routerbench_tiny import MODELS, ROWS, response, write_pool, write_routerbench
@@ -52,7 +53,7 @@ def test_traces_are_well_formed_and_adopt_the_called_reply(world_files):
     csv, pool_file = world_files
     pool = load_pool(pool_file)
     w = ReplayWorld.load([str(csv)], pool, val_fraction=0.3, seed=0)
-    traces = make_traces(w, pool, 40, seed=1, compact=True, max_question_tokens=8)
+    traces = make_traces(w, pool, 40, seed=1, options=PromptOptions(compact=True, max_question_tokens=8))
     assert len(traces) == 40
     for e in traces:
         p = e.parsed(pool)
