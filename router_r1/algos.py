@@ -2,8 +2,8 @@
 
 Shapes: B = episodes, T = response tokens (right-padded). `mask` is always the *loss* mask:
 1 on tokens the policy generated, 0 on inserted <information> tokens and on padding. Every
-reduction goes through `masked_mean`, so a masked token contributes nothing to a loss or its
-gradient. Losses return `(loss, metrics)`; metric names are namespaced by role (actor/, critic/).
+reduction first selects masked tokens (`masked`), so a masked token contributes nothing to a loss
+or its gradient. Losses return `(loss, metrics)`; metric names are namespaced by role (actor/, critic/).
 
 References
 - PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped surrogate, eq. 7;
@@ -11,11 +11,23 @@ References
 - GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
   Estimation" (eq. 16).
 - GRPO: Shao et al. 2024, "DeepSeekMath" (sec. 4.1: group-normalised outcome advantages, KL to a
-  reference with the unbiased estimator k3, eq. 4).
+  reference with the unbiased estimator k3, eq. 4; the objective averages each output's tokens,
+  then the outputs: eq. 3, our "seq-mean-token-mean").
+- Dr. GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"
+  (arXiv:2503.20783): GRPO's 1/|o_i| favours long wrong answers; summing each output's tokens
+  removes that bias, our "seq-mean-token-sum" (Dr. GRPO also drops the std in the advantage;
+  `grpo_advantages` keeps it).
+- KL estimators k1, k2, k3: Schulman 2020, "Approximating KL Divergence" (blog post).
+- Numeric guards as in verl (volcengine/verl, core_algos.py): the log-ratio is clamped to +-20
+  before exp, the k3 estimate to [-10, 10].
 """
 from __future__ import annotations
 
 import torch
+
+LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| and |log pi_ref/pi| at most this before exp (verl's bound)
+KL_CLAMP = 10.0  # the k3 estimate per token is kept in [-KL_CLAMP, KL_CLAMP] (verl's kl_penalty)
+LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
 def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -53,6 +65,39 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     if not shift_mean:
         out = out + mean
     return masked(out, mask)
+
+
+def loss_weights(mask: torch.Tensor, loss_agg: str = "token-mean") -> torch.Tensor:
+    """Per-token weights w (B, T) such that the aggregated loss is sum(w * loss_per_token).
+
+    mask: (B, T) loss mask of all the rows one optimizer step trains on. With n_i the policy
+    tokens of row i, N = sum_i n_i and S the rows with n_i > 0 (a row with none is not counted):
+      token-mean          w_it = 1 / N           every policy token alike (verl's default);
+      seq-mean-token-mean w_it = 1 / (S * n_i)   mean over each output, then over outputs
+                                                 (DeepSeekMath GRPO, Shao et al. 2024, eq. 3);
+      seq-mean-token-sum  w_it = 1 / S           sum over each output, mean over outputs: no
+                                                 1/|o_i| length bias (Dr. GRPO, Liu et al. 2025).
+    Weights are 0 off the mask. Computed once over an optimizer step and sliced per micro-batch
+    (and per data-parallel rank), the parts add up to exactly the loss of the whole step."""
+    m = mask.float()
+    if loss_agg == "token-mean":
+        return m / m.sum().clamp(min=1)
+    n = m.sum(dim=1, keepdim=True)  # (B, 1) policy tokens per row
+    rows = (n > 0).sum().clamp(min=1)
+    if loss_agg == "seq-mean-token-mean":
+        return m / (n.clamp(min=1) * rows)
+    if loss_agg == "seq-mean-token-sum":
+        return m / rows
+    raise ValueError(f"unknown loss aggregation {loss_agg!r}; use one of {', '.join(LOSS_AGG)}")
+
+
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, loss_agg: str = "token-mean",
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w * loss) over masked tokens: loss, mask (B, T) -> scalar. `weights` (B, T) from
+    `loss_weights` over a larger set of rows (the whole optimizer step) make this that step's
+    share from these rows; by default they are this batch's own (`loss_agg`)."""
+    w = loss_weights(mask, loss_agg) if weights is None else weights
+    return (masked(loss, mask) * w).sum()
 
 
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -124,19 +169,23 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+                mask: torch.Tensor, clip_eps: float = 0.2, loss_agg: str = "token-mean",
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated for minimisation:
 
-        ratio = pi(a|s) / pi_old(a|s)
-        L     = -mean_t min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)
+        ratio = pi(a|s) / pi_old(a|s)  = exp(clamp(logp - old_logp, -20, 20))
+        L     = -agg_t min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)
 
-    logp, old_logp, advantages, mask: (B, T). The mean is over policy tokens (token-mean, as in
-    verl's default aggregation). Returns (loss scalar, metrics)."""
-    log_ratio, advantages = masked(logp - old_logp, mask), masked(advantages, mask)
+    logp, old_logp, advantages, mask: (B, T). `agg` is `agg_loss` (token-mean by default; see
+    `loss_weights` for `loss_agg` and `weights`). The clamp (verl's) keeps exp finite when a
+    token's probability has moved by more than e^20; its gradient there is 0. Returns (loss
+    scalar, metrics); the metrics other than pg_loss are token-means over the mask."""
+    log_ratio = masked(torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), mask)
+    advantages = masked(advantages, mask)
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = -masked_mean(torch.min(unclipped, clipped), mask)
+    loss = -agg_loss(torch.min(unclipped, clipped), mask, loss_agg, weights)
     with torch.no_grad():
         clipfrac = masked_mean((clipped < unclipped).float(), mask)
         approx_kl = masked_mean(-log_ratio, mask)  # KL(old || new), k1
@@ -145,24 +194,30 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-               kind: str = "k3") -> tuple[torch.Tensor, dict[str, float]]:
-    """KL(pi || pi_ref) estimated per token from samples of pi, averaged over policy tokens.
+               kind: str = "k3", loss_agg: str = "token-mean",
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """KL(pi || pi_ref) estimated per token from samples of pi (Schulman 2020, "Approximating KL
+    Divergence"), aggregated like the policy loss (`agg_loss`). With r = pi_ref / pi:
 
-    k3 (DeepSeekMath eq. 4; Schulman 2020, "Approximating KL divergence"): unbiased, always >= 0,
-        k3 = pi_ref/pi - log(pi_ref/pi) - 1
-    k1 = log(pi/pi_ref) (unbiased, can be negative); k2 = 0.5 * log(pi/pi_ref)^2.
-    logp, ref_logp, mask: (B, T). Returns (kl scalar, metrics)."""
-    log_ratio = masked(ref_logp - logp, mask)  # log(pi_ref / pi)
+        k1 = -log r              unbiased, high variance, can be negative;
+        k2 = 0.5 * (log r)^2     biased, low variance, >= 0 (its gradient is KL's);
+        k3 = r - log r - 1       unbiased, low variance, >= 0 (DeepSeekMath eq. 4, GRPO's choice).
+
+    k3's log r is clamped to +-20 before exp and k3 itself to [-10, 10], as verl's kl_penalty
+    does. logp, ref_logp, mask: (B, T). Returns (kl scalar, {"actor/kl": its token-mean})."""
+    log_r = masked(ref_logp - logp, mask)  # log(pi_ref / pi)
     if kind == "k3":
-        kl = torch.exp(log_ratio) - log_ratio - 1
+        log_r = torch.clamp(log_r, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        kl = torch.clamp(torch.exp(log_r) - log_r - 1, -KL_CLAMP, KL_CLAMP)
     elif kind == "k1":
-        kl = -log_ratio
+        kl = -log_r
     elif kind == "k2":
-        kl = 0.5 * log_ratio ** 2
+        kl = 0.5 * log_r ** 2
     else:
         raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
-    kl = masked_mean(kl, mask)
-    return kl, {"actor/kl": kl.item()}
+    with torch.no_grad():
+        token_mean = masked_mean(kl, mask)
+    return agg_loss(kl, mask, loss_agg, weights), {"actor/kl": token_mean.item()}
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -179,22 +234,24 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, clip: float | None = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss (PPO, as in OpenAI baselines ppo2):
+               mask: torch.Tensor, clip: float | None = 0.2, loss_agg: str = "token-mean",
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss (PPO, as in OpenAI baselines ppo2), aggregated by `agg_loss`:
 
         V_clip = V_old + clip(V - V_old, -c, c)
-        L      = 0.5 * mean_t max((V - R)^2, (V_clip - R)^2)
+        L      = 0.5 * agg_t max((V - R)^2, (V_clip - R)^2)
 
-    values, old_values, returns, mask: (B, T). `clip=None` gives the plain squared error."""
+    values, old_values, returns, mask: (B, T). `clip` is `learner.vf_clip` (in return units,
+    separate from the policy's clip_eps); None gives the plain squared error."""
     values, old_values, returns = masked(values, mask), masked(old_values, mask), masked(returns, mask)
     err = (values - returns) ** 2
     if clip is None:
-        loss = 0.5 * masked_mean(err, mask)
+        loss = 0.5 * agg_loss(err, mask, loss_agg, weights)
         clipfrac = torch.zeros(())
     else:
         v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
         err_clipped = (v_clipped - returns) ** 2
-        loss = 0.5 * masked_mean(torch.max(err, err_clipped), mask)
+        loss = 0.5 * agg_loss(torch.max(err, err_clipped), mask, loss_agg, weights)
         clipfrac = masked_mean((err_clipped > err).float(), mask)
     return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": clipfrac.item(),
                   "critic/values_mean": masked_mean(values, mask).item()}

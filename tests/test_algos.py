@@ -142,3 +142,111 @@ def test_masked_tokens_change_no_gradient():
     loss2, g2_logp, g2_values = grads(poisoned)
     assert torch.equal(base_loss, loss2)
     assert torch.equal(g_logp, g2_logp) and torch.equal(g_values, g2_values)
+
+
+# -- loss aggregation, numeric guards and KL estimators (issue 12) ---------------------------------
+# Two outputs with 2 and 1 policy tokens, a padding column, and a row with no policy token at all.
+AGG_MASK = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+AGG_LOSS = torch.tensor([[1.0, 2.0, 50.0], [4.0, 50.0, 50.0], [50.0, 50.0, 50.0]])
+
+
+@pytest.mark.parametrize("mode, want", [
+    ("token-mean", (1 + 2 + 4) / 3),                   # every policy token alike
+    ("seq-mean-token-mean", ((1 + 2) / 2 + 4 / 1) / 2),  # DeepSeekMath: per-output mean, then mean
+    ("seq-mean-token-sum", ((1 + 2) + 4) / 2),         # Dr. GRPO: per-output sum, then mean
+])
+def test_loss_aggregation_hand_computed(mode, want):
+    # The empty third row is not an output: it counts in no denominator.
+    assert algos.agg_loss(AGG_LOSS, AGG_MASK, mode).item() == pytest.approx(want)
+    w = algos.loss_weights(AGG_MASK, mode)
+    assert torch.all(w[AGG_MASK == 0] == 0)
+    assert w.sum().item() == pytest.approx({"token-mean": 1.0, "seq-mean-token-mean": 1.0,
+                                            "seq-mean-token-sum": 1.5}[mode])
+
+
+@pytest.mark.parametrize("mode", algos.LOSS_AGG)
+def test_step_weights_sliced_per_micro_batch_add_up_to_the_step_loss(mode):
+    """Weights computed over the optimizer step, sliced by rows: any cut into micro-batches (or
+    data-parallel ranks) sums to the loss of the whole step, including uneven cuts."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    loss = torch.randn(5, 4)
+    whole = algos.agg_loss(loss, mask, mode)
+    w = algos.loss_weights(mask, mode)
+    for cut in ([[0, 1], [2, 3], [4]], [[0], [1, 2, 3, 4]], [[4, 2], [0], [3, 1]]):
+        parts = sum(algos.agg_loss(loss[r], mask[r], weights=w[r]) for r in cut)
+        assert parts.item() == pytest.approx(whole.item(), rel=1e-6)
+    # while averaging each micro-batch's own aggregate would not (uneven rows and tokens):
+    own = sum(algos.agg_loss(loss[r], mask[r], mode) for r in ([0], [1, 2, 3, 4])) / 2
+    assert own.item() != pytest.approx(whole.item(), rel=1e-3)
+
+
+def test_policy_loss_aggregation_passes_through():
+    old = torch.zeros(2, 3)
+    adv = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    mask = AGG_MASK[:2]
+    # ratio 1 everywhere (inside the clip range): per-token loss is -A
+    assert algos.policy_loss(old, old, adv, mask, loss_agg="seq-mean-token-mean")[0].item() == \
+        pytest.approx(-(1.0 + 2.0) / 2)
+    assert algos.policy_loss(old, old, adv, mask, loss_agg="seq-mean-token-sum")[0].item() == \
+        pytest.approx(-(2.0 + 2.0) / 2)
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        algos.policy_loss(old, old, adv, mask, loss_agg="sum")
+
+
+def test_policy_loss_clamps_the_log_ratio_before_exp():
+    mask = torch.ones(1, 2)
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[100.0, -100.0]], requires_grad=True)  # e^100 overflows float32
+    loss, m = algos.policy_loss(logp, old, torch.tensor([[-1.0, 1.0]]), mask, clip_eps=0.2)
+    # token 0: ratio e^20, A = -1: min(-e^20, -1.2) = -e^20; token 1: ratio e^-20, A = +1:
+    # min(e^-20, 0.8) = e^-20. loss = -mean = (e^20 - e^-20) / 2
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx((math.exp(20) - math.exp(-20)) / 2, rel=1e-5)
+    assert m["actor/approx_kl"] == pytest.approx(0.0)  # -(20 + -20) / 2
+    loss.backward()
+    assert torch.equal(logp.grad, torch.zeros(1, 2))  # outside the clamp: no gradient
+    # Inside the bound the clamp changes nothing.
+    lp = torch.tensor([[19.0, -19.0]])
+    loss, _ = algos.policy_loss(lp, old, torch.tensor([[-1.0, 1.0]]), mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx((math.exp(19) - math.exp(-19)) / 2, rel=1e-5)
+
+
+def test_kl_estimators_hand_computed_k1_k2_k3():
+    mask = torch.ones(1, 1)
+    # pi = 0.5, pi_ref = 0.25: log r = log(pi_ref / pi) = -log 2
+    logp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    l2 = math.log(2)
+    assert algos.kl_penalty(logp, ref, mask, "k1")[0].item() == pytest.approx(l2)
+    assert algos.kl_penalty(logp, ref, mask, "k2")[0].item() == pytest.approx(0.5 * l2 ** 2)
+    assert algos.kl_penalty(logp, ref, mask, "k3")[0].item() == pytest.approx(0.5 + l2 - 1)
+
+
+def test_kl_k3_is_clamped_and_finite():
+    mask = torch.ones(1, 3)
+    logp = torch.tensor([[0.0, 0.0, 0.0]])
+    ref = torch.tensor([[100.0, -30.0, 2.0]])
+    kl, m = algos.kl_penalty(logp, ref, mask, "k3")
+    # log r = 100 -> 20 -> e^20 - 21 -> 10; log r = -30 -> -20 -> e^-20 + 19 -> 10; log r = 2: e^2 - 3
+    want = [10.0, 10.0, math.exp(2) - 3]
+    assert kl.item() == pytest.approx(sum(want) / 3, rel=1e-6)
+    assert m["actor/kl"] == pytest.approx(sum(want) / 3, rel=1e-6)
+    # aggregation like the policy loss: the token-mean metric stays, the loss follows loss_agg
+    mask2 = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    lp2, ref2 = torch.zeros(2, 3), torch.tensor([[math.log(2), 0.0, 9.0], [math.log(3), 9.0, 9.0]])
+    k3 = [2 - math.log(2) - 1, 0.0, 3 - math.log(3) - 1]  # r - log r - 1 on the three policy tokens
+    kl, m = algos.kl_penalty(lp2, ref2, mask2, "k3", loss_agg="seq-mean-token-sum")
+    assert kl.item() == pytest.approx(((k3[0] + k3[1]) + k3[2]) / 2)
+    assert m["actor/kl"] == pytest.approx(sum(k3) / 3)
+
+
+def test_value_loss_uses_its_own_clip_and_aggregation():
+    mask = AGG_MASK[:2]
+    old = torch.zeros(2, 3)
+    values = torch.tensor([[1.0, 0.1, 7.0], [0.5, 7.0, 7.0]])
+    returns = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # clip 0.5: token (0,0): err 0, clipped V 0.5 -> 0.25; (0,1): 0.01 both; (1,0): 0.25 both ways
+    loss, m = algos.value_loss(values, old, returns, mask, clip=0.5)
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 0.01 + 0.25) / 3)
+    loss, _ = algos.value_loss(values, old, returns, mask, clip=0.5, loss_agg="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(0.5 * ((0.25 + 0.01) / 2 + 0.25) / 2)
