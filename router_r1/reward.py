@@ -6,7 +6,9 @@
 
 `outcome` is EM (or F1 by config); `cost_reward` in [0, 1] is higher for cheaper episodes and
 comes from a cost normaliser. The paper's normaliser is stateful (a sliding window of recent
-costs), so its state is part of a training checkpoint.
+costs), so its state is part of a training checkpoint. "Bad format" is the protocol validator's
+verdict (router_r1.protocol: the reference's `format_reward` rules, plus the stricter checks
+`format_rules` turns on).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from router_r1.protocol import FormatRules
 
 
 class RewardConfig(BaseModel):
@@ -30,6 +34,8 @@ class RewardConfig(BaseModel):
     low_pct: float = 5.0
     high_pct: float = 95.0
     reference_cost_usd: float = Field(default=1e-4, gt=0)  # reference normaliser's scale
+    # Format checks stricter than the paper's reference implementation; all off by default.
+    format_rules: FormatRules = Field(default_factory=FormatRules)
 
 
 class CostNormalizer(Protocol):

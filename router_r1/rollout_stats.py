@@ -15,6 +15,7 @@ from typing import Any
 
 from router_r1.descriptors import PoolSpec
 from router_r1.episode import Episode
+from router_r1.protocol import parse
 from router_r1.reward import CostNormalizer, RewardBreakdown, RewardConfig, score_batch
 from router_r1.scoring import exact_match, f1_score
 
@@ -32,7 +33,7 @@ def score_episodes(episodes: Sequence[Episode], pool: PoolSpec, cfg: RewardConfi
     """Score a batch; updates `normalizer` with the batch's costs (see reward.score_batch).
     `outcomes` replaces EM/F1 against gold answers (replay world: the adopted reply's label,
     router_r1.replay_training); it is then reported as both EM and F1."""
-    parsed = [e.parsed(pool) for e in episodes]
+    parsed = [parse(e.response, pool, cfg.format_rules) for e in episodes]
     if outcomes is not None:
         em = f1 = [float(o) for o in outcomes]
     else:

@@ -70,7 +70,7 @@ def score_lines(lines: Iterable[str], pool: PoolSpec, cfg: RewardConfig) -> Iter
         except LineError as e:
             yield {"line": line_no, "error": str(e), "field": e.field}
             continue
-        p = parse(completion, pool)
+        p = parse(completion, pool, cfg.format_rules)
         em, f1 = exact_match(p.answer, golds), f1_score(p.answer, golds)
         norm.update([cost])
         r = compute_reward(p.format_ok, em if cfg.metric == "em" else f1, cost, norm.score(cost), cfg)

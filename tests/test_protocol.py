@@ -1,7 +1,7 @@
 """Every format rule by name, the parser, and tag-forging replies."""
 import pytest
 
-from router_r1.protocol import (Violation as V, cut_at_stop, extract_answer, information_block,
+from router_r1.protocol import (FormatRules, Violation as V, cut_at_stop, extract_answer, information_block,
                                 neutralize, parse, parse_route, validate)
 
 GOOD = ("<think>I need the capital.</think>\n<search>Qwen2.5-7B-Instruct: capital of France?</search>"
@@ -20,36 +20,110 @@ def test_direct_answer_is_well_formed():
     assert validate("<think>I know this.</think> <answer>4</answer>") == []
 
 
+Q = "Qwen2.5-7B-Instruct"
+INFO = "<information>r</information>"
+
+
+# The reference's format_reward (ulab-uiuc/Router-R1, verl/trainer/main_ppo.py), rule by rule.
 @pytest.mark.parametrize("text, violation", [
+    # completion.strip() must start with <think>, and there must be a think block
     ("<answer>Paris</answer>", V.NO_LEADING_THINK),
+    ("Sure! <think>a</think><answer>Paris</answer>", V.NO_LEADING_THINK),
+    # think_punish: a think block whose stripped content is '' or '...'
     ("<think>  </think><answer>Paris</answer>", V.EMPTY_THINK),
+    ("<think></think><answer>Paris</answer>", V.EMPTY_THINK),
+    ("<think> ... </think><answer>Paris</answer>", V.EMPTY_THINK),
+    (f"<think>a</think><search>{Q}: q</search>{INFO}<think>...</think><answer>x</answer>", V.EMPTY_THINK),
+    # open and close counts of every tag must match
     ("<think>a</think></think><answer>x</answer>", V.UNBALANCED_TAG),
     ("<think>a</think><answer>x", V.UNBALANCED_TAG),
+    # is_nesting: a tag inside a block
     ("<think>a <answer>x</answer></think><answer>x</answer>", V.NESTED_TAG),
+    # answer_enclose_count != 1
     ("<think>a</think><answer>x</answer><answer>y</answer>", V.MULTIPLE_ANSWERS),
-    ("<think>a</think><search>Qwen2.5-7B-Instruct: q</search><think>b</think><answer>x</answer>",
-     V.ROUTE_WITHOUT_INFORMATION),
-    ("<think>a</think><information>forged</information><think>b</think><answer>x</answer>",
-     V.INFORMATION_WITHOUT_ROUTE),
-    ("<think>a</think><search>Qwen2.5-7B-Instruct: q</search><information>r</information>"
-     "<answer>x</answer>", V.NO_THINK_AFTER_INFORMATION),
-    ("<think>a</think><search>GPT-9: q</search><information>r</information><think>b</think>"
-     "<answer>x</answer>", V.UNKNOWN_MODEL),
-    ("<think>a</think><search>no colon here</search><information>r</information><think>b</think>"
-     "<answer>x</answer>", V.MALFORMED_ROUTE),
-    ("<think>a</think><search>Qwen2.5-7B-Instruct:   </search><information>r</information>"
-     "<think>b</think><answer>x</answer>", V.MALFORMED_ROUTE),
-    ("<think>a</think><search>: q</search><information>r</information><think>b</think>"
-     "<answer>x</answer>", V.MALFORMED_ROUTE),
-    ("<think>a</think><answer> </answer>", V.EMPTY_ANSWER),
-    ("<think>a</think><answer>x</answer> and more", V.TEXT_AFTER_ANSWER),
-    ("<think>a</think><answer>x</answer><think>b</think>", V.TEXT_AFTER_ANSWER),
-    ("<think>a</think> chatter <answer>x</answer>", V.STRAY_TEXT),
     ("<think>a</think>", V.NO_ANSWER),
     ("", V.NO_ANSWER),
+    # the stripped completion must end with </answer>
+    ("<think>a</think><answer>x</answer> and more", V.TEXT_AFTER_ANSWER),
+    ("<think>a</think><answer>x</answer><think>b</think>", V.TEXT_AFTER_ANSWER),
+    # route_enclose_count != info_enclose_count
+    (f"<think>a</think><search>{Q}: q</search><think>b</think><answer>x</answer>",
+     V.ROUTE_INFORMATION_MISMATCH),
+    ("<think>a</think><information>forged</information><think>b</think><answer>x</answer>",
+     V.ROUTE_INFORMATION_MISMATCH),
+    (f"<think>a</think><search>{Q}: q</search>{INFO}<information>forged</information><think>b</think>"
+     "<answer>x</answer>", V.ROUTE_INFORMATION_MISMATCH),
+    # query_format_punish: not exactly one colon, an empty query (or model)
+    (f"<think>a</think><search>no colon here</search>{INFO}<think>b</think><answer>x</answer>",
+     V.MALFORMED_ROUTE),
+    (f"<think>a</think><search>{Q}:   </search>{INFO}<think>b</think><answer>x</answer>", V.MALFORMED_ROUTE),
+    (f"<think>a</think><search>: q</search>{INFO}<think>b</think><answer>x</answer>", V.MALFORMED_ROUTE),
+    (f"<think>a</think><search>{Q}: ratio 3:4?</search>{INFO}<think>b</think><answer>x</answer>",
+     V.MALFORMED_ROUTE),
+    # query_format_punish: the template placeholder, anywhere in the route (any case)
+    (f"<think>a</think><search>LLM-Name:Your-Query</search>{INFO}<think>b</think><answer>x</answer>",
+     V.PLACEHOLDER_ROUTE),
+    (f"<think>a</think><search>{Q}: your-query</search>{INFO}<think>b</think><answer>x</answer>",
+     V.PLACEHOLDER_ROUTE),
+    (f"<think>a</think><search>Model-Name: your sub-question</search>{INFO}<think>b</think>"
+     "<answer>x</answer>", V.PLACEHOLDER_ROUTE),
+    # query_format_punish: the query repeats the model's name (case-insensitive substring)
+    (f"<think>a</think><search>{Q}: What is qwen2.5-7b-instruct good at?</search>{INFO}<think>b</think>"
+     "<answer>x</answer>", V.QUERY_REPEATS_MODEL),
+    (f"<think>a</think><search>{Q}: {Q}</search>{INFO}<think>b</think><answer>x</answer>",
+     V.QUERY_REPEATS_MODEL),
+    # llm_name_punish: a model the pool does not know
+    (f"<think>a</think><search>GPT-9: q</search>{INFO}<think>b</think><answer>x</answer>", V.UNKNOWN_MODEL),
 ])
-def test_each_rule_is_named(text, violation, paper_pool):
+def test_each_reference_rule_is_named(text, violation, paper_pool):
     assert violation in validate(text, paper_pool)
+    assert not parse(text, paper_pool).format_ok
+
+
+# Allowed by the reference; each is flagged only by the stricter option named beside it.
+@pytest.mark.parametrize("text, option, violation", [
+    (f"<think>a</think><search>{Q}: q</search>{INFO}<answer>x</answer>",  # answer right after information
+     "think_after_information", V.NO_THINK_AFTER_INFORMATION),
+    (f"<think>a</think><search>{Q}: q</search>{INFO}<search>{Q}: p</search>{INFO}<think>b</think>"
+     "<answer>x</answer>", "think_after_information", V.NO_THINK_AFTER_INFORMATION),
+    (f"<think>a</think><search>{Q}: q</search><think>b</think>{INFO}<think>c</think><answer>x</answer>",
+     "strict_pairing", V.ROUTE_WITHOUT_INFORMATION),
+    (f"<think>a</think>{INFO}<search>{Q}: q</search><think>b</think><answer>x</answer>",
+     "strict_pairing", V.INFORMATION_WITHOUT_ROUTE),
+    ("<think>a</think> chatter <answer>x</answer>", "no_stray_text", V.STRAY_TEXT),
+    (f"<think>a</think> Let me ask. <search>{Q}: q</search>{INFO}<think>b</think><answer>x</answer>",
+     "no_stray_text", V.STRAY_TEXT),
+    ("<think>a</think><answer> </answer>", "nonempty_answer", V.EMPTY_ANSWER),
+    ("<think>a</think><answer></answer>", "nonempty_answer", V.EMPTY_ANSWER),
+])
+def test_stricter_checks_are_options(text, option, violation, paper_pool):
+    assert validate(text, paper_pool) == []  # the reference accepts it
+    assert violation in validate(text, paper_pool, FormatRules(**{option: True}))
+    others = {k: True for k in FormatRules.model_fields if k != option}
+    assert violation not in validate(text, paper_pool, FormatRules(**others))
+
+
+def test_reference_acceptances(paper_pool):
+    """Shapes the reference's format_reward scores 0 (well formed), which we accept too."""
+    ok = [
+        "  <think>I know this.</think>\n<answer>4</answer>\n",  # surrounding whitespace
+        f"<think>a</think><search>{Q}: q</search>\n\n{INFO}\n\n<answer>x</answer>",
+        f"<think>a</think><search> {Q} : who wrote Hamlet? </search>{INFO}<think>b</think><answer>x</answer>",
+        f"<think>a</think><search>qwen2.5-7b-instruct: q</search>{INFO}<think>b</think><answer>x</answer>",
+        "<think>....</think><answer>x</answer>",  # only exactly '...' is the placeholder think
+    ]
+    for text in ok:
+        assert validate(text, paper_pool) == [], text
+
+
+def test_format_rules_in_reward_config():
+    from router_r1.reward import RewardConfig
+
+    assert RewardConfig().format_rules == FormatRules()
+    cfg = RewardConfig.model_validate({"format_rules": {"no_stray_text": True}})
+    assert cfg.format_rules.no_stray_text and not cfg.format_rules.strict_pairing
+    with pytest.raises(ValueError):
+        RewardConfig.model_validate({"format_rules": {"no_such_rule": True}})
 
 
 def test_rules_without_pool_skip_unknown_model():

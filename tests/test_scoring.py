@@ -103,3 +103,34 @@ def test_reference_normalizer_stateless():
     with pytest.raises(ValueError):
         ReferenceCostNormalizer(0)
     assert math.isclose(ReferenceCostNormalizer(2.0).state_dict()["reference"], 2.0)
+
+
+def test_format_rules_reach_the_reward(paper_pool):
+    """`reward.format_rules` decides what 'bad format' means in `router-r1 score` and in training
+    (rollout_stats.score_episodes): an answer straight after </information> is fine under the
+    reference's rules and scores -1 under think_after_information."""
+    import json
+
+    from router_r1.episode import Episode, Segment
+    from router_r1.protocol import FormatRules
+    from router_r1.reward import RewardConfig, make_normalizer
+    from router_r1.rollout_stats import score_episodes
+    from router_r1.score import score_lines
+
+    policy = "<think>ask</think><search>LLaMA-3.1-70B-Instruct: who wrote 1984?</search>"
+    info = "<information>George Orwell</information>"
+    line = json.dumps({"completion": policy + info + "<answer>George Orwell</answer>",
+                       "golden_answers": ["George Orwell"], "calls": []})
+    ref = RewardConfig(normalizer="reference")
+    strict = RewardConfig(normalizer="reference", format_rules=FormatRules(think_after_information=True))
+    (a,), (b,) = list(score_lines([line], paper_pool, ref)), list(score_lines([line], paper_pool, strict))
+    assert a["format_ok"] and a["reward"] == 1.0 and a["format_errors"] == []
+    assert not b["format_ok"] and b["reward"] == -1.0 and b["format_errors"] == ["no_think_after_information"]
+
+    ep = Episode(uid="q", question="Who wrote 1984?", golden_answers=["George Orwell"], prompt="",
+                 segments=[Segment(policy, "policy"), Segment(info, "information"),
+                           Segment("<answer>George Orwell</answer>", "policy")], done=True)
+    (s1,) = score_episodes([ep], paper_pool, ref, make_normalizer(ref))
+    (s2,) = score_episodes([ep], paper_pool, strict, make_normalizer(strict))
+    assert s1.reward.reward == 1.0 and s1.violations == ()
+    assert s2.reward.reward == -1.0 and s2.violations == ("no_think_after_information",)
