@@ -11,7 +11,7 @@ import pytest
 from router_r1.config import load_config
 from router_r1.descriptors import load_pool
 from router_r1.episode import Episode, Segment
-from router_r1.protocol import information_block
+from router_r1.protocol import FormatRules, information_block, validate
 from router_r1.replay import replay_outcome
 from router_r1.prompt import PromptOptions, question_tail
 from router_r1.replay_training import ReplayWorld, make_traces
@@ -58,6 +58,7 @@ def test_traces_are_well_formed_and_adopt_the_called_reply(world_files):
     for e in traces:
         p = e.parsed(pool)
         assert p.format_ok, (e.response, p.violations)
+        assert validate(e.response, pool, FormatRules(**{k: True for k in FormatRules.model_fields})) == []
         model = e.calls[0].model
         sid = w.sample_of(e).sample_id
         assert w.outcomes([e], pool) == [float(LABELS[sid][model])]

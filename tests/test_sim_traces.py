@@ -10,8 +10,8 @@ import pytest
 from router_r1.backends import make_backend
 from router_r1.cost import call_cost
 from router_r1.descriptors import load_pool
-from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_episode
-from router_r1.protocol import information_block, parse, validate
+from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace
+from router_r1.protocol import FormatRules, information_block, parse, validate
 from router_r1.reward import RewardConfig
 from router_r1.scoring import exact_match
 from router_r1.sim import Simulation
@@ -20,6 +20,7 @@ from router_r1.sim.traces import make_trace, make_traces, tokenizer_corpus
 from router_r1.types import CallResult
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_STRICT = FormatRules(**{k: True for k in FormatRules.model_fields})
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def test_traces_are_well_formed_and_copy_the_last_reply(sim, policy, compact):
     for q in sim.world.questions("train", 80):
         e = make_trace(sim, q, policy, rng, compact=compact)
         assert validate(e.response, sim.pool) == [], e.response
+        assert validate(e.response, sim.pool, ALL_STRICT) == [], e.response  # every option too
         p = parse(e.response, sim.pool)
         last = sim.call(e.routes[-1][0], e.routes[-1][1]).reply
         assert p.answer == (last.stated.name if last.stated else "unknown")
@@ -84,7 +86,7 @@ def test_segments_have_origins_and_mask(sim):
         def decode(self, ids, skip_special_tokens=False):
             return "".join(map(chr, ids))
 
-    t = tokenize_episode(e, CharTok())
+    t = tokenize_trace(e, CharTok())
     info = sum(len(s.text) for s in e.segments if s.origin == "information")
     assert len(t.response_ids) == len(e.response) and t.loss_mask.count(0) == info
 
