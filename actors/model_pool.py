@@ -107,7 +107,7 @@ class ModelPoolActor:
         led = self.core.ledger
         return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
                 "ledger_writer": led.writer, "models": self.core.pool.names,
-                "backend_errors": self.backend_errors}
+                "backend_errors": self.backend_errors, "config_errors": self.core.config_errors}
 
     @ray.method(max_task_retries=3)
     async def flush(self) -> None:

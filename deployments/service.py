@@ -38,7 +38,7 @@ EventSink = Callable[[dict[str, Any]], None]
 # A call that ended like this says the candidate could not answer (now).
 UNAVAILABLE = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.HTTP_ERROR,
                CallStatus.RATE_LIMITED, CallStatus.CIRCUIT_OPEN, CallStatus.BAD_RESPONSE,
-               CallStatus.CANCELLED}
+               CallStatus.CANCELLED, CallStatus.NOT_CONFIGURED}
 REQUEST_CAP = "request"  # CallResult.meta["budget_scope"] of refusals by this request's own cap
 
 

@@ -26,6 +26,7 @@ class CallStatus(str, Enum):
     NOT_ALLOWED = "not_allowed"  # the model exists but is excluded for this request
     CANCELLED = "cancelled"  # the caller's deadline passed or it went away
     INVALID_REQUEST = "invalid_request"  # the call itself was malformed (params, messages, context)
+    NOT_CONFIGURED = "not_configured"  # the model cannot be called as configured (API key unset)
 
 
 @dataclass

@@ -11,9 +11,13 @@ request (header `X-Fake-Mode`), how to answer:
     malformed   200 whose body is not JSON
     incomplete  200 JSON without `choices`
     drop        closes the connection without answering
+    echo_key    401 whose error body echoes the bearer token so that it crosses byte 200
+    huge_usage  200 reporting 10^12 prompt and completion tokens
+    overlong    200 reporting 10x max_tokens completion tokens
 
 `times=N` applies a mode to the next N requests of that model only, then it answers ok again.
-Every request is counted and logged (time, model, mode, whether it carried a bearer token).
+Every request is counted and logged (time, model, mode, whether it carried a bearer token, its
+Idempotency-Key header).
 
 Replies are deterministic: "<model> answers: <first words of the last user message>"; usage
 counts whitespace words (prompt: all message contents; completion: the reply, capped at
@@ -36,7 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
-MODES = ("ok", "no_usage", "429", "500", "slow", "malformed", "incomplete", "drop")
+MODES = ("ok", "no_usage", "429", "500", "slow", "malformed", "incomplete", "drop", "echo_key",
+         "huge_usage", "overlong")
 
 
 @dataclass
@@ -165,7 +170,8 @@ class FakeOpenAIServer:
         b = self._take(model, request.headers.get("X-Fake-Mode"))
         with self._lock:
             self.log.append({"t": time.monotonic(), "model": model, "mode": b.mode,
-                             "bearer": request.headers.get("Authorization", "").startswith("Bearer ")})
+                             "bearer": request.headers.get("Authorization", "").startswith("Bearer "),
+                             "idempotency_key": request.headers.get("Idempotency-Key")})
         delay = b.delay_s if b.delay_s is not None else (5.0 if b.mode == "slow" else self.default_delay_s)
         if delay:
             await asyncio.sleep(delay)
@@ -181,7 +187,16 @@ class FakeOpenAIServer:
         if b.mode == "drop":
             request.transport.abort()  # type: ignore[union-attr]
             return web.Response()  # never reaches the client: the connection is gone
-        return web.json_response(_reply(model, messages, body.get("max_tokens"), b.mode != "no_usage"))
+        if b.mode == "echo_key":  # as some providers do, padded so the key straddles byte 200
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            msg = "Incorrect API key provided: ".ljust(170, ".") + token
+            return web.json_response({"error": {"message": msg}}, status=401)
+        out = _reply(model, messages, body.get("max_tokens"), b.mode != "no_usage")
+        if b.mode == "huge_usage":
+            out["usage"] = {"prompt_tokens": 10**12, "completion_tokens": 10**12, "total_tokens": 2 * 10**12}
+        if b.mode == "overlong":
+            out["usage"]["completion_tokens"] = 10 * (body.get("max_tokens") or 16)
+        return web.json_response(out)
 
     async def _admin_set(self, request: web.Request) -> web.Response:
         self.set(**(await request.json()))

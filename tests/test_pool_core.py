@@ -282,3 +282,98 @@ def test_call_stream_yields_each_result_as_it_ends_and_finishes_abandoned_calls(
     assert run(stop_after_first())[0] == 1
     core.flush()
     assert len(read_records(tmp_path)) == 5  # every call recorded once, abandoned one included
+
+
+# -- trust boundaries (issue 14) -------------------------------------------------------------------
+@pytest.mark.parametrize("limits", [{"requests_per_minute": 0}, {"tokens_per_minute": -5},
+                                    {"max_attempts": 0}, {"timeout_s": -1}, {"max_concurrency": 0}])
+def test_out_of_range_limits_are_refused_at_load(limits):
+    with pytest.raises(ValueError, match=next(iter(limits))):
+        make_pool(**limits)
+
+
+def test_a_model_that_breaks_the_pipeline_fails_only_its_own_calls(tmp_path):
+    """A limit that slipped past validation (here set after load) makes building that model's
+    limiter raise: its call ends typed and recorded, and the 20 healthy calls of the same batch
+    and stream are untouched."""
+    pool = make_pool()
+    pool["C"].limits.requests_per_minute = 0
+    reqs = [{"model": "B", "query": f"q{i}"} for i in range(20)] + [{"model": "C", "query": "q"}]
+    core = make_core(ScriptedBackend(), tmp_path, pool=pool)
+    rs = run(core.call_batch(reqs))
+    assert [r.ok for r in rs] == [True] * 20 + [False]
+    assert rs[-1].status is CallStatus.BAD_RESPONSE and "internal pool error" in rs[-1].error
+
+    async def stream():
+        return dict([item async for chunk in core.call_stream(reqs) for item in chunk])
+
+    by_index = run(stream())
+    assert all(by_index[i].ok for i in range(20)) and not by_index[20].ok
+    core.flush()
+    recs = read_records(tmp_path)
+    assert len(recs) == 42 and sum(r["status"] == "ok" for r in recs) == 40
+
+
+class HonestCJKBackend(ScriptedBackend):
+    """Bills what a real tokenizer would: ~1.3 tokens per CJK character."""
+
+    async def complete(self, model, messages, params):
+        from router_r1.backends.base import BackendReply
+        await asyncio.sleep(0.001)
+        pt = sum(int(len(m["content"]) * 1.3) for m in messages)
+        return BackendReply(text="好", prompt_tokens=pt, completion_tokens=params["max_tokens"])
+
+
+def test_budget_holds_under_concurrency_with_cjk_prompts():
+    cap = 0.002
+    core = make_core(HonestCJKBackend(), run_budget_usd=cap, cache=False, default_params={"max_tokens": 4})
+    question = "北京大学的创始人是谁以及它在哪一年成立" * 20  # 380 characters, 1,140 UTF-8 bytes
+
+    async def main():
+        return await asyncio.gather(*(core.call("C", question + str(i)) for i in range(60)))
+
+    rs = run(main())
+    one = max(r.cost_usd for r in rs)
+    spent = sum(r.cost_usd for r in rs)
+    assert any(r.status is CallStatus.BUDGET_EXCEEDED for r in rs)
+    assert spent <= cap + one  # at most one call's capped cost over the cap, never 62%
+
+
+def test_estimate_counts_utf8_bytes():
+    from router_r1.cost import estimate_tokens, max_prompt_tokens
+
+    assert estimate_tokens("abc" * 10) == 10  # ASCII: 3 bytes per token, as before
+    assert estimate_tokens("北京" * 10) >= 20  # CJK: at least one token per character
+    assert max_prompt_tokens([{"role": "user", "content": "北京"}]) >= 6
+
+
+def test_exact_duplicates_and_bad_numbers_in_descriptors_are_refused():
+    from router_r1.descriptors import PoolSpec as PS
+
+    bad = [{"models": []},
+           {"models": [{"name": "A", "price": 1}, {"name": "A", "price": 1}]},
+           {"models": [{"name": "A", "price": float("inf")}]},
+           {"models": [{"name": "A", "price": float("nan")}]},
+           {"models": [{"name": "A", "price": 1, "backend": {"max_tokens": 0}}]},
+           {"models": [{"name": "  ", "price": 1}]}]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            PS.model_validate(raw)
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path):
+    from router_r1.descriptors import load_pool
+    from router_r1.redact import leaks
+
+    secret = "sk-PROBE-Zq8xK2-0123456789"
+    f = tmp_path / "pool.yaml"
+    f.write_text("models:\n  - {name: A, price: 1, backend: {kind: openai, base_url: 'http://x/v1', "
+                 f"api_key_env: {secret}}}}}\n")
+    with pytest.raises(ValueError) as e:
+        load_pool(f)
+    msg = str(e.value)
+    assert "api_key_env must be the NAME" in msg and "\n" not in msg and leaks(msg, secret) == []
+    f.write_text(f"models:\n  - {{name: A, api_key_env: {secret}\n")  # broken YAML on the key's line
+    with pytest.raises(ValueError) as e:
+        load_pool(f)
+    assert "not valid YAML" in str(e.value) and "\n" not in str(e.value) and leaks(str(e.value), secret) == []

@@ -57,12 +57,101 @@ def test_reply_usage_and_api_model_and_key(fake_openai, monkeypatch):
     assert fake_openai.count("org/model-x") == 1 and fake_openai.log[0]["bearer"]
 
 
-def test_missing_key_variable_is_a_clear_non_retryable_error(fake_openai, monkeypatch):
+def test_missing_key_variable_is_reported_once_at_load_not_per_call(fake_openai, monkeypatch, tmp_path):
     monkeypatch.delenv("RR1_ABSENT_KEY", raising=False)
     with pytest.raises(BackendError) as e:
         attempt(pool_at(fake_openai.url, api_key_env="RR1_ABSENT_KEY"))
-    assert not e.value.retryable and "RR1_ABSENT_KEY" in str(e.value)
+    assert not e.value.retryable and e.value.status is CallStatus.NOT_CONFIGURED
+    pool = pool_at(fake_openai.url, api_key_env="RR1_ABSENT_KEY")
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run")
+    assert core.config_errors == {"Display": "API key variable RR1_ABSENT_KEY is not set"}
+    r = asyncio.run(core.call("Display", "hello"))
+    assert r.status is CallStatus.NOT_CONFIGURED and r.attempts == 0 and "RR1_ABSENT_KEY" not in r.error
     assert fake_openai.count() == 0
+
+
+def test_unset_url_variable_is_refused_at_load_and_never_retried(fake_openai, monkeypatch):
+    monkeypatch.delenv("RR1_NO_SUCH_URL", raising=False)
+    with pytest.raises(ValueError, match=r"\$\{RR1_NO_SUCH_URL\}.*not set"):
+        pool_at("${RR1_NO_SUCH_URL}/v1")
+    monkeypatch.setenv("RR1_NO_SUCH_URL", fake_openai.url)
+    pool = pool_at("${RR1_NO_SUCH_URL}")
+    monkeypatch.delenv("RR1_NO_SUCH_URL")  # unset after load (another process's environment)
+    core = PoolCore(pool, PoolRuntimeConfig(), "run")
+    r = asyncio.run(core.call("Display", "hello"))
+    assert r.status is CallStatus.NOT_CONFIGURED and r.attempts == 1
+
+
+def test_provider_echoing_the_key_across_byte_200_leaks_no_part_of_it(fake_openai, monkeypatch, tmp_path):
+    from router_r1.episode import error_information
+    from router_r1.redact import leaks
+
+    secret = "sk-PROBE-SECRET-0123456789abcdef"
+    monkeypatch.setenv("RR1_FAKE_KEY", secret)
+    fake_openai.set("org/model-x", "echo_key")
+    core = PoolCore(pool_at(fake_openai.url, api_key_env="RR1_FAKE_KEY"),
+                    PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run")
+
+    async def main():
+        r = await core.call("Display", "hello")
+        await core.close()
+        return r
+
+    r = asyncio.run(main())
+    assert r.status is CallStatus.HTTP_ERROR and r.meta["http_status"] == 401
+    # The router's context gets the status, never the provider's body.
+    info = error_information(r)
+    assert "Incorrect API key" not in info and leaks(info, secret) == []
+    assert leaks(repr(r), secret) == []
+    (rec,) = read_records(tmp_path)
+    assert "Incorrect API key provided" in rec["error"] and leaks(repr(rec), secret) == []
+    for p in tmp_path.iterdir():
+        assert leaks(p.read_bytes().decode("latin-1"), secret) == []
+
+
+def test_reported_usage_is_capped_flagged_and_budget_holds(fake_openai, tmp_path):
+    pool = pool_at(fake_openai.url, max_tokens=16)
+    cap = 1e-3
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=str(tmp_path), run_budget_usd=cap, cache=False), "run")
+    fake_openai.set("org/model-x", "huge_usage")
+
+    async def main():
+        rs = await asyncio.gather(*(core.call("Display", f"question {i}") for i in range(50)))
+        fake_openai.set("org/model-x", "overlong")
+        rs.append(await core.call("Display", "one more", context={"run_id": "other"}))
+        await core.close()
+        return rs
+
+    rs = asyncio.run(main())
+    worst = max(r.cost_usd for r in rs)
+    assert worst < 1e-3  # not $2,000,000: at most the sent bytes and max_tokens are billed
+    big = rs[0]
+    assert big.ok and big.completion_tokens == 16 and big.prompt_tokens < 100
+    assert big.meta["anomaly"].startswith("usage capped")
+    assert rs[-1].completion_tokens == 16 and "completion_tokens 160 > max_tokens 16" in rs[-1].meta["anomaly"]
+    recs = [r for r in read_records(tmp_path) if r["run_id"] == "run"]
+    assert sum(r["cost_usd"] for r in recs) <= cap + worst
+    assert any(r.status is CallStatus.BUDGET_EXCEEDED for r in rs[:50])  # the cap did bind
+    assert all(r["anomaly"] for r in recs if r["status"] == "ok")
+
+
+def test_every_attempt_carries_the_calls_idempotency_key(fake_openai, tmp_path):
+    fake_openai.set("org/model-x", "500", times=2)
+    core = PoolCore(pool_at(fake_openai.url), PoolRuntimeConfig(ledger_dir=str(tmp_path), cache=False), "run")
+
+    async def main():
+        a = await core.call("Display", "hello")
+        b = await core.call("Display", "hello")
+        await core.close()
+        return a, b
+
+    a, b = asyncio.run(main())
+    assert a.ok and a.attempts == 3
+    keys = [r["idempotency_key"] for r in fake_openai.log]
+    assert keys[0] and keys[:3] == [keys[0]] * 3 and keys[3] != keys[0]  # retries share, calls differ
+    recs = read_records(tmp_path)
+    assert [r["idempotency_key"] for r in recs] == [keys[0], keys[3]]
+    assert a.meta["idempotency_key"] == keys[0]
 
 
 @pytest.mark.parametrize("mode,status,retryable", [

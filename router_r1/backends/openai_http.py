@@ -2,7 +2,10 @@
 
 One aiohttp session serves every model of the pool, so connections are pooled and reused. The
 API key is read from the environment variable the descriptor names at call time and only ever
-placed in the Authorization header: never logged, never in an error, never in a record.
+placed in the Authorization header: never logged, never in an error, never in a record. A
+provider's error body is redacted (any run of 6+ characters of the key) *before* it is cut, and
+travels as `BackendError.detail` (for the ledger), never in the message the router reads.
+Every attempt carries the pool's idempotency key (`Idempotency-Key` and `X-Request-ID`).
 Failures become `BackendError`s the pool knows how to retry: 429, 5xx, timeouts and connection
 errors (and 408) are retryable; other 4xx are not; an unparseable body is BAD_RESPONSE.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import http
 import json
 import os
 import re
@@ -18,12 +22,14 @@ from typing import Any
 
 import aiohttp
 
-from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.backends.base import IDEMPOTENCY_KEY, BackendError, BackendReply, Message, ModelBackend
 from router_r1.cost import estimate_prompt_tokens, estimate_tokens
 from router_r1.descriptors import ModelDescriptor, PoolSpec
+from router_r1.redact import redact
 from router_r1.types import CallStatus
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DETAIL_CHARS = 200  # of a provider's error body kept for the ledger, after redaction
 
 
 def expand_env(s: str) -> str:
@@ -66,20 +72,28 @@ class OpenAIBackend(ModelBackend):
 
     def _headers(self, model: ModelDescriptor) -> dict[str, str]:
         h = {"Content-Type": "application/json", **self.headers}
+        idem = IDEMPOTENCY_KEY.get()
+        if idem:
+            h["Idempotency-Key"] = h["X-Request-ID"] = idem
         env = model.backend.api_key_env
         if env:
             key = os.environ.get(env)
-            if not key:
-                raise BackendError(CallStatus.HTTP_ERROR, f"API key variable {env} is not set",
+            if not key:  # the pool checks this first; the variable's name is in the pool's info()
+                raise BackendError(CallStatus.NOT_CONFIGURED, f"{model.name}: API key not set",
                                    retryable=False)
             h["Authorization"] = f"Bearer {key}"
         return h
 
     async def complete(self, model: ModelDescriptor, messages: list[Message],
                        params: dict[str, Any]) -> BackendReply:
-        if not model.backend.base_url:
-            raise BackendError(CallStatus.CONNECTION_ERROR, f"{model.name}: no base_url", retryable=False)
-        url = expand_env(model.backend.base_url).rstrip("/") + "/chat/completions"
+        base = model.backend.base_url
+        unset = [m.group(1) for m in _VAR.finditer(base or "")
+                 if m.group(2) is None and not os.environ.get(m.group(1))]
+        if not base or unset:  # retrying cannot mend a URL
+            raise BackendError(CallStatus.NOT_CONFIGURED, f"{model.name}: no base_url" if not base else
+                               f"{model.name}: base_url needs ${{{unset[0]}}}, which is not set",
+                               retryable=False)
+        url = expand_env(base).rstrip("/") + "/chat/completions"
         body = {"model": model.backend.api_model or model.name, "messages": messages, **params}
         headers = self._headers(model)
         try:
@@ -88,6 +102,9 @@ class OpenAIBackend(ModelBackend):
                 status, retry_after = resp.status, parse_retry_after(resp.headers.get("Retry-After"))
         except asyncio.TimeoutError:
             raise BackendError(CallStatus.TIMEOUT, f"{model.name}: connect timed out", retryable=True) from None
+        except aiohttp.InvalidURL:
+            raise BackendError(CallStatus.NOT_CONFIGURED, f"{model.name}: base_url is not a valid URL",
+                               retryable=False) from None
         except aiohttp.ClientError as e:  # refused, reset, dropped mid-reply
             raise BackendError(CallStatus.CONNECTION_ERROR, f"{model.name}: {type(e).__name__}: {e}",
                                retryable=True) from None
@@ -95,17 +112,26 @@ class OpenAIBackend(ModelBackend):
             raise BackendError(CallStatus.RATE_LIMITED, f"{model.name}: HTTP 429 rate limited",
                                retryable=True, retry_after=retry_after, http_status=429)
         if status >= 400:
-            detail = raw[:200].decode("utf-8", "replace")
+            # Redact first, then cut: a cut made first can leave a key's prefix behind.
+            text = raw.decode("utf-8", "replace")
             if "Authorization" in headers:  # never echo a key back, even if a provider does
-                detail = detail.replace(headers["Authorization"][7:], "***")
-            raise BackendError(CallStatus.HTTP_ERROR, f"{model.name}: HTTP {status}: {detail}",
+                text = redact(text, [headers["Authorization"][7:]])
+            detail = " ".join(text.split())[:DETAIL_CHARS] or None
+            raise BackendError(CallStatus.HTTP_ERROR, f"{model.name}: HTTP {status} {_reason(status)}".rstrip(),
                                retryable=status >= 500 or status == 408, retry_after=retry_after,
-                               http_status=status)
+                               http_status=status, detail=detail)
         return _parse_reply(model, raw, messages)
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _parse_reply(model: ModelDescriptor, raw: bytes, messages: list[Message]) -> BackendReply:

@@ -24,6 +24,8 @@ from router_r1.types import CallStatus
 
 
 class ReplayBackend(ModelBackend):
+    recorded_usage = True  # recorded answers and costs: replayed as they were, never capped
+
     def __init__(self, pool: PoolSpec, *, sources: Sequence[str] | str = (),
                  table: ReplayTable | None = None):
         """`table`: an already loaded table (evaluation shares one); else `sources` are loaded,

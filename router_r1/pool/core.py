@@ -12,16 +12,19 @@ failed attempt the provider billed; the call's `CallResult.cost_usd` is the sum 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from router_r1.backends import make_backend
-from router_r1.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.backends.base import IDEMPOTENCY_KEY, BackendError, BackendReply, Message, ModelBackend
 from router_r1.config import PoolRuntimeConfig
-from router_r1.cost import call_cost, estimate_prompt_tokens
+from router_r1.cost import call_cost, estimate_prompt_tokens, max_prompt_tokens
 from router_r1.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.budget import Budget, Reservation
 from router_r1.pool.cache import ResponseCache, cache_key
@@ -30,7 +33,10 @@ from router_r1.pool.ledger import Ledger
 from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
 from router_r1.pool.request import MAX_NAME, CallContext, InvalidRequest, Request, parse_request
 from router_r1.pool.stats import ModelStats
+from router_r1.redact import redact
 from router_r1.types import CallResult, CallStatus
+
+log = logging.getLogger("router_r1.pool")
 
 # Failures that say the model is unwell; 429s and 4xx say nothing about its health.
 _CIRCUIT_FAILURES = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.BAD_RESPONSE,
@@ -70,6 +76,14 @@ class PoolCore:
         self._unknown_calls = 0
         self._resolved: dict[str, ModelDescriptor] = {}
         self._orphans: set[asyncio.Task] = set()  # stream calls whose consumer went away
+        self._key_envs = sorted({m.backend.api_key_env for m in pool.models if m.backend.api_key_env})
+        # Reported once here and in the actor's info(); each call to such a model then ends
+        # NOT_CONFIGURED at once instead of trying the provider without a key.
+        self.config_errors = {m.name: f"API key variable {m.backend.api_key_env} is not set"
+                              for m in pool.models if m.backend.key_missing()}
+        if self.config_errors:
+            log.warning("model pool %r: %s", pool.name,
+                        "; ".join(f"{k}: {v}" for k, v in self.config_errors.items()))
 
     # -- public API ----------------------------------------------------------------------------
     async def call(self, model: str, messages_or_query: str | list[Message],
@@ -78,6 +92,21 @@ class PoolCore:
         """One routed call; see the module docstring. Never raises (except the caller's own
         cancellation, which is recorded and re-raised)."""
         t0 = time.perf_counter()
+        try:
+            return await self._call(model, messages_or_query, params, context, t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug past every other guard: still a typed result, never a raise
+            log.exception("model pool: internal error")
+            asked = model[:MAX_NAME] if isinstance(model, str) else "?"
+            res = CallResult.failure(asked, CallStatus.BAD_RESPONSE, f"internal pool error: {type(e).__name__}")
+            try:
+                return self._invalid(asked, res.error or "", t0, res.status)
+            except Exception:  # not even a record could be written: the caller still gets an answer
+                return res
+
+    async def _call(self, model: Any, messages_or_query: Any, params: Any, context: Any,
+                    t0: float) -> CallResult:
         try:
             req = parse_request(model, messages_or_query, params, context, resolve=self._resolve,
                                 run_id=self.run_id, default_params=self.runtime.default_params)
@@ -110,16 +139,18 @@ class PoolCore:
         return self._finish(req, res, t0)
 
     async def _one(self, r: Any) -> CallResult:
-        """One item of a batch: a mapping of `call`'s arguments."""
+        """One item of a batch: a mapping of `call`'s arguments. Never raises, so one bad item
+        cannot take the other calls of its batch (or stream) down with it."""
         if not isinstance(r, dict):  # still one call, so still one ledger record
             return self._invalid("?", "a batch item must be a mapping", time.perf_counter())
         return await self.call(r.get("model"), r.get("messages", r.get("query")),
                                r.get("params"), r.get("context"))
 
-    def _invalid(self, asked: str, why: str, t0: float) -> CallResult:
+    def _invalid(self, asked: str, why: str, t0: float,
+                 status: CallStatus = CallStatus.INVALID_REQUEST) -> CallResult:
         """A request that never became a call, recorded as one (INVALID_REQUEST)."""
         req = Request(asked, None, None, None, {}, CallContext(self.run_id))
-        return self._finish(req, CallResult.failure(asked, CallStatus.INVALID_REQUEST, why), t0)
+        return self._finish(req, CallResult.failure(asked, status, why), t0)
 
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
         """Many calls at once; each request is {model, query | messages, params?, context?}."""
@@ -246,22 +277,30 @@ class PoolCore:
         return self._backends[kind]
 
     async def _call_model(self, desc: ModelDescriptor, req: Request) -> CallResult:
-        """One model, all its attempts, under one budget reservation."""
+        """One model, all its attempts, under one budget reservation: the estimate, and the
+        worst case the billing caps allow (see budget.py)."""
+        if desc.backend.key_missing():
+            return CallResult.failure(desc.name, CallStatus.NOT_CONFIGURED,
+                                      f"{desc.name} has no API key: the variable its api_key_env names "
+                                      f"is not set (reported when the pool started)")
         messages = req.messages_for(desc)
         params = {"max_tokens": desc.backend.max_tokens, **req.params}
-        est_prompt = estimate_prompt_tokens(messages)
+        est_prompt, bound = estimate_prompt_tokens(messages), max_prompt_tokens(messages)
         reservation = await self.budget.reserve(call_cost(desc, est_prompt, params["max_tokens"]),
-                                                req.ctx.run_id, req.ctx.tenant)
+                                                req.ctx.run_id, req.ctx.tenant,
+                                                worst=call_cost(desc, bound, params["max_tokens"]))
         if reservation is None:
             return CallResult.failure(desc.name, CallStatus.BUDGET_EXCEEDED,
                                       f"budget cap reached (run {req.ctx.run_id!r}, tenant {req.ctx.tenant!r})")
+        key = IDEMPOTENCY_KEY.set(uuid.uuid4().hex)  # one per call to one model, sent with every attempt
         try:
-            return await self._attempts(desc, messages, params, est_prompt, req, reservation)
+            return await self._attempts(desc, messages, params, est_prompt, bound, req, reservation)
         finally:
+            IDEMPOTENCY_KEY.reset(key)
             reservation.release()
 
     async def _attempts(self, desc: ModelDescriptor, messages: list[Message], params: dict[str, Any],
-                        est_prompt: int, req: Request, reservation: Reservation) -> CallResult:
+                        est_prompt: int, bound: int, req: Request, reservation: Reservation) -> CallResult:
         st, lim = self._state(desc), desc.limits
         try:
             backend = self._backend(desc.backend.kind)
@@ -272,6 +311,7 @@ class PoolCore:
         last: BackendError | None = None
         billed_tokens = [0, 0]
         attempt = 0
+        idem = {"idempotency_key": IDEMPOTENCY_KEY.get()}
         while attempt < lim.max_attempts:
             outcome: BackendReply | BackendError | None = None
             if st.circuit.state != "open":  # open: fail fast, without queueing for a slot
@@ -292,16 +332,18 @@ class PoolCore:
                                               f"retry in {st.circuit.retry_in():.1f}s")
                 break  # opened during our retries: report the real error
             if isinstance(outcome, BackendReply):
-                pt, ct = outcome.prompt_tokens, outcome.completion_tokens
+                pt, ct, anomaly = outcome.prompt_tokens, outcome.completion_tokens, None
+                if not backend.recorded_usage:
+                    pt, ct, anomaly = cap_usage(pt, ct, bound, params["max_tokens"])
                 st.circuit.record_success()
                 st.limiter.settle_tokens(est_total, pt + ct)
                 cost = outcome.cost_usd if outcome.cost_usd is not None else call_cost(desc, pt, ct)
                 reservation.charge(cost)
                 req.success = (desc, pt, ct, cost)
+                meta = {**outcome.meta, **idem, **({"anomaly": anomaly} if anomaly else {})}
                 return CallResult(model=desc.name, text=outcome.text, prompt_tokens=pt + billed_tokens[0],
                                   completion_tokens=ct + billed_tokens[1],
-                                  cost_usd=reservation.charged, attempts=attempt,
-                                  meta=dict(outcome.meta))
+                                  cost_usd=reservation.charged, attempts=attempt, meta=meta)
             last = outcome
             if last.status in _CIRCUIT_FAILURES and (last.retryable or last.status is CallStatus.BAD_RESPONSE):
                 st.circuit.record_failure()
@@ -309,7 +351,8 @@ class PoolCore:
                 st.circuit.release_probe()  # a 429 or a 4xx says nothing about the model's health
             st.limiter.settle_tokens(est_total, 0)
             if last.billed_tokens:
-                self._bill_attempt(desc, req, last, attempt, reservation, billed_tokens)
+                self._bill_attempt(desc, req, last, attempt, reservation, billed_tokens, bound,
+                                   params["max_tokens"], idem["idempotency_key"])
             if not last.retryable or attempt >= lim.max_attempts:
                 break
             delay = self._rng.uniform(0.0, min(lim.backoff_max_s, lim.backoff_base_s * 2 ** (attempt - 1)))
@@ -320,10 +363,14 @@ class PoolCore:
             st.stats.retries += 1
             await self._sleep(delay)
         assert last is not None
+        meta: dict[str, Any] = dict(idem)
+        if last.http_status:
+            meta["http_status"] = last.http_status
+        if last.detail:  # the provider's own words: for the ledger, never for the router's context
+            meta["provider_detail"] = last.detail
         return CallResult.failure(desc.name, last.status, str(last), attempts=attempt,
                                   cost_usd=reservation.charged, prompt_tokens=billed_tokens[0],
-                                  completion_tokens=billed_tokens[1],
-                                  meta={"http_status": last.http_status} if last.http_status else {})
+                                  completion_tokens=billed_tokens[1], meta=meta)
 
     @staticmethod
     async def _attempt(backend: ModelBackend, desc: ModelDescriptor, messages: list[Message],
@@ -340,8 +387,10 @@ class PoolCore:
             return BackendError(CallStatus.BAD_RESPONSE, f"backend raised {type(e).__name__}: {e}",
                                 retryable=False)
         ok = (isinstance(reply, BackendReply) and isinstance(reply.text, str)
-              and all(isinstance(n, int) and n >= 0 for n in (reply.prompt_tokens, reply.completion_tokens))
-              and (reply.cost_usd is None or reply.cost_usd >= 0))
+              and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                      for n in (reply.prompt_tokens, reply.completion_tokens))
+              and (reply.cost_usd is None or (isinstance(reply.cost_usd, (int, float))
+                                              and 0 <= reply.cost_usd < float("inf"))))
         if not ok:
             return BackendError(CallStatus.BAD_RESPONSE, f"backend returned an invalid reply: {reply!r:.200}",
                                 retryable=False)
@@ -349,8 +398,9 @@ class PoolCore:
 
     # -- billing -------------------------------------------------------------------------------
     def _bill_attempt(self, desc: ModelDescriptor, req: Request, err: BackendError, attempt: int,
-                      reservation: Reservation, tally: list[int]) -> None:
-        pt, ct = err.billed_tokens or (0, 0)
+                      reservation: Reservation, tally: list[int], bound: int, max_tokens: int,
+                      idem_key: str | None) -> None:
+        pt, ct, anomaly = cap_usage(*(err.billed_tokens or (0, 0)), bound, max_tokens)
         cost = call_cost(desc, pt, ct)
         reservation.charge(cost)
         tally[0] += pt
@@ -359,11 +409,15 @@ class PoolCore:
                    tenant=req.ctx.tenant, model=desc.name, requested_model=req.asked,
                    prompt_tokens=pt, completion_tokens=ct, price_in=desc.price_in,
                    price_out=desc.price_out, cost_usd=cost, status=err.status.value,
-                   attempts=attempt, error=str(err)[:500])
+                   attempts=attempt, error=self._redact(_with_detail(str(err), err.detail))[:500],
+                   idempotency_key=idem_key, anomaly=anomaly)
 
     def _finish(self, req: Request, res: CallResult, t0: float) -> CallResult:
         """Write the call's ledger record and update metrics. No await: nothing can interleave."""
         res.latency_s = time.perf_counter() - t0
+        if res.error is not None:  # a key a provider echoed, or any other secret, stops here
+            res.error = self._redact(res.error)
+        detail = res.meta.pop("provider_detail", None)
         if req.success is not None:
             desc, pt, ct, cost = req.success
         else:
@@ -374,13 +428,23 @@ class PoolCore:
                          price_in=desc.price_in if desc else 0.0, price_out=desc.price_out if desc else 0.0,
                          cost_usd=cost, latency_s=res.latency_s, status=res.status.value,
                          attempts=res.attempts, cache_hit=res.cache_hit,
-                         error=None if res.error is None else res.error[:500])
+                         error=None if res.error is None else self._redact(_with_detail(res.error, detail))[:500],
+                         idempotency_key=None if res.cache_hit else res.meta.get("idempotency_key"),
+                         anomaly=res.meta.get("anomaly"))
         res.meta["record_id"] = rec["record_id"]
-        if req.desc is None:
-            self._unknown_calls += 1
-        else:
-            self._state(req.desc).stats.add(res)
+        try:
+            if req.desc is None:
+                self._unknown_calls += 1
+            else:
+                self._state(req.desc).stats.add(res)
+        except Exception:  # metrics are not worth failing a recorded call for
+            log.exception("model pool: metrics update failed")
         return res
+
+    def _redact(self, text: str) -> str:
+        """`text` without any part of the pool's API keys (the values of the api_key_env vars)."""
+        keys = [v for v in (os.environ.get(e) for e in self._key_envs) if v]
+        return redact(text, keys) if keys else text
 
     def _emit(self, **fields: Any) -> dict[str, Any]:
         rec = self.ledger.record(**fields)
@@ -392,7 +456,24 @@ class PoolCore:
         return rec
 
 
+def cap_usage(pt: int, ct: int, prompt_bound: int, max_tokens: int) -> tuple[int, int, str | None]:
+    """Provider-reported usage, believed only up to what the call allows: prompt tokens up to the
+    sent text's byte bound, completion tokens up to `max_tokens`. Returns (pt, ct, anomaly)."""
+    notes = []
+    if pt > prompt_bound:
+        notes.append(f"prompt_tokens {pt} > bound {prompt_bound}")
+        pt = prompt_bound
+    if ct > max_tokens:
+        notes.append(f"completion_tokens {ct} > max_tokens {max_tokens}")
+        ct = max_tokens
+    return pt, ct, ("usage capped: " + "; ".join(notes)) if notes else None
+
+
+def _with_detail(error: str, detail: str | None) -> str:
+    return f"{error} | provider said: {detail}" if detail else error
+
+
 def _as_hit(r: CallResult) -> CallResult:
     """A cached answer: same text, billed nothing."""
-    meta = {k: v for k, v in r.meta.items() if k != "record_id"}
+    meta = {k: v for k, v in r.meta.items() if k not in ("record_id", "idempotency_key", "anomaly")}
     return CallResult(model=r.model, text=r.text, served_by=r.served_by, cache_hit=True, meta=meta)
