@@ -4,7 +4,8 @@ A policy turns a batch of `EvalItem`s into `PolicyRun`s (answer + the calls it p
 async `call(model, query, episode_id=uid) -> CallResult` (the ModelPool's, so every policy is
 billed alike):
 
-- direct baselines (send the question to one model, answer with its reply): `single:<model>`,
+- direct baselines (send the question to one model; on QA sets in the paper's answer format,
+  DIRECT_PROMPT, with the short answer taken out of the reply): `single:<model>`,
   `random`, `cheapest`, `largest`, `most-expensive`, and `oracle` (best per question from the
   replay labels: the cheapest model that answered correctly, else the cheapest; RouterBench's
   "Oracle" and the upper bound of any one-call router);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,22 +80,82 @@ def total_price(m: ModelDescriptor) -> float:
     return m.price_in + m.price_out
 
 
-class DirectPolicy:
-    """Send the question to the model `choose(item)` picks; the answer is its reply."""
+# The direct baselines' prompt on QA sets. The paper scores every method by EM on the text
+# inside <answer></answer>, asked for as "your final answer inside <answer> ... </answer>, without
+# additional explanation or illustration. For example: <answer> Beijing </answer>" (the Router-R1
+# prompt, data_process/prompt_pool.py of ulab-uiuc/Router-R1; Search-R1's direct-inference
+# baseline asks the same). It avoids words the simulator reads as relations (write, found, home).
+DIRECT_PROMPT = ("Answer the given question directly and concisely. Give only the final answer, a "
+                 "short phrase without explanation, inside <answer> and </answer>. For example: "
+                 "<answer> Beijing </answer>.\nQuestion: {question}")
 
-    def __init__(self, name: str, choose: Callable[[EvalItem], str], concurrency: int = 32):
-        self.name, self.choose, self.concurrency = name, choose, concurrency
+_ANSWER_TAG = re.compile(r"<\s*answer\s*>(.*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
+_ANSWER_OPEN = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\b(?:final |short |correct )?answer(?: is:| is|:)\s*(.+)", re.IGNORECASE)
+_LEAD = re.compile(r"^(?:A|Answer)\s*:\s*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(\S+)\.\s+(?=\S)")
+_ABBREV = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "no", "mt", "ft", "gen", "col", "lt",
+           "sgt", "prof", "rev", "inc", "co", "corp", "ltd", "e.g", "i.e", "u.s", "u.k", "d.c"}
+
+
+def extract_final_answer(reply: str) -> str:
+    """The short answer in a chat model's reply, for EM against gold answers.
+
+    1. The last complete <answer>...</answer> (what the prompt asks for; the reference's
+       qa_em.extract_solution takes the last one too), else the text after an unclosed <answer>.
+    2. Otherwise the text after the last 'answer is' / 'Answer:' ('The answer is Paris.'), else the
+       first non-empty line.
+    Then markdown emphasis, a leading 'A:', surrounding quotes, everything after the first
+    sentence ('Paris. It is the capital.'; initials and abbreviations such as 'J. K.' or 'St.' do
+    not end one) and a trailing period are dropped.
+    """
+    tags = _ANSWER_TAG.findall(reply)
+    if tags:
+        return tags[-1].strip()
+    opened = list(_ANSWER_OPEN.finditer(reply))
+    text = reply[opened[-1].end():] if opened else reply
+    text = text.replace("**", "").replace("__", "").replace("`", "").strip()
+    said = list(_ANSWER_IS.finditer(text))
+    if said and not opened:
+        text = said[-1].group(1)
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    text = _LEAD.sub("", text).strip()
+    for m in _SENTENCE_END.finditer(text):
+        word = m.group(1).lower()
+        if not (len(word) == 1 or word.rstrip(".") in _ABBREV or re.fullmatch(r"(?:\w\.)+\w", word)):
+            text = text[:m.start(1) + len(m.group(1))]
+            break
+    text = text.strip().strip("\"'“”").strip()
+    return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
+
+
+class DirectPolicy:
+    """Send the question to the model `choose(item)` picks; the answer is its reply.
+
+    A QA item (no replay sample) is asked in DIRECT_PROMPT and answered with
+    `extract_final_answer` of the reply: a chat model asked a bare question answers "The answer
+    is X." at best, which is EM 0 against 'X'. A replay item keeps the bare question and the
+    whole reply: the recorded answers are the replies to the dataset's own prompt, and the
+    adoption rule scores the reply itself (docs/evaluation.md).
+    """
+
+    def __init__(self, name: str, choose: Callable[[EvalItem], str], concurrency: int = 32,
+                 prompt: str = DIRECT_PROMPT):
+        self.name, self.choose, self.concurrency, self.prompt = name, choose, concurrency, prompt
 
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(item: EvalItem) -> PolicyRun:
+            qa = item.sample is None
             async with sem:
                 model = self.choose(item)
                 t0 = time.perf_counter()
-                res = await call(model, item.question, episode_id=item.uid)
-                return PolicyRun(res.text if res.ok else None, [res], True, time.perf_counter() - t0,
-                                 {"chosen": model})
+                query = self.prompt.format(question=item.question.strip()) if qa else item.question
+                res = await call(model, query, episode_id=item.uid)
+                answer = None if not res.ok else extract_final_answer(res.text) if qa else res.text
+                return PolicyRun(answer, [res], True, time.perf_counter() - t0,
+                                 {"chosen": model, "reply": res.text[:2000] if res.ok and qa else None})
 
         return list(await asyncio.gather(*(one(i) for i in items)))
 

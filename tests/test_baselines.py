@@ -94,3 +94,81 @@ def test_same_numbers_through_the_ray_actor(world, ray_local):
         assert s["accuracy"] == pytest.approx(0.75) and s["cost_usd"] == pytest.approx(0.010375)
     finally:
         ray.kill(actor)
+
+
+@pytest.mark.parametrize("reply, answer", [
+    ("<answer> Paris </answer>", "Paris"),
+    ("Let me think. <answer>Lyon</answer> Actually, <answer> Paris </answer>", "Paris"),  # the last one
+    ("<ANSWER>Paris</ANSWER>", "Paris"),
+    ("<answer> George Orwell", "George Orwell"),  # cut off before </answer>
+    ("The answer is Paris.", "Paris"),
+    ("Reasoning first.\nSo the final answer is: Barack Obama.", "Barack Obama"),
+    ("Answer: 1945", "1945"),
+    ("A: 1945.", "1945"),
+    ("Paris", "Paris"),
+    ("Paris.", "Paris"),
+    ("**Paris**", "Paris"),
+    ('"Paris"', "Paris"),
+    ("Paris. It is the capital and largest city of France.", "Paris"),
+    ("Paris\n\nParis has been the capital since 987.", "Paris"),
+    ("J. K. Rowling. She wrote the series.", "J. K. Rowling"),  # initials do not end a sentence
+    ("St. Louis, Missouri.", "St. Louis, Missouri"),
+    ("The U.S. Navy", "The U.S. Navy"),
+    ("", ""),
+])
+def test_extract_final_answer(reply, answer):
+    from router_r1.baselines import extract_final_answer
+
+    assert extract_final_answer(reply) == answer
+
+
+def test_direct_baselines_on_qa_use_the_paper_answer_format():
+    """A QA item is asked in DIRECT_PROMPT and scored on the extracted short answer; the bare
+    question and the whole reply (the old behaviour) score EM 0 against a chat model."""
+    from router_r1.baselines import DIRECT_PROMPT, DirectPolicy, EvalItem
+    from router_r1.types import CallResult, CallStatus
+
+    sent: list[str] = []
+
+    async def chat_model(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        sent.append(query)  # a chat model: tags when asked for them, a sentence otherwise
+        text = "<answer> George Orwell </answer>" if "<answer>" in query else "The author is George Orwell."
+        return CallResult(model=model, text=text, prompt_tokens=10, completion_tokens=5)
+
+    items = [EvalItem("q1", "  Who wrote 1984? ", ["George Orwell"])]
+    (run,) = asyncio.run(DirectPolicy("single:Big", lambda it: "Big").run(items, chat_model))
+    assert sent == [DIRECT_PROMPT.format(question="Who wrote 1984?")]
+    assert sent[0].endswith("Question: Who wrote 1984?") and "<answer> Beijing </answer>" in sent[0]
+    assert run.answer == "George Orwell" and run.meta["reply"] == "<answer> George Orwell </answer>"
+    row = score_run(items[0], run, load_pool_from_dict(), [])
+    assert row["em"] == 1.0 and row["f1"] == 1.0
+
+    async def failing(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        return CallResult(model=model, status=CallStatus.TIMEOUT, error="slow")
+
+    (run,) = asyncio.run(DirectPolicy("single:Big", lambda it: "Big").run(items, failing))
+    assert run.answer is None
+
+
+def test_direct_baselines_on_replay_keep_the_bare_question_and_reply(world):
+    """Replay items: the recorded answers reply to the dataset's own prompt, so the question goes
+    out bare and the reply is the answer (the adoption rule scores it)."""
+    from router_r1.baselines import DirectPolicy
+    from router_r1.types import CallResult
+
+    _, items, _ = world
+    sent: list[str] = []
+
+    async def call(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        sent.append(query)
+        return CallResult(model=model, text=f"reply to {query}")
+
+    runs = asyncio.run(DirectPolicy("single:Big", lambda it: "Big").run(items, call))
+    assert sent == [it.question for it in items]
+    assert [r.answer for r in runs] == [f"reply to {it.question}" for it in items]
+
+
+def load_pool_from_dict():
+    from router_r1.descriptors import PoolSpec
+
+    return PoolSpec.model_validate({"models": [{"name": "Big", "price": 1.0}]})

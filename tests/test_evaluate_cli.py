@@ -51,21 +51,24 @@ def test_evaluate_end_to_end(tmp_path, tiny_llm):
                    "mlflow: {experiment: t}\neval: {concurrency: 4}\n")
     out = tmp_path / "out"
     db = tmp_path / "mlruns" / "mlflow.db"
-    r = run_cli("--policy", f"single:Big,cheapest,oracle,llm:{tiny_llm}", "--data", f"{csv},{qa}",
-                "--pool", str(pool), "--config", str(cfg), "--out", str(out), "--limit", "3",
-                "--mlflow-uri", f"sqlite:///{db}", cwd=tmp_path)
-    assert r.returncode == 2, r.stderr[-2000:]  # the oracle cannot run on a QA set without labels
-    assert "oracle needs replay labels" in r.stderr
+    # The oracle chooses by replay labels: on a QA set it is skipped, with a note; alone there,
+    # nothing is left to run.
+    r = run_cli("--policy", "oracle", "--data", str(qa), "--pool", str(pool), "--config", str(cfg),
+                "--out", str(out), "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "oracle skipped on qa_test" in r.stderr and "nothing to evaluate" in r.stderr
 
-    r = run_cli("--policy", f"single:Big,cheapest,llm:{tiny_llm}", "--data", f"{csv},{qa}",
+    r = run_cli("--policy", f"single:Big,cheapest,oracle,llm:{tiny_llm}", "--data", f"{csv},{qa}",
                 "--pool", str(pool), "--config", str(cfg), "--out", str(out),
                 "--mlflow-uri", f"sqlite:///{db}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "oracle skipped on qa_test" in r.stderr
 
     md = (out / "results.md").read_text()
     assert "### tiny" in md and "### qa_test" in md and "| single:Big | 4 | 0.750 |" in md
+    assert "Note: oracle skipped on qa_test" in md
     rows = pq.read_table(out / "results.parquet").to_pylist()
-    assert len(rows) == 3 * (4 + 3)
+    assert len(rows) == 3 * (4 + 3) + 4  # the oracle on the replay set only
     big = [x for x in rows if x["policy"] == "single:Big" and x["dataset"] == "tiny"]
     assert sum(x["cost_usd"] for x in big) == pytest.approx(0.1)
     llm = [x for x in rows if x["policy"] == "llm:tiny_llm"]
@@ -76,6 +79,7 @@ def test_evaluate_end_to_end(tmp_path, tiny_llm):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiny"]["single:Big"]["accuracy"] == pytest.approx(0.75)
+    assert summary["tiny"]["oracle"]["accuracy"] == pytest.approx(0.75) and "oracle" not in summary["qa_test"]
 
     import mlflow
 
