@@ -43,7 +43,7 @@ async def _api_error(_: Request, e: APIError) -> JSONResponse:
 async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     # Unknown paths and wrong methods answer in the same error shape as everything else.
     err = APIError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
-    return JSONResponse(err.body(), status_code=e.status_code)
+    return JSONResponse(err.body(), status_code=e.status_code, headers=getattr(e, "headers", None))
 
 
 @api.exception_handler(Exception)
@@ -54,14 +54,18 @@ async def _internal_error(_: Request, e: Exception) -> JSONResponse:
 
 
 def parse_api_keys(spec: str | None) -> dict[str, str]:
-    """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}."""
+    """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}. A malformed item is
+    named by its position and shown masked: the text is a key, or holds one."""
+    from router_r1.redact import mask
+
     keys: dict[str, str] = {}
-    for item in (spec or "").split(","):
+    for i, item in enumerate((spec or "").split(","), 1):
         if not item.strip():
             continue
         key, sep, tenant = item.strip().partition(":")
         if not sep or not key or not tenant:
-            raise ValueError(f"ROUTER_R1_API_KEYS: expected 'key:tenant', got {item.strip()!r}")
+            raise ValueError(f"ROUTER_R1_API_KEYS: item {i} ({mask(item.strip())}) is not 'key:tenant'; "
+                             f"expected ROUTER_R1_API_KEYS=\"key1:tenantA,key2:tenantB\"")
         keys[key] = tenant
     return keys
 
@@ -211,8 +215,11 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
 
 
 def check_checkpoint(checkpoint: str | Path) -> str:
-    """Fail on the driver, before any replica starts, when the checkpoint cannot be loaded."""
-    return str(check_checkpoint_dir(Path(checkpoint).expanduser().resolve()))
+    """Fail on the driver, before any replica starts, when the checkpoint cannot be loaded
+    (folder, config.json, complete weight files, manifest hashes when there is one)."""
+    from router_r1.preflight import check_policy_checkpoint
+
+    return str(check_policy_checkpoint(Path(checkpoint).expanduser().resolve()))
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -225,6 +232,8 @@ def build_app(args: dict[str, Any]) -> Application:
     config = args.pop("config", None) or os.environ.get("ROUTER_R1_CONFIG")
     cfg = load_config(config, overrides=args or None)
     cfg.load_pool()  # a bad descriptor file fails here, not in every replica
+    if not cfg.serve.api_keys:  # likewise malformed tenant keys (the replicas read the same variable)
+        parse_api_keys(os.environ.get("ROUTER_R1_API_KEYS"))
     # Replicas and the pool actor run in other working directories: anchor the ledger here.
     if cfg.pool_runtime.ledger_dir is not None:  # None: an in-memory ledger, nothing to anchor
         ledger = Path(cfg.pool_runtime.ledger_dir).expanduser().resolve()

@@ -171,7 +171,11 @@ async def run_policy(policy: Policy, items: list[EvalItem], target: Any, replay:
 
     if replay:  # see router_r1.baselines.replay_call and docs/evaluation.md
         call = replay_call(call, {it.uid: it.question for it in items})
-    return await policy.run(items, call)
+    try:
+        return await policy.run(items, call)
+    finally:
+        if client._local:  # an in-process pool: close its HTTP session on the loop that opened it
+            await target.close()
 
 
 def _metric_key(*parts: str) -> str:
@@ -188,8 +192,15 @@ def log_mlflow(mcfg: MlflowConfig, uri: str | None, params: dict[str, Any],
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(mcfg.experiment + "-eval")
-    with mlflow.start_run(run_name=f"evaluate-{out.name}") as run:
+    # A new experiment keeps its artifacts beside the configured store (as training's do), not
+    # under ./mlruns of whatever directory the command runs in.
+    from router_r1.tracking import artifact_root
+
+    client, name = mlflow.MlflowClient(uri), mcfg.experiment + "-eval"
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        name, artifact_location=artifact_root(uri))
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"evaluate-{out.name}") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for ds, by_policy in summaries.items():
@@ -226,6 +237,25 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     concurrency = args.concurrency or cfg.eval.concurrency
     specs = expand_policies(args.policy, pool)
+    # Pre-flight, before anything is spent: every model a policy names is in the pool, and every
+    # model the run may call can be called (its API key variable is set).
+    needed: set[str] = set()
+    for s in specs:
+        if s.startswith("single:"):
+            desc = pool.resolve(s.partition(":")[2])
+            if desc is None:
+                print(f"router-r1 evaluate: policy {s!r}: no model {s.partition(':')[2]!r} in pool "
+                      f"{pool.name!r} ({', '.join(pool.names)})", file=sys.stderr)
+                return 2
+            needed.add(desc.name)
+        else:
+            needed.update(pool.names)
+    unset = sorted({f"{m.backend.api_key_env} (for {m.name})" for m in pool.models
+                    if m.name in needed and m.backend.key_missing()})
+    if unset:
+        print(f"router-r1 evaluate: API key variable(s) not set: {', '.join(unset)}", file=sys.stderr)
+        return 2
+    all_failed: list[str] = []
     # The oracle picks by replay labels; a QA set has none, so it is skipped there, with a note.
     notes = [f"oracle skipped on {name}: it chooses by replay labels and a QA set has none"
              for name, _, table in datasets if table is None and "oracle" in specs]
@@ -261,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(dataset=ds_name, policy=policy.name)
                 ds_rows.append(row)
             rows += ds_rows
+            n_calls = sum(r["calls"] for r in ds_rows)
+            if n_calls and n_calls == sum(r["failed_calls"] for r in ds_rows):
+                first = next(c for run in runs for c in run.calls)
+                all_failed.append(f"{policy.name} on {ds_name}: all {n_calls} calls failed "
+                                  f"(e.g. {first.status.value}: {first.error})")
+                print(f"router-r1 evaluate: {all_failed[-1]}", file=sys.stderr, flush=True)
             s = aggregate(ds_rows)
             s["wall_s"] = wall
             summaries.setdefault(ds_name, {})[policy.name] = s
@@ -289,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                   "exclude": args.exclude}
         run_id = log_mlflow(cfg.mlflow, args.mlflow_uri, params, summaries, out)
         print(f"MLflow run {run_id}")
+    if all_failed:  # the table above is not a result: say so last, and fail the command
+        print(f"router-r1 evaluate: FAILED: every call failed for {'; '.join(all_failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

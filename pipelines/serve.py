@@ -27,34 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import ray
     from ray import serve
 
     from deployments.router import build_app
+    from router_r1.cli import error_line, parse_overrides
     from router_r1.config import load_config
     from router_r1.policy import CheckpointError
 
     try:
-        overrides = _overrides(args.set)
+        overrides = parse_overrides(args.set)
         cfg = load_config(args.config, overrides=overrides or None)
         app_args = {"checkpoint": args.checkpoint, **overrides}
         if args.config:
             app_args["config"] = args.config
-        app = build_app(app_args)
+        app = build_app(app_args)  # every check that can fail before a replica starts
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"router-r1 serve: {e}", file=sys.stderr)
+        print(f"router-r1 serve: {error_line(e)}", file=sys.stderr)
         return 2
     host, port = args.host or cfg.serve.host, args.port if args.port is not None else cfg.serve.port
     if not ray.is_initialized():

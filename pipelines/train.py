@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from router_r1 import checkpoint as ckpt
+from router_r1.cli import error_line, parse_overrides  # one override parser for every subcommand
 from router_r1.config import RunConfig, load_config
 from router_r1.policy import CheckpointError
 from router_r1.questions import QuestionStream, load_questions, simulation_for
@@ -449,17 +448,6 @@ def _f(x: Any) -> str:
     return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`--set a.b=value` pairs; values are parsed as YAML (numbers, booleans, lists, null)."""
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ValueError(f"--set expects key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router-r1 train", description="Train a router with RL on Ray.")
     p.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
@@ -479,9 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps is not None:
             overrides["train.steps"] = args.steps
         cfg = load_config(args.config, overrides)
+        # Pre-flight, on the driver, before any actor exists: a bad checkpoint is one line now,
+        # not an ActorDiedError from the learner 40 s later.
+        from router_r1.preflight import check_policy_checkpoint, check_resume
+
+        if cfg.policy.checkpoint:
+            check_policy_checkpoint(cfg.policy.checkpoint)
+        if args.resume:
+            check_resume(Path(cfg.output_dir).resolve())
         report = Trainer(cfg, resume=args.resume, progress=not args.no_progress).run()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"router-r1 train: {e}", file=sys.stderr)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # Ray task errors subclass their cause
+        print(f"router-r1 train: {error_line(e)}", file=sys.stderr)
         return 2
     print(format_report(report))
     return 0

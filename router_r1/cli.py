@@ -6,10 +6,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_POOL = "configs/pool_router_r1.yaml"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set a.b=value` pairs, for every subcommand; values are parsed as YAML (numbers,
+    booleans, lists, null), so `--set serve.max_batch_size=1` is the int 1 everywhere."""
+    import yaml
+
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {p!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key.strip()}: the value is not valid YAML") from None
+    return out
+
+
+def error_line(e: BaseException) -> str:
+    """An error as one line for the terminal: a Ray task error is unwrapped to its cause (its
+    text is a remote traceback in ANSI colours), colours are stripped, lines joined."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and cause is not e:
+        e = cause
+    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
+    return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -63,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except (FileNotFoundError, ValueError) as e:
-            print(f"router-r1 {args.command}: {e}", file=sys.stderr)
+            print(f"router-r1 {args.command}: {error_line(e)}", file=sys.stderr)
             return 2
     # Pipelines own their arguments: `router-r1 train --help` is pipelines.train's help.
     import importlib

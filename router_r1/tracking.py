@@ -39,7 +39,7 @@ def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     return uri
 
 
-def _artifact_root(uri: str) -> str | None:
+def artifact_root(uri: str) -> str | None:
     """Beside the SQLite file; None (the server's default) for remote stores."""
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).expanduser().resolve().parent / "artifacts").as_uri()
@@ -74,7 +74,7 @@ class MlflowTracker(NullTracker):
         client = mlflow.MlflowClient(self.uri)
         exp = client.get_experiment_by_name(cfg.experiment)
         self.experiment_id = exp.experiment_id if exp is not None else client.create_experiment(
-            cfg.experiment, artifact_location=_artifact_root(self.uri))
+            cfg.experiment, artifact_location=artifact_root(self.uri))
         self.run_id = None
 
     def start(self, run_id: str | None = None, run_name: str | None = None) -> str:
