@@ -25,7 +25,9 @@ import torch
 from router_r1.baselines import replay_call
 from router_r1.config import RunConfig
 from router_r1.episode import Episode, run_episodes
-from router_r1.policy import HFGenerator, build_tiny_policy, load_policy, save_policy
+from router_r1.batch import TrajectoryBatch
+from router_r1.generation import HFGenerator
+from router_r1.policy import build_tiny_policy, load_policy, save_policy
 from router_r1.prompt import PromptOptions, render_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -108,17 +110,21 @@ class RolloutWorker:
         so the same weights, items and seed give the same episodes."""
         if self.client is None:
             raise RuntimeError("this rollout worker was built without a model pool")
+        prompts = {it["question"]: self.prompt_ids(it["question"]) for it in items}
         episodes = [Episode(uid=f"{it['id']}#{k}", question=it["question"],
-                            golden_answers=list(it["golden_answers"]), prompt=self.prompt(it["question"]),
+                            golden_answers=list(it["golden_answers"]), prompt=prompts[it["question"]][0],
+                            prompt_ids=list(prompts[it["question"]][1]),
                             policy_version=self.version, meta={"group": str(it["id"]), "sample": k})
                     for it in items for k in range(n_samples)]
         ep_cfg = self.cfg.episode
         turn = 0
 
-        def generate(prompts: list[str]) -> list[str]:
+        def generate(contexts: list[list[int]]):
             nonlocal turn
             turn += 1
-            return self.engine.generate(prompts, max_new_tokens=ep_cfg.max_new_tokens,
+            # softmax(logits / temperature): what the learner scores (RunConfig.check_training
+            # refuses top_p < 1 for training).
+            return self.engine.generate(contexts, max_new_tokens=ep_cfg.max_new_tokens,
                                         temperature=0.0 if greedy else ep_cfg.temperature,
                                         top_p=ep_cfg.top_p, seed=seed * 1009 + turn)
 
@@ -126,12 +132,17 @@ class RolloutWorker:
         if self.cfg.data.kind == "replay":  # a routed call answers the sample's own question
             call = replay_call(call, {e.uid: e.question for e in episodes})
         t0 = time.perf_counter()
-        asyncio.run(run_episodes(episodes, generate, call, ep_cfg, self.spec,
-                                 self.tokenizer, pass_episode_id=True))
+        asyncio.run(run_episodes(episodes, generate, call, ep_cfg, self.spec, self.tokenizer,
+                                 pass_episode_id=True, max_context=self.engine.max_context))
         wall = time.perf_counter() - t0
         for e in episodes:
             e.meta.update(worker=self.index, rollout_wall_s=wall)
         return episodes
+
+    def encode_traces(self, traces: Sequence[Episode], max_response_tokens: int | None = None) -> TrajectoryBatch:
+        """Warm-start demonstrations (text written by a world, never sampled) as a batch, encoded
+        here with the policy's tokenizer so that the driver never tokenises."""
+        return TrajectoryBatch.from_traces(traces, self.tokenizer, max_response_tokens)
 
 
 def _resolve(refs: Sequence[Any]) -> list[dict]:

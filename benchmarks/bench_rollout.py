@@ -49,12 +49,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def policy_tokens(episodes, tokenizer) -> int:
-    """Tokens the policy generated (loss mask), information blocks excluded."""
-    from router_r1.batch import TrajectoryBatch
-
-    b = TrajectoryBatch.from_episodes(episodes, tokenizer, [0.0] * len(episodes), list(range(len(episodes))))
-    return int(sum(sum(m) for m in b.loss_mask))
+def policy_tokens(episodes, tokenizer=None) -> int:
+    """Tokens the policy generated (exactly as sampled), information blocks excluded."""
+    return sum(len(s.ids) for e in episodes for s in e.segments if s.origin == "policy")
 
 
 def questions(cfg, n: int) -> list[dict]:

@@ -1,7 +1,8 @@
 """The router policy's generator for serving: transformers on CPU, vLLM on GPU, one interface.
 
-Both expose `generate(prompts, max_new_tokens, temperature, top_p) -> texts`, stopping at
-</search> or </answer>, so the deployment batches turns the same way whichever runs. vLLM is
+Both expose `generate(prompt_ids, max_new_tokens, temperature, top_p) -> [Generation]`
+(router_r1.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
+deployment batches turns the same way whichever runs. vLLM is
 imported only when chosen (it is the `gpu` extra, absent on CPU machines).
 """
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from router_r1.policy import HFGenerator, load_policy
+from router_r1.generation import HFGenerator
+from router_r1.policy import load_policy
 
 
 def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):

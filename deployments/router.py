@@ -29,6 +29,7 @@ from deployments.openai_api import (APIError, chunk_body, completion_body, compl
                                     parse_request, sse)
 from deployments.service import GenParams, Plan, RouterService
 from router_r1.config import RunConfig, ServeConfig, load_config
+from router_r1.generation import Generation
 from router_r1.policy import check_checkpoint_dir
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
@@ -117,16 +118,16 @@ class RouterDeployment:
             prompt_options=load_prompt_options(checkpoint, default=PromptOptions.from_policy(cfg.policy)))
 
     # -- batched generation ----------------------------------------------------------------------
-    async def _generate_turn(self, prompt: str, gen: GenParams) -> str:
-        return await self._generate_batch((prompt, gen))
+    async def _generate_turn(self, context: list[int], gen: GenParams) -> Generation:
+        return await self._generate_batch((context, gen))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, items: list[tuple[str, GenParams]]) -> list[str]:
-        """One router turn for every episode waiting now, grouped by sampling parameters."""
+    async def _generate_batch(self, items: list[tuple[list[int], GenParams]]) -> list[Generation]:
+        """One router turn for every episode waiting now (context ids), grouped by sampling parameters."""
         groups: dict[GenParams, list[int]] = {}
         for i, (_, g) in enumerate(items):
             groups.setdefault(g, []).append(i)
-        out = [""] * len(items)
+        out = [Generation() for _ in items]
         for (temperature, top_p, max_new), idx in groups.items():
             texts = await asyncio.to_thread(self.generator.generate, [items[i][0] for i in idx],
                                             max_new_tokens=max_new, temperature=temperature, top_p=top_p)

@@ -23,7 +23,8 @@ from typing import Any
 from router_r1.config import ServeConfig
 from router_r1.cost import call_cost, estimate_prompt_tokens
 from router_r1.descriptors import PoolSpec
-from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_episode
+from router_r1.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.generation import Generation
 from router_r1.prompt import PromptOptions, render_prompt_ids
 from router_r1.protocol import parse, parse_route
 from router_r1.types import CallResult, CallStatus
@@ -31,7 +32,7 @@ from router_r1.types import CallResult, CallStatus
 from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
 
 GenParams = tuple[float, float, int]  # temperature, top_p, max_new_tokens: one batch group
-GenerateOne = Callable[[str, GenParams], Awaitable[str]]
+GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids
 PoolCall = Callable[..., Awaitable[CallResult]]  # (model, query, **context) -> CallResult
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -185,12 +186,12 @@ class RouterService:
     async def run(self, plan: Plan, on_event: EventSink | None = None) -> Outcome:
         """Play the episode within the request deadline; raises APIError 402/503/504."""
         episode = Episode(uid=plan.request_id, question=plan.question, golden_answers=[],
-                          prompt=plan.prompt)
+                          prompt=plan.prompt, prompt_ids=list(plan.prompt_ids))
         spend = _Spend()
         emit = on_event or (lambda ev: None)
 
-        async def generate(prompts: list[str]) -> list[str]:
-            return list(await asyncio.gather(*(self._generate_one(p, plan.gen) for p in prompts)))
+        async def generate(contexts: list[list[int]]) -> list[Generation]:
+            return list(await asyncio.gather(*(self._generate_one(c, plan.gen) for c in contexts)))
 
         async def call(model: str, query: str) -> CallResult:
             step = spend.calls
@@ -243,12 +244,13 @@ class RouterService:
                                       f"model pool unreachable: {type(e).__name__}: {e}")
 
     def _outcome(self, plan: Plan, episode: Episode) -> Outcome:
-        tok = tokenize_episode(episode, self.tokenizer)
-        generated = sum(tok.loss_mask)
+        # Token mode: the router's own ids, as sampled (completion) and as read (prompt + information).
+        generated = sum(len(s.ids) for s in episode.segments if s.origin == "policy")
+        inserted = sum(len(s.ids) for s in episode.segments if s.origin != "policy")
         answer = parse(episode.response).answer
         return Outcome(plan=plan, episode=episode, answer=answer or "",
                        finish_reason="stop" if answer is not None and not episode.truncated else "length",
-                       router_prompt_tokens=len(tok.prompt_ids) + len(tok.loss_mask) - generated,
+                       router_prompt_tokens=len(episode.prompt_ids) + inserted,
                        router_completion_tokens=generated, latency_s=self._clock() - plan.started)
 
 

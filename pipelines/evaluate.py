@@ -106,7 +106,8 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
 
         return RLlibPolicy.load(arg, pool, concurrency=concurrency)
     if kind in ("llm", "prompt"):
-        from router_r1.policy import HFGenerator, load_policy
+        from router_r1.generation import HFGenerator
+        from router_r1.policy import load_policy
         from router_r1.prompt import PromptOptions, load_prompt_options, render_prompt_ids
 
         model, tok = load_policy(arg)
@@ -116,11 +117,12 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
         options = load_prompt_options(arg, default=PromptOptions.from_policy(cfg.policy))
 
-        def generate(prompts: list[str]) -> list[str]:
-            return gen.generate(prompts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
+        def generate(contexts: list[list[int]]):
+            return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
 
         return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
-                             render=lambda q: render_prompt_ids(tok, pool, q, options))
+                             render=lambda q: render_prompt_ids(tok, pool, q, options),
+                             max_context=gen.max_context)
     if kind == "openai":
         from router_r1.endpoint_generator import CompletionsGenerator
 

@@ -134,8 +134,10 @@ class Trainer:
 
     # -- the named steps -------------------------------------------------------------------------
     def warm_start(self) -> dict[str, float]:
-        """Supervised steps on well-formed simulator traces, so a tiny model learns the format."""
-        from router_r1.batch import TrajectoryBatch
+        """Supervised steps on well-formed simulator traces, so a tiny model learns the format.
+        A rollout worker encodes the traces once (the driver never tokenises)."""
+        import ray
+
         from router_r1.sim import make_traces
 
         ws = self.cfg.warmstart
@@ -148,11 +150,10 @@ class Trainer:
             traces = make_traces(self.sim, qs, mix=ws.trace_mix, seed=self.cfg.seed,
                                  reward_cfg=self.cfg.reward, compact=self.cfg.policy.compact_prompt,
                                  name_swap=ws.name_swap)
+        encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.max_response_tokens))
         losses = []
         for s in self._bar(range(ws.steps), "warm start"):
-            chunk = [traces[(s * ws.batch_size + j) % len(traces)] for j in range(ws.batch_size)]
-            batch = TrajectoryBatch.from_episodes(chunk, self.tokenizer, [0.0] * len(chunk),
-                                                  list(range(len(chunk))), self.max_response_tokens)
+            batch = encoded.select([(s * ws.batch_size + j) % len(traces) for j in range(ws.batch_size)])
             m = self.learner.sft_step(batch)
             losses.append(float(m["sft/nll"]))
         return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
@@ -185,12 +186,14 @@ class Trainer:
         return score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
 
     def update(self, episodes: list, scores: list) -> dict[str, float]:
+        """The episodes' ids and sampler log-probs exactly as sampled, with their rewards, to the
+        learner (nothing is tokenised here)."""
         from router_r1.batch import TrajectoryBatch
 
         groups: dict[str, int] = {}
         gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
-        batch = TrajectoryBatch.from_episodes(episodes, self.tokenizer, [s.reward.reward for s in scores],
-                                              gids, self.max_response_tokens)
+        batch = TrajectoryBatch.from_episodes(episodes, [s.reward.reward for s in scores], gids,
+                                              self.max_response_tokens)
         m = self.learner.update(batch)
         m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
         return m
@@ -307,14 +310,17 @@ class Trainer:
             self.history.append({"step": self.step, **metrics})
             self.tracker.log_metrics(metrics, step=self.step)
             if not hasattr(bar, "set_postfix"):  # no progress bar: one log line per step
-                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f "
-                         "(rollout %.1f s, update %.1f s)",
+                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f, "
+                         "logp diff mean %.1e max %.1e (rollout %.1f s, update %.1f s)",
                          self.step, metrics["reward/mean"], metrics["outcome/em"], metrics["format/ok_rate"],
-                         metrics["cost/mean_usd"], metrics["calls/per_episode"], rollout_s, learner_s)
+                         metrics["cost/mean_usd"], metrics["calls/per_episode"],
+                         metrics.get("rollout/logp_diff_mean", float("nan")),
+                         metrics.get("rollout/logp_diff_max", float("nan")), rollout_s, learner_s)
             else:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", em=f"{metrics['outcome/em']:.2f}",
                                 fmt=f"{metrics['format/ok_rate']:.2f}", cost=f"{metrics['cost/mean_usd']:.1e}",
-                                calls=f"{metrics['calls/per_episode']:.2f}")
+                                calls=f"{metrics['calls/per_episode']:.2f}",
+                                dlogp=f"{metrics.get('rollout/logp_diff_max', float('nan')):.1e}")
             if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
                 self.tracker.log_jsonl([trajectory_record(e, s, self.step) for e, s in
                                         list(zip(episodes, scores))[:8]], f"samples/step_{self.step:06d}.jsonl")

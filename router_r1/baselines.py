@@ -229,21 +229,26 @@ class EpisodePolicy:
 
     def __init__(self, name: str, generate: GenerateFn, pool: PoolSpec, cfg: EpisodeConfig,
                  tokenizer: Tokenizer | None = None, batch_size: int = 16,
-                 render: Callable[[str], tuple[str, list[int]]] | None = None):
+                 render: Callable[[str], tuple[str, list[int]]] | None = None, max_context: int | None = None):
         self.name, self.generate, self.pool, self.cfg = name, generate, pool, cfg
         self.tokenizer, self.batch_size, self.render = tokenizer, batch_size, render
+        self.max_context = max_context
 
-    def prompt(self, question: str) -> str:
-        return self.render(question)[0] if self.render is not None else render_prompt(self.pool, question)
+    def episode(self, it: EvalItem) -> Episode:
+        """Token mode when the router renders its own prompt ids (a local router), else text."""
+        if self.render is None:
+            return Episode(it.uid, it.question, it.golden_answers, render_prompt(self.pool, it.question))
+        text, ids = self.render(it.question)
+        return Episode(it.uid, it.question, it.golden_answers, text, prompt_ids=list(ids))
 
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
         out: list[PolicyRun] = []
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
-            eps = [Episode(it.uid, it.question, it.golden_answers, self.prompt(it.question)) for it in chunk]
+            eps = [self.episode(it) for it in chunk]
             t0 = time.perf_counter()
             await run_episodes(eps, self.generate, call, self.cfg, self.pool, self.tokenizer,
-                               pass_episode_id=True)
+                               pass_episode_id=True, max_context=self.max_context)
             wall = (time.perf_counter() - t0) / max(1, len(chunk))
             for e in eps:
                 parsed = e.parsed(self.pool)

@@ -12,11 +12,16 @@ from typing import Any
 
 import torch
 
-from router_r1.episode import Episode, Tokenizer, tokenize_episode
+from router_r1.episode import Episode, Tokenizer, episode_tokens, tokenize_trace
 
 
 class BatchError(ValueError):
     """A trajectory batch whose fields disagree (lengths, mask values, empty prompts)."""
+
+
+def _check_rows(episodes: Sequence, rewards: Sequence, group_ids: Sequence) -> None:
+    if not (len(episodes) == len(rewards) == len(group_ids)):
+        raise BatchError(f"{len(episodes)} episodes, {len(rewards)} rewards, {len(group_ids)} group ids")
 
 
 @dataclass
@@ -27,7 +32,7 @@ class TrajectoryBatch:
     response_ids:   every token after the prompt, in order: the policy's own text and the inserted
                     <information> blocks. Only these tokens are seen by the loss.
     loss_mask:      same length as response_ids; 1 = the policy generated this token, 0 = it was
-                    inserted by the environment (see `router_r1.episode.tokenize_episode`).
+                    inserted by the environment (see `router_r1.episode.episode_tokens`).
     rewards:        one scalar reward per episode (`router_r1.reward`).
     group_ids:      episodes sampled for the same question share an id (GRPO groups).
     policy_version: the weights version that generated the episode (staleness accounting).
@@ -73,16 +78,33 @@ class TrajectoryBatch:
         return len(self.prompt_ids)
 
     @classmethod
-    def from_episodes(cls, episodes: Sequence[Episode], tokenizer: Tokenizer, rewards: Sequence[float],
-                      group_ids: Sequence[int], max_response_tokens: int | None = None) -> TrajectoryBatch:
-        """Tokenise finished episodes segment by segment (exact loss mask) into a batch."""
-        if not (len(episodes) == len(rewards) == len(group_ids)):
-            raise BatchError(f"{len(episodes)} episodes, {len(rewards)} rewards, {len(group_ids)} group ids")
-        toks = [tokenize_episode(e, tokenizer, max_response_tokens) for e in episodes]
+    def from_episodes(cls, episodes: Sequence[Episode], rewards: Sequence[float], group_ids: Sequence[int],
+                      max_response_tokens: int | None = None) -> TrajectoryBatch:
+        """Sampled token-mode episodes as a batch: their ids and sampler log-probs exactly as
+        sampled and inserted. No tokenizer: nothing is encoded again."""
+        _check_rows(episodes, rewards, group_ids)
+        toks = [episode_tokens(e, max_response_tokens) for e in episodes]
+        return cls._build(episodes, toks, rewards, group_ids, sampled=True)
+
+    @classmethod
+    def from_traces(cls, traces: Sequence[Episode], tokenizer: Tokenizer, max_response_tokens: int | None = None,
+                    rewards: Sequence[float] | None = None, group_ids: Sequence[int] | None = None) -> TrajectoryBatch:
+        """Demonstrations (warm-start traces written as text) encoded segment by segment, so the
+        loss mask is exact; they carry no sampler log-probs. Rewards default to 0, each trace its
+        own group."""
+        rewards = [0.0] * len(traces) if rewards is None else rewards
+        group_ids = list(range(len(traces))) if group_ids is None else group_ids
+        _check_rows(traces, rewards, group_ids)
+        toks = [tokenize_trace(e, tokenizer, max_response_tokens) for e in traces]
+        return cls._build(traces, toks, rewards, group_ids, sampled=False)
+
+    @classmethod
+    def _build(cls, episodes, toks, rewards, group_ids, sampled: bool) -> TrajectoryBatch:
         return cls(prompt_ids=[t.prompt_ids for t in toks], response_ids=[t.response_ids for t in toks],
                    loss_mask=[t.loss_mask for t in toks], rewards=[float(r) for r in rewards],
                    group_ids=[int(g) for g in group_ids],
                    policy_version=[int(e.policy_version) for e in episodes],
+                   sampler_logprobs=[t.logprobs for t in toks] if sampled else [],
                    metadata=[{"uid": e.uid} for e in episodes])
 
     @classmethod

@@ -1,15 +1,21 @@
 """The multi-round episode machine: batched generation, routed calls, inserted information.
 
-Ray-free. Given a batched `generate(prompts) -> texts` (it should stop at </search> or
-</answer>; anything past the first stop is cut here anyway) and an async
-`call(model, query) -> CallResult`, `run_episodes` plays a batch of episodes to the end:
+Ray-free. Given a batched `generate(contexts) -> [Generation]` (router_r1.generation; it should
+stop at </search> or </answer>) and an async `call(model, query) -> CallResult`, `run_episodes`
+plays a batch of episodes to the end:
 
     generate for every live episode -> cut at stop -> answer? done : route? call all in parallel
     -> insert <information> -> next turn
 
 After `max_turns` routed turns one last turn is generated; an episode that still does not
-answer ends without an answer (a format violation, scored as such). Every piece of text is kept
-as a `Segment` with its origin, so the learner can mask inserted information out of the loss.
+answer ends without an answer (a format violation, scored as such).
+
+Token mode (every episode has `prompt_ids`, and a tokenizer is given): the context is token ids.
+The prompt is encoded once; the policy's ids are kept exactly as sampled, with the sampler's
+log-probs; each inserted <information> block is encoded once when it is inserted, and those same
+ids are the context of the next turn. No policy text is ever encoded again, so the learner trains
+on the tokens the policy produced. Text mode (no prompt ids: a prompt-only router behind an
+endpoint whose tokenizer is not at hand) continues raw text; it is for evaluation, never training.
 """
 from __future__ import annotations
 
@@ -24,11 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router_r1.cost import episode_cost
 from router_r1.descriptors import PoolSpec
-from router_r1.protocol import cut_at_stop, information_block, parse, parse_route
+from router_r1.generation import Generation, cut_generation
+from router_r1.protocol import STOP_STRINGS, cut_at_stop, information_block, parse, parse_route
 from router_r1.types import CallResult, CallStatus
 
 Origin = Literal["policy", "information"]
-GenerateFn = Callable[[list[str]], "list[str] | Awaitable[list[str]]"]
+Context = "list[int] | str"
+# contexts (token ids in token mode, text in text mode) -> one Generation (or text) per context
+GenerateFn = Callable[[list], "list[Generation | str] | Awaitable[list[Generation | str]]"]
 CallFn = Callable[[str, str], Awaitable[CallResult]]
 
 
@@ -49,8 +58,14 @@ class Tokenizer(Protocol):
 
 @dataclass
 class Segment:
+    """A piece of the response. Token mode: `ids` are the tokens exactly as sampled (policy) or as
+    inserted (information), `logprobs` the sampler's log-prob of each policy id (0.0 for
+    information); `text` is their decoded text. Text mode: `ids` and `logprobs` are empty."""
+
     text: str
     origin: Origin
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Episode:
     question: str
     golden_answers: list[str]
     prompt: str
+    prompt_ids: list[int] = field(default_factory=list)  # token mode: the prompt, encoded once
     segments: list[Segment] = field(default_factory=list)
     calls: list[CallResult] = field(default_factory=list)
     routes: list[tuple[str, str]] = field(default_factory=list)  # (model as written, query)
@@ -78,6 +94,19 @@ class Episode:
     @property
     def context(self) -> str:
         return self.prompt + self.response
+
+    @property
+    def token_mode(self) -> bool:
+        return bool(self.prompt_ids)
+
+    @property
+    def context_ids(self) -> list[int]:
+        """Prompt ids then every segment's ids: exactly what the policy conditions on next."""
+        return self.prompt_ids + [t for s in self.segments for t in s.ids]
+
+    @property
+    def response_ids(self) -> list[int]:
+        return [t for s in self.segments for t in s.ids]
 
     @property
     def cost_usd(self) -> float:
@@ -110,28 +139,42 @@ async def _maybe_await(x):
 async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: CallFn,
                        cfg: EpisodeConfig, pool: PoolSpec | None = None,
                        tokenizer: Tokenizer | None = None,
-                       pass_episode_id: bool = False) -> list[Episode]:
+                       pass_episode_id: bool = False, max_context: int | None = None) -> list[Episode]:
     """Play every episode to the end (see module docstring). Mutates and returns `episodes`.
 
-    With `pass_episode_id`, calls are `call(model, query, episode_id=uid)`, so a pool can
-    attribute each call (ledger, budgets) to its episode."""
+    Token mode needs `tokenizer` (to decode, and to encode inserted information once). With
+    `max_context`, an episode whose context leaves no room for another `max_new_tokens` ends
+    (truncated) rather than letting the engine cut its context: the learner must see the same
+    context the sampler saw. With `pass_episode_id`, calls are `call(model, query,
+    episode_id=uid)`, so a pool can attribute each call (ledger, budgets) to its episode."""
+    token_mode = bool(episodes) and all(e.token_mode for e in episodes)
+    if token_mode and tokenizer is None:
+        raise ValueError("token-mode episodes need the tokenizer")
+    eos = _eos_ids(tokenizer) if token_mode else set()
     for turn in range(cfg.max_turns + 1):
         live = [e for e in episodes if not e.done]
+        if token_mode and max_context is not None:
+            for e in live:
+                if len(e.context_ids) + cfg.max_new_tokens > max_context:
+                    e.done = e.truncated = True
+                    e.meta["context_full"] = True
+            live = [e for e in live if not e.done]
         if not live:
             break
         t0 = time.perf_counter()
-        outs = await _maybe_await(generate([e.context for e in live]))
+        contexts = [e.context_ids if token_mode else e.context for e in live]
+        outs = await _maybe_await(generate(contexts))
         if len(outs) != len(live):
-            raise RuntimeError(f"generate returned {len(outs)} texts for {len(live)} prompts")
+            raise RuntimeError(f"generate returned {len(outs)} generations for {len(live)} prompts")
         gen_s = time.perf_counter() - t0
         pending: list[tuple[Episode, Awaitable[CallResult]]] = []
         for e, out in zip(live, outs):
             e.meta["generate_s"] = e.meta.get("generate_s", 0.0) + gen_s
-            text, stop = cut_at_stop(out)
-            e.segments.append(Segment(text, "policy"))
+            seg, stop = _policy_segment(out, token_mode, tokenizer, eos)
+            e.segments.append(seg)
             e.turns += 1
             if stop == "</search>" and turn < cfg.max_turns:
-                pending.append((e, _route(e, text, call, pool, pass_episode_id)))
+                pending.append((e, _route(e, cut_at_stop(seg.text)[0], call, pool, pass_episode_id)))
             else:
                 # An answer, a route past the turn limit, or a generation that never stopped.
                 e.done = True
@@ -140,9 +183,31 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
         for (e, _), res in zip(pending, results):
             e.calls.append(res)
             body = res.text if res.ok else error_information(res)
-            e.segments.append(Segment(information_block(
-                truncate_tokens(body, cfg.max_obs_tokens, tokenizer)), "information"))
+            text = information_block(truncate_tokens(body, cfg.max_obs_tokens, tokenizer))
+            ids = tokenizer.encode(text, add_special_tokens=False) if token_mode else []
+            e.segments.append(Segment(text, "information", ids, [0.0] * len(ids)))
     return episodes
+
+
+def _eos_ids(tokenizer) -> set[int]:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return {eos} if eos is not None else set()
+
+
+def _policy_segment(out: Generation | str, token_mode: bool, tokenizer,
+                    eos: set[int]) -> tuple[Segment, str | None]:
+    """The policy's turn as a segment, and the stop string that ended it (None: no stop)."""
+    if not token_mode:
+        text = out.text if isinstance(out, Generation) else out
+        text, stop = cut_at_stop(text)
+        return Segment(text, "policy"), stop
+    if not isinstance(out, Generation) or (out.text and not out.ids):
+        raise RuntimeError("a token-mode episode needs an engine that returns token ids (router_r1.generation)")
+    g = cut_generation(out, tokenizer, STOP_STRINGS, eos)
+    if g.logprobs and len(g.logprobs) != len(g.ids):
+        raise RuntimeError(f"engine returned {len(g.ids)} ids but {len(g.logprobs)} log-probs")
+    logprobs = g.logprobs or [0.0] * len(g.ids)
+    return Segment(g.text, "policy", list(g.ids), list(logprobs)), (g.stop if g.stop in STOP_STRINGS else None)
 
 
 async def _route(e: Episode, policy_text: str, call: CallFn, pool: PoolSpec | None,
@@ -173,21 +238,35 @@ class TokenizedEpisode:
 
     prompt_ids: the prompt. response_ids: policy and information tokens in order.
     loss_mask: 1 for tokens the policy generated, 0 for inserted information (never trained on).
+    logprobs: the sampler's log-prob of each response token (empty for demonstrations).
     """
 
     prompt_ids: list[int]
     response_ids: list[int]
     loss_mask: list[int]
+    logprobs: list[float] = field(default_factory=list)
 
 
-def tokenize_episode(e: Episode, tokenizer: Tokenizer, max_response_tokens: int | None = None,
-                     prompt_ids: list[int] | None = None) -> TokenizedEpisode:
-    """Tokenise segment by segment, so each token's origin is exact."""
-    p_ids = prompt_ids if prompt_ids is not None else tokenizer.encode(e.prompt, add_special_tokens=False)
+def episode_tokens(e: Episode, max_response_tokens: int | None = None) -> TokenizedEpisode:
+    """A token-mode episode's ids exactly as sampled and inserted: nothing is encoded here."""
+    if not e.token_mode or any(s.text and not s.ids for s in e.segments):
+        raise ValueError(f"episode {e.uid} has no token ids: it was not played in token mode")
+    ids = [t for s in e.segments for t in s.ids]
+    mask = [1 if s.origin == "policy" else 0 for s in e.segments for _ in s.ids]
+    lps = [lp for s in e.segments for lp in (s.logprobs or [0.0] * len(s.ids))]
+    if max_response_tokens is not None:
+        ids, mask, lps = ids[:max_response_tokens], mask[:max_response_tokens], lps[:max_response_tokens]
+    return TokenizedEpisode(list(e.prompt_ids), ids, mask, lps)
+
+
+def tokenize_trace(e: Episode, tokenizer: Tokenizer, max_response_tokens: int | None = None) -> TokenizedEpisode:
+    """A demonstration (a warm-start trace written as text, never sampled), encoded segment by
+    segment so each token's origin is exact. Sampled episodes use `episode_tokens` instead."""
+    p_ids = e.prompt_ids or tokenizer.encode(e.prompt, add_special_tokens=False)
     ids: list[int] = []
     mask: list[int] = []
     for s in e.segments:
-        seg = tokenizer.encode(s.text, add_special_tokens=False)
+        seg = s.ids or tokenizer.encode(s.text, add_special_tokens=False)
         ids.extend(seg)
         mask.extend([1 if s.origin == "policy" else 0] * len(seg))
     if max_response_tokens is not None:

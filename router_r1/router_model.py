@@ -20,7 +20,8 @@ class RouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from router_r1.descriptors import load_pool
         from router_r1.episode import EpisodeConfig
-        from router_r1.policy import HFGenerator, load_policy
+        from router_r1.generation import HFGenerator
+        from router_r1.policy import load_policy
         from router_r1.prompt import load_prompt_options
 
         a = context.artifacts
@@ -46,15 +47,17 @@ class RouterModel(mlflow.pyfunc.PythonModel):
         from router_r1.pool import PoolCore
 
         questions = _questions(model_input)
-        episodes = [Episode(uid=str(i), question=q, golden_answers=[], prompt=self.prompt_ids(q)[0])
-                    for i, q in enumerate(questions)]
+        prompts = [self.prompt_ids(q) for q in questions]
+        episodes = [Episode(uid=str(i), question=q, golden_answers=[], prompt=text, prompt_ids=ids)
+                    for i, (q, (text, ids)) in enumerate(zip(questions, prompts))]
         client = PoolClient(PoolCore(self.pool, PoolRuntimeConfig(ledger_dir=None), "mlflow-router"))
         cfg = self.episode_cfg
 
-        def generate(prompts):
-            return self.generator.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+        def generate(contexts):
+            return self.generator.generate(contexts, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
 
-        asyncio.run(run_episodes(episodes, generate, client.call, cfg, self.pool, self.tokenizer))
+        asyncio.run(run_episodes(episodes, generate, client.call, cfg, self.pool, self.tokenizer,
+                                 max_context=self.generator.max_context))
         rows = []
         for e in episodes:
             parsed = e.parsed(self.pool)

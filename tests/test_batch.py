@@ -49,7 +49,7 @@ def test_bad_batches_are_refused(kw, msg):
         TrajectoryBatch(**fields)
 
 
-def test_from_episodes_masks_information_exactly():
+def test_from_traces_masks_information_exactly():
     from router_r1.policy import train_tokenizer
     from tiny_learner import CORPUS, fixed_batch
 

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from router_r1.descriptors import load_pool
-from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_episode, truncate_tokens
+from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace, truncate_tokens
 from router_r1.protocol import parse
 from router_r1.types import CallResult, CallStatus
 
@@ -101,14 +101,15 @@ def test_observation_truncated():
     assert truncate_tokens("a b", 3, None) == "a b"
 
 
-def test_loss_mask_on_real_tokenizer(paper_pool, calls):
+def test_trace_loss_mask_on_real_tokenizer(paper_pool, calls):
+    """A text episode (a demonstration) encoded segment by segment: the mask follows each origin."""
     from router_r1.policy import train_tokenizer
 
     gen = Scripted({"a": ["<think>ask</think><search>Qwen2.5-7B-Instruct: capital?</search>",
                           "<think>so</think><answer>Paris</answer>"]})
     (e,) = asyncio.run(run_episodes([episode("a")], gen, calls, EpisodeConfig(), paper_pool))
     tok = train_tokenizer([e.context] * 20, vocab_size=400)
-    t = tokenize_episode(e, tok)
+    t = tokenize_trace(e, tok)
     assert len(t.response_ids) == len(t.loss_mask)
     assert tok.decode(t.response_ids) == e.response  # exact round trip, nothing dropped
     # Rebuild each origin's text from the mask: 1s are exactly the policy's text, 0s the inserted.
@@ -118,5 +119,5 @@ def test_loss_mask_on_real_tokenizer(paper_pool, calls):
     assert info == "".join(s.text for s in e.segments if s.origin == "information")
     assert "<information>" in info and "<information>" not in policy
     assert t.loss_mask[0] == 1 and t.loss_mask[-1] == 1 and 0 in t.loss_mask
-    short = tokenize_episode(e, tok, max_response_tokens=5)
+    short = tokenize_trace(e, tok, max_response_tokens=5)
     assert len(short.response_ids) == len(short.loss_mask) == 5

@@ -12,7 +12,7 @@ from router_r1.questions import load_questions, simulation_for
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 512}
+        "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 1024}
 
 
 def _cfg(**over):
@@ -36,15 +36,26 @@ def setup():
 
 
 class ScriptedEngine:
-    """Routes on the first turn, answers on the second: exercises the pool path without a trained policy."""
+    """Routes on the first turn, answers on the second: exercises the pool path without a trained
+    policy. Token in, token out like the real engines: it reads the context ids and "samples" the
+    ids of its scripted text (with the overshoot " more" after the stop, which must be cut)."""
 
-    def __init__(self, model: str):
-        self.model = model
+    max_context = 4096
 
-    def generate(self, prompts, **kw):  # the prompt's instructions mention </information> once
-        return [f"<think> ask </think><search> {self.model}: What is the capital of Vorland? </search> more"
-                if p.count("</information>") < 2 else "<think> done </think><answer> Kestrel </answer>"
-                for p in prompts]
+    def __init__(self, model: str, tokenizer):
+        self.model, self.tok = model, tokenizer
+
+    def generate(self, contexts, **kw):  # the prompt's instructions mention </information> once
+        from router_r1.generation import Generation
+
+        out = []
+        for ids in contexts:
+            routed = self.tok.decode(ids).count("</information>") >= 2
+            text = ("<think> done </think><answer> Kestrel </answer>" if routed else
+                    f"<think> ask </think><search> {self.model}: What is the capital of Vorland? </search> more")
+            new = self.tok.encode(text, add_special_tokens=False)
+            out.append(Generation(new, [-0.5] * len(new), text))
+        return out
 
     def load_state_dict(self, state):
         pass
@@ -58,12 +69,14 @@ def test_worker_plays_episodes_through_the_pool_with_episode_ids(setup):
     records = []
     core = PoolCore(spec, cfg.pool_runtime, "t", on_record=records.append)
     w = RolloutWorker(cfg, tok, core)
-    w.engine = ScriptedEngine("Sim-Geo-Small")
+    w.engine = ScriptedEngine("Sim-Geo-Small", tok)
     w.set_weights([{}], version=7)
     eps = w.rollout(val[:2], n_samples=3, seed=1)
     assert [e.uid for e in eps] == [f"{val[i]['id']}#{k}" for i in range(2) for k in range(3)]
     assert all(e.policy_version == 7 and e.done and len(e.calls) == 1 and e.calls[0].ok for e in eps)
     assert eps[0].parsed(spec).answer == "Kestrel" and eps[0].parsed(spec).format_ok
+    assert "more" not in eps[0].response  # cut at the token that completes </search>
+    assert all(s.ids and len(s.logprobs) == len(s.ids) for e in eps for s in e.segments)
     assert sorted(r["episode_id"] for r in records if r["kind"] == "call") == sorted(e.uid for e in eps)
 
 

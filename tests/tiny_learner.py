@@ -35,4 +35,4 @@ def episode(i: int, answer: str, info: str = "The capital of Veloria is Marlow."
 def fixed_batch(tokenizer, info: str = "The capital of Veloria is Marlow.") -> TrajectoryBatch:
     """One GRPO group of four: two right answers (reward 1), two wrong (reward 0)."""
     eps = [episode(i, a, info) for i, a in enumerate(["Marlow", "Quenby", "Marlow", "I do not know"])]
-    return TrajectoryBatch.from_episodes(eps, tokenizer, [1.0, 0.0, 1.0, 0.0], [0, 0, 0, 0])
+    return TrajectoryBatch.from_traces(eps, tokenizer, rewards=[1.0, 0.0, 1.0, 0.0], group_ids=[0, 0, 0, 0])

@@ -13,7 +13,7 @@ complete trajectories written here in the exact protocol:
     <answer> Kestrel </answer>
 
 Each trace is a core `Episode` whose segments carry their origin, so the SFT loss masks the
-inserted information exactly as the RL loss does (`router_r1.episode.tokenize_episode`). The
+inserted information exactly as the RL loss does (`router_r1.episode.tokenize_trace`). The
 answer is always copied from the last reply, right or wrong: the trace teaches the format and
 the routing moves, and which model to trust is then learned from reward.
 """
