@@ -1,9 +1,12 @@
 """The OpenAI chat-completions wire format, as the router app speaks it. Ray-free.
 
 Request parsing is strict where a wrong value would change what is billed or routed (types,
-ranges, unknown router controls) and lenient where OpenAI clients send fields a router has no use
-for (`n`, `user`, `stop`, ... are accepted and ignored). Every refusal is an `APIError`, rendered
-as OpenAI's error body `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
+ranges, unknown router controls: numbers must be JSON numbers, not numeric strings; `n` must be
+1) and lenient where OpenAI clients send fields a router has no use for (`user`, `stop`, ... are
+accepted and ignored). A body nested deeper than `MAX_DEPTH` or holding text that is not valid
+Unicode (a lone surrogate such as "\ud800") is refused here, per request, before it can reach a
+tokenizer shared by a batch. Every refusal is an `APIError`, rendered as OpenAI's error body
+`{"error": {"message", "type", "param", "code"}}` with its HTTP status.
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's body plus the router's own controls (sent by clients as `extra_body`)."""
+    """OpenAI's body plus the router's own controls (sent by clients as `extra_body`).
+    Numbers are strict: `"temperature": "0.5"` is refused, as is `"max_tokens": 2.0`."""
 
     model_config = ConfigDict(extra="allow", strict=False)
 
@@ -64,15 +68,16 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)  # per router turn
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # per router turn
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    seed: int | None = Field(default=None, strict=True)
+    n: int | None = Field(default=None, strict=True)  # must be 1: one answer per request
     # Router controls.
-    max_turns: int | None = Field(default=None, ge=0)  # routed calls before the final turn
+    max_turns: int | None = Field(default=None, ge=0, strict=True)  # routed calls before the final turn
     models: list[str] | None = None  # allowed candidate subset (display names or aliases)
-    max_cost_usd: float | None = Field(default=None, ge=0.0)  # cost cap for this request
+    max_cost_usd: float | None = Field(default=None, ge=0.0, strict=True)  # cost cap for this request
     return_trace: StrictBool = True
 
     @field_validator("messages")
@@ -80,6 +85,13 @@ class ChatCompletionRequest(BaseModel):
     def _non_empty(cls, v: list[ChatMessage]) -> list[ChatMessage]:
         if not v:
             raise ValueError("messages must contain at least one message")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
+            raise ValueError("only n=1 is supported: the router gives one answer per request")
         return v
 
     @field_validator("models")
@@ -101,23 +113,75 @@ class ChatCompletionRequest(BaseModel):
                        param="messages", code="invalid_value")
 
 
+MAX_DEPTH = 32  # a chat request is a few levels deep; anything deeper is refused, not recursed
+
+
 def parse_request(raw: bytes) -> ChatCompletionRequest:
     """Bytes of a POST body -> a validated request, or an `APIError` (400) naming the field."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, f"request body is nested deeper than {MAX_DEPTH} levels",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    _check_tree(data)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
-        msg = f"invalid value for '{param}': {err['msg']}" if param else err["msg"]
+        why = err["msg"].removeprefix("Value error, ")
+        msg = f"invalid value for '{param}': {why}" if param else why
         if len(e.errors()) > 1:
             msg += f" (and {len(e.errors()) - 1} more problem(s))"
         raise APIError(400, msg, param=param, code="invalid_value") from None
+
+
+def _check_tree(data: Any) -> None:
+    """Depth and Unicode of a parsed body, walked without recursion: every string (keys too)
+    must encode as UTF-8, so no tokenizer, log line or JSON reply fails on it later."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise APIError(400, f"request body is nested deeper than {MAX_DEPTH} levels",
+                           param=path or None, code="invalid_json")
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            where = f"{path}.{k}" if path else str(k)
+            for s in (k, v):
+                if isinstance(s, str):
+                    try:
+                        s.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise APIError(400, f"invalid value for '{where.encode('utf-8', 'replace').decode()}': "
+                                       "text is not valid Unicode (a lone surrogate such as \\ud800)",
+                                       param=where.encode("utf-8", "replace").decode(),
+                                       code="invalid_value") from None
+            if isinstance(v, (dict, list)):
+                stack.append((v, where, depth + 1))
+
+
+def request_schema() -> dict[str, Any]:
+    """The JSON schema of a chat request, self-contained (no $refs), for the OpenAPI document:
+    the route reads its body raw (to answer malformed JSON in OpenAI's error shape), so FastAPI
+    cannot infer it."""
+    schema = ChatCompletionRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(x: Any) -> Any:
+        if isinstance(x, dict):
+            if set(x) == {"$ref"}:
+                return inline(defs[x["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [inline(v) for v in x]
+        return x
+
+    return inline(schema)
 
 
 def completion_id() -> str:

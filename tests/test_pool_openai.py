@@ -211,3 +211,17 @@ def test_one_shared_session_for_all_calls(fake_openai):
         return same
 
     assert asyncio.run(main())
+
+
+def test_a_reply_with_a_lone_surrogate_becomes_valid_unicode(fake_openai):
+    async def main():
+        be = make_backend("openai", pool_at(fake_openai.url))
+        try:
+            return await be.complete(pool_at(fake_openai.url)["Display"],
+                                     [{"role": "user", "content": "who \ud800 is"}], {"max_tokens": 16})
+        finally:
+            await be.close()
+
+    reply = asyncio.run(main())
+    assert reply.text == "org/model-x answers: who \ufffd is"
+    reply.text.encode("utf-8")  # a tokenizer can take it

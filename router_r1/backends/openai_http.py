@@ -29,6 +29,7 @@ from router_r1.redact import redact
 from router_r1.types import CallStatus
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs valid ones: any left is lone
 DETAIL_CHARS = 200  # of a provider's error body kept for the ledger, after redaction
 
 
@@ -140,6 +141,9 @@ def _parse_reply(model: ModelDescriptor, raw: bytes, messages: list[Message]) ->
         text = data["choices"][0]["message"]["content"]
         if not isinstance(text, str):
             raise TypeError("message content is not text")
+        # A lone surrogate ("\ud800" in the JSON) would make the router's tokenizer raise later:
+        # the reply becomes valid Unicode here, with U+FFFD in its place.
+        text = _SURROGATE.sub("\ufffd", text)
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise BackendError(CallStatus.BAD_RESPONSE,
                            f"{model.name}: malformed chat-completions reply ({type(e).__name__})",
