@@ -101,9 +101,6 @@ class RolloutWorker:
         with the options the learner saves with the policy)."""
         return render_prompt_ids(self.tokenizer, self.spec, question, self.prompt_options)
 
-    def prompt(self, question: str) -> str:
-        return self.prompt_ids(question)[0]
-
     def rollout(self, items: Sequence[Item], n_samples: int = 1, seed: int = 0,
                 greedy: bool = False) -> list[Episode]:
         """Play `n_samples` episodes per item to the end. Sampling is seeded per turn from `seed`,

@@ -4,8 +4,9 @@
 to the end with the logged policy (greedy), calling candidate models through an in-process
 ModelPool core built from the logged descriptor file (the whole pool, unseen models included),
 and returns the answer, the trajectory, the models called and the cost. The prompt is rendered
-with the options saved in the policy folder (router_r1.prompt.render_prompt_ids), as in training. With the simulated pool this runs fully offline; with real
-backends their API keys must be in the environment named by the descriptors.
+with the options saved in the policy folder (router_r1.prompt.render_prompt_ids), as in training.
+With the simulated pool this runs fully offline; with real backends their API keys must be in the
+environment named by the descriptors.
 """
 from __future__ import annotations
 

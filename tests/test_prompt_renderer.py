@@ -1,0 +1,244 @@
+"""One prompt renderer (router_r1.prompt.render_prompt_ids) for rollouts, `router-r1 evaluate`,
+Serve and the MLflow model, from the options saved with the policy; and models unseen in training
+kept out of training (not in the prompt, not callable) while evaluation and Serve offer them.
+
+Two checkpoints: the demo's (tiny policy built from config, tokenizer trained here, no chat
+template) and the Qwen2-style byte-level BPE one with a chat template (tests/bpe_checkpoint.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router_r1.config import load_config
+from router_r1.descriptors import load_pool
+from router_r1.policy import save_policy, train_tokenizer
+from router_r1.prompt import PromptOptions, load_prompt_options, render_prompt, render_prompt_ids, user_turn
+from router_r1.types import CallStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 1024}
+# Few-shot examples first, the question last: the saved tail length keeps only the end.
+QUESTION = ("Example: the capital of Orvium is Kestrel. Example: the founder of Bazus Labs is Tovi. "
+            "Now the real question: who discovered the element Zelix?")
+# What the router is trained with. The evaluate and serve configs below leave the policy section
+# at its defaults (full prompt, whole question), so they only match by reading the checkpoint.
+TRAINED = {"policy.compact_prompt": True, "policy.max_question_tokens": 6, "policy.use_chat_template": True}
+UNSEEN = "Sim-General-Large"
+
+
+def pool_file(folder: Path, unseen: str | None = None) -> Path:
+    """The simulated pool, with `unseen` marked seen_in_training: false."""
+    raw = yaml.safe_load((ROOT / "configs" / "pool_simulated.yaml").read_text())
+    for m in raw["models"]:
+        if m["name"] == unseen:
+            m["seen_in_training"] = False
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pool.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def train_cfg(pool: Path, **over):
+    return load_config(None, {"pool": str(pool), "policy.tiny": TINY, "policy.tokenizer_vocab_size": 400,
+                              "pool_runtime.ledger_dir": None, "pool_runtime.cache": False,
+                              "mlflow.enabled": False, "episode.max_turns": 1, **TRAINED, **over})
+
+
+def corpus(pool) -> list[str]:
+    return [render_prompt(pool, QUESTION, compact=c) for c in (True, False)] * 4
+
+
+# -- the renderer and the saved options ---------------------------------------------------------
+def test_chat_template_ids_are_the_templates_own_and_the_tail_is_cut():
+    from tests.bpe_checkpoint import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer()
+    pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
+    opts = PromptOptions(compact=True, max_question_tokens=6)
+    text, ids = render_prompt_ids(tok, pool, QUESTION, opts)
+    turn = user_turn(pool, QUESTION, opts, tok)
+    msgs = [{"role": "user", "content": turn}]
+    assert ids == list(tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)["input_ids"])
+    assert text == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    question = turn.split("Question: ")[1]
+    assert question.startswith("... ") and "Orvium" not in question and question.rstrip().endswith("Zelix?")
+    assert len(tok.encode(question.removeprefix("... ").strip(), add_special_tokens=False)) <= 7
+    # Chat template off: the user turn itself, encoded once.
+    plain, plain_ids = render_prompt_ids(tok, pool, QUESTION, opts.model_copy(update={"use_chat_template": False}))
+    assert plain == turn and plain_ids == tok.encode(turn, add_special_tokens=False)
+
+
+def test_options_round_trip_and_old_checkpoints(tmp_path):
+    from router_r1.policy import build_tiny_policy
+
+    pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
+    tok = train_tokenizer(corpus(pool), 300)
+    model = build_tiny_policy(TINY, tok)
+    opts = PromptOptions(compact=True, max_question_tokens=12, use_chat_template=False)
+    save_policy(model, tok, tmp_path / "new", extra={"step": 3}, prompt_options=opts)
+    assert load_prompt_options(tmp_path / "new") == opts
+    assert json.loads((tmp_path / "new" / "router_r1.json").read_text())["step"] == 3
+
+    save_policy(model, tok, tmp_path / "old", extra={"step": 3})  # written before options were saved
+    with pytest.raises(ValueError, match="records no prompt options"):
+        load_prompt_options(tmp_path / "old")
+    fallback = PromptOptions(compact=True)
+    assert load_prompt_options(tmp_path / "old", default=fallback) == fallback
+    (tmp_path / "old" / "router_r1.json").write_text(json.dumps({"prompt": {"compact": True, "tail": 3}}))
+    with pytest.raises(ValueError, match="invalid prompt options"):
+        load_prompt_options(tmp_path / "old", default=fallback)
+
+
+# -- the four consumers render the same ids -----------------------------------------------------
+@pytest.fixture(scope="module", params=["demo", "bpe"])
+def trained(request, tmp_path_factory):
+    """(train config, the learner's tokenizer or None, policy folder written by Learner.save_policy)."""
+    from actors.learner import Learner
+
+    tmp = tmp_path_factory.mktemp(request.param)
+    pool = pool_file(tmp)
+    if request.param == "bpe":
+        from tests.bpe_checkpoint import build_bpe_checkpoint
+
+        cfg = train_cfg(pool, **{"policy.checkpoint": str(build_bpe_checkpoint(tmp / "bpe", fit_steps=0))})
+        learner = Learner(cfg)
+    else:
+        cfg = train_cfg(pool)
+        learner = Learner(cfg, corpus(load_pool(pool)))
+    learner.save_policy(tmp / "policy")
+    return cfg, (None if cfg.policy.checkpoint else learner.tokenizer), tmp / "policy"
+
+
+def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, list[int]]]:
+    from actors.rollout import RolloutWorker
+    from deployments.engines import make_generator
+    from deployments.openai_api import ChatCompletionRequest
+    from deployments.service import RouterService
+    from pipelines.evaluate import make_policy
+    from router_r1.tracking import MlflowTracker
+
+    async def unused(*args, **kwargs):
+        raise AssertionError("planning a request generates nothing and calls nobody")
+
+    out = {"rollout": RolloutWorker(cfg, tokenizer).prompt_ids(QUESTION)}
+
+    plain = load_config(None, {"pool": cfg.pool, "mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
+    full_pool = load_pool(plain.pool)
+    out["evaluate"] = make_policy(f"llm:{policy}", full_pool, plain, [], 1).render(QUESTION)
+
+    # As deployments.router.RouterDeployment builds its service.
+    _, serve_tok = make_generator("transformers", policy)
+    service = RouterService(full_pool, plain.serve, plain.episode, serve_tok, unused, unused,
+                            prompt_options=load_prompt_options(policy, PromptOptions.from_policy(plain.policy)))
+    req = ChatCompletionRequest(model="router-r1", messages=[{"role": "user", "content": QUESTION}])
+    plan = service.plan(req, "tenant")
+    out["serve"] = (plan.prompt, plan.prompt_ids)
+
+    # As the train driver logs it (Trainer.finish -> log_router), loaded back through MLflow.
+    import mlflow
+
+    tracker = MlflowTracker(plain.mlflow)
+    run_id = tracker.start(run_name="renderer")
+    tracker.log_router(policy, plain.pool, {"episode": plain.episode.model_dump()})
+    tracker.end()
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/router").unwrap_python_model()
+    out["mlflow"] = model.prompt_ids(QUESTION)
+    return out
+
+
+def test_rollout_evaluate_serve_and_mlflow_render_identical_ids(trained, tmp_path):
+    cfg, tokenizer, policy = trained
+    assert load_prompt_options(policy) == PromptOptions.from_policy(cfg.policy)  # Learner.save_policy
+    out = renderings(cfg, tokenizer, policy, tmp_path)
+    text, ids = out["rollout"]
+    assert ids and all(v == (text, ids) for v in out.values()), {k: v[0][-200:] for k, v in out.items()}
+    assert "Candidate LLMs:" in text and "Orvium" not in text and "Zelix?" in text  # compact, tail cut
+    if cfg.policy.checkpoint:  # the BPE checkpoint's chat template is applied
+        assert text.startswith("<|im_start|>system")
+
+
+# -- unseen models stay unseen in training ------------------------------------------------------
+class RouteTo:
+    """A rollout engine (router_r1.generation's interface) that routes to `model` on its first
+    turn and answers on the next: a training rollout that names a model, without a trained router."""
+
+    max_context = 1024
+
+    def __init__(self, model: str, tokenizer):
+        self.model, self.tokenizer, self.turns = model, tokenizer, 0
+
+    def generate(self, contexts, **kw):
+        from router_r1.generation import Generation
+
+        self.turns += 1
+        text = (f"<think> ask </think><search> {self.model}: Who discovered Zelix? </search>" if self.turns == 1
+                else "<think> done </think><answer> Kestrel </answer>")
+        return [Generation(ids=self.tokenizer.encode(text, add_special_tokens=False), text=text) for _ in contexts]
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_unseen_model_is_neither_shown_nor_callable_in_training(tmp_path):
+    """A training rollout worker over a pool with one unseen model: the model is not in its
+    prompt, and a route to it fails as unknown_model before any pool, even one that could reach
+    it, is asked; a route to a seen model goes through."""
+    from actors.rollout import RolloutWorker
+    from pipelines.train import Trainer
+    from router_r1.pool import PoolCore
+
+    path = pool_file(tmp_path, unseen=UNSEEN)
+    full = load_pool(path)
+    seen = [n for n in full.names if n != UNSEEN]
+    cfg = train_cfg(path)
+    tok = train_tokenizer(corpus(full), 400)
+    records: list = []
+    worker = RolloutWorker(cfg, tok, PoolCore(full, cfg.pool_runtime, "t", on_record=records.append))
+    item = {"id": "q", "question": QUESTION, "golden_answers": ["Kestrel"]}
+
+    text, ids = worker.prompt_ids(QUESTION)
+    assert UNSEEN not in text and UNSEEN not in tok.decode(ids) and all(n in text for n in seen)
+    worker.engine = RouteTo(UNSEEN, tok)
+    (e,) = worker.rollout([item])
+    assert e.routes[0][0] == UNSEEN and e.calls[0].status is CallStatus.UNKNOWN_MODEL
+    assert UNSEEN not in e.calls[0].error.split("choose one of")[1]
+    assert not [r for r in records if r.get("kind") == "call"]  # the pool was never asked
+    worker.engine = RouteTo(seen[0], tok)
+    (e,) = worker.rollout([item])
+    assert e.calls[0].ok and [r["model"] for r in records if r.get("kind") == "call"] == [seen[0]]
+
+    # The driver: its pool, warm-start world and tokenizer corpus are the training view.
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.spec.names == seen and trainer.sim.pool.names == seen
+    assert not any(UNSEEN in t for t in trainer.tokenizer_corpus())
+
+
+def test_evaluate_and_serve_offer_unseen_models(tmp_path):
+    from deployments.openai_api import ChatCompletionRequest
+    from deployments.service import RouterService
+    from pipelines.evaluate import make_policy
+    from router_r1.policy import build_tiny_policy
+
+    path = pool_file(tmp_path, unseen=UNSEEN)
+    full = load_pool(path)
+    tok = train_tokenizer(corpus(full), 400)
+    save_policy(build_tiny_policy(TINY, tok), tok, tmp_path / "policy",
+                prompt_options=PromptOptions.from_policy(train_cfg(path).policy))
+    cfg = load_config(None, {"pool": str(path)})
+
+    text, ids = make_policy(f"llm:{tmp_path / 'policy'}", full, cfg, [], 1).render(QUESTION)
+    assert UNSEEN in text and UNSEEN in tok.decode(ids)
+
+    async def unused(*args, **kwargs):
+        raise AssertionError
+
+    service = RouterService(full, cfg.serve, cfg.episode, tok, unused, unused,
+                            prompt_options=load_prompt_options(tmp_path / "policy"))
+    plan = service.plan(ChatCompletionRequest(model="router-r1", messages=[{"role": "user", "content": "q"}]), "t")
+    assert UNSEEN in plan.prompt and plan.pool.resolve(UNSEEN) is not None
