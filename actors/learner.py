@@ -15,13 +15,23 @@ Design choices (why):
   log-probs are recomputed with the current weights before the epochs.
 - The LR schedule steps once per `update` (one driver step); `warmup_steps` and `train.steps`
   are in those units. An update makes ceil(B / (micro_batch_size * grad_accum)) optimizer steps
-  per epoch; the loss is the token-mean over each optimizer step's policy tokens.
-- Data parallel: with torch.distributed initialised and world_size > 1 the model is wrapped in
-  DistributedDataParallel; every learner receives the whole batch, computes GRPO advantages on
-  all of it (groups must not be split), then trains on its rank's rows; metrics are averaged.
-  Each rank's loss is the token-mean of its own rows and DDP averages gradients, so ranks with
-  unequal token counts weigh slightly differently from one big batch; PPO whitens advantages
-  per rank.
+  per epoch over a random permutation of the rows; each step's loss aggregates its policy
+  tokens per `learner.loss_agg` (algos.loss_weights), exactly however the step is cut.
+- Sampled as scored: RL log-probs, the reference's and the entropy come from logits divided by
+  `episode.temperature`, the temperature the rollouts sample with (`RunConfig.check_training`
+  refuses top-p, which the learner cannot score). The old log-probs, recomputed before the first
+  optimizer step, are the learner's log-probs at the sampler's weights: their distance to the
+  sampler's own (`rollout/logp_diff_mean`, `_max`) measures rollout/learner mismatch. Supervised
+  warm-start steps fit the plain (temperature 1) distribution.
+- Data parallel (`learner.num_learners`, actors/learner_group.py): with torch.distributed
+  initialised and world_size > 1 the model is wrapped in DistributedDataParallel. Every learner
+  receives the whole batch and trains on a share of it, and the update is the one learner's:
+  each rank scores every world_size-th row and the scores are summed over ranks, so advantages
+  (GRPO groups, PPO's GAE and whitening) are computed on the whole batch on every rank; every
+  rank draws the same permutation and takes every world_size-th row of each optimizer step, in
+  the same number of micro-batches (a rank with no rows left runs a zero-weight row, so DDP's
+  all-reduce always pairs up); loss weights are the step's global ones, times world_size because
+  DDP averages gradients. Metrics are summed over ranks, so they are the one learner's too.
 """
 from __future__ import annotations
 
@@ -159,6 +169,7 @@ class Learner:
     """See the module docstring. Public methods are what the driver calls over Ray."""
 
     def __init__(self, cfg: RunConfig, tokenizer_corpus: list[str] | None = None):
+        cfg.check_training()
         self.cfg = cfg
         lc = cfg.learner
         seed_everything(cfg.seed)
@@ -225,16 +236,43 @@ class Learner:
         # The value head gets no gradient in SFT steps, hence find_unused_parameters for PPO.
         self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None)
 
-    def _shard(self, n: int) -> list[int]:
-        return list(range(self.rank, n, self.world_size))
-
-    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+    def _sum_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
+        """Each key summed over ranks (every rank passes the same keys)."""
         if self.world_size == 1:
-            return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
+            return dict(sums)
+        keys = sorted(sums)
+        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return {k: v / self.world_size for k, v in zip(keys, t.tolist())}
+        return dict(zip(keys, t.tolist()))
+
+    def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's micro-batches of one optimizer step over `rows` (row indices of the whole
+        batch, the same on every rank): every world_size-th row from this rank's, cut into as many
+        micro-batches of at most micro_batch_size rows as the largest share needs. Every rank thus
+        runs the same number of forward/backward passes; a shorter share ends in empty ones."""
+        mbs = self.cfg.learner.micro_batch_size
+        mine = rows[self.rank::self.world_size]
+        n = max(1, math.ceil(math.ceil(len(rows) / self.world_size) / mbs))
+        return [mine[j * mbs:(j + 1) * mbs] for j in range(n)]
+
+    def _shared_generator(self) -> torch.Generator:
+        """A generator seeded from rank 0's torch RNG, the same on every rank. That RNG state is
+        checkpointed, so a resumed run draws what the uninterrupted one would have."""
+        seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64)
+        if self.world_size > 1:
+            seed = seed.to(self.device)
+            dist.broadcast(seed, src=0)
+        return torch.Generator().manual_seed(int(seed.item()))
+
+    def _zero_backward(self, module: nn.Module, tb: TensorBatch, with_values: bool) -> None:
+        """A pass with zero loss over one row, for a rank with no rows in this micro-batch: DDP's
+        gradient all-reduce still pairs up with the other ranks', adding nothing. It touches the
+        parameters a real pass would (the value head only in RL steps)."""
+        _, logits, values = self._forward(module, tb.select([0]))
+        zero = 0.0 * logits.sum()
+        if with_values and values is not None:
+            zero = zero + 0.0 * values.sum()
+        zero.backward()
 
     # ------------------------------------------------------------------ tokenizer and weights
     def get_tokenizer(self):
@@ -275,35 +313,44 @@ class Learner:
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.bf16)
 
-    def _forward(self, module: nn.Module, mb: TensorBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(logp (b, t), logits (b, t, V) float, values (b, t) or None) for a micro-batch."""
+    def _forward(self, module: nn.Module, mb: TensorBatch, temperature: float = 1.0,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logp (b, t), logits (b, t, V) float, values (b, t) or None) for a micro-batch, from
+        logits divided by `temperature` (RL: the sampling temperature; see the module docstring)."""
         with self._autocast():
             logits, values = module(mb.input_ids, mb.attention_mask, mb.response_pos)
         logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
         return algos.token_logprobs(logits, mb.response_ids), logits, values
-
-    def _micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.split(rows, self.cfg.learner.micro_batch_size))
 
     @torch.no_grad()
     def _score(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
-        """old_logp, ref_logp and (PPO) old_values for every row, (B, T), without gradients."""
+        """old_logp, ref_logp and (PPO) old_values for every row, (B, T), without gradients.
+        With several ranks each scores every world_size-th row and the (B, T) results, zero on
+        the others' rows, are summed over ranks: every rank ends with all of them."""
         B, T = tb.response_ids.shape
-        out = {k: torch.zeros(B, T, device=self.device) for k in ("old_logp", "ref_logp", "old_values")}
-        for rows in self._micro_batches(torch.arange(B, device=self.device)):
+        temp = self.cfg.episode.temperature
+        out = torch.zeros(3, B, T, device=self.device)  # old_logp, ref_logp, old_values
+        mine = torch.arange(self.rank, B, self.world_size, device=self.device)
+        for rows in torch.split(mine, self.cfg.learner.micro_batch_size):
             mb = tb.select(rows)
             t = mb.response_ids.shape[1]
-            logp, _, values = self._forward(self.model, mb)
-            out["old_logp"][rows, :t] = logp
-            out["ref_logp"][rows, :t] = self._forward(self.reference, mb)[0]
+            logp, _, values = self._forward(self.model, mb, temp)
+            out[0, rows, :t] = logp
+            out[1, rows, :t] = self._forward(self.reference, mb, temp)[0]
             if values is not None:
-                out["old_values"][rows, :t] = values
-        return out
+                out[2, rows, :t] = values
+        if self.world_size > 1:
+            dist.all_reduce(out)
+        return {"old_logp": out[0], "ref_logp": out[1], "old_values": out[2]}
 
     # ------------------------------------------------------------------ training steps
     def sft_step(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One supervised warm-start step: token-mean cross-entropy on policy tokens only
-        (inserted information is context, never a target). Own AdamW at `warmstart.lr`."""
+        (inserted information is context, never a target). Own AdamW at `warmstart.lr`. With
+        several ranks each takes every world_size-th row and divides by the whole batch's token
+        count: the step is the one learner's."""
         t0 = time.perf_counter()
         ws = self.cfg.warmstart
         if self.sft_optimizer is None:
@@ -311,29 +358,30 @@ class Learner:
         lr = ws.lr * lr_lambda(ws.warmup_steps, ws.steps, ws.lr_schedule)(self.sft_steps)
         for group in self.sft_optimizer.param_groups:  # a function of sft_steps: resumes exactly
             group["lr"] = lr
-        if self.world_size > 1:
-            batch = batch.select(self._shard(len(batch)))
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
         module = self.ddp or self.model
-        total = tb.loss_mask.sum().clamp(min=1)
+        total = tb.loss_mask.sum().clamp(min=1)  # the whole batch's: every rank has it
         self.sft_optimizer.zero_grad(set_to_none=True)
         nll_sum = 0.0
-        chunks = self._micro_batches(torch.arange(len(tb), device=self.device))
+        chunks = self._my_micro_batches(torch.arange(len(tb), device=self.device))
         for j, rows in enumerate(chunks):
-            mb = tb.select(rows)
             with self._no_sync(j < len(chunks) - 1):
+                if len(rows) == 0:
+                    self._zero_backward(module, tb, with_values=False)
+                    continue
+                mb = tb.select(rows)
                 logp, _, _ = self._forward(module, mb)
                 nll = -algos.masked_sum(logp, mb.loss_mask) / total
-                nll.backward()
+                (nll * self.world_size).backward()  # DDP averages gradients over ranks
             nll_sum += nll.item()
+        nll_sum = self._sum_over_ranks({"nll": nll_sum})["nll"]
         grad_norm = nn.utils.clip_grad_norm_(self.model.lm.parameters(), self.cfg.learner.grad_clip)
         self.sft_optimizer.step()
         self.sft_steps += 1
         dt = time.perf_counter() - t0
-        return self._reduce_metrics({
-            "sft/nll": nll_sum, "sft/loss": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
-            "learner/grad_norm": float(grad_norm),
-            "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt})
+        return {"sft/nll": nll_sum, "sft/loss": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
+                "learner/grad_norm": float(grad_norm),
+                "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt}
 
     def _new_sft_optimizer(self) -> torch.optim.Optimizer:
         """The warm start's own AdamW (its lr is set per step from the schedule)."""
@@ -345,85 +393,100 @@ class Learner:
             return self.ddp.no_sync()
         return contextlib.nullcontext()
 
-    def _advantages(self, tb: TensorBatch, scored: dict[str, torch.Tensor],
-                    seq_adv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(advantages (B, T), returns (B, T) or None), zero on non-policy tokens."""
+    def _advantages(self, tb: TensorBatch, scored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(advantages (B, T), returns (B, T) or None) for the whole batch, zero on non-policy
+        tokens. GRPO groups are whole only in the whole batch; PPO whitens over all of it."""
         mask = tb.loss_mask.float()
         lc = self.cfg.learner
         if lc.algorithm == "grpo":
-            return seq_adv[:, None] * mask, None
+            return algos.grpo_advantages(tb.rewards, tb.group_ids)[:, None] * mask, None
         token_rewards = algos.last_token_rewards(tb.rewards, mask)
         adv, returns = algos.gae_advantages(token_rewards, scored["old_values"], mask, lc.gamma, lc.gae_lambda)
         return algos.masked_whiten(adv, mask), returns
+
+    # Metrics accumulated over micro-batches (and summed over ranks): the losses are each optimizer
+    # step's (its micro-batches' shares add up to it), averaged over steps; the others are
+    # token-means over every policy token trained on.
+    _STEP_LOSSES = ("actor/pg_loss", "learner/loss")
+    _TOKEN_MEANS = ("actor/clipfrac", "actor/approx_kl", "actor/ratio_mean", "actor/kl", "actor/entropy")
+    _CRITIC_LOSSES = ("critic/vf_loss",)
+    _CRITIC_MEANS = ("critic/vf_clipfrac", "critic/values_mean")
 
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One RL step on a batch of trajectories (GRPO or PPO, per `learner.algorithm`):
         score with the current policy and the reference, compute advantages, then `ppo_epochs`
         passes of clipped-surrogate + kl_coef * KL - entropy_coef * entropy (+ value_coef *
-        value loss for PPO) with gradient accumulation and clipping; one scheduler step."""
+        value loss for PPO), each term aggregated per `loss_agg`, with gradient accumulation and
+        clipping; one scheduler step. Every rank is given the whole batch (module docstring)."""
         t0 = time.perf_counter()
         lc = self.cfg.learner
+        temp = self.cfg.episode.temperature
         if self.reference is None:
             self.reset_reference()
-        full = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
-        # GRPO groups are whole only in the full batch: normalise first, shard after.
-        seq_adv = algos.grpo_advantages(full.rewards, full.group_ids) if lc.algorithm == "grpo" else None
-        if self.world_size > 1:
-            rows = torch.tensor(self._shard(len(full)), device=self.device)
-            tb, seq_adv = full.select(rows), (seq_adv[rows] if seq_adv is not None else None)
-        else:
-            tb = full
+        tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
         scored = self._score(tb)
-        adv, returns = self._advantages(tb, scored, seq_adv)
+        adv, returns = self._advantages(tb, scored)
         mask = tb.loss_mask.float()
         module = self.ddp or self.model
         lr = self.optimizer.param_groups[0]["lr"]
 
-        sums: dict[str, float] = defaultdict(float)
-        weight_total = 0.0
+        loss_keys = self._STEP_LOSSES + (self._CRITIC_LOSSES if returns is not None else ())
+        mean_keys = self._TOKEN_MEANS + (self._CRITIC_MEANS if returns is not None else ())
+        sums: dict[str, float] = dict.fromkeys(loss_keys + mean_keys + ("tokens",), 0.0)
         grad_norms: list[float] = []
         B = len(tb)
         mini = lc.micro_batch_size * lc.grad_accum
+        gen = self._shared_generator()
         for _ in range(lc.ppo_epochs):
-            perm = torch.randperm(B).to(self.device)
+            perm = torch.randperm(B, generator=gen).to(self.device)
             for start in range(0, B, mini):
                 rows_step = perm[start:start + mini]
-                step_tokens = mask[rows_step].sum()
-                if step_tokens == 0:
+                if mask[rows_step].sum() == 0:
                     continue
+                weights = torch.zeros_like(mask)  # this step's loss = sum(weights * per-token loss)
+                weights[rows_step] = algos.loss_weights(mask[rows_step], lc.loss_agg)
                 self.optimizer.zero_grad(set_to_none=True)
-                chunks = self._micro_batches(rows_step)
+                chunks = self._my_micro_batches(rows_step)
                 for j, rows in enumerate(chunks):
-                    mb = tb.select(rows)
-                    t = mb.response_ids.shape[1]
-                    m = mask[rows, :t]
                     with self._no_sync(j < len(chunks) - 1):
-                        logp, logits, values = self._forward(module, mb)
-                        pg, metrics = algos.policy_loss(logp, scored["old_logp"][rows, :t], adv[rows, :t], m, lc.clip_eps)
-                        kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m, kind="k3")
+                        if len(rows) == 0:
+                            self._zero_backward(module, tb, with_values=True)
+                            continue
+                        mb = tb.select(rows)
+                        t = mb.response_ids.shape[1]
+                        m, w = mask[rows, :t], weights[rows, :t]
+                        logp, logits, values = self._forward(module, mb, temp)
+                        pg, metrics = algos.policy_loss(logp, scored["old_logp"][rows, :t], adv[rows, :t], m,
+                                                        lc.clip_eps, weights=w)
+                        kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m,
+                                                          lc.kl_estimator, weights=w)
                         with torch.set_grad_enabled(lc.entropy_coef > 0):
-                            entropy = algos.masked_mean(algos.entropy_from_logits(logits), m)
-                        loss = pg + lc.kl_coef * kl - lc.entropy_coef * entropy
-                        metrics |= kl_metrics | {"actor/entropy": entropy.item()}
+                            entropy = algos.entropy_from_logits(logits)
+                            entropy_term = algos.agg_loss(entropy, m, weights=w)
+                        loss = pg + lc.kl_coef * kl - lc.entropy_coef * entropy_term
+                        metrics |= kl_metrics | {"actor/entropy": algos.masked_mean(entropy, m).item()}
                         if values is not None:
                             vf, vf_metrics = algos.value_loss(values, scored["old_values"][rows, :t],
-                                                              returns[rows, :t], m, clip=lc.clip_eps)
+                                                              returns[rows, :t], m, clip=lc.vf_clip, weights=w)
                             loss = loss + lc.value_coef * vf
                             metrics |= vf_metrics
-                        w = m.sum() / step_tokens  # token-mean over the optimizer step
-                        (loss * w).backward()
+                        (loss * self.world_size).backward()  # DDP averages gradients over ranks
                     metrics["learner/loss"] = loss.item()
-                    wt = float(m.sum())
-                    for k, v in metrics.items():
-                        sums[k] += v * wt
-                    weight_total += wt
+                    ntok = float(m.sum())
+                    for k in loss_keys:
+                        sums[k] += metrics[k]
+                    for k in mean_keys:
+                        sums[k] += metrics[k] * ntok
+                    sums["tokens"] += ntok
                 grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
                 self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        sums = self._sum_over_ranks(sums)
         dt = time.perf_counter() - t0
 
-        out = {k: v / max(weight_total, 1.0) for k, v in sums.items()}
+        out = {k: sums[k] / max(len(grad_norms), 1) for k in loss_keys}
+        out |= {k: sums[k] / max(sums["tokens"], 1.0) for k in mean_keys}
         ntok = float(tb.attention_mask.sum()) * lc.ppo_epochs
         out |= {
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
@@ -438,7 +501,13 @@ class Learner:
         }
         if returns is not None:
             out["critic/returns_mean"] = algos.masked_mean(returns, mask).item()
-        return self._reduce_metrics(out)
+        if batch.sampler_logprobs and mask.sum() > 0:
+            # |sampler log-prob - learner log-prob| at the weights that sampled (old_logp is
+            # scored before any optimizer step): 0 up to numerics when rollouts and learner agree.
+            diff = (tb.sampler_logp - scored["old_logp"]).abs()[mask > 0]
+            out["rollout/logp_diff_mean"] = diff.mean().item()
+            out["rollout/logp_diff_max"] = diff.max().item()
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
