@@ -195,3 +195,105 @@ def test_warm_start_lr_follows_its_schedule():
     f = lr_lambda(2, 6, "cosine")
     assert lrs == pytest.approx([3e-3 * f(k) for k in range(6)])
     assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[5]  # warmup, then decay
+
+
+# -- issue 12: scored as sampled, training-config checks, options wired through ---------------------
+def _with_temperature(cfg, temperature: float):
+    return cfg.model_copy(update={"episode": cfg.episode.model_copy(update={"temperature": temperature})})
+
+
+def _sampler_logprobs(learner: Learner, batch, temperature: float) -> list[list[float]]:
+    """What a sampler at `temperature` would report for each response token (0 on inserted
+    ones), computed here from the raw logits, independently of the learner's scoring code."""
+    tb = batch.to_tensors(learner.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, _ = learner.model(tb.input_ids, tb.attention_mask, tb.response_pos)
+        lp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, tb.response_ids[..., None])[..., 0]
+    lp = torch.where(tb.loss_mask.bool(), lp, torch.zeros_like(lp))
+    return [lp[i, :len(r)].tolist() for i, r in enumerate(batch.response_ids)]
+
+
+def test_update_scores_at_the_sampling_temperature_and_reports_logp_diff():
+    import dataclasses
+
+    cfg = _with_temperature(tiny_config(micro_batch_size=4, grad_accum=1), 0.7)
+    learner = Learner(cfg, CORPUS)
+    batch = fixed_batch(learner.tokenizer)
+    assert "rollout/logp_diff_mean" not in learner.update(batch)  # no sampler log-probs: no figure
+
+    learner = Learner(cfg, CORPUS)
+    at_07, at_1 = _sampler_logprobs(learner, batch, 0.7), _sampler_logprobs(learner, batch, 1.0)
+    mask = [m for row in batch.loss_mask for m in row]
+    gap = max(abs(a - b) for ra, rb in zip(at_07, at_1) for a, b in zip(ra, rb))
+    assert gap > 0.05  # the temperature matters on these tokens, so the next check is not vacuous
+    m = learner.update(dataclasses.replace(batch, sampler_logprobs=at_07))
+    assert m["rollout/logp_diff_max"] < 1e-5 and m["rollout/logp_diff_mean"] < 1e-6
+
+    # Hand-made mismatch: +0.1 on every policy token, +0.5 on one; inserted tokens are ignored.
+    learner = Learner(cfg, CORPUS)
+    shifted = [[lp + 0.1 * m for lp, m in zip(row, mrow)] for row, mrow in zip(at_07, batch.loss_mask)]
+    shifted[2][batch.loss_mask[2].index(1)] += 0.4
+    shifted[1][batch.loss_mask[1].index(0)] += 9.0  # an information token: not a policy token
+    m = learner.update(dataclasses.replace(batch, sampler_logprobs=shifted))
+    n = sum(mask)
+    assert m["rollout/logp_diff_max"] == pytest.approx(0.5, abs=1e-5)
+    assert m["rollout/logp_diff_mean"] == pytest.approx((0.1 * (n - 1) + 0.5) / n, abs=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"learner": {"group_size": 1}}, "group_size is 1"),
+    ({"episode": {"temperature": 0.0}}, "temperature is 0.0"),
+    ({"episode": {"top_p": 0.9}}, "top_p is 0.9"),
+])
+def test_training_refuses_settings_the_learner_cannot_score(change, message):
+    from router_r1.config import RunConfig
+
+    raw = tiny_config().model_dump()
+    for section, values in change.items():
+        raw[section].update(values)
+    cfg = RunConfig.model_validate(raw)  # a valid config (evaluation may sample greedily) ...
+    with pytest.raises(ValueError, match=message):
+        cfg.check_training()  # ... but not a valid training run
+    with pytest.raises(ValueError, match=message):
+        Learner(cfg, CORPUS)
+    tiny_config("ppo", group_size=1).check_training()  # PPO has no groups
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_update_aggregates_the_policy_loss_per_loss_agg(loss_agg):
+    """First update, one optimizer step: the ratio is 1 (scored at the same weights), so the
+    loss is -agg(A) with A_i = +-0.5 / std([1, 0, 1, 0]) on row i's n_i policy tokens."""
+    learner = Learner(tiny_config(micro_batch_size=4, grad_accum=1, loss_agg=loss_agg), CORPUS)
+    batch = fixed_batch(learner.tokenizer)
+    n = [sum(m) for m in batch.loss_mask]
+    a = 0.5 / (1 / 3) ** 0.5
+    adv = [a, -a, a, -a]
+    want = {"token-mean": -sum(x * k for x, k in zip(adv, n)) / sum(n),
+            "seq-mean-token-mean": -sum(adv) / 4,
+            "seq-mean-token-sum": -sum(x * k for x, k in zip(adv, n)) / 4}[loss_agg]
+    assert len(set(n)) > 1  # uneven lengths: the three aggregations differ
+    m = learner.update(batch)
+    assert m["actor/pg_loss"] == pytest.approx(want, abs=1e-5)
+    assert m["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_update_passes_kl_estimator_and_vf_clip_through(monkeypatch):
+    import actors.learner as learner_module
+
+    seen = []
+    real_kl, real_vf = algos.kl_penalty, algos.value_loss
+
+    def kl(*args, **kw):
+        seen.append(("kl", args[3]))
+        return real_kl(*args, **kw)
+
+    def vf(*args, clip, **kw):
+        seen.append(("vf", clip))
+        return real_vf(*args, clip=clip, **kw)
+
+    monkeypatch.setattr(learner_module.algos, "kl_penalty", kl)
+    monkeypatch.setattr(learner_module.algos, "value_loss", vf)
+    learner = Learner(tiny_config("ppo", micro_batch_size=4, grad_accum=1, clip_eps=0.3, vf_clip=0.05,
+                                  kl_estimator="k2", kl_coef=0.1), CORPUS)
+    learner.update(fixed_batch(learner.tokenizer))
+    assert set(seen) == {("kl", "k2"), ("vf", 0.05)}
