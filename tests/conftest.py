@@ -8,6 +8,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# A key planted for leak tests, in this process and (through runtime_env) in every Ray worker, so
+# a pool actor made by a Serve replica sends it; tests grep what a run wrote for any part of it.
+PLANTED_KEY_ENV = "ROUTER_R1_TEST_PLANTED_KEY"
+os.environ.setdefault(PLANTED_KEY_ENV, "sk-PLNT-7Qx9Lm2Vb8Nc4Zr1Kd5")
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +22,8 @@ def ray_local():
         ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
                  namespace="router_r1_tests", log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                     [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}})
+                     [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                     PLANTED_KEY_ENV: os.environ[PLANTED_KEY_ENV]}})
     yield ray
     # Left running for the rest of the session; pytest exit tears it down with the process.
 
@@ -34,3 +39,12 @@ def shared_data() -> Path:
 def paper_pool():
     from router_r1.descriptors import load_pool
     return load_pool(ROOT / "configs" / "pool_router_r1.yaml")
+
+
+@pytest.fixture(scope="session")
+def bpe_checkpoint(tmp_path_factory) -> Path:
+    """A small Qwen2 checkpoint with a real-world-like tokenizer (tests/bpe_checkpoint.py): tags are
+    several byte-level BPE tokens, Qwen chat template, generation_config with a repetition penalty."""
+    from bpe_checkpoint import build_bpe_checkpoint
+
+    return build_bpe_checkpoint(tmp_path_factory.mktemp("bpe") / "policy")
