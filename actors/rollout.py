@@ -138,7 +138,12 @@ class RolloutWorker:
 
     def encode_traces(self, traces: Sequence[Episode], max_response_tokens: int | None = None) -> TrajectoryBatch:
         """Warm-start demonstrations (text written by a world, never sampled) as a batch, encoded
-        here with the policy's tokenizer so that the driver never tokenises."""
+        here with the policy's tokenizer so that the driver never tokenises. A trace without prompt
+        ids gets the prompt rollouts render (chat template, question tail), so supervised and RL
+        steps condition on the same prompt."""
+        for e in traces:
+            if not e.prompt_ids:
+                e.prompt, e.prompt_ids = self.prompt_ids(e.question)
         return TrajectoryBatch.from_traces(traces, self.tokenizer, max_response_tokens)
 
 

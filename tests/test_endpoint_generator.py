@@ -63,3 +63,65 @@ def test_prompt_only_router_over_http(tmp_path):
     assert all(r["format_ok"] and r["models"] == ["Big"] for r in rows)
     assert runs[1].calls[0].text == response("m-big", "t.2")
     assert seen[0]["stop"] == ["</search>", "</answer>"] and ROWS[0][1] in seen[0]["prompt"]
+
+
+def test_token_mode_sends_ids_and_keeps_the_returned_ids(bpe_checkpoint):
+    """Against a vLLM-like completions server: the context goes out as token ids, the sampled ids
+    and log-probs come back ('token_id:N'), and the episode keeps them as they are."""
+    import pytest
+
+    from router_r1.endpoint_generator import EndpointError
+    from router_r1.episode import Episode, run_episodes
+    from router_r1.policy import load_policy
+    from router_r1.types import CallResult
+
+    _, tok = load_policy(bpe_checkpoint)
+    sent: list[list[int]] = []
+    returned: list[list[int]] = []
+    server = {"ids": True}  # False: answer as a server that returns no token ids
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert body["logprobs"] == 1 and body["return_tokens_as_token_ids"] is True
+        sent.append(body["prompt"])
+        routed = tok.decode(body["prompt"]).count("<information>") > 0
+        text = ("<think> it said </think>\n<answer> Paris </answer>" if routed else
+                "<think> ask </think>\n<search> Qwen-Small: who? </search>\n")
+        ids = tok.encode(text, add_special_tokens=False)
+        returned.append(ids)
+        if not server["ids"]:
+            return web.json_response({"choices": [{"text": text, "finish_reason": "stop"}]})
+        return web.json_response({"choices": [{"text": text, "finish_reason": "stop", "logprobs": {
+            "tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.25] * len(ids)}}]})
+
+    async def reply(model, query):
+        return CallResult(model=model, text="Paris.", prompt_tokens=1, completion_tokens=1)
+
+    async def go():
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            cfg = EpisodeConfig(max_turns=2)
+            gen = CompletionsGenerator(f"http://127.0.0.1:{port}/v1", "router", cfg, tokenizer=tok)
+            p = tok.encode("Question: who?\n", add_special_tokens=False)
+            e = Episode("x", "who?", ["Paris"], tok.decode(p), prompt_ids=p)
+            await run_episodes([e], gen.generate, reply, cfg, tokenizer=tok)
+            return e
+        finally:
+            await runner.cleanup()
+
+    e = asyncio.run(go())
+    policy = [s for s in e.segments if s.origin == "policy"]
+    # "</search>\n": the ids after the stop token are cut, log-probs alongside.
+    assert policy[0].ids == returned[0][:len(policy[0].ids)] and policy[1].ids == returned[1]
+    assert tok.decode(policy[0].ids).endswith("</search>") and policy[0].logprobs == [-0.25] * len(policy[0].ids)
+    assert sent[0] == e.prompt_ids and sent[1] == e.prompt_ids + policy[0].ids + e.segments[1].ids
+    assert e.parsed().answer == "Paris"
+    server["ids"] = False
+    with pytest.raises(EndpointError, match="no token ids"):
+        asyncio.run(go())
