@@ -40,7 +40,6 @@ import copy
 import math
 import random
 import time
-from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -332,8 +331,8 @@ class Learner:
         B, T = tb.response_ids.shape
         temp = self.cfg.episode.temperature
         out = torch.zeros(3, B, T, device=self.device)  # old_logp, ref_logp, old_values
-        mine = torch.arange(self.rank, B, self.world_size, device=self.device)
-        for rows in torch.split(mine, self.cfg.learner.micro_batch_size):
+        mine = torch.arange(self.rank, B, self.world_size, device=self.device)  # empty if B <= rank
+        for rows in torch.split(mine, self.cfg.learner.micro_batch_size) if len(mine) else ():
             mb = tb.select(rows)
             t = mb.response_ids.shape[1]
             logp, _, values = self._forward(self.model, mb, temp)

@@ -1,5 +1,5 @@
 """Data-parallel learners over torch.distributed (gloo, CPU, float32): with rows that do not split
-evenly over the ranks (3 and 5 rows on 2), every rank runs the same optimizer steps and backward
+evenly over the ranks (3, 5 and 1 rows on 2), every rank runs the same optimizer steps and backward
 passes (no deadlock), and the SFT step and the RL update are the one learner's: same loss and
 metrics, same weights afterwards."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ CASES = {
                              "vf_clip": 0.5}),
     "grpo_5rows": ("grpo", 5, {"micro_batch_size": 2, "grad_accum": 2, "loss_agg": "seq-mean-token-sum",
                                "kl_coef": 0.1, "kl_estimator": "k2"}),
+    "ppo_1row": ("ppo", 1, {"micro_batch_size": 2, "grad_accum": 1}),  # rank 1 scores and trains nothing
 }
 TIMING = ("learner/step_time_s", "learner/tokens_per_s")
 
@@ -118,3 +119,4 @@ def test_uneven_shards_match_one_learner(tmp_path):
     assert one["grpo_3rows"]["update"]["learner/optimizer_steps"] == 4.0  # 2 epochs x steps of 2 + 1 rows
     assert one["ppo_5rows"]["update"]["learner/optimizer_steps"] == 3.0  # 2 + 2 + 1 rows
     assert one["grpo_5rows"]["update"]["learner/optimizer_steps"] == 2.0  # 4 + 1 rows
+    assert one["ppo_1row"]["update"]["learner/optimizer_steps"] == 1.0
