@@ -16,6 +16,7 @@ The request logic itself is `deployments.service.RouterService` (Ray-free).
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,10 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.openai_api import (APIError, chunk_body, completion_body, completion_id,
-                                    parse_request, sse)
+                                    parse_request, request_schema, sse)
 from deployments.service import GenParams, Plan, RouterService
 from router_r1.config import RunConfig, ServeConfig, load_config
 from router_r1.generation import Generation
-from router_r1.policy import check_checkpoint_dir
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
 
@@ -85,6 +85,34 @@ def tenant_for(authorization: str | None, keys: dict[str, str]) -> str:
     return tenant
 
 
+async def generate_isolated(generate: Callable[..., list[Generation]],
+                            items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
+    """One turn for each item, batched per sampling parameters, in a worker thread. A batch that
+    fails is retried item by item, so a poisoned request gets its own exception back (its
+    caller answers 400) and the requests batched with it still get their turns. (Defined above
+    the deployment: Serve pickles the class when it is decorated.)"""
+    groups: dict[GenParams, list[int]] = {}
+    for i, (_, g) in enumerate(items):
+        groups.setdefault(g, []).append(i)
+    out: list[Generation | Exception] = [Generation() for _ in items]
+    for (temperature, top_p, max_new), idx in groups.items():
+        def run(ids: list[int]) -> Any:
+            return asyncio.to_thread(generate, [items[i][0] for i in ids], max_new_tokens=max_new,
+                                     temperature=temperature, top_p=top_p)
+        try:
+            gens: list[Generation | Exception] = list(await run(idx))
+        except Exception:
+            gens = []
+            for i in idx:
+                try:
+                    gens.extend(await run([i]))
+                except Exception as e:
+                    gens.append(e)
+        for i, g in zip(idx, gens):
+            out[i] = g
+    return out
+
+
 @serve.deployment(name="RouterR1")
 @serve.ingress(api)
 class RouterDeployment:
@@ -115,24 +143,21 @@ class RouterDeployment:
             self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
             run_id=f"serve:{cfg.name}",
             # As the router was trained; a checkpoint that records none renders as the config says.
-            prompt_options=load_prompt_options(checkpoint, default=PromptOptions.from_policy(cfg.policy)))
+            prompt_options=load_prompt_options(checkpoint, default=PromptOptions.from_policy(cfg.policy)),
+            max_context=getattr(self.generator, "max_context", None))
 
     # -- batched generation ----------------------------------------------------------------------
     async def _generate_turn(self, context: list[int], gen: GenParams) -> Generation:
-        return await self._generate_batch((context, gen))
+        res = await self._generate_batch((context, gen))
+        if isinstance(res, Exception):  # this request's own turn failed, alone (generate_isolated)
+            raise APIError(400, f"the router cannot process this request: {type(res).__name__}: "
+                           f"{str(res)[:200]}", param="messages", code="invalid_value")
+        return res
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, items: list[tuple[list[int], GenParams]]) -> list[Generation]:
+    async def _generate_batch(self, items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
         """One router turn for every episode waiting now (context ids), grouped by sampling parameters."""
-        groups: dict[GenParams, list[int]] = {}
-        for i, (_, g) in enumerate(items):
-            groups.setdefault(g, []).append(i)
-        out = [Generation() for _ in items]
-        for (temperature, top_p, max_new), idx in groups.items():
-            texts = await asyncio.to_thread(self.generator.generate, [items[i][0] for i in idx],
-                                            max_new_tokens=max_new, temperature=temperature, top_p=top_p)
-            for i, t in zip(idx, texts):
-                out[i] = t
+        out = await generate_isolated(self.generator.generate, items)
         self.batches += 1
         self.batched_turns += len(items)
         return out
@@ -151,7 +176,8 @@ class RouterDeployment:
             "id": self.serve_cfg.model_name, "object": "model", "created": 0, "owned_by": "router-r1",
             "candidates": self.pool.names}]}
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": request_schema()}}}})
     async def chat_completions(self, request: Request):
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         req = parse_request(await request.body())

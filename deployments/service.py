@@ -135,11 +135,14 @@ class RouterService:
 
     def __init__(self, pool: PoolSpec, serve: ServeConfig, episode: EpisodeConfig, tokenizer,
                  generate_one: GenerateOne, call: PoolCall, *, prompt_options: PromptOptions = PromptOptions(),
-                 run_id: str = "serve", clock: Callable[[], float] = time.time):
-        """`prompt_options`: those the router was trained with (router_r1.prompt.load_prompt_options)."""
+                 run_id: str = "serve", clock: Callable[[], float] = time.time,
+                 max_context: int | None = None):
+        """`prompt_options`: those the router was trained with (router_r1.prompt.load_prompt_options).
+        `max_context`: the engine's context window in tokens (a longer prompt is a 413)."""
         self.pool, self.cfg, self.episode_cfg, self.tokenizer = pool, serve, episode, tokenizer
         self._generate_one, self._call = generate_one, call
         self.prompt_options, self.run_id, self._clock = prompt_options, run_id, clock
+        self.max_context = max_context
 
     # -- checking ------------------------------------------------------------------------------
     def plan(self, req: ChatCompletionRequest, tenant: str) -> Plan:
@@ -173,6 +176,11 @@ class RouterService:
         now = self._clock()
         timeout = cfg.request_timeout_s
         prompt, prompt_ids = render_prompt_ids(self.tokenizer, pool, question, self.prompt_options)
+        if self.max_context is not None and len(prompt_ids) + max_new > self.max_context:
+            # Counted in tokens: a prompt the window cannot hold would be answered from garbage.
+            raise APIError(413, f"the prompt is {len(prompt_ids)} tokens and a router turn needs up to "
+                           f"{max_new} more; the router's context window is {self.max_context} tokens",
+                           param="messages", code="context_length_exceeded")
         return Plan(
             request_id=uuid.uuid4().hex, tenant=tenant, question=question, prompt=prompt,
             prompt_ids=prompt_ids, pool=pool, allowed=allowed,

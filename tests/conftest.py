@@ -8,8 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# A key planted for leak tests, in this process and (through runtime_env) in every Ray worker, so
-# a pool actor made by a Serve replica sends it; tests grep what a run wrote for any part of it.
+# A key planted for leak tests, in this process and so in every Ray worker of the session (set
+# before ray.init; never through runtime_env, whose agent logs it), so a pool actor made by a Serve
+# replica sends it; tests grep what a run wrote for any part of it.
 PLANTED_KEY_ENV = "ROUTER_R1_TEST_PLANTED_KEY"
 os.environ.setdefault(PLANTED_KEY_ENV, "sk-PLNT-7Qx9Lm2Vb8Nc4Zr1Kd5")
 
@@ -22,8 +23,7 @@ def ray_local():
         ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
                  namespace="router_r1_tests", log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                     [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                     PLANTED_KEY_ENV: os.environ[PLANTED_KEY_ENV]}})
+                     [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}})
     yield ray
     # Left running for the rest of the session; pytest exit tears it down with the process.
 

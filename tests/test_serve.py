@@ -122,7 +122,9 @@ def served(ray_local, fake, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve")
     limits = {"max_attempts": 1, "timeout_s": 30, "circuit_failures": 1000}
-    backend = {"kind": "openai", "base_url": fake.url}
+    # The pool actor (made by the replica) sends the key planted by conftest: the leak test makes
+    # the fake provider echo it back.
+    backend = {"kind": "openai", "base_url": fake.url, "api_key_env": "ROUTER_R1_TEST_PLANTED_KEY"}
     (tmp / "pool.yaml").write_text(yaml.safe_dump({"name": "fake", "models": [
         {"name": "Echo-Model", "price": ECHO_PRICE, "description": "Echoes the question.",
          "backend": backend, "limits": limits},
@@ -152,7 +154,7 @@ def served(ray_local, fake, tmp_path_factory):
             if time.time() > deadline:
                 raise
             time.sleep(0.2)
-    yield base, fake
+    yield base, fake, tmp / "ledger"
     serve.shutdown()
     import ray
     try:
@@ -163,7 +165,7 @@ def served(ray_local, fake, tmp_path_factory):
 
 @pytest.fixture
 def base(served):
-    base_url, fake = served
+    base_url, fake, _ = served
     fake.reset()
     yield base_url
     fake.reset()
@@ -297,6 +299,12 @@ def test_missing_or_wrong_key_is_401(fake, base):
     (b'{"model": "router-r1", "messages": [{"role": "user", "content": "   "}]}', 400, "messages"),
     (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_turns": 99}', 400,
      "max_turns"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "temperature": "0.5"}', 400,
+     "temperature"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "n": 2}', 400, "n"),
+    (b'{"model": "router-r1", "messages": [{"role": "user", "content": "who \\ud800?"}]}', 400,
+     "messages.0.content"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, None),
 ])
 def test_bad_requests_get_openai_errors(fake, base, body, status, param):
     err = assert_error(*post(base, body), status)
@@ -374,3 +382,63 @@ def test_concurrent_requests_share_generation_batches(base):
     turns = after["batched_turns"] - before["batched_turns"]
     assert turns >= 16 * 2  # route turn + answer turn per request
     assert batches < turns / 2, (batches, turns)  # on average more than two turns per generation
+
+
+# -- trust boundaries (issue 14) -------------------------------------------------------------------
+def test_a_poisoned_request_fails_alone_and_its_batch_mates_succeed(base):
+    """A lone surrogate used to make the shared batch's tokenizer raise: 15 of 24 normal requests
+    batched with it got 500. Now it is refused on its own (400) and the others all answer."""
+    poisoned = b'{"model": "router-r1", "messages": [{"role": "user", "content": "who \\ud800?"}]}'
+    bodies = [poisoned if i == 12 else ask(f"question number {i}?") for i in range(25)]
+    with ThreadPoolExecutor(25) as ex:
+        results = list(ex.map(lambda b: post(base, b), bodies))
+    assert_error(*results[12], 400, "invalid_value")
+    assert [s for i, (s, _) in enumerate(results) if i != 12] == [200] * 24
+
+
+def test_wrong_method_is_405_with_allow(base):
+    req = urllib.request.Request(base + "/v1/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as h:
+        urllib.request.urlopen(req, timeout=10)
+    assert h.value.code == 405 and h.value.headers["Allow"] == "POST"
+    assert set(json.loads(h.value.read())["error"]) == {"message", "type", "param", "code"}
+
+
+def test_openapi_publishes_the_request_body(base):
+    doc = json.loads(urllib.request.urlopen(base + "/openapi.json", timeout=10).read())
+    body = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert body["required"] and {"model", "messages"} <= set(schema["required"])
+    assert schema["properties"]["temperature"]["anyOf"][0]["type"] == "number"
+
+
+def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, base):
+    """The fake provider echoes the pool's key (planted by conftest) in its 401 body, across byte
+    200; a client also sends that key as its bearer. No 6+ character part of it may appear in a
+    reply, the ledger, or any log of this Ray session (Serve controller, proxy, replicas, pool)."""
+    import os
+
+    import ray
+
+    from router_r1.redact import leaks
+
+    _, fake, ledger = served
+    key = os.environ["ROUTER_R1_TEST_PLANTED_KEY"]
+    fake.set("Echo-Model", "echo_key")
+    fake.set("Other-Model", "echo_key")
+    status, body = post(base, ask())
+    assert status == 503 and leaks(json.dumps(body), key) == []
+    assert fake.log and fake.log[-1]["bearer"]  # the key was sent, and echoed
+    status, body = post(base, ask(), key=key)
+    assert status == 401 and leaks(json.dumps(body), key) == []
+    time.sleep(1.0)  # log lines flushed
+    node = ray._private.worker._global_node
+    roots = [Path(node.get_session_dir_path()) / "logs", ledger]
+    found = {}
+    for root in roots:
+        for f in root.rglob("*"):
+            if f.is_file() and f.stat().st_size < 50_000_000:
+                hits = leaks(f.read_bytes().decode("latin-1"), key)
+                if hits:
+                    found[str(f)] = hits
+    assert found == {}

@@ -53,3 +53,52 @@ def test_request_schema_is_published_self_contained():
     assert set(s["required"]) == {"model", "messages"}
     assert props["messages"]["items"]["properties"]["role"]["enum"][:3] == ["system", "developer", "user"]
     ChatCompletionRequest.model_validate({"model": "m", "messages": Q})
+
+
+# -- per-request isolation in the batched generation ---------------------------------------------
+def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
+    import asyncio
+
+    from deployments.router import generate_isolated
+    from router_r1.generation import Generation
+
+    calls = []
+
+    def generate(contexts, max_new_tokens, temperature, top_p):
+        calls.append(len(contexts))
+        if any(-1 in c for c in contexts):
+            raise ValueError("token id -1 out of range")
+        return [Generation(ids=[len(c)], text="ok") for c in contexts]
+
+    g = (0.0, 1.0, 8)
+    items = [([1, 2], g), ([3, -1], g), ([4], g), ([5], (0.7, 1.0, 8))]
+    out = asyncio.run(generate_isolated(generate, items))
+    assert [type(x).__name__ for x in out] == ["Generation", "ValueError", "Generation", "Generation"]
+    assert out[0].ids == [2] and out[2].ids == [1] and out[3].ids == [1]
+    assert calls == [3, 1, 1, 1, 1]  # the greedy group failed once, then went one by one
+
+
+def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
+    from deployments.service import RouterService
+    from router_r1.config import RunConfig
+    from router_r1.descriptors import PoolSpec
+    from router_r1.policy import train_tokenizer
+
+    async def unused(*a, **k):
+        raise AssertionError("planning generates nothing")
+
+    tok = train_tokenizer(["who wrote the book zelix and when"] * 20, vocab_size=120)
+    pool = PoolSpec.model_validate({"models": [{"name": "A", "price": 1.0, "backend": {"kind": "simulated"}}]})
+    cfg = RunConfig()
+    service = RouterService(pool, cfg.serve, cfg.episode, tok, unused, unused)
+    short = ChatCompletionRequest(model=cfg.serve.model_name, messages=Q)
+    need = len(service.plan(short, "t").prompt_ids) + cfg.episode.max_new_tokens
+    service.max_context = need + 20  # the short question fits, with 20 tokens to spare
+    service.plan(short, "t")
+    # Well under serve.max_prompt_chars, but more tokens than the window holds.
+    long = ChatCompletionRequest(model=cfg.serve.model_name,
+                                 messages=[{"role": "user", "content": "zq " * 400}])
+    assert len(long.question()) < cfg.serve.max_prompt_chars
+    with pytest.raises(APIError) as e:
+        service.plan(long, "t")
+    assert e.value.status == 413 and e.value.code == "context_length_exceeded" and "tokens" in e.value.message
