@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 
 class APIError(Exception):
@@ -29,6 +29,16 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+
+def _json_int(v: Any) -> Any:
+    """A JSON integer: `2` or `2.0` (JSON Schema counts both as integers), never "2" or true."""
+    if isinstance(v, (str, bool)):
+        raise ValueError("must be a JSON integer, not a string or boolean")
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
 
 
 class ContentPart(BaseModel):
@@ -60,45 +70,32 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI's body plus the router's own controls (sent by clients as `extra_body`).
-    Numbers are strict: `"temperature": "0.5"` is refused, as is `"max_tokens": 2.0`."""
+    Numbers are strict: `"temperature": "0.5"` and `"max_tokens": "16"` are refused (`16.0` is
+    an integer in JSON Schema, so it is taken)."""
 
     model_config = ConfigDict(extra="allow", strict=False)
 
-    model: str
-    messages: list[ChatMessage]
+    model: str = Field(examples=["router-r1"])
+    messages: list[ChatMessage] = Field(min_length=1, examples=[[{"role": "user", "content": "Who discovered Orvium?"}]])
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
-    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # per router turn
-    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
-    seed: int | None = Field(default=None, strict=True)
-    n: int | None = Field(default=None, strict=True)  # must be 1: one answer per request
+    max_tokens: JsonInt | None = Field(default=None, ge=1)  # per router turn
+    max_completion_tokens: JsonInt | None = Field(default=None, ge=1)
+    seed: JsonInt | None = None
+    n: JsonInt | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 1})  # one answer
     # Router controls.
-    max_turns: int | None = Field(default=None, ge=0, strict=True)  # routed calls before the final turn
-    models: list[str] | None = None  # allowed candidate subset (display names or aliases)
+    max_turns: JsonInt | None = Field(default=None, ge=0)  # routed calls before the final turn
+    models: list[str] | None = Field(default=None, min_length=1)  # allowed candidate subset (names or aliases)
     max_cost_usd: float | None = Field(default=None, ge=0.0, strict=True)  # cost cap for this request
     return_trace: StrictBool = True
-
-    @field_validator("messages")
-    @classmethod
-    def _non_empty(cls, v: list[ChatMessage]) -> list[ChatMessage]:
-        if not v:
-            raise ValueError("messages must contain at least one message")
-        return v
 
     @field_validator("n")
     @classmethod
     def _one_choice(cls, v: int | None) -> int | None:
         if v is not None and v != 1:
             raise ValueError("only n=1 is supported: the router gives one answer per request")
-        return v
-
-    @field_validator("models")
-    @classmethod
-    def _models_non_empty(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not v:
-            raise ValueError("models, when given, must name at least one candidate model")
         return v
 
     def question(self) -> str:
@@ -165,11 +162,20 @@ def _check_tree(data: Any) -> None:
                 stack.append((v, where, depth + 1))
 
 
-def request_schema() -> dict[str, Any]:
+def request_schema(limits: Any = None) -> dict[str, Any]:
     """The JSON schema of a chat request, self-contained (no $refs), for the OpenAPI document:
     the route reads its body raw (to answer malformed JSON in OpenAI's error shape), so FastAPI
-    cannot infer it."""
+    cannot infer it. `limits` (a ServeConfig) adds one server's own bounds: its model name,
+    max_turns and max_tokens limits."""
     schema = ChatCompletionRequest.model_json_schema()
+    if limits is not None:
+        props = schema["properties"]
+        props["model"]["examples"] = [limits.model_name]
+        for field, top in (("max_turns", limits.max_turns_limit), ("max_tokens", limits.max_new_tokens_limit),
+                           ("max_completion_tokens", limits.max_new_tokens_limit)):
+            for alt in props[field].get("anyOf", [props[field]]):
+                if alt.get("type") == "integer":
+                    alt["maximum"] = top
     defs = schema.pop("$defs", {})
 
     def inline(x: Any) -> Any:
@@ -182,6 +188,27 @@ def request_schema() -> dict[str, Any]:
         return x
 
     return inline(schema)
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+ERROR_STATUSES = {400: "malformed or invalid request", 401: "missing or unknown API key",
+                  402: "the tenant's budget is spent", 404: "unknown model or candidate model",
+                  413: "prompt longer than the router's limits", 500: "internal error",
+                  503: "no candidate model could answer", 504: "the router did not finish in time"}
+
+
+def error_responses(statuses: dict[int, str] = ERROR_STATUSES) -> dict[int, dict[str, Any]]:
+    """OpenAPI `responses` for the errors a route can answer, all in OpenAI's error shape."""
+    return {code: {"description": why, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+            for code, why in statuses.items()}
+
+
+# A chat completion is JSON, or server-sent events when the request has `stream: true`.
+COMPLETION_RESPONSE = {200: {"description": "a chat.completion, or chat.completion.chunk events (stream)",
+                             "content": {"application/json": {}, "text/event-stream": {}}}}
 
 
 def completion_id() -> str:

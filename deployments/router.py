@@ -26,8 +26,9 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.openai_api import (APIError, chunk_body, completion_body, completion_id,
-                                    parse_request, request_schema, sse)
+from deployments.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
+                                    completion_body, completion_id, error_responses, parse_request,
+                                    request_schema, sse)
 from deployments.service import GenParams, Plan, RouterService
 from router_r1.config import RunConfig, ServeConfig, load_config
 from router_r1.generation import Generation
@@ -136,6 +137,9 @@ class RouterDeployment:
                                     detached=True)
         self.pool_client = PoolClient(handle)
         self.keys = dict(cfg.serve.api_keys) or parse_api_keys(os.environ.get("ROUTER_R1_API_KEYS"))
+        # The published request schema carries this server's own limits (max_turns, max_tokens).
+        api.openapi()["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"][
+            "application/json"]["schema"] = request_schema(cfg.serve)
         self._generate_batch.set_max_batch_size(cfg.serve.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
         self.batches = self.batched_turns = 0
@@ -169,14 +173,14 @@ class RouterDeployment:
                 "pool": self.pool.name, "candidates": self.pool.names,
                 "generation_batches": self.batches, "batched_turns": self.batched_turns}
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=error_responses({401: ERROR_STATUSES[401]}))
     async def models(self, request: Request) -> dict[str, Any]:
         tenant_for(request.headers.get("authorization"), self.keys)
         return {"object": "list", "data": [{
             "id": self.serve_cfg.model_name, "object": "model", "created": 0, "owned_by": "router-r1",
             "candidates": self.pool.names}]}
 
-    @api.post("/v1/chat/completions", openapi_extra={"requestBody": {
+    @api.post("/v1/chat/completions", responses={**COMPLETION_RESPONSE, **error_responses()}, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": request_schema()}}}})
     async def chat_completions(self, request: Request):
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
