@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if unset:
         print(f"router-r1 evaluate: API key variable(s) not set: {', '.join(unset)}", file=sys.stderr)
         return 2
-    all_failed: list[str] = []
+    all_failed: list[str] = []  # policies whose every call failed
+    run_calls = run_failed = 0
     # The oracle picks by replay labels; a QA set has none, so it is skipped there, with a note.
     notes = [f"oracle skipped on {name}: it chooses by replay labels and a QA set has none"
              for name, _, table in datasets if table is None and "oracle" in specs]
@@ -294,11 +295,13 @@ def main(argv: list[str] | None = None) -> int:
                 ds_rows.append(row)
             rows += ds_rows
             n_calls = sum(r["calls"] for r in ds_rows)
-            if n_calls and n_calls == sum(r["failed_calls"] for r in ds_rows):
+            n_failed = sum(r["failed_calls"] for r in ds_rows)
+            run_calls, run_failed = run_calls + n_calls, run_failed + n_failed
+            if n_calls and n_calls == n_failed:
                 first = next(c for run in runs for c in run.calls)
                 all_failed.append(f"{policy.name} on {ds_name}: all {n_calls} calls failed "
                                   f"(e.g. {first.status.value}: {first.error})")
-                print(f"router-r1 evaluate: {all_failed[-1]}", file=sys.stderr, flush=True)
+                print(f"router-r1 evaluate: WARNING: {all_failed[-1]}", file=sys.stderr, flush=True)
             s = aggregate(ds_rows)
             s["wall_s"] = wall
             summaries.setdefault(ds_name, {})[policy.name] = s
@@ -327,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                   "exclude": args.exclude}
         run_id = log_mlflow(cfg.mlflow, args.mlflow_uri, params, summaries, out)
         print(f"MLflow run {run_id}")
-    if all_failed:  # the table above is not a result: say so last, and fail the command
-        print(f"router-r1 evaluate: FAILED: every call failed for {'; '.join(all_failed)}", file=sys.stderr)
+    if run_calls and run_calls == run_failed:  # the table above is not a result: say so last, and fail
+        print(f"router-r1 evaluate: FAILED: all {run_calls} calls of the run failed: {'; '.join(all_failed)}",
+              file=sys.stderr)
         return 1
     return 0
 
