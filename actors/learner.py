@@ -2,7 +2,7 @@
 trajectory batches into optimizer steps with GRPO or PPO.
 
 A plain class; the driver applies Ray at the edge: `ray.remote(num_gpus=..., num_cpus=...)(Learner)`.
-The maths lives in `router_r1.algos`; this file only batches, schedules and moves weights.
+The maths lives in `router_r1.rl.algos`; this file only batches, schedules and moves weights.
 
 Design choices (why):
 - Critic (PPO): a linear value head on the policy's last hidden state, trained jointly with the
@@ -49,16 +49,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from router_r1 import algos, checkpoint
-from router_r1.batch import TensorBatch, TrajectoryBatch
-from router_r1.config import RunConfig
-from router_r1.policy import (
-    CheckpointError,
-    build_tiny_policy,
-    load_policy,
-    save_policy,
-    train_tokenizer,
-)
+from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, save_policy,
+                                     train_tokenizer)
+from router_r1.infra import checkpoint
+from router_r1.infra.config import RunConfig
+from router_r1.rl import algos
+from router_r1.rl.batch import TensorBatch, TrajectoryBatch
 
 
 class PolicyWithValue(nn.Module):
@@ -552,8 +548,8 @@ class Learner:
 
     def save_policy(self, path: str | Path) -> str:
         """A plain transformers checkpoint (policy + tokenizer) for serving and evaluation,
-        loadable by `router_r1.policy.load_policy`, with the prompt options it was trained on."""
-        from router_r1.prompt import PromptOptions
+        loadable by `router_r1.engines.model.load_policy`, with the prompt options it was trained on."""
+        from router_r1.env.prompt import PromptOptions
 
         save_policy(self.model.lm, self.tokenizer, path,
                     extra={"step": self.step, "policy_version": self.policy_version,

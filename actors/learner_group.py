@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from router_r1.batch import TrajectoryBatch
-from router_r1.config import RunConfig
+from router_r1.infra.config import RunConfig
+from router_r1.rl.batch import TrajectoryBatch
 
 
 class LearnerGroup:

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from router_r1.baselines import replay_call
-from router_r1.config import RunConfig
-from router_r1.episode import Episode, run_episodes
-from router_r1.batch import TrajectoryBatch
-from router_r1.generation import HFGenerator
-from router_r1.policy import build_tiny_policy, load_policy, save_policy
-from router_r1.prompt import PromptOptions, render_prompt_ids
+from router_r1.engines.hf import HFGenerator
+from router_r1.engines.model import build_tiny_policy, load_policy, save_policy
+from router_r1.env.episode import Episode, run_episodes
+from router_r1.env.prompt import PromptOptions, render_prompt_ids
+from router_r1.evaluation.baselines import replay_call
+from router_r1.infra.config import RunConfig
+from router_r1.rl.batch import TrajectoryBatch
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
@@ -39,7 +39,7 @@ def make_engine(kind: str, model, tokenizer, device: str, seed: int = 0):
     if kind == "transformers":
         return HFGenerator(model, tokenizer, device=device)
     if kind == "vllm":
-        from router_r1.vllm_generator import VLLMGenerator
+        from router_r1.engines.vllm import VLLMGenerator
 
         # vLLM loads from a folder; a policy built in memory is written once to a temp folder.
         folder = tempfile.mkdtemp(prefix="router_r1_vllm_")
@@ -97,7 +97,7 @@ class RolloutWorker:
 
     # -- rollouts ------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> tuple[str, list[int]]:
-        """(text, ids) of the prompt an episode of `question` starts from (router_r1.prompt.render_prompt_ids
+        """(text, ids) of the prompt an episode of `question` starts from (router_r1.env.prompt.render_prompt_ids
         with the options the learner saves with the policy)."""
         return render_prompt_ids(self.tokenizer, self.spec, question, self.prompt_options)
 

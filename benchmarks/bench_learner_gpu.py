@@ -39,7 +39,7 @@ def build_checkpoint(shape: dict, path: Path) -> Path:
     what it costs in the real model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from router_r1.policy import save_policy, train_tokenizer
+    from router_r1.engines.model import save_policy, train_tokenizer
 
     tok = train_tokenizer([f"question {i} answer {i * 7}" for i in range(200)], vocab_size=300)
     kw = dict(shape)
@@ -53,7 +53,7 @@ def build_checkpoint(shape: dict, path: Path) -> Path:
 def make_batch(n_seqs: int, prompt_len: int, response_len: int, vocab: int, group: int, seed: int = 0):
     """Random token ids of the given lengths; policy tokens are the response minus two inserted
     information blocks of 10% of it each (as a two-call episode has)."""
-    from router_r1.batch import TrajectoryBatch
+    from router_r1.rl.batch import TrajectoryBatch
 
     rng = random.Random(seed)
     info = max(1, response_len // 10)
@@ -96,7 +96,7 @@ def update_flops(n_params: int, layers: int, hidden: int, seq_len: int, tokens: 
 def run(shape: dict, n_seqs: int, prompt_len: int, response_len: int, micro_batch: int, steps: int,
         peak_n: int, checkpointing: bool) -> dict:
     from actors.learner import Learner
-    from router_r1.config import load_config
+    from router_r1.infra.config import load_config
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = build_checkpoint(shape, Path(tempfile.mkdtemp(prefix="bench_learner_")) / "policy")

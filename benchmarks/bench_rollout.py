@@ -31,7 +31,7 @@ POOL = ROOT / "configs" / "pool_simulated.yaml"
 
 
 def make_config(checkpoint: Path, **over):
-    from router_r1.config import load_config
+    from router_r1.infra.config import load_config
 
     base = {"name": "bench-rollout", "pool": str(POOL), "policy.checkpoint": str(checkpoint),
             "policy.compact_prompt": True,  # as the demo: short instructions for a tiny router
@@ -55,7 +55,7 @@ def policy_tokens(episodes, tokenizer=None) -> int:
 
 
 def questions(cfg, n: int) -> list[dict]:
-    from router_r1.questions import load_questions
+    from router_r1.worlds.base import load_questions
 
     train, _ = load_questions(cfg.data, cfg.load_pool(), cfg.seed)
     return train[:n]
@@ -64,7 +64,7 @@ def questions(cfg, n: int) -> list[dict]:
 # -- (a) batched vs one at a time --------------------------------------------------------------------
 def bench_batched(cfg, n: int, repeats: int = 1) -> dict:
     from actors.rollout import RolloutWorker
-    from router_r1.pool import PoolCore
+    from router_r1.pool.core import PoolCore
 
     torch.set_num_threads(1)
     w = RolloutWorker(cfg, None, PoolCore(cfg.load_pool(), cfg.pool_runtime, "bench"))
@@ -103,7 +103,7 @@ def bench_actors(cfg, n: int, repeats: int) -> dict:
 
     from actors.model_pool import get_or_create_pool
     from actors.rollout import RolloutGroup, make_rollout_actor, rollout_actor_options
-    from router_r1.policy import load_policy
+    from router_r1.engines.model import load_policy
 
     pool = get_or_create_pool(cfg.pool, cfg.pool_runtime, run_id="bench")
     _, tok = load_policy(cfg.policy.checkpoint)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from benchmarks.tiny_router import build_scripted_router
-    from router_r1.descriptors import load_pool
+    from router_r1.pool.descriptors import load_pool
 
     torch.set_num_threads(1)  # the driver's own work (the fixture's SFT, part (a)): one core
     load_before = [round(x, 2) for x in os.getloadavg()]

@@ -51,8 +51,8 @@ def simulated_pool_file(dest: Path, sleep: bool, latency_scale: float) -> Path:
 
 
 def questions(pool_file: Path, n: int) -> list[str]:
-    from router_r1.descriptors import load_pool
-    from router_r1.sim import Simulation
+    from router_r1.pool.descriptors import load_pool
+    from router_r1.worlds.sim import Simulation
 
     sim = Simulation.from_pool(load_pool(pool_file))
     qs = sim.world.questions("val", None)
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from router_r1.config import load_config
-    from router_r1.descriptors import load_pool
+    from router_r1.infra.config import load_config
+    from router_r1.pool.descriptors import load_pool
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     pool_file = simulated_pool_file(work / "pool.yaml", args.latency_scale > 0, args.latency_scale)

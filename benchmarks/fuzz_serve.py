@@ -21,7 +21,7 @@ from ray import serve  # noqa: E402
 from benchmarks.tiny_router import build_scripted_router  # noqa: E402
 from deployments.router import build_app  # noqa: E402
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
-from router_r1.descriptors import load_pool  # noqa: E402
+from router_r1.pool.descriptors import load_pool  # noqa: E402
 
 MAX_S = float(sys.argv[1]) if len(sys.argv) > 1 else 600
 

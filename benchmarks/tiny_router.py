@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from router_r1.descriptors import PoolSpec
-from router_r1.policy import build_tiny_policy, save_policy, train_tokenizer
-from router_r1.prompt import PromptOptions, user_turn
-from router_r1.protocol import information_block
+from router_r1.engines.model import build_tiny_policy, save_policy, train_tokenizer
+from router_r1.env.prompt import PromptOptions, user_turn
+from router_r1.env.protocol import information_block
+from router_r1.pool.descriptors import PoolSpec
 
 QUERY = "what is the answer to the question?"
 ANSWER = "done"
@@ -35,7 +35,7 @@ def _question(rng: random.Random) -> str:
 def scripted_examples(pool: PoolSpec, route_to: str, n: int, seed: int = 0,
                       prompt_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """(context, target) pairs: half first turns (route), half second turns (answer).
-    `prompt_options`: router_r1.prompt.PromptOptions fields (the tokenizer has no chat template)."""
+    `prompt_options`: router_r1.env.prompt.PromptOptions fields (the tokenizer has no chat template)."""
     opts = PromptOptions.model_validate(prompt_options or {})
     rng = random.Random(seed)
     route = f"<think> I should ask a model. </think>\n<search> {route_to}: {QUERY} </search>"

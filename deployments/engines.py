@@ -1,7 +1,7 @@
 """The router policy's generator for serving: transformers on CPU, vLLM on GPU, one interface.
 
 Both expose `generate(prompt_ids, max_new_tokens, temperature, top_p) -> [Generation]`
-(router_r1.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
+(router_r1.engines.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
 deployment batches turns the same way whichever runs. vLLM is
 imported only when chosen (it is the `gpu` extra, absent on CPU machines).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from router_r1.generation import HFGenerator
-from router_r1.policy import load_policy
+from router_r1.engines.hf import HFGenerator
+from router_r1.engines.model import load_policy
 
 
 def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
@@ -20,8 +20,8 @@ def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
     The tokenizer returned is a private copy for the event loop (counting, truncating replies):
     a fast tokenizer's padding/truncation state is switched per call, so sharing one instance
     with the generation thread lets a plain `encode` un-pad a batch mid-call."""
-    if engine == "vllm":  # the rollout engine (router_r1.vllm_generator), lazily imported
-        from router_r1.vllm_generator import VLLMGenerator
+    if engine == "vllm":  # the rollout engine (router_r1.engines.vllm), lazily imported
+        from router_r1.engines.vllm import VLLMGenerator
 
         gen = VLLMGenerator(checkpoint, gpu_memory_utilization=0.5)
         return gen, copy.deepcopy(gen.llm.get_tokenizer())

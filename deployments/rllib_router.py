@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from router_r1.config import PoolRuntimeConfig
+from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.rl_router.service import RequestError
 
 api = FastAPI(title="Router-R1 RLlib router", docs_url=None, redoc_url=None)
@@ -31,7 +31,7 @@ api = FastAPI(title="Router-R1 RLlib router", docs_url=None, redoc_url=None)
 class RLlibRouterDeployment:
     def __init__(self, router_dir: str, pool_path: str | None, runtime: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
-        from router_r1.descriptors import load_pool
+        from router_r1.pool.descriptors import load_pool
         from router_r1.rl_router.router import RLlibRouter
         from router_r1.rl_router.service import RLlibRouteService
 

@@ -30,8 +30,8 @@ from deployments.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIErro
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
 from deployments.service import GenParams, Plan, RouterService
-from router_r1.config import RunConfig, ServeConfig, load_config
-from router_r1.generation import Generation
+from router_r1.engines.generation import Generation
+from router_r1.infra.config import RunConfig, ServeConfig, load_config
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
 
@@ -58,7 +58,7 @@ async def _internal_error(_: Request, e: Exception) -> JSONResponse:
 def parse_api_keys(spec: str | None) -> dict[str, str]:
     """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}. A malformed item is
     named by its position and shown masked: the text is a key, or holds one."""
-    from router_r1.redact import mask
+    from router_r1.infra.redact import mask
 
     keys: dict[str, str] = {}
     for i, item in enumerate((spec or "").split(","), 1):
@@ -122,7 +122,7 @@ class RouterDeployment:
     def __init__(self, checkpoint: str, config: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
         from deployments.engines import make_generator
-        from router_r1.prompt import PromptOptions, load_prompt_options
+        from router_r1.env.prompt import PromptOptions, load_prompt_options
 
         cfg = RunConfig.model_validate(config)
         self.cfg, self.serve_cfg, self.checkpoint = cfg, cfg.serve, checkpoint
@@ -248,7 +248,7 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
 def check_checkpoint(checkpoint: str | Path) -> str:
     """Fail on the driver, before any replica starts, when the checkpoint cannot be loaded
     (folder, config.json, complete weight files, manifest hashes when there is one)."""
-    from router_r1.preflight import check_policy_checkpoint
+    from router_r1.infra.preflight import check_policy_checkpoint
 
     return str(check_policy_checkpoint(Path(checkpoint).expanduser().resolve()))
 

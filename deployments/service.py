@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router_r1.config import ServeConfig
-from router_r1.cost import call_cost, estimate_prompt_tokens
-from router_r1.descriptors import PoolSpec
-from router_r1.episode import Episode, EpisodeConfig, run_episodes
-from router_r1.generation import Generation
-from router_r1.prompt import PromptOptions, render_prompt_ids
-from router_r1.protocol import parse, parse_route
-from router_r1.types import CallResult, CallStatus
+from router_r1.engines.generation import Generation
+from router_r1.env.cost import call_cost, estimate_prompt_tokens
+from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.env.prompt import PromptOptions, render_prompt_ids
+from router_r1.env.protocol import parse, parse_route
+from router_r1.infra.config import ServeConfig
+from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.types import CallResult, CallStatus
 
 from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
 
@@ -50,7 +50,7 @@ class Plan:
     request_id: str
     tenant: str
     question: str
-    prompt: str  # rendered by router_r1.prompt.render_prompt_ids with the checkpoint's options
+    prompt: str  # rendered by router_r1.env.prompt.render_prompt_ids with the checkpoint's options
     prompt_ids: list[int]  # what the router conditions on
     pool: PoolSpec  # the candidates this request may use
     allowed: list[str] | None  # display names, None = the whole pool
@@ -137,7 +137,7 @@ class RouterService:
                  generate_one: GenerateOne, call: PoolCall, *, prompt_options: PromptOptions = PromptOptions(),
                  run_id: str = "serve", clock: Callable[[], float] = time.time,
                  max_context: int | None = None):
-        """`prompt_options`: those the router was trained with (router_r1.prompt.load_prompt_options).
+        """`prompt_options`: those the router was trained with (router_r1.env.prompt.load_prompt_options).
         `max_context`: the engine's context window in tokens (a longer prompt is a 413)."""
         self.pool, self.cfg, self.episode_cfg, self.tokenizer = pool, serve, episode, tokenizer
         self._generate_one, self._call = generate_one, call

@@ -12,8 +12,8 @@ descriptors), `openai:<model>@<base_url>` (prompt-only router behind an OpenAI-c
 completions endpoint). A bare directory is an RLlib router if it holds rllib_router.json, else an
 LLM checkpoint.
 
-Datasets: QA sets (FlashRAG/verl, router_r1.data.load_qa) are scored with EM/F1 against gold
-answers; replay tables (RouterBench/RouteLLM CSV or long Parquet, router_r1.replay) with accuracy
+Datasets: QA sets (FlashRAG/verl, router_r1.worlds.qa.load_qa) are scored with EM/F1 against gold
+answers; replay tables (RouterBench/RouteLLM CSV or long Parquet, router_r1.worlds.replay.tables) with accuracy
 under the adoption rule. `--split train|val|all` applies the deterministic hash split to replay
 sets (a held-out test file evaluates with `--split all`). Relative data paths also resolve
 against the shared data folder.
@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router_r1.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy, make_direct_baseline,
-                                 replay_call)
-from router_r1.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
-from router_r1.data import load_qa
-from router_r1.descriptors import PoolSpec, load_pool
-from router_r1.evaluation import aggregate, markdown_table, plot_frontier, quality, score_run
-from router_r1.replay import ReplayTable, is_replay_file, resolve_data_path, split_samples
+from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy,
+                                            make_direct_baseline, replay_call)
+from router_r1.evaluation.report import aggregate, markdown_table, plot_frontier, quality, score_run
+from router_r1.infra.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
+from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.worlds.qa import load_qa
+from router_r1.worlds.replay.tables import ReplayTable, is_replay_file, resolve_data_path, split_samples
 
 DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
 
@@ -102,13 +102,13 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         arg = spec
         kind = "rllib" if (Path(arg) / "rllib_router.json").exists() else "llm"
     if kind == "rllib":
-        from router_r1.rl_router.policy import RLlibPolicy
+        from router_r1.rl_router.eval_policy import RLlibPolicy
 
         return RLlibPolicy.load(arg, pool, concurrency=concurrency)
     if kind in ("llm", "prompt"):
-        from router_r1.generation import HFGenerator
-        from router_r1.policy import load_policy
-        from router_r1.prompt import PromptOptions, load_prompt_options, render_prompt_ids
+        from router_r1.engines.hf import HFGenerator
+        from router_r1.engines.model import load_policy
+        from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
 
         model, tok = load_policy(arg)
         gen = HFGenerator(model, tok)
@@ -124,7 +124,7 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
                              render=lambda q: render_prompt_ids(tok, pool, q, options),
                              max_context=gen.max_context)
     if kind == "openai":
-        from router_r1.endpoint_generator import CompletionsGenerator
+        from router_r1.engines.endpoint import CompletionsGenerator
 
         model_id, _, url = arg.partition("@")
         gen = CompletionsGenerator(url or None, model_id, cfg.episode)
@@ -145,7 +145,7 @@ def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_i
                  actor_cpus: float = 0.5):
     """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
     repeated question must be billed again, as a deployed policy would be."""
-    from router_r1.backends.replay import ReplayBackend
+    from router_r1.pool.backends.replay import ReplayBackend
 
     backends = {"replay": ReplayBackend(pool, table=table)} if table is not None else None
     runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}",
@@ -158,7 +158,7 @@ def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_i
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
         return get_or_create_pool(pool, runtime, run_id, backends=backends)
-    from router_r1.pool import PoolCore
+    from router_r1.pool.core import PoolCore
 
     return PoolCore(pool, runtime, run_id, backends=backends)
 
@@ -171,7 +171,7 @@ async def run_policy(policy: Policy, items: list[EvalItem], target: Any, replay:
     async def call(model: str, query: str, episode_id: str | None = None):
         return await client.call(model, query, episode_id=episode_id or "")
 
-    if replay:  # see router_r1.baselines.replay_call and docs/evaluation.md
+    if replay:  # see router_r1.evaluation.baselines.replay_call and docs/evaluation.md
         call = replay_call(call, {it.uid: it.question for it in items})
     try:
         return await policy.run(items, call)
@@ -196,7 +196,7 @@ def log_mlflow(mcfg: MlflowConfig, uri: str | None, params: dict[str, Any],
     mlflow.set_tracking_uri(uri)
     # A new experiment keeps its artifacts beside the configured store (as training's do), not
     # under ./mlruns of whatever directory the command runs in.
-    from router_r1.tracking import artifact_root
+    from router_r1.infra.tracking import artifact_root
 
     client, name = mlflow.MlflowClient(uri), mcfg.experiment + "-eval"
     exp = client.get_experiment_by_name(name)

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from deployments.router import build_app
-    from router_r1.cli import error_line, parse_overrides
-    from router_r1.config import load_config
-    from router_r1.policy import CheckpointError
+    from router_r1.engines.model import CheckpointError
+    from router_r1.infra.cli import error_line, parse_overrides
+    from router_r1.infra.config import load_config
 
     try:
         overrides = parse_overrides(args.set)

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router_r1 import checkpoint as ckpt
-from router_r1.cli import error_line, parse_overrides  # one override parser for every subcommand
-from router_r1.config import RunConfig, load_config
-from router_r1.policy import CheckpointError
-from router_r1.questions import QuestionStream, load_questions, simulation_for
-from router_r1.reward import ReferenceCostNormalizer, make_normalizer
-from router_r1.rollout_stats import score_episodes, summarize, trajectory_record
-from router_r1.tracking import make_tracker
+from router_r1.engines.model import CheckpointError
+from router_r1.env.episode_metrics import score_episodes, summarize, trajectory_record
+from router_r1.env.reward import ReferenceCostNormalizer, make_normalizer
+from router_r1.infra import checkpoint as ckpt
+from router_r1.infra.cli import error_line, parse_overrides  # one override parser for every subcommand
+from router_r1.infra.config import RunConfig, load_config
+from router_r1.infra.tracking import make_tracker
+from router_r1.worlds.base import QuestionStream, load_questions, simulation_for
 
 log = logging.getLogger("router_r1.train")
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +117,8 @@ class Trainer:
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer: the simulator's corpus, or the prompts."""
-        from router_r1.prompt import render_prompt
-        from router_r1.sim import tokenizer_corpus
+        from router_r1.env.prompt import render_prompt
+        from router_r1.worlds.sim import tokenizer_corpus
 
         if self.replay is not None:
             from router_r1 import replay_training
@@ -138,7 +138,7 @@ class Trainer:
         A rollout worker encodes the traces once (the driver never tokenises)."""
         import ray
 
-        from router_r1.sim import make_traces
+        from router_r1.worlds.sim import make_traces
 
         ws = self.cfg.warmstart
         if ws.steps <= 0 or (self.sim is None and self.replay is None):
@@ -160,7 +160,7 @@ class Trainer:
 
     def replay_traces(self) -> list:
         from router_r1 import replay_training
-        from router_r1.prompt import PromptOptions
+        from router_r1.env.prompt import PromptOptions
 
         return replay_training.make_traces(self.replay, self.spec, self.cfg.warmstart.num_traces,
                                            self.cfg.seed + 1, PromptOptions.from_policy(self.cfg.policy),
@@ -188,7 +188,7 @@ class Trainer:
     def update(self, episodes: list, scores: list) -> dict[str, float]:
         """The episodes' ids and sampler log-probs exactly as sampled, with their rewards, to the
         learner (nothing is tokenised here)."""
-        from router_r1.batch import TrajectoryBatch
+        from router_r1.rl.batch import TrajectoryBatch
 
         groups: dict[str, int] = {}
         gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
@@ -340,7 +340,7 @@ class Trainer:
                                "eval": {label: {k: m.get(k) for k, _ in REPORT_KEYS}
                                         for label, m in self.evals.items()}}
         if self.sim is not None and "end" in self.evals:
-            from router_r1.sim import expected_rewards
+            from router_r1.worlds.sim import expected_rewards
 
             qs = [self.sim.world.question(it["id"]) for it in self.val_items]
             ref = expected_rewards(self.sim, qs, self.cfg.reward)
@@ -395,10 +395,10 @@ class Trainer:
 
 
 def _replay_world(cfg: RunConfig, spec):
-    """The replay world of `data.kind: replay` (router_r1.replay_training), else None."""
+    """The replay world of `data.kind: replay` (router_r1.worlds.replay.world), else None."""
     if cfg.data.kind != "replay":
         return None
-    from router_r1.replay_training import ReplayWorld
+    from router_r1.worlds.replay.world import ReplayWorld
 
     d = cfg.data
     return ReplayWorld.load(d.train, spec, d.val_fraction, cfg.seed, d.limit, d.val_size)
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         # Pre-flight, on the driver, before any actor exists: a bad checkpoint is one line now,
         # not an ActorDiedError from the learner 40 s later.
-        from router_r1.preflight import check_policy_checkpoint, check_resume
+        from router_r1.infra.preflight import check_policy_checkpoint, check_resume
 
         if cfg.policy.checkpoint:
             check_policy_checkpoint(cfg.policy.checkpoint)

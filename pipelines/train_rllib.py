@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router_r1.descriptors import load_pool
+from router_r1.pool.descriptors import load_pool
 from router_r1.rl_router.env import RouterEnv, training_pool
 from router_r1.rl_router.features import FeatureSpec
 from router_r1.rl_router.router import META_FILE, MODULE_DIR
@@ -128,7 +128,7 @@ def log_mlflow(args: argparse.Namespace, meta: dict[str, Any], out: Path) -> str
 
     import mlflow
 
-    from router_r1.config import MlflowConfig
+    from router_r1.infra.config import MlflowConfig
 
     cfg = MlflowConfig()
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri

@@ -37,7 +37,7 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def paper_pool():
-    from router_r1.descriptors import load_pool
+    from router_r1.pool.descriptors import load_pool
     return load_pool(ROOT / "configs" / "pool_router_r1.yaml")
 
 

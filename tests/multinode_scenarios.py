@@ -61,7 +61,7 @@ def scenario_train() -> dict:
     import ray
 
     from pipelines.train import Trainer
-    from router_r1.config import load_config
+    from router_r1.infra.config import load_config
 
     cluster, workers = start_cluster({"rollout": 2})
     out_dir = tempfile.mkdtemp(prefix="router_r1_multinode_")
@@ -195,7 +195,7 @@ def scenario_serve() -> dict:
 
     from benchmarks.tiny_router import build_scripted_router
     from deployments.router import build_app
-    from router_r1.descriptors import load_pool
+    from router_r1.pool.descriptors import load_pool
 
     import torch
 

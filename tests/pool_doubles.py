@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from router_r1.backends.base import BackendReply, ModelBackend
-from router_r1.descriptors import PoolSpec
+from router_r1.pool.backends.base import BackendReply, ModelBackend
+from router_r1.pool.descriptors import PoolSpec
 
 
 class ScriptedBackend(ModelBackend):

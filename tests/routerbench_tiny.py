@@ -78,9 +78,9 @@ models:
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The real data folder (router_r1.replay.shared_data_dir: $ROUTER_R1_DATA_DIR or
+    """The real data folder (router_r1.worlds.replay.tables.shared_data_dir: $ROUTER_R1_DATA_DIR or
     <repo>/../shared/data); tests that need it skip when it is absent."""
-    from router_r1.replay import shared_data_dir as find
+    from router_r1.worlds.replay.tables import shared_data_dir as find
 
     d = find()
     if not (d / "routerbench").is_dir():

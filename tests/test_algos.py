@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from router_r1 import algos
+from router_r1.rl import algos
 
 
 def test_grpo_advantages_hand_computed():

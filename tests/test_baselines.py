@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from routerbench_tiny import write_pool, write_routerbench
-from router_r1.descriptors import load_pool
-from router_r1.evaluation import Point, aggregate, pareto_frontier, score_run
+from router_r1.evaluation.report import Point, aggregate, pareto_frontier, score_run
+from router_r1.pool.descriptors import load_pool
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def world(tmp_path):
 
 def evaluate(world, spec: str, seed: int = 0):
     from pipelines.evaluate import _pool_target, run_policy
-    from router_r1.baselines import make_direct_baseline
+    from router_r1.evaluation.baselines import make_direct_baseline
 
     pool, items, table = world
     policy = make_direct_baseline(spec, pool, seed, 4, table.models)
@@ -64,7 +64,7 @@ def test_random_is_deterministic_per_seed(world):
 
 
 def test_oracle_needs_labels(world):
-    from router_r1.baselines import EvalItem, make_direct_baseline
+    from router_r1.evaluation.baselines import EvalItem, make_direct_baseline
 
     pool, _, table = world
     with pytest.raises(ValueError, match="needs replay labels"):
@@ -83,7 +83,7 @@ def test_same_numbers_through_the_ray_actor(world, ray_local):
     import ray
 
     from pipelines.evaluate import _pool_target, run_policy
-    from router_r1.baselines import make_direct_baseline
+    from router_r1.evaluation.baselines import make_direct_baseline
 
     pool, items, table = world
     actor = _pool_target(pool, table, True, "ray_baseline_test", actor_cpus=0)
@@ -117,7 +117,7 @@ def test_same_numbers_through_the_ray_actor(world, ray_local):
     ("", ""),
 ])
 def test_extract_final_answer(reply, answer):
-    from router_r1.baselines import extract_final_answer
+    from router_r1.evaluation.baselines import extract_final_answer
 
     assert extract_final_answer(reply) == answer
 
@@ -125,8 +125,8 @@ def test_extract_final_answer(reply, answer):
 def test_direct_baselines_on_qa_use_the_paper_answer_format():
     """A QA item is asked in DIRECT_PROMPT and scored on the extracted short answer; the bare
     question and the whole reply (the old behaviour) score EM 0 against a chat model."""
-    from router_r1.baselines import DIRECT_PROMPT, DirectPolicy, EvalItem
-    from router_r1.types import CallResult, CallStatus
+    from router_r1.evaluation.baselines import DIRECT_PROMPT, DirectPolicy, EvalItem
+    from router_r1.pool.types import CallResult, CallStatus
 
     sent: list[str] = []
 
@@ -153,8 +153,8 @@ def test_direct_baselines_on_qa_use_the_paper_answer_format():
 def test_direct_baselines_on_replay_keep_the_bare_question_and_reply(world):
     """Replay items: the recorded answers reply to the dataset's own prompt, so the question goes
     out bare and the reply is the answer (the adoption rule scores it)."""
-    from router_r1.baselines import DirectPolicy
-    from router_r1.types import CallResult
+    from router_r1.evaluation.baselines import DirectPolicy
+    from router_r1.pool.types import CallResult
 
     _, items, _ = world
     sent: list[str] = []
@@ -169,6 +169,6 @@ def test_direct_baselines_on_replay_keep_the_bare_question_and_reply(world):
 
 
 def load_pool_from_dict():
-    from router_r1.descriptors import PoolSpec
+    from router_r1.pool.descriptors import PoolSpec
 
     return PoolSpec.model_validate({"models": [{"name": "Big", "price": 1.0}]})

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from router_r1.batch import BatchError, TrajectoryBatch
+from router_r1.rl.batch import BatchError, TrajectoryBatch
 
 
 def _batch() -> TrajectoryBatch:
@@ -50,7 +50,7 @@ def test_bad_batches_are_refused(kw, msg):
 
 
 def test_from_traces_masks_information_exactly():
-    from router_r1.policy import train_tokenizer
+    from router_r1.engines.model import train_tokenizer
     from tiny_learner import CORPUS, fixed_batch
 
     tok = train_tokenizer(CORPUS, 320)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from actors.learner import Learner
-from router_r1 import checkpoint
-from router_r1.policy import CheckpointError
+from router_r1.engines.model import CheckpointError
+from router_r1.infra import checkpoint
 from tiny_learner import CORPUS, fixed_batch, tiny_config
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from router_r1.config import load_config
+from router_r1.infra.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from router_r1.data import DataError, load_qa
+from router_r1.worlds.qa import DataError, load_qa
 
-ROUTER_R1 = [sys.executable, "-m", "router_r1.cli"]
+ROUTER_R1 = [sys.executable, "-m", "router_r1.infra.cli"]
 
 
 def test_flashrag_and_verl_formats(tmp_path):

@@ -2,9 +2,9 @@
 import pytest
 import yaml
 
-from router_r1.config import load_config
-from router_r1.descriptors import PoolSpec, load_pool
-from router_r1.prompt import render_prompt
+from router_r1.env.prompt import render_prompt
+from router_r1.infra.config import load_config
+from router_r1.pool.descriptors import PoolSpec, load_pool
 
 PAPER_PRICES = {"Qwen2.5-7B-Instruct": 0.30, "LLaMA-3.1-8B-Instruct": 0.18,
                 "LLaMA-3.1-70B-Instruct": 0.88, "Mistral-7B-Instruct": 0.20,

@@ -7,9 +7,9 @@ import asyncio
 from aiohttp import web
 
 from routerbench_tiny import ROWS, response, write_pool, write_routerbench
-from router_r1.descriptors import load_pool
-from router_r1.endpoint_generator import CompletionsGenerator, restore_stop
-from router_r1.episode import EpisodeConfig
+from router_r1.engines.endpoint import CompletionsGenerator, restore_stop
+from router_r1.env.episode import EpisodeConfig
+from router_r1.pool.descriptors import load_pool
 
 
 def test_restore_stop():
@@ -22,8 +22,8 @@ def test_restore_stop():
 
 def test_prompt_only_router_over_http(tmp_path):
     from pipelines.evaluate import _pool_target, load_dataset, run_policy
-    from router_r1.baselines import EpisodePolicy
-    from router_r1.evaluation import score_run
+    from router_r1.evaluation.baselines import EpisodePolicy
+    from router_r1.evaluation.report import score_run
 
     seen: list[dict] = []
 
@@ -70,10 +70,10 @@ def test_token_mode_sends_ids_and_keeps_the_returned_ids(bpe_checkpoint):
     and log-probs come back ('token_id:N'), and the episode keeps them as they are."""
     import pytest
 
-    from router_r1.endpoint_generator import EndpointError
-    from router_r1.episode import Episode, run_episodes
-    from router_r1.policy import load_policy
-    from router_r1.types import CallResult
+    from router_r1.engines.endpoint import EndpointError
+    from router_r1.engines.model import load_policy
+    from router_r1.env.episode import Episode, run_episodes
+    from router_r1.pool.types import CallResult
 
     _, tok = load_policy(bpe_checkpoint)
     sent: list[list[int]] = []

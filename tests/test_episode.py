@@ -3,10 +3,10 @@ import asyncio
 
 import pytest
 
-from router_r1.descriptors import load_pool
-from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace, truncate_tokens
-from router_r1.protocol import parse
-from router_r1.types import CallResult, CallStatus
+from router_r1.env.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace, truncate_tokens
+from router_r1.env.protocol import parse
+from router_r1.pool.descriptors import load_pool
+from router_r1.pool.types import CallResult, CallStatus
 
 
 class Scripted:
@@ -103,7 +103,7 @@ def test_observation_truncated():
 
 def test_trace_loss_mask_on_real_tokenizer(paper_pool, calls):
     """A text episode (a demonstration) encoded segment by segment: the mask follows each origin."""
-    from router_r1.policy import train_tokenizer
+    from router_r1.engines.model import train_tokenizer
 
     gen = Scripted({"a": ["<think>ask</think><search>Qwen2.5-7B-Instruct: capital?</search>",
                           "<think>so</think><answer>Paris</answer>"]})

@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "router_r1.cli", "evaluate", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "evaluate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
 def tiny_llm(tmp_path):
     """An untrained tiny router LLM saved as a checkpoint (the same code path as a trained one)."""
-    from router_r1.policy import build_tiny_policy, save_policy, train_tokenizer
+    from router_r1.engines.model import build_tiny_policy, save_policy, train_tokenizer
 
     tok = train_tokenizer(["<think> </think> <search> Big: What is 2 + 2? </search> <answer> 4 </answer>"] * 20,
                           vocab_size=300)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actors.learner import Learner, lr_lambda
-from router_r1 import algos
+from router_r1.rl import algos
 from tiny_learner import CORPUS, fixed_batch, tiny_config
 
 
@@ -148,7 +148,7 @@ def test_lr_schedule_warmup_then_decay():
 
 
 def test_save_policy_loads_as_a_plain_transformers_checkpoint(tmp_path):
-    from router_r1.policy import load_policy
+    from router_r1.engines.model import load_policy
 
     learner = Learner(tiny_config(), CORPUS)
     learner.sft_step(fixed_batch(learner.tokenizer))
@@ -246,7 +246,7 @@ def test_update_scores_at_the_sampling_temperature_and_reports_logp_diff():
     ({"episode": {"top_p": 0.9}}, "top_p is 0.9"),
 ])
 def test_training_refuses_settings_the_learner_cannot_score(change, message):
-    from router_r1.config import RunConfig
+    from router_r1.infra.config import RunConfig
 
     raw = tiny_config().model_dump()
     for section, values in change.items():

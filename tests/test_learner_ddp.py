@@ -28,7 +28,7 @@ TIMING = ("learner/step_time_s", "learner/tokens_per_s")
 def uneven_batch(tokenizer, n: int):
     """n episodes of different questions, replies and answers (uneven token counts), each as
     prompt | policy | information | policy segments; groups [0, 0, 0] and, from 4 rows on, [1, 1]."""
-    from router_r1.batch import TrajectoryBatch
+    from router_r1.rl.batch import TrajectoryBatch
 
     answers = ["Marlow", "Quenby", "I do not know", "Marlow", "Quenby"]
     infos = ["The capital of Veloria is Marlow.", "Quenby.", "Nobody knows that.",

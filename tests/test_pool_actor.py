@@ -13,11 +13,11 @@ import pytest
 
 from actors.model_pool import PoolClient, get_or_create_pool
 from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
-from router_r1.config import PoolRuntimeConfig
-from router_r1.cost import call_cost
-from router_r1.descriptors import PoolSpec
+from router_r1.env.cost import call_cost
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
-from router_r1.types import CallStatus
+from router_r1.pool.types import CallStatus
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 SAMPLED = {"temperature": 0.7}  # not cacheable: every call reaches the server

@@ -6,10 +6,10 @@ import asyncio
 import pytest
 
 from actors.model_pool import ModelPoolActor, PoolClient, RayPoolMetrics, get_or_create_pool
-from router_r1.config import PoolRuntimeConfig
-from router_r1.episode import Episode, EpisodeConfig, run_episodes
-from router_r1.pool import PoolCore
-from router_r1.types import CallStatus
+from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.core import PoolCore
+from router_r1.pool.types import CallStatus
 from pool_doubles import ScriptedBackend, make_pool
 
 

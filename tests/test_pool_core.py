@@ -7,13 +7,13 @@ import time
 import pytest
 
 from pool_doubles import ScriptedBackend, make_pool
-from router_r1.backends.base import BackendError
-from router_r1.config import PoolRuntimeConfig
-from router_r1.cost import call_cost
-from router_r1.descriptors import PoolSpec
-from router_r1.pool import PoolCore
+from router_r1.env.cost import call_cost
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.backends.base import BackendError
+from router_r1.pool.core import PoolCore
+from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
-from router_r1.types import CallStatus
+from router_r1.pool.types import CallStatus
 
 
 def make_core(backend, tmp_path=None, pool=None, **runtime):
@@ -222,7 +222,7 @@ def test_simulated_pool_from_the_registry():
     """The pool file of training and the demo, backends built from the registry."""
     from pathlib import Path
 
-    from router_r1.descriptors import load_pool
+    from router_r1.pool.descriptors import load_pool
 
     pool = load_pool(Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml")
     core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run")
@@ -318,7 +318,7 @@ class HonestCJKBackend(ScriptedBackend):
     """Bills what a real tokenizer would: ~1.3 tokens per CJK character."""
 
     async def complete(self, model, messages, params):
-        from router_r1.backends.base import BackendReply
+        from router_r1.pool.backends.base import BackendReply
         await asyncio.sleep(0.001)
         pt = sum(int(len(m["content"]) * 1.3) for m in messages)
         return BackendReply(text="好", prompt_tokens=pt, completion_tokens=params["max_tokens"])
@@ -340,7 +340,7 @@ def test_budget_holds_under_concurrency_with_cjk_prompts():
 
 
 def test_estimate_counts_utf8_bytes():
-    from router_r1.cost import estimate_tokens, max_prompt_tokens
+    from router_r1.env.cost import estimate_tokens, max_prompt_tokens
 
     assert estimate_tokens("abc" * 10) == 10  # ASCII: 3 bytes per token, as before
     assert estimate_tokens("北京" * 10) >= 20  # CJK: at least one token per character
@@ -348,7 +348,7 @@ def test_estimate_counts_utf8_bytes():
 
 
 def test_exact_duplicates_and_bad_numbers_in_descriptors_are_refused():
-    from router_r1.descriptors import PoolSpec as PS
+    from router_r1.pool.descriptors import PoolSpec as PS
 
     bad = [{"models": []},
            {"models": [{"name": "A", "price": 1}, {"name": "A", "price": 1}]},
@@ -362,8 +362,8 @@ def test_exact_duplicates_and_bad_numbers_in_descriptors_are_refused():
 
 
 def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path):
-    from router_r1.descriptors import load_pool
-    from router_r1.redact import leaks
+    from router_r1.infra.redact import leaks
+    from router_r1.pool.descriptors import load_pool
 
     secret = "sk-PROBE-Zq8xK2-0123456789"
     f = tmp_path / "pool.yaml"

@@ -5,11 +5,11 @@ import asyncio
 
 import pytest
 
-from router_r1.backends import make_backend
-from router_r1.config import PoolRuntimeConfig
-from router_r1.descriptors import PoolSpec
-from router_r1.pool import PoolCore
-from router_r1.types import CallStatus
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.backends import make_backend
+from router_r1.pool.core import PoolCore
+from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.types import CallStatus
 
 pytest.importorskip("transformers")
 

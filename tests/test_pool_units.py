@@ -8,13 +8,13 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from router_r1.descriptors import Limits
 from router_r1.pool.budget import Budget
 from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
+from router_r1.pool.descriptors import Limits
 from router_r1.pool.ledger import Ledger, read_records
 from router_r1.pool.ratelimit import ModelLimiter, TokenBucket
-from router_r1.types import CallResult, CallStatus
+from router_r1.pool.types import CallResult, CallStatus
 
 
 class FakeClock:

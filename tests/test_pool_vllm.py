@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 
-from router_r1.config import PoolRuntimeConfig
-from router_r1.descriptors import PoolSpec
-from router_r1.pool import PoolCore
-from router_r1.types import CallStatus
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.core import PoolCore
+from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.types import CallStatus
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -37,7 +37,7 @@ def test_vllm_engine_answers_in_process(tmp_path):
 
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt")
     pool = vllm_pool(str(ckpt))
-    from router_r1.backends.vllm_engine import VLLMBackend
+    from router_r1.pool.backends.vllm_engine import VLLMBackend
     backend = VLLMBackend(pool, in_process=True,
                           engine_args={"gpu_memory_utilization": 0.2, "enforce_eager": True})
     core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run", {"vllm": backend})

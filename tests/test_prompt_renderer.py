@@ -1,4 +1,4 @@
-"""One prompt renderer (router_r1.prompt.render_prompt_ids) for rollouts, `router-r1 evaluate`,
+"""One prompt renderer (router_r1.env.prompt.render_prompt_ids) for rollouts, `router-r1 evaluate`,
 Serve and the MLflow model, from the options saved with the policy; and models unseen in training
 kept out of training (not in the prompt, not callable) while evaluation and Serve offer them.
 
@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router_r1.config import load_config
-from router_r1.descriptors import load_pool
-from router_r1.policy import save_policy, train_tokenizer
-from router_r1.prompt import PromptOptions, load_prompt_options, render_prompt, render_prompt_ids, user_turn
-from router_r1.types import CallStatus
+from router_r1.engines.model import save_policy, train_tokenizer
+from router_r1.env.prompt import (PromptOptions, load_prompt_options, render_prompt, render_prompt_ids,
+                                  user_turn)
+from router_r1.infra.config import load_config
+from router_r1.pool.descriptors import load_pool
+from router_r1.pool.types import CallStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -75,7 +76,7 @@ def test_chat_template_ids_are_the_templates_own_and_the_tail_is_cut():
 
 
 def test_options_round_trip_and_old_checkpoints(tmp_path):
-    from router_r1.policy import build_tiny_policy
+    from router_r1.engines.model import build_tiny_policy
 
     pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
     tok = train_tokenizer(corpus(pool), 300)
@@ -121,7 +122,7 @@ def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, 
     from deployments.openai_api import ChatCompletionRequest
     from deployments.service import RouterService
     from pipelines.evaluate import make_policy
-    from router_r1.tracking import MlflowTracker
+    from router_r1.infra.tracking import MlflowTracker
 
     async def unused(*args, **kwargs):
         raise AssertionError("planning a request generates nothing and calls nobody")
@@ -165,7 +166,7 @@ def test_rollout_evaluate_serve_and_mlflow_render_identical_ids(trained, tmp_pat
 
 # -- unseen models stay unseen in training ------------------------------------------------------
 class RouteTo:
-    """A rollout engine (router_r1.generation's interface) that routes to `model` on its first
+    """A rollout engine (router_r1.engines.generation's interface) that routes to `model` on its first
     turn and answers on the next: a training rollout that names a model, without a trained router."""
 
     max_context = 1024
@@ -174,7 +175,7 @@ class RouteTo:
         self.model, self.tokenizer, self.turns = model, tokenizer, 0
 
     def generate(self, contexts, **kw):
-        from router_r1.generation import Generation
+        from router_r1.engines.generation import Generation
 
         self.turns += 1
         text = (f"<think> ask </think><search> {self.model}: Who discovered Zelix? </search>" if self.turns == 1
@@ -191,7 +192,7 @@ def test_unseen_model_is_neither_shown_nor_callable_in_training(tmp_path):
     it, is asked; a route to a seen model goes through."""
     from actors.rollout import RolloutWorker
     from pipelines.train import Trainer
-    from router_r1.pool import PoolCore
+    from router_r1.pool.core import PoolCore
 
     path = pool_file(tmp_path, unseen=UNSEEN)
     full = load_pool(path)
@@ -223,7 +224,7 @@ def test_evaluate_and_serve_offer_unseen_models(tmp_path):
     from deployments.openai_api import ChatCompletionRequest
     from deployments.service import RouterService
     from pipelines.evaluate import make_policy
-    from router_r1.policy import build_tiny_policy
+    from router_r1.engines.model import build_tiny_policy
 
     path = pool_file(tmp_path, unseen=UNSEEN)
     full = load_pool(path)

@@ -1,8 +1,8 @@
 """Every format rule by name, the parser, and tag-forging replies."""
 import pytest
 
-from router_r1.protocol import (FormatRules, Violation as V, cut_at_stop, extract_answer, information_block,
-                                neutralize, parse, parse_route, validate)
+from router_r1.env.protocol import (FormatRules, Violation as V, cut_at_stop, extract_answer,
+                                    information_block, neutralize, parse, parse_route, validate)
 
 GOOD = ("<think>I need the capital.</think>\n<search>Qwen2.5-7B-Instruct: capital of France?</search>"
         "\n\n<information>Paris is the capital.</information>\n\n<think>It is Paris.</think>\n"
@@ -117,7 +117,7 @@ def test_reference_acceptances(paper_pool):
 
 
 def test_format_rules_in_reward_config():
-    from router_r1.reward import RewardConfig
+    from router_r1.env.reward import RewardConfig
 
     assert RewardConfig().format_rules == FormatRules()
     cfg = RewardConfig.model_validate({"format_rules": {"no_stray_text": True}})

@@ -9,12 +9,12 @@ import pytest
 from pathlib import Path
 
 from routerbench_tiny import response, shared_data_dir, write_pool, write_routerbench  # noqa: F401
-from router_r1.config import PoolRuntimeConfig
-from router_r1.data import DataError
-from router_r1.descriptors import load_pool
-from router_r1.replay import (ReplayTable, adopted_call, adopted_outcome, load_long, load_routerbench,
-                              split_samples)
-from router_r1.types import CallStatus
+from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.descriptors import load_pool
+from router_r1.pool.types import CallStatus
+from router_r1.worlds.qa import DataError
+from router_r1.worlds.replay.tables import (ReplayTable, adopted_call, adopted_outcome, load_long,
+                                            load_routerbench, split_samples)
 
 
 def test_routerbench_long_table(tmp_path):
@@ -50,7 +50,7 @@ def test_routellm_table_has_no_cost(tmp_path):
 
 
 def _pool_core(tmp_path, csv):
-    from router_r1.pool import PoolCore
+    from router_r1.pool.core import PoolCore
 
     pool = load_pool(write_pool(tmp_path / "pool.yaml", [csv]))
     return pool, PoolCore(pool, PoolRuntimeConfig(ledger_dir=None, cache=False))
@@ -78,8 +78,8 @@ def test_replay_backend_lookup_and_recorded_cost(tmp_path):
 
 
 def test_replay_backend_prices_sources_without_cost(tmp_path):
-    from router_r1.cost import call_cost
-    from router_r1.pool import PoolCore
+    from router_r1.env.cost import call_cost
+    from router_r1.pool.core import PoolCore
 
     p = tmp_path / "gsm.csv"
     p.write_text('prompt,m-big,m-mid,m-big_response,m-mid_response\n"What is 3+4?",True,False,"It is 7","8"\n')
@@ -123,7 +123,7 @@ def test_real_routerbench_tables(shared_data_dir):
     t = ReplayTable.from_files(sorted((shared_data_dir / "routerbench").glob("*.csv")))
     assert len(t) == 1039 + 299 + 887 and len(t.models) == 11
     pool = load_pool(Path(__file__).parents[1] / "configs" / "pool_routerbench.yaml")
-    from router_r1.replay import model_ids
+    from router_r1.worlds.replay.tables import model_ids
 
     assert set(model_ids(pool, t.models).values()) == set(t.models)
     va = split_samples(t.samples, "val")
@@ -132,7 +132,7 @@ def test_real_routerbench_tables(shared_data_dir):
 
 def test_real_routerbench_through_the_pool(shared_data_dir):
     from pipelines.evaluate import _pool_target, load_dataset, run_policy
-    from router_r1.baselines import make_direct_baseline
+    from router_r1.evaluation.baselines import make_direct_baseline
 
     pool = load_pool(Path(__file__).parents[1] / "configs" / "pool_routerbench.yaml")
     name, items, table = load_dataset([shared_data_dir / "routerbench" / "mbpp_train.csv"], "val", 0.2, 0, 12)

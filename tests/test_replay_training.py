@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from router_r1.config import load_config
-from router_r1.descriptors import load_pool
-from router_r1.episode import Episode, Segment
-from router_r1.protocol import FormatRules, information_block, validate
-from router_r1.replay import replay_outcome
-from router_r1.prompt import PromptOptions, question_tail
-from router_r1.replay_training import ReplayWorld, make_traces
-from router_r1.reward import ReferenceCostNormalizer, compute_reward
-from router_r1.types import CallResult
+from router_r1.env.episode import Episode, Segment
+from router_r1.env.prompt import PromptOptions, question_tail
+from router_r1.env.protocol import FormatRules, information_block, validate
+from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
+from router_r1.infra.config import load_config
+from router_r1.pool.descriptors import load_pool
+from router_r1.pool.types import CallResult
+from router_r1.worlds.replay.tables import replay_outcome
+from router_r1.worlds.replay.world import ReplayWorld, make_traces
 from tests.routerbench_tiny import MODELS, ROWS, response, write_pool, write_routerbench
 
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

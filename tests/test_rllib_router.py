@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from routerbench_tiny import write_pool, write_routerbench
-from router_r1.descriptors import load_pool
-from router_r1.replay import ReplayTable
+from router_r1.pool.descriptors import load_pool
 from router_r1.rl_router.env import RouterEnv
 from router_r1.rl_router.features import FeatureSpec, assign_slots, hash_ngrams
+from router_r1.worlds.replay.tables import ReplayTable
 
 SPEC = {"question_dim": 32, "reply_dim": 8, "max_models": 4}
 
@@ -90,8 +90,8 @@ def test_hash_ngrams_is_stable_and_normalised():
 def test_train_load_route_and_evaluate(tiny, tmp_path, ray_local):
     from pipelines import train_rllib
     from pipelines.evaluate import _pool_target, load_dataset, run_policy
-    from router_r1.evaluation import aggregate, score_run
-    from router_r1.rl_router.policy import RLlibPolicy
+    from router_r1.evaluation.report import aggregate, score_run
+    from router_r1.rl_router.eval_policy import RLlibPolicy
     from router_r1.rl_router.router import RLlibRouter
 
     csv, pool, _ = tiny

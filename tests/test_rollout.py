@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from router_r1.config import load_config
-from router_r1.policy import build_tiny_policy, train_tokenizer
-from router_r1.questions import load_questions, simulation_for
+from router_r1.engines.model import build_tiny_policy, train_tokenizer
+from router_r1.infra.config import load_config
+from router_r1.worlds.base import load_questions, simulation_for
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ class ScriptedEngine:
         self.model, self.tok = model, tokenizer
 
     def generate(self, contexts, **kw):  # the prompt's instructions mention </information> once
-        from router_r1.generation import Generation
+        from router_r1.engines.generation import Generation
 
         out = []
         for ids in contexts:
@@ -63,7 +63,7 @@ class ScriptedEngine:
 
 def test_worker_plays_episodes_through_the_pool_with_episode_ids(setup):
     from actors.rollout import RolloutWorker
-    from router_r1.pool import PoolCore
+    from router_r1.pool.core import PoolCore
 
     cfg, spec, tok, val = setup
     records = []
@@ -142,8 +142,8 @@ def test_vllm_engine_generates_and_loads_new_weights(setup, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs CUDA")
-    from router_r1.policy import save_policy
-    from router_r1.vllm_generator import VLLMGenerator
+    from router_r1.engines.model import save_policy
+    from router_r1.engines.vllm import VLLMGenerator
 
     cfg, spec, tok, val = setup
     save_policy(build_tiny_policy(TINY, tok, seed=1), tok, tmp_path / "p")

@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from router_r1.cost import call_cost, episode_cost
-from router_r1.reward import (ReferenceCostNormalizer, RewardConfig, WindowCostNormalizer,
-                              compute_reward, make_normalizer, score_batch)
-from router_r1.scoring import exact_match, f1_score, normalize_answer
+from router_r1.env.answer_metrics import exact_match, f1_score, normalize_answer
+from router_r1.env.cost import call_cost, episode_cost
+from router_r1.env.reward import (ReferenceCostNormalizer, RewardConfig, WindowCostNormalizer, compute_reward,
+                                  make_normalizer, score_batch)
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -107,15 +107,15 @@ def test_reference_normalizer_stateless():
 
 def test_format_rules_reach_the_reward(paper_pool):
     """`reward.format_rules` decides what 'bad format' means in `router-r1 score` and in training
-    (rollout_stats.score_episodes): an answer straight after </information> is fine under the
+    (episode_metrics.score_episodes): an answer straight after </information> is fine under the
     reference's rules and scores -1 under think_after_information."""
     import json
 
-    from router_r1.episode import Episode, Segment
-    from router_r1.protocol import FormatRules
-    from router_r1.reward import RewardConfig, make_normalizer
-    from router_r1.rollout_stats import score_episodes
-    from router_r1.score import score_lines
+    from router_r1.env.episode import Episode, Segment
+    from router_r1.env.episode_metrics import score_episodes
+    from router_r1.env.protocol import FormatRules
+    from router_r1.env.reward import RewardConfig, make_normalizer
+    from router_r1.evaluation.completions import score_lines
 
     policy = "<think>ask</think><search>LLaMA-3.1-70B-Instruct: who wrote 1984?</search>"
     info = "<information>George Orwell</information>"

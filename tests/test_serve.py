@@ -72,7 +72,7 @@ def _outcome(*calls):
 
 def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
     from deployments.service import REQUEST_CAP, check_calls
-    from router_r1.types import CallResult, CallStatus as S
+    from router_r1.pool.types import CallResult, CallStatus as S
 
     ok = CallResult("A", "fine")
     broke = CallResult.failure("A", S.HTTP_ERROR, "500")
@@ -118,7 +118,7 @@ def served(ray_local, fake, tmp_path_factory):
 
     from benchmarks.tiny_router import build_scripted_router
     from deployments.router import build_app
-    from router_r1.descriptors import load_pool
+    from router_r1.pool.descriptors import load_pool
 
     tmp = tmp_path_factory.mktemp("serve")
     limits = {"max_attempts": 1, "timeout_s": 30, "circuit_failures": 1000}
@@ -226,7 +226,7 @@ def test_completion_with_trace_usage_and_cost(fake, base):
         (step["prompt_tokens"] + step["completion_tokens"]) * ECHO_PRICE / 1e6)
     check_accounting(r.usage.model_dump(), extra)
     # The content is the router's own <answer>, whatever it says.
-    from router_r1.protocol import extract_answer
+    from router_r1.env.protocol import extract_answer
     assert r.choices[0].message.content == (extract_answer(extra["router_text"]) or "")
     assert r.choices[0].finish_reason in ("stop", "length")
     assert fake.count("Echo-Model") == len(trace)
@@ -251,7 +251,7 @@ def test_streamed_completion_emits_route_steps_then_answer(base):
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finish) == 1
     extra = finish[0].model_extra["router_r1"]
-    from router_r1.protocol import extract_answer
+    from router_r1.env.protocol import extract_answer
     assert content == (extract_answer(extra["router_text"]) or "")
     # Route events arrive before the answer's content chunk.
     first_content = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
@@ -420,7 +420,7 @@ def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, 
 
     import ray
 
-    from router_r1.redact import leaks
+    from router_r1.infra.redact import leaks
 
     _, fake, ledger = served
     key = os.environ["ROUTER_R1_TEST_PLANTED_KEY"]

@@ -61,7 +61,7 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
     import asyncio
 
     from deployments.router import generate_isolated
-    from router_r1.generation import Generation
+    from router_r1.engines.generation import Generation
 
     calls = []
 
@@ -81,9 +81,9 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
 
 def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
     from deployments.service import RouterService
-    from router_r1.config import RunConfig
-    from router_r1.descriptors import PoolSpec
-    from router_r1.policy import train_tokenizer
+    from router_r1.engines.model import train_tokenizer
+    from router_r1.infra.config import RunConfig
+    from router_r1.pool.descriptors import PoolSpec
 
     async def unused(*a, **k):
         raise AssertionError("planning generates nothing")

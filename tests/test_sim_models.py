@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from router_r1.backends import make_backend
-from router_r1.descriptors import PoolSpec, load_pool
-from router_r1.sim import Simulation
-from router_r1.sim.backend import SimulatedBackend
-from router_r1.sim.language import HEDGE, IDK, RELATIONS, count_tokens
+from router_r1.pool.backends import make_backend
+from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.worlds.sim import Simulation
+from router_r1.worlds.sim.backend import SimulatedBackend
+from router_r1.worlds.sim.language import HEDGE, IDK, RELATIONS, count_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL_FILE = ROOT / "configs" / "pool_simulated.yaml"
@@ -140,7 +140,7 @@ def test_backend_sleeps_only_when_asked():
 
 
 def test_backend_rejects_bad_options_and_calls():
-    from router_r1.backends.base import BackendError
+    from router_r1.pool.backends.base import BackendError
     with pytest.raises(ValueError, match="unknown simulated backend options"):
         make_backend("simulated", tiny_pool(sede=1))
     backend = make_backend("simulated", tiny_pool())

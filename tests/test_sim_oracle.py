@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from router_r1.descriptors import PoolSpec, load_pool
-from router_r1.reward import RewardConfig, WindowCostNormalizer
-from router_r1.sim import Simulation
-from router_r1.sim.oracle import (best_single_model, candidate_plans, expected_rewards, oracle_plan,
-                                  oracle_reward, single_model_policy_reward)
+from router_r1.env.reward import RewardConfig, WindowCostNormalizer
+from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.worlds.sim import Simulation
+from router_r1.worlds.sim.oracle import (best_single_model, candidate_plans, expected_rewards, oracle_plan,
+                                         oracle_reward, single_model_policy_reward)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from router_r1.backends import make_backend
-from router_r1.cost import call_cost
-from router_r1.descriptors import load_pool
-from router_r1.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace
-from router_r1.protocol import FormatRules, information_block, parse, validate
-from router_r1.reward import RewardConfig
-from router_r1.scoring import exact_match
-from router_r1.sim import Simulation
-from router_r1.sim.oracle import oracle_plan
-from router_r1.sim.traces import make_trace, make_traces, tokenizer_corpus
-from router_r1.types import CallResult
+from router_r1.env.answer_metrics import exact_match
+from router_r1.env.cost import call_cost
+from router_r1.env.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace
+from router_r1.env.protocol import FormatRules, information_block, parse, validate
+from router_r1.env.reward import RewardConfig
+from router_r1.pool.backends import make_backend
+from router_r1.pool.descriptors import load_pool
+from router_r1.pool.types import CallResult
+from router_r1.worlds.sim import Simulation
+from router_r1.worlds.sim.oracle import oracle_plan
+from router_r1.worlds.sim.traces import make_trace, make_traces, tokenizer_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_STRICT = FormatRules(**{k: True for k in FormatRules.model_fields})
@@ -135,7 +135,7 @@ def test_make_traces_mix_and_corpus(sim):
 def test_compact_prompt_and_two_call_trace_fit_a_tiny_router(sim):
     """With the compact prompt and a tokenizer trained on the simulator's corpus, prompt plus a
     two-call trace stays around 350 tokens (the demo router's context budget)."""
-    from router_r1.policy import train_tokenizer
+    from router_r1.engines.model import train_tokenizer
     tok = train_tokenizer(tokenizer_corpus(sim, n_traces=400, compact=True), vocab_size=2000)
     traces = [e for e in make_traces(sim, sim.world.questions("val", 150), mix={"expert": 1.0},
                                      compact=True) if len(e.calls) == 2]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from router_r1.sim.language import CHAINS, RELATIONS, template_words, words
-from router_r1.sim.world import SimConfig, SimWorld
+from router_r1.worlds.sim.knowledge import SimConfig, SimWorld
+from router_r1.worlds.sim.language import CHAINS, RELATIONS, template_words, words
 
 SMALL = SimConfig(seed=3, entities_per_domain=24)
 
@@ -143,7 +143,7 @@ def test_world_is_identical_across_processes(world):
     import os
     import subprocess
     import sys
-    code = ("from router_r1.sim.world import SimConfig, SimWorld; "
+    code = ("from router_r1.worlds.sim.knowledge import SimConfig, SimWorld; "
             "print(SimWorld.build(SimConfig(seed=3, entities_per_domain=24)).fingerprint())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
@@ -159,7 +159,7 @@ def test_question_lookup_and_qa_rows(world):
 
 
 def test_no_entity_is_a_real_word_or_place():
-    from router_r1.sim.names import REAL_WORDS
+    from router_r1.worlds.sim.names import REAL_WORDS
     for seed in range(5):
         w = SimWorld.build(SMALL, seed=seed)
         assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS

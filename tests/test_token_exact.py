@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from bpe_checkpoint import prompt_text, trace
-from router_r1.batch import TrajectoryBatch
-from router_r1.episode import Episode, EpisodeConfig, run_episodes
-from router_r1.generation import HFGenerator, cut_generation, Generation
-from router_r1.policy import load_policy
-from router_r1.protocol import STOP_STRINGS
-from router_r1.types import CallResult
+from router_r1.engines.generation import cut_generation, Generation
+from router_r1.engines.hf import HFGenerator
+from router_r1.engines.model import load_policy
+from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.env.protocol import STOP_STRINGS
+from router_r1.pool.types import CallResult
+from router_r1.rl.batch import TrajectoryBatch
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_multi_turn_episode_trains_on_the_sampled_ids(policy):
 def test_learner_scores_the_sampler_logprobs(policy, bpe_checkpoint):
     """rollout/logp_diff_max: |sampler log-prob - learner log-prob| at the same weights, CPU float32."""
     from actors.learner import Learner
-    from router_r1.config import load_config
+    from router_r1.infra.config import load_config
 
     eps, _ = _play(policy, n=8)
     cfg = load_config(None, {"policy.checkpoint": str(bpe_checkpoint), "learner.group_size": 4,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router_r1.config import load_config
+from router_r1.infra.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -64,14 +64,14 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "router_r1.cli", "train", "--config", str(cfg_file),
+    proc = subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "train", "--config", str(cfg_file),
                            "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "router-r1 train: 2 steps" in proc.stdout and "of the oracle" in proc.stdout
 
     run_dir = Path(cfg["output_dir"])
-    from router_r1 import checkpoint
+    from router_r1.infra import checkpoint
 
     last = checkpoint.latest(run_dir)
     assert last is not None and last.name == "step_00000002"
@@ -110,7 +110,7 @@ class SyntheticRewardTrainer:
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, ray_local):
     from pipelines.train import Trainer
-    from router_r1.policy import CheckpointError
+    from router_r1.engines.model import CheckpointError
 
     class T(SyntheticRewardTrainer, Trainer):
         pass

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from router_r1.episode import Episode, Segment
-from router_r1.questions import QuestionStream
-from router_r1.reward import RewardConfig, WindowCostNormalizer
-from router_r1.rollout_stats import score_episodes, summarize
-from router_r1.tracking import plot_curves, resolve_tracking_uri
-from router_r1.config import MlflowConfig
-from router_r1.types import CallResult
+from router_r1.env.episode import Episode, Segment
+from router_r1.env.episode_metrics import score_episodes, summarize
+from router_r1.env.reward import RewardConfig, WindowCostNormalizer
+from router_r1.infra.config import MlflowConfig
+from router_r1.infra.tracking import plot_curves, resolve_tracking_uri
+from router_r1.pool.types import CallResult
+from router_r1.worlds.base import QuestionStream
 
 
 def test_question_stream_resumes_where_it_stopped():

@@ -1,9 +1,9 @@
 """A tiny learner and a fixed batch of router episodes, shared by the learner/checkpoint tests."""
 from __future__ import annotations
 
-from router_r1.batch import TrajectoryBatch
-from router_r1.config import RunConfig
-from router_r1.episode import Episode, Segment
+from router_r1.env.episode import Episode, Segment
+from router_r1.infra.config import RunConfig
+from router_r1.rl.batch import TrajectoryBatch
 
 TINY = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512}

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
-from router_r1.types import CallResult
+from router_r1.pool.types import CallResult
 
 
 def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str | None:

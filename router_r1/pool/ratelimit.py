@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from router_r1.descriptors import Limits
+from router_r1.pool.descriptors import Limits
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router_r1.backends.base import Message
-from router_r1.descriptors import ModelDescriptor
+from router_r1.pool.backends.base import Message
+from router_r1.pool.descriptors import ModelDescriptor
 
 PARAM_KEYS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                         "frequency_penalty"})

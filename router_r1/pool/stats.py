@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from router_r1.types import CallResult
+from router_r1.pool.types import CallResult
 
 
 @dataclass

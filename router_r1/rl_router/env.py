@@ -4,7 +4,7 @@ Actions: `k < max_models` calls the pool's k-th model (its recorded reply and co
 tables); `max_models` answers with the last reply. The episode ends on an answer, on an invalid
 slot (a model the pool does not have: scored like a format violation, as when the LLM router names
 an unknown model), or after `max_calls` calls (the last reply is the answer). Reward at the end only,
-the same core reward as the LLM router (router_r1.reward; Router-R1 eq. 2-5): format is always
+the same core reward as the LLM router (router_r1.env.reward; Router-R1 eq. 2-5): format is always
 well formed here, the outcome is the correctness label of the adopted (last) reply, and the cost
 reward comes from the configured normaliser over episode costs. Ray-free.
 """
@@ -17,11 +17,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from router_r1.baselines import sample_cost
-from router_r1.descriptors import PoolSpec, load_pool
-from router_r1.replay import ReplaySample, ReplayTable, model_ids, resolve_data_path, split_samples
-from router_r1.reward import RewardConfig, compute_reward, make_normalizer
+from router_r1.env.reward import RewardConfig, compute_reward, make_normalizer
+from router_r1.evaluation.baselines import sample_cost
+from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.rl_router.features import FeatureSpec, assign_slots, hash_ngrams, observation, pool_features
+from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, model_ids, resolve_data_path,
+                                            split_samples)
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from router_r1.descriptors import ModelDescriptor, PoolSpec
+from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 DESC_FEATURES = 5  # per model slot: log in-price, log out-price, log size, size known, log latency

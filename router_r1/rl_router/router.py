@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from router_r1.descriptors import PoolSpec
+from router_r1.pool.descriptors import PoolSpec
 from router_r1.rl_router.features import FeatureSpec, assign_slots, hash_ngrams, observation, pool_features
 
 META_FILE = "rllib_router.json"

@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from router_r1.pool.types import CallResult
 from router_r1.rl_router.router import RLlibRouter
-from router_r1.types import CallResult
 
 CallFn = Callable[..., Awaitable[CallResult]]
 

@@ -1,0 +1,82 @@
+"""Token in, token out: what every generation engine returns (`Generation`) and how a turn is cut.
+
+RL is only on-policy when the learner scores exactly the tokens the sampler drew, under the
+distribution it drew them from. So every engine (transformers in `router_r1.engines.hf`, vLLM in
+`router_r1.engines.vllm`, an OpenAI-compatible endpoint in `router_r1.engines.endpoint`) takes
+prompts as token ids and returns, per prompt, a `Generation`: the sampled ids, the sampler's
+log-prob of each, the decoded text, and why it stopped. Nobody encodes policy text again; the
+episode machine (`router_r1.env.episode`) appends the ids to the context as they are.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from router_r1.env.protocol import STOP_STRINGS
+
+EOS = "eos"  # Generation.stop when the engine sampled an end-of-sequence token
+
+
+@dataclass
+class Generation:
+    """One generated turn. `ids` are exactly the sampled tokens, ending with the token that
+    completed the first stop string (or an EOS token); `logprobs[i]` is the sampler's log-prob of
+    `ids[i]` (empty when the engine cannot report them, e.g. a text-only endpoint). `text` is the
+    decoded ids (special tokens skipped). `stop`: the stop string that ended the turn, EOS, or
+    None when the token budget ran out."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    stop: str | None = None
+
+    @classmethod
+    def from_text(cls, text: str, stops: Sequence[str] = STOP_STRINGS) -> Generation:
+        """A text-only generation (no ids): cut after its first stop string."""
+        best = min(((text.find(s), s) for s in stops if s in text), default=None)
+        if best is None:
+            return cls(text=text)
+        i, s = best
+        return cls(text=text[: i + len(s)], stop=s)
+
+
+def eos_ids(tokenizer, model_config=None) -> set[int]:
+    """End-of-sequence ids: the tokenizer's, plus the model config's (Qwen2.5 instruct ends turns
+    with <|im_end|> and may also emit <|endoftext|>). Never the generation_config's sampling."""
+    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    cfg_eos = getattr(model_config, "eos_token_id", None) if model_config is not None else None
+    out |= set(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else ({cfg_eos} if cfg_eos is not None else set())
+    return out
+
+
+def cut_generation(gen: Generation, tokenizer, stops: Sequence[str] = STOP_STRINGS,
+                   eos: Iterable[int] = ()) -> Generation:
+    """`gen` ending at its first stop: ids up to and including the token that completes the first
+    stop string or the first EOS id, with their log-probs. Tokens after it were sampled but do not
+    condition anything kept, so dropping them leaves the kept ones exactly as sampled. The stop
+    token is found by bisection over decoded prefixes (a prefix's text only grows)."""
+    ids, eos = gen.ids, set(eos)
+    end, stop = len(ids), None
+    for i, t in enumerate(ids):
+        if t in eos:
+            end, stop = i + 1, EOS
+            break
+
+    def first_stop(k: int) -> str | None:
+        text = tokenizer.decode(ids[:k], skip_special_tokens=False)
+        found = [(text.find(s), s) for s in stops if s in text]
+        return min(found)[1] if found else None
+
+    if stops and first_stop(end) is not None:
+        lo, hi = 1, end  # smallest k whose prefix holds a stop string
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if first_stop(mid) is not None:
+                hi = mid
+            else:
+                lo = mid + 1
+        end, stop = lo, first_stop(lo)
+    if end == len(ids) and stop == gen.stop and gen.text:
+        return gen
+    kept = ids[:end]
+    return Generation(kept, gen.logprobs[:end], tokenizer.decode(kept, skip_special_tokens=True), stop)

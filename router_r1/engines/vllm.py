@@ -1,0 +1,90 @@
+"""A vLLM generation engine with the same `generate` / `load_state_dict` as `HFGenerator`.
+
+Used by rollout actors that hold a GPU (`rollout.engine: vllm`) and by Serve on GPU. vLLM is
+imported lazily: it is the optional `gpu` extra and pins its own torch. Token in, token out
+(router_r1.engines.generation): prompts go in as `TokensPrompt`s, and each turn comes back as the sampled
+token ids with the sampler's log-probs. Two engine settings make those the learner's numbers:
+
+- `logprobs_mode="processed_logprobs"`: log-probs after temperature scaling (vLLM's default,
+  raw_logprobs, reports the untempered distribution);
+- `generation_config="vllm"`: the checkpoint's generation_config.json (a Qwen-style repetition
+  penalty, top-k, top-p) is not merged into the sampling parameters; only what is asked here is.
+
+New weights are pushed into the running engine through `LLM.collective_rpc` and a worker
+extension class that calls the model's own `load_weights` (vLLM's RLHF weight-sync pattern).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router_r1.engines.generation import Generation, cut_generation, eos_ids
+from router_r1.env.protocol import STOP_STRINGS
+
+
+class WeightLoaderExtension:
+    """Mixed into every vLLM worker (`worker_extension_cls`); runs inside the worker process."""
+
+    def load_hf_state_dict(self, state: dict[str, Any]) -> None:
+        self.model_runner.model.load_weights(weights=list(state.items()))  # type: ignore[attr-defined]
+
+
+def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[dict] | None) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position {token_id: Logprob} dicts."""
+    if not logprobs:
+        return []
+    out = []
+    for t, d in zip(token_ids, logprobs):
+        lp = d.get(t) if d else None
+        out.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("nan"))
+    return out
+
+
+class VLLMGenerator:
+    """Batched generation on vLLM. `model_dir` is a transformers checkpoint folder (with tokenizer)."""
+
+    def __init__(self, model_dir: str | Path, seed: int = 0, gpu_memory_utilization: float = 0.4,
+                 dtype: str = "auto", max_model_len: int | None = None, tensor_parallel_size: int = 1):
+        try:
+            from vllm import LLM
+        except ImportError as e:  # the optional `gpu` extra
+            raise ImportError("rollout.engine 'vllm' needs vLLM: pip install 'router-r1[gpu]'") from e
+        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), seed=seed, dtype=dtype,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
+                       logprobs_mode="processed_logprobs", generation_config="vllm",
+                       worker_extension_cls=f"{__name__}.WeightLoaderExtension")
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_context = self.llm.llm_engine.model_config.max_model_len
+        self.eos = eos_ids(self.tokenizer)
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128,
+                 temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS,
+                 seed: int | None = None) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        rows = [self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else list(p)
+                for p in prompts]
+        # One seed per prompt: identical prompts (a GRPO group) must still sample differently.
+        # logprobs=0: the sampled token's log-prob only. Stop strings are detected by vLLM; the
+        # token that completes one is kept (cut_generation checks the cut on ids).
+        params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
+                                 stop=list(stop), include_stop_str_in_output=True, logprobs=0,
+                                 repetition_penalty=1.0, seed=None if seed is None else seed + i)
+                  for i in range(len(rows))]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
+        gens = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            g = Generation(ids, sampled_logprobs(ids, c.logprobs), self.tokenizer.decode(ids, skip_special_tokens=True))
+            gens.append(cut_generation(g, self.tokenizer, tuple(stop or ()), self.eos))
+        return gens
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.llm.collective_rpc("load_hf_state_dict", args=(state,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights

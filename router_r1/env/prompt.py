@@ -1,0 +1,138 @@
+"""The router's prompt, rendered from the model descriptors and the question.
+
+The router knows each candidate only through its descriptor (name, price, latency, size,
+description), so swapping the descriptor file is all it takes to offer it unseen models.
+
+`render_prompt_ids` is the one renderer of what a router conditions on: rollouts, `router-r1
+evaluate`, Serve and the MLflow model all call it with the `PromptOptions` saved beside the
+policy (`router_r1.json`, read back by `load_prompt_options`), so a served router sees exactly
+the prompt it was trained on, token for token.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
+
+if TYPE_CHECKING:
+    from router_r1.env.episode import Tokenizer
+    from router_r1.infra.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+POLICY_META = "router_r1.json"  # beside a saved policy (router_r1.engines.model.save_policy)
+
+INSTRUCTIONS = (
+    "Answer the given question. Every time you receive new information, you must first reason "
+    "inside <think> and </think>. If you lack some knowledge, you may call one of the candidate "
+    "LLMs below by writing <search> Model-Name: your sub-question </search>; its reply is returned "
+    "between <information> and </information>. You may call models several times, and each call "
+    "is billed by its tokens and the model's price. When you are ready, give the final answer "
+    "inside <answer> and </answer>, without explanation, e.g. <answer> Beijing </answer>."
+)
+
+# For tiny routers built from scratch (the demo): the same protocol in about a third of the
+# tokens, and one short line per model, so prompt + a two-call trace stays near 300 tokens.
+COMPACT_INSTRUCTIONS = (
+    "Answer the question. Think inside <think> </think>. To ask a model, write "
+    "<search> Model-Name: question </search>; its reply comes inside <information> "
+    "</information>. Each call costs its tokens times the model's price. Give the final answer "
+    "inside <answer> </answer>."
+)
+
+
+def describe_model(m: ModelDescriptor, compact: bool = False) -> str:
+    if compact:  # price and description only
+        price = (f"${m.price_in:.2f}" if m.price_in == m.price_out
+                 else f"${m.price_in:.2f} in, ${m.price_out:.2f} out")
+        return f"- {m.name}: {price}/1M tokens. {m.description.strip()}".rstrip()
+    size = f"{m.params_b:g}B parameters" if m.params_b is not None else "size unknown"
+    price = (f"${m.price_in:.2f}/1M tokens" if m.price_in == m.price_out
+             else f"${m.price_in:.2f}/1M input tokens, ${m.price_out:.2f}/1M output tokens")
+    line = f"- {m.name}: {price}; ~{m.latency_s:g}s latency; {size}."
+    return f"{line} {m.description.strip()}" if m.description.strip() else line
+
+
+def render_prompt(pool: PoolSpec, question: str, instructions: str | None = None,
+                  compact: bool = False) -> str:
+    """The full user turn for one question. Chat templates, if any, are applied by the policy.
+    `compact` uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short model lines."""
+    if instructions is None:
+        instructions = COMPACT_INSTRUCTIONS if compact else INSTRUCTIONS
+    models = "\n".join(describe_model(m, compact) for m in pool.models)
+    return f"{instructions}\n\nCandidate LLMs:\n{models}\n\nQuestion: {question.strip()}\n"
+
+
+class PromptOptions(BaseModel):
+    """How a router's prompt is rendered; saved with every policy checkpoint (`POLICY_META`,
+    key "prompt") so that every consumer renders the prompt the router was trained with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compact: bool = False  # COMPACT_INSTRUCTIONS and one short line per model
+    max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
+    use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
+
+    @classmethod
+    def from_policy(cls, policy: PolicyConfig) -> PromptOptions:
+        return cls(compact=policy.compact_prompt, max_question_tokens=policy.max_question_tokens,
+                   use_chat_template=policy.use_chat_template)
+
+
+def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
+    """The last `max_tokens` tokens of the question (whitespace words without a tokenizer),
+    prefixed with '... ' when cut. None keeps the whole question. RouterBench puts its few-shot
+    examples first and the question itself last, and a tiny router cannot read all of it."""
+    q = question.strip()
+    if max_tokens is None:
+        return q
+    if tokenizer is None:
+        words = q.split()
+        return q if len(words) <= max_tokens else "... " + " ".join(words[-max_tokens:])
+    ids = tokenizer.encode(q, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return q
+    return "... " + tokenizer.decode(ids[-max_tokens:], skip_special_tokens=True).strip()
+
+
+def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: Tokenizer | None = None) -> str:
+    """The user turn under `options`, before any chat template (the question tail is counted in
+    `tokenizer`'s tokens, or in words without one: tokenizer corpora, before it exists)."""
+    return render_prompt(pool, question_tail(question, options.max_question_tokens, tokenizer),
+                         compact=options.compact)
+
+
+def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions) -> tuple[str, list[int]]:
+    """(text, ids) of the prompt the router conditions on: the user turn, wrapped in the chat
+    template when `options` says so and the tokenizer has one, encoded once without added
+    special tokens (the template already holds any; this equals apply_chat_template's ids)."""
+    text = user_turn(pool, question, options, tokenizer)
+    if options.use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text, list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def load_prompt_options(checkpoint: str | Path, default: PromptOptions | None = None) -> PromptOptions:
+    """The options saved with a policy checkpoint. A checkpoint that records none (written before
+    they were saved, or not trained here: a stock instruct model) gets `default`, with a warning,
+    or a ValueError when there is no default. A malformed record is always an error."""
+    meta = Path(checkpoint) / POLICY_META
+    try:
+        record = json.loads(meta.read_text()) if meta.exists() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta}: unreadable ({e})") from None
+    if isinstance(record, dict) and "prompt" in record:
+        try:
+            return PromptOptions.model_validate(record["prompt"])
+        except ValueError as e:
+            raise ValueError(f"{meta}: invalid prompt options: {e}") from None
+    if default is None:
+        raise ValueError(f"{checkpoint}: the checkpoint records no prompt options ({POLICY_META} "
+                         f"has no 'prompt'); it was saved before they were recorded or not trained here")
+    log.warning("%s records no prompt options; rendering with %s", checkpoint, default)
+    return default

@@ -1,0 +1,258 @@
+"""Routing policies to evaluate, all calling models through the same pool call function.
+
+A policy turns a batch of `EvalItem`s into `PolicyRun`s (answer + the calls it paid for), given an
+async `call(model, query, episode_id=uid) -> CallResult` (the ModelPool's, so every policy is
+billed alike):
+
+- direct baselines (send the question to one model; on QA sets in the paper's answer format,
+  DIRECT_PROMPT, with the short answer taken out of the reply): `single:<model>`,
+  `random`, `cheapest`, `largest`, `most-expensive`, and `oracle` (best per question from the
+  replay labels: the cheapest model that answered correctly, else the cheapest; RouterBench's
+  "Oracle" and the upper bound of any one-call router);
+- `EpisodePolicy`: an LLM router (RL-trained checkpoint, or prompt-only: an untrained checkpoint or
+  an OpenAI-compatible endpoint prompted with the descriptors) played by the episode machine;
+- the RLlib router lives in router_r1.rl_router and plugs in through `RLlibPolicy` there.
+Ray-free.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router_r1.env.cost import call_cost, estimate_tokens
+from router_r1.env.episode import Episode, EpisodeConfig, GenerateFn, Tokenizer, run_episodes
+from router_r1.env.prompt import render_prompt
+from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
+from router_r1.pool.types import CallResult
+from router_r1.worlds.replay.tables import ReplaySample, model_ids
+
+CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
+DIRECT_BASELINES = ("random", "cheapest", "largest", "most-expensive", "oracle")
+
+
+@dataclass
+class EvalItem:
+    """One question. QA sets carry gold answers; replay sets carry every model's recorded answer."""
+
+    uid: str
+    question: str
+    golden_answers: list[str] = field(default_factory=list)
+    sample: ReplaySample | None = None
+    source: str = ""
+
+
+@dataclass
+class PolicyRun:
+    """What a policy did on one item: its final answer (None: no answer) and the calls it paid for."""
+
+    answer: str | None
+    calls: list[CallResult]
+    format_ok: bool = True
+    latency_s: float = 0.0  # wall time of this item (calls and generation)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    name: str
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]: ...
+
+
+def replay_call(call: CallFn, questions: dict[str, str]) -> CallFn:
+    """The call function of the replay world: recorded answers exist only for the sample's own
+    question, so a routed call answers that question (looked up by episode id) whatever
+    sub-question the router wrote. Calls without a known episode id pass through unchanged."""
+    async def wrapped(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        if episode_id in questions:
+            query = questions[episode_id]
+        return await call(model, query, episode_id=episode_id or "")
+
+    return wrapped
+
+
+def total_price(m: ModelDescriptor) -> float:
+    return m.price_in + m.price_out
+
+
+# The direct baselines' prompt on QA sets. The paper scores every method by EM on the text
+# inside <answer></answer>, asked for as "your final answer inside <answer> ... </answer>, without
+# additional explanation or illustration. For example: <answer> Beijing </answer>" (the Router-R1
+# prompt, data_process/prompt_pool.py of ulab-uiuc/Router-R1; Search-R1's direct-inference
+# baseline asks the same). It avoids words the simulator reads as relations (write, found, home).
+DIRECT_PROMPT = ("Answer the given question directly and concisely. Give only the final answer, a "
+                 "short phrase without explanation, inside <answer> and </answer>. For example: "
+                 "<answer> Beijing </answer>.\nQuestion: {question}")
+
+_ANSWER_TAG = re.compile(r"<\s*answer\s*>(.*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
+_ANSWER_OPEN = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\b(?:final |short |correct )?answer(?: is:| is|:)\s*(.+)", re.IGNORECASE)
+_LEAD = re.compile(r"^(?:A|Answer)\s*:\s*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(\S+)\.\s+(?=\S)")
+_ABBREV = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "no", "mt", "ft", "gen", "col", "lt",
+           "sgt", "prof", "rev", "inc", "co", "corp", "ltd", "e.g", "i.e", "u.s", "u.k", "d.c"}
+
+
+def extract_final_answer(reply: str) -> str:
+    """The short answer in a chat model's reply, for EM against gold answers.
+
+    1. The last complete <answer>...</answer> (what the prompt asks for; the reference's
+       qa_em.extract_solution takes the last one too), else the text after an unclosed <answer>.
+    2. Otherwise the text after the last 'answer is' / 'Answer:' ('The answer is Paris.'), else the
+       first non-empty line.
+    Then markdown emphasis, a leading 'A:', surrounding quotes, everything after the first
+    sentence ('Paris. It is the capital.'; initials and abbreviations such as 'J. K.' or 'St.' do
+    not end one) and a trailing period are dropped.
+    """
+    tags = _ANSWER_TAG.findall(reply)
+    if tags:
+        return tags[-1].strip()
+    opened = list(_ANSWER_OPEN.finditer(reply))
+    text = reply[opened[-1].end():] if opened else reply
+    text = text.replace("**", "").replace("__", "").replace("`", "").strip()
+    said = list(_ANSWER_IS.finditer(text))
+    if said and not opened:
+        text = said[-1].group(1)
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    text = _LEAD.sub("", text).strip()
+    for m in _SENTENCE_END.finditer(text):
+        word = m.group(1).lower()
+        if not (len(word) == 1 or word.rstrip(".") in _ABBREV or re.fullmatch(r"(?:\w\.)+\w", word)):
+            text = text[:m.start(1) + len(m.group(1))]
+            break
+    text = text.strip().strip("\"'“”").strip()
+    return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
+
+
+class DirectPolicy:
+    """Send the question to the model `choose(item)` picks; the answer is its reply.
+
+    A QA item (no replay sample) is asked in DIRECT_PROMPT and answered with
+    `extract_final_answer` of the reply: a chat model asked a bare question answers "The answer
+    is X." at best, which is EM 0 against 'X'. A replay item keeps the bare question and the
+    whole reply: the recorded answers are the replies to the dataset's own prompt, and the
+    adoption rule scores the reply itself (docs/evaluation.md).
+    """
+
+    def __init__(self, name: str, choose: Callable[[EvalItem], str], concurrency: int = 32,
+                 prompt: str = DIRECT_PROMPT):
+        self.name, self.choose, self.concurrency, self.prompt = name, choose, concurrency, prompt
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: EvalItem) -> PolicyRun:
+            qa = item.sample is None
+            async with sem:
+                model = self.choose(item)
+                t0 = time.perf_counter()
+                query = self.prompt.format(question=item.question.strip()) if qa else item.question
+                res = await call(model, query, episode_id=item.uid)
+                answer = None if not res.ok else extract_final_answer(res.text) if qa else res.text
+                return PolicyRun(answer, [res], True, time.perf_counter() - t0,
+                                 {"chosen": model, "reply": res.text[:2000] if res.ok and qa else None})
+
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def _stable_rng(seed: int, uid: str) -> random.Random:
+    """Per-question randomness that does not depend on order or concurrency."""
+    return random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:8], "big"))
+
+
+def sample_cost(pool: PoolSpec, model: ModelDescriptor, sample: ReplaySample, column: str) -> float:
+    """What calling `model` on `sample` costs: the recorded cost, else priced from the descriptor."""
+    a = sample.answers.get(column)
+    if a is not None and a.cost is not None:
+        return a.cost
+    completion = estimate_tokens(a.response) if a is not None and a.response else 0
+    return call_cost(model, estimate_tokens(sample.prompt) + 6, completion)
+
+
+def oracle_choice(pool: PoolSpec, sample: ReplaySample, columns: dict[str, str]) -> str:
+    """The cheapest model whose recorded answer is correct, else the cheapest model (ties: pool
+    order). Only models the replay tables know are candidates."""
+    cands = [m for m in pool.models if m.name in columns]
+    if not cands:
+        raise ValueError("oracle: no pool model has a column in the replay tables")
+    priced = [(sample_cost(pool, m, sample, columns[m.name]), i, m) for i, m in enumerate(cands)]
+    correct = [p for p in priced if sample.label(columns[p[2].name]) > 0]
+    return min(correct or priced, key=lambda p: (p[0], p[1]))[2].name
+
+
+def make_direct_baseline(spec: str, pool: PoolSpec, seed: int = 0, concurrency: int = 32,
+                         table_models: Sequence[str] = ()) -> DirectPolicy:
+    """`single:<model>`, `random`, `cheapest`, `largest`, `most-expensive` or `oracle`."""
+    if spec.startswith("single:"):
+        m = pool[spec.split(":", 1)[1]]
+        return DirectPolicy(f"single:{m.name}", lambda item, n=m.name: n, concurrency)
+    if spec == "random":
+        names = pool.names
+        return DirectPolicy("random", lambda item: _stable_rng(seed, item.uid).choice(names), concurrency)
+    if spec == "cheapest":
+        m = min(pool.models, key=total_price)
+        return DirectPolicy(f"cheapest ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "most-expensive":
+        m = max(pool.models, key=total_price)
+        return DirectPolicy(f"most-expensive ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "largest":
+        sized = [m for m in pool.models if m.params_b is not None]
+        m = max(sized, key=lambda d: d.params_b) if sized else max(pool.models, key=total_price)
+        return DirectPolicy(f"largest ({m.name})", lambda item, n=m.name: n, concurrency)
+    if spec == "oracle":
+        columns = model_ids(pool, table_models)
+
+        def choose(item: EvalItem) -> str:
+            if item.sample is None:
+                raise ValueError(f"oracle needs replay labels; item {item.uid!r} has none")
+            return oracle_choice(pool, item.sample, columns)
+
+        return DirectPolicy("oracle", choose, concurrency)
+    raise ValueError(f"unknown baseline {spec!r}; known: single:<model>, {', '.join(DIRECT_BASELINES)}")
+
+
+class EpisodePolicy:
+    """An LLM router played by the episode machine (router_r1.env.episode), in batches.
+
+    `generate` is a batched text generator (HFGenerator.generate or an endpoint's); the router
+    sees the descriptors through the rendered prompt, so a pool with unseen models needs nothing
+    but a different descriptor file. `render` turns a question into the prompt's (text, ids): a
+    local router's is router_r1.env.prompt.render_prompt_ids with its checkpoint's options, the one
+    renderer of training, Serve and the MLflow model. None (an endpoint router, no local
+    tokenizer): the full prompt as text.
+    """
+
+    def __init__(self, name: str, generate: GenerateFn, pool: PoolSpec, cfg: EpisodeConfig,
+                 tokenizer: Tokenizer | None = None, batch_size: int = 16,
+                 render: Callable[[str], tuple[str, list[int]]] | None = None, max_context: int | None = None):
+        self.name, self.generate, self.pool, self.cfg = name, generate, pool, cfg
+        self.tokenizer, self.batch_size, self.render = tokenizer, batch_size, render
+        self.max_context = max_context
+
+    def episode(self, it: EvalItem) -> Episode:
+        """Token mode when the router renders its own prompt ids (a local router), else text."""
+        if self.render is None:
+            return Episode(it.uid, it.question, it.golden_answers, render_prompt(self.pool, it.question))
+        text, ids = self.render(it.question)
+        return Episode(it.uid, it.question, it.golden_answers, text, prompt_ids=list(ids))
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
+        out: list[PolicyRun] = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            eps = [self.episode(it) for it in chunk]
+            t0 = time.perf_counter()
+            await run_episodes(eps, self.generate, call, self.cfg, self.pool, self.tokenizer,
+                               pass_episode_id=True, max_context=self.max_context)
+            wall = (time.perf_counter() - t0) / max(1, len(chunk))
+            for e in eps:
+                parsed = e.parsed(self.pool)
+                out.append(PolicyRun(parsed.answer, list(e.calls), parsed.format_ok and not e.truncated,
+                                     wall, {"turns": e.turns, "routes": [m for m, _ in e.routes],
+                                            "response": e.response[-2000:]}))
+        return out

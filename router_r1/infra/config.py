@@ -1,0 +1,305 @@
+"""One typed configuration, loaded from YAML, shared by training, evaluation and serving.
+
+Each part of the system owns one section; unknown keys are errors, so a typo never silently
+falls back to a default. Paths are resolved relative to the YAML file's folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from router_r1.env.episode import EpisodeConfig
+from router_r1.env.reward import RewardConfig
+from router_r1.pool.descriptors import PoolSpec, load_pool
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolRuntimeConfig(_Section):
+    """How the ModelPool actor runs (the models themselves are in the descriptor file)."""
+
+    actor_name: str = "model_pool"
+    namespace: str = "router_r1"
+    ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
+    flush_every: int = 256  # ledger records buffered before a Parquet flush
+    cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
+    cache_size: int = 100_000  # cached replies kept (LRU)
+    # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
+    # candidate replies deterministic (less reward noise) and cacheable.
+    default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
+    run_budget_usd: float | None = None  # USD cap for each run_id calling through the pool
+    tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
+    num_cpus: float = 0.5
+    max_restarts: int = 4
+    max_concurrency: int = 1000  # actor calls in flight at once (async actor)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+
+
+class PolicyConfig(_Section):
+    """The router LLM: a local checkpoint, or a tiny model built from config (demo, tests)."""
+
+    checkpoint: str | None = None  # local HF checkpoint directory
+    tiny: dict[str, Any] = Field(default_factory=lambda: {
+        "architecture": "qwen2", "hidden_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 256,
+        "max_position_embeddings": 2048})
+    tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
+    use_chat_template: bool = True  # when the checkpoint's tokenizer has one
+    # Short instructions and descriptors (router_r1.env.prompt, compact=True): for tiny routers whose
+    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
+    compact_prompt: bool = False
+    # Keep only the last N tokens of the question in the prompt (None: the whole question). For
+    # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
+    # question itself last); the replayed call still receives the full question.
+    max_question_tokens: int | None = Field(default=None, ge=1)
+
+
+class RolloutConfig(_Section):
+    num_actors: int = 1
+    episodes_per_actor: int = 16
+    engine: Literal["transformers", "vllm"] = "transformers"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_restarts: int = 2
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU threads; None: Ray's (= num_cpus)
+
+
+class LearnerConfig(_Section):
+    """The learner (actors/learner.py; the maths and its papers in router_r1/rl/algos.py)."""
+
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    group_size: int = 4  # GRPO: samples per question
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.0
+    # How per-token losses become one loss per optimizer step (algos.loss_weights): "token-mean"
+    # (every policy token alike), "seq-mean-token-mean" (DeepSeekMath GRPO: mean per episode, then
+    # over episodes), "seq-mean-token-sum" (Dr. GRPO: sum per episode, mean over episodes).
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # KL(pi || ref) per token (algos.kl_penalty)
+    gamma: float = 1.0  # PPO
+    gae_lambda: float = 1.0  # PPO
+    value_coef: float = 0.5  # PPO
+    vf_clip: float | None = Field(default=0.2, gt=0.0)  # PPO value clipping range; None: no clipping
+    vf_lr: float | None = None
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    # Data-parallel learner actors (torch.distributed; actors/learner_group.py). The update does
+    # not depend on it: an optimizer step holds micro_batch_size * grad_accum rows in all, split
+    # over the learners, each running its part in micro-batches of at most micro_batch_size rows.
+    num_learners: int = Field(default=1, ge=1)
+    # CPU threads for torch; None: what Ray gives (OMP_NUM_THREADS = num_cpus). The driver's step is
+    # synchronous (rollouts, then the update), so a CPU learner may use cores its actor does not
+    # reserve: the demo's learner (num_cpus 1) updates with 2 threads while the rollouts wait.
+    torch_threads: int | None = Field(default=None, ge=1)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+
+
+class WarmStartConfig(_Section):
+    """Supervised warm start on generated well-formed traces (tiny models only)."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    # The multiplier of `lr` at SFT step k (learner.lr_lambda): warmup, then constant or decay to 0.
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    batch_size: int = 16
+    num_traces: int = 512
+    # Simulator traces: share of each demonstrated policy (router_r1.worlds.sim.traces.TRACE_POLICIES).
+    # None: the default mix (60% expert, 40% random). {random: 1.0} teaches the format, the moves
+    # and copying an answer out of <information>, but not which model to trust: that is left to RL.
+    trace_mix: dict[str, float] | None = None
+    # Share of simulator traces whose replies' stated entities are renamed to random entities of
+    # the same kind (router_r1.worlds.sim.traces.swap_stated_names): the router then writes every name.
+    name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("trace_mix")
+    @classmethod
+    def _known_policies(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        from router_r1.worlds.sim.traces import TRACE_POLICIES
+
+        if v is None:
+            return v
+        bad = sorted(set(v) - set(TRACE_POLICIES))
+        if bad:
+            raise ValueError(f"unknown trace policies {bad}; choose from {list(TRACE_POLICIES)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("trace_mix weights must be >= 0 with a positive sum")
+        return v
+
+
+class DataConfig(_Section):
+    kind: Literal["simulated", "qa", "replay"] = "simulated"
+    train: list[str] = Field(default_factory=list)  # dataset files (qa/replay)
+    eval: list[str] = Field(default_factory=list)
+    limit: int | None = None
+    sim: dict[str, Any] = Field(default_factory=dict)  # simulated-world options
+    val_fraction: float = 0.1
+    # Replay worlds: the first N validation questions the driver plays greedily at the start and
+    # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
+    val_size: int | None = Field(default=None, ge=1)
+
+
+class TrainConfig(_Section):
+    steps: int = 10
+    checkpoint_every: int = 5
+    sample_every: int = 5  # log sample trajectories every K steps
+    eval_every: int = 0
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    experiment: str = "router-r1"
+    enabled: bool = True
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: start a local Ray; "auto" or ray://... to join a cluster
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+    namespace: str = "router_r1"
+
+
+class ServeConfig(_Section):
+    model_name: str = "router-r1"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant; or env ROUTER_R1_API_KEYS
+    max_prompt_chars: int = 8000
+    request_timeout_s: float = 60.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.02
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 16
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Added for the serving app (issue 6).
+    max_ongoing_requests: int = 64  # per replica; must cover max_batch_size for batching to fill
+    engine: Literal["transformers", "vllm"] = "transformers"  # the router policy's generator
+    temperature: float = 0.0  # router sampling when the request gives none (greedy by default)
+    max_turns_limit: int = 8  # largest per-request max_turns accepted
+    max_new_tokens_limit: int = 512  # largest per-request max_tokens (per router turn) accepted
+    answer_reserve_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the deadline
+    # kept for the router's final turn: candidate calls are cut at (1 - this) x request_timeout_s
+    torch_threads: int | None = None  # intra-op threads for CPU generation; None = torch default
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+
+
+class EvalConfig(_Section):
+    output_dir: str = "outputs/eval"
+    baselines: list[str] = Field(default_factory=list)
+    concurrency: int = 32
+
+
+class RunConfig(_Section):
+    """Everything a run needs. `pool` is the path of the model-descriptor file."""
+
+    name: str = "router-r1"
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    pool: str = "pool_simulated.yaml"
+    pool_runtime: PoolRuntimeConfig = Field(default_factory=PoolRuntimeConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def load_pool(self) -> PoolSpec:
+        return load_pool(self.pool)
+
+    def check_training(self) -> None:
+        """Refuse, in one line, settings under which RL training would silently be wrong. Called
+        by the train driver and the learner (evaluation and serving may sample greedily)."""
+        e, lc = self.episode, self.learner
+        if lc.algorithm == "grpo" and lc.group_size < 2:
+            raise ValueError(f"learner.group_size is {lc.group_size}: GRPO needs >= 2 samples per question "
+                             "(a group of one has zero advantage)")
+        if e.temperature <= 0:
+            raise ValueError(f"episode.temperature is {e.temperature}: RL training samples, so it must be > 0 "
+                             "(greedy groups give equal rewards, zero advantages and no sampler log-probs)")
+        if e.top_p != 1.0:
+            raise ValueError(f"episode.top_p is {e.top_p}: training must sample with top_p 1.0, the "
+                             "distribution the learner scores (top-p would make every update off-policy)")
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `a.b.c -> value` view, for MLflow params. Holds no secrets by design:
+        API keys live in environment variables named by the descriptors, never in config."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
+            else:
+                out[prefix] = v
+
+        d = self.model_dump()
+        d["serve"].pop("api_keys", None)
+        walk("", d)
+        return out
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(p: str) -> str:
+        q = Path(p)
+        return p if q.is_absolute() or not (base / q).exists() else str((base / q).resolve())
+
+    if isinstance(raw.get("pool"), str):
+        raw["pool"] = fix(raw["pool"])
+    data = raw.get("data") or {}
+    for key in ("train", "eval"):
+        if isinstance(data.get(key), list):
+            data[key] = [fix(p) for p in data[key]]
+    if isinstance((raw.get("policy") or {}).get("checkpoint"), str):
+        raw["policy"]["checkpoint"] = fix(raw["policy"]["checkpoint"])
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from YAML (or defaults), apply dotted `overrides`, validate."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config must be a mapping")
+        base = path.parent
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    raw = _resolve_paths(raw, base)
+    try:
+        return RunConfig.model_validate(raw)
+    except Exception as e:
+        raise ValueError(f"{path or '<defaults>'}: invalid config:\n{e}") from None

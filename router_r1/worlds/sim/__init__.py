@@ -1,0 +1,18 @@
+"""The simulator: an invented world, simulated candidate models, the oracle, and warm-start traces.
+
+Everything here is a simulation, built deterministically from a seed, so training, tests and the
+ModelPool's `simulated` backend can run without any real model. See `knowledge.py` for the
+knowledge base, `models.py` for the simulated models, `plans.py` for fixed routing plans,
+`oracle.py` for expected rewards, `traces.py` for the supervised warm-start traces and
+`backend.py` for the ModelPool backend.
+"""
+from router_r1.worlds.sim.knowledge import SimConfig, SimQuestion, SimWorld
+from router_r1.worlds.sim.models import SimCall, SimModel, SimModelSpec, SimReply, Simulation
+from router_r1.worlds.sim.oracle import (best_single_model, expected_rewards, oracle_plan, oracle_reward,
+                                         single_model_policy_reward)
+from router_r1.worlds.sim.traces import make_trace, make_traces, tokenizer_corpus
+
+__all__ = ["SimCall", "SimConfig", "SimModel", "SimModelSpec", "SimQuestion", "SimReply",
+           "SimWorld", "Simulation", "best_single_model", "expected_rewards", "make_trace",
+           "make_traces", "oracle_plan", "oracle_reward", "single_model_policy_reward",
+           "tokenizer_corpus"]
