@@ -26,9 +26,9 @@ from router_r1.engines.hf import HFGenerator
 from router_r1.engines.model import build_tiny_policy, load_policy, save_policy
 from router_r1.env.episode import Episode, run_episodes
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
-from router_r1.evaluation.baselines import replay_call
 from router_r1.infra.config import RunConfig
 from router_r1.rl.batch import TrajectoryBatch
+from router_r1.worlds.base import world_class
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
@@ -78,6 +78,7 @@ class RolloutWorker:
         self.engine = make_engine(cfg.rollout.engine, model, tok, device, seed=cfg.seed + worker_index)
         self.version = -1
         self.client = PoolClient(pool, run_id=run_id) if pool is not None else None
+        self.route_calls = world_class(cfg.data).route_calls  # per class: no world data loaded here
 
     # -- weights -------------------------------------------------------------------------------
     def set_weights(self, refs: Sequence[Any], version: int) -> float:
@@ -125,9 +126,8 @@ class RolloutWorker:
                                         temperature=0.0 if greedy else ep_cfg.temperature,
                                         top_p=ep_cfg.top_p, seed=seed * 1009 + turn)
 
-        call = self.client.call
-        if self.cfg.data.kind == "replay":  # a routed call answers the sample's own question
-            call = replay_call(call, {e.uid: e.question for e in episodes})
+        # The world's rule for routed calls (replay: each answers the sample's own question).
+        call = self.route_calls(self.client.call, episodes)
         t0 = time.perf_counter()
         asyncio.run(run_episodes(episodes, generate, call, ep_cfg, self.spec, self.tokenizer,
                                  pass_episode_id=True, max_context=self.engine.max_context))

@@ -55,10 +55,9 @@ def policy_tokens(episodes, tokenizer=None) -> int:
 
 
 def questions(cfg, n: int) -> list[dict]:
-    from router_r1.worlds.base import load_questions
+    from router_r1.worlds.base import make_world
 
-    train, _ = load_questions(cfg.data, cfg.load_pool(), cfg.seed)
-    return train[:n]
+    return make_world(cfg, cfg.load_pool()).questions("train")[:n]
 
 
 # -- (a) batched vs one at a time --------------------------------------------------------------------

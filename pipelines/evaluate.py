@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy,
-                                            make_direct_baseline, replay_call)
+                                            make_direct_baseline)
 from router_r1.evaluation.report import aggregate, markdown_table, plot_frontier, quality, score_run
 from router_r1.infra.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.worlds.qa import load_qa
-from router_r1.worlds.replay.tables import ReplayTable, is_replay_file, resolve_data_path, split_samples
+from router_r1.worlds.replay.tables import (ReplayTable, is_replay_file, replay_call, resolve_data_path,
+                                            split_samples)
 
 DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
 
@@ -171,7 +172,7 @@ async def run_policy(policy: Policy, items: list[EvalItem], target: Any, replay:
     async def call(model: str, query: str, episode_id: str | None = None):
         return await client.call(model, query, episode_id=episode_id or "")
 
-    if replay:  # see router_r1.evaluation.baselines.replay_call and docs/evaluation.md
+    if replay:  # see router_r1.worlds.replay.tables.replay_call and docs/evaluation.md
         call = replay_call(call, {it.uid: it.question for it in items})
     try:
         return await policy.run(items, call)

@@ -4,7 +4,12 @@ One short loop of named steps, each a method of `Trainer`:
 
     start Ray -> model pool -> learner -> rollout workers -> warm start (optional SFT)
     loop: sync weights -> rollouts -> rewards -> learner update (advantages inside) -> log -> checkpoint
-    end: greedy evaluation vs the simulator's reference policies -> report -> final artifacts
+    end: greedy evaluation vs the world's reference policies -> report -> final artifacts
+
+The trainer is composed, never subclassed: it takes its pieces as arguments, the world (the data
+source: questions, outcomes, warm-start traces, reference policies; router_r1.worlds.base), a
+reward function, the learner class and hooks called at named points (`Hooks`). It never asks
+which world it runs.
 
 The driver does only light work (scoring, batching, logging); generation lives in rollout
 actors, gradients in the learner actor, candidate-model calls in the ModelPool actor. A rollout
@@ -22,43 +27,63 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from router_r1.engines.model import CheckpointError
-from router_r1.env.episode_metrics import score_episodes, summarize, trajectory_record
-from router_r1.env.reward import ReferenceCostNormalizer, make_normalizer
+from router_r1.env.episode import Episode
+from router_r1.env.episode_metrics import EpisodeScore, score_episodes, summarize, trajectory_record
+from router_r1.env.reward import CostNormalizer, ReferenceCostNormalizer, make_normalizer
 from router_r1.infra import checkpoint as ckpt
 from router_r1.infra.cli import error_line, parse_overrides  # one override parser for every subcommand
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.infra.tracking import make_tracker
-from router_r1.worlds.base import QuestionStream, load_questions, simulation_for
+from router_r1.worlds.base import Item, QuestionStream, World, make_world
 
 log = logging.getLogger("router_r1.train")
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_KEYS = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok rate"),
                ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
 
+# Training rewards: a batch's episodes and their scores (world outcome + core reward) -> the
+# scores the learner trains on. E.g. reward shaping, or a synthetic reward in tests.
+RewardFn = Callable[[list[Episode], list[EpisodeScore]], list[EpisodeScore]]
+
+
+class Hooks:
+    """Called by the trainer at named points; each default does nothing. Pass instances as
+    `Trainer(..., hooks=[...])` to observe or perturb a run (tests, experiments)."""
+
+    def before_rollouts(self, trainer: Trainer, items: list[Item], greedy: bool) -> None:
+        """Before each batch of rollouts (training: greedy False; evaluation: True)."""
+
+    def after_scores(self, trainer: Trainer, episodes: list[Episode], scores: list[EpisodeScore],
+                     normalizer: CostNormalizer) -> None:
+        """After each batch of episodes is scored (training rewards and greedy evaluation)."""
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After each training step is logged."""
+
 
 class Trainer:
     """The driver. `run()` executes the steps of the module docstring and returns the report."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True,
-                 learner_cls: type | None = None):
-        """`learner_cls` replaces actors.learner.Learner (tests only)."""
+    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True, *,
+                 world: World | None = None, reward_fn: RewardFn | None = None,
+                 learner_cls: type | None = None, hooks: Sequence[Hooks] = ()):
+        """`world`: the data source (default: the one `cfg.data` names, router_r1.worlds.base.make_world).
+        `reward_fn`: applied to each training batch's scores (default: none). `learner_cls`:
+        the learner class (default actors.learner.Learner). `hooks`: see `Hooks`."""
         cfg.check_training()
         self.cfg, self.resume, self.progress = cfg, resume, progress
-        self.learner_cls = learner_cls
+        self.learner_cls, self.reward_fn, self.hooks = learner_cls, reward_fn, list(hooks)
         self.run_dir = Path(cfg.output_dir).resolve()
         # The training view: models marked seen_in_training: false are neither shown (prompts,
         # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
         self.spec = cfg.load_pool().seen()
-        self.sim = simulation_for(self.spec) if cfg.data.kind == "simulated" else None
-        self.replay = _replay_world(cfg, self.spec)  # data.kind replay: questions, outcomes, traces
-        if self.replay is not None:
-            train_items, self.val_items = self.replay.items(self.replay.train), self.replay.items(self.replay.val)
-        else:
-            train_items, self.val_items = load_questions(cfg.data, self.spec, cfg.seed, self.sim)
-        self.stream = QuestionStream(train_items, cfg.seed)
+        self.world = world if world is not None else make_world(cfg, self.spec)
+        self.val_items = self.world.questions("val")
+        self.stream = QuestionStream(self.world.questions("train"), cfg.seed)
         self.normalizer = make_normalizer(cfg.reward)
         self.tracker = make_tracker(cfg.mlflow)
         self.history: list[dict[str, float]] = []
@@ -116,40 +141,22 @@ class Trainer:
             self.cfg, self.tokenizer_ref, self.pool, index, self.cfg.name)
 
     def tokenizer_corpus(self) -> list[str]:
-        """Text for the tiny policy's local tokenizer: the simulator's corpus, or the prompts."""
-        from router_r1.env.prompt import render_prompt
-        from router_r1.worlds.sim import tokenizer_corpus
-
-        if self.replay is not None:
-            from router_r1 import replay_training
-
-            return replay_training.tokenizer_corpus(self.replay, self.spec, self.cfg.policy.compact_prompt,
-                                                    seed=self.cfg.seed)
-        if self.sim is not None:
-            return tokenizer_corpus(self.sim, n_traces=max(256, self.cfg.warmstart.num_traces),
-                                    seed=self.cfg.seed, compact=self.cfg.policy.compact_prompt)
-        items = self.stream.items + self.val_items
-        return [render_prompt(self.spec, it["question"], compact=self.cfg.policy.compact_prompt)
-                + " ".join(it["golden_answers"]) for it in items]
+        """Text for the tiny policy's local tokenizer, from the world."""
+        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.compact_prompt)
 
     # -- the named steps -------------------------------------------------------------------------
-    def warm_start(self) -> dict[str, float]:
-        """Supervised steps on well-formed simulator traces, so a tiny model learns the format.
-        A rollout worker encodes the traces once (the driver never tokenises)."""
+    def warmstart_traces(self) -> list[Episode]:
+        """The world's well-formed demonstrations (none: no warm start)."""
+        if self.cfg.warmstart.steps <= 0:
+            return []
+        return self.world.warmstart_traces(self.spec, self.tokenizer)
+
+    def warm_start(self, traces: list[Episode]) -> dict[str, float]:
+        """Supervised steps on the world's traces, so a tiny model learns the format. A rollout
+        worker encodes the traces once (the driver never tokenises)."""
         import ray
 
-        from router_r1.worlds.sim import make_traces
-
         ws = self.cfg.warmstart
-        if ws.steps <= 0 or (self.sim is None and self.replay is None):
-            return {}
-        if self.replay is not None:
-            traces = self.replay_traces()
-        else:
-            qs = self.sim.world.questions("train", ws.num_traces, seed=self.cfg.seed + 1)
-            traces = make_traces(self.sim, qs, mix=ws.trace_mix, seed=self.cfg.seed,
-                                 reward_cfg=self.cfg.reward, compact=self.cfg.policy.compact_prompt,
-                                 name_swap=ws.name_swap)
         encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.max_response_tokens))
         losses = []
         for s in self._bar(range(ws.steps), "warm start"):
@@ -157,14 +164,6 @@ class Trainer:
             m = self.learner.sft_step(batch)
             losses.append(float(m["sft/nll"]))
         return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
-
-    def replay_traces(self) -> list:
-        from router_r1 import replay_training
-        from router_r1.env.prompt import PromptOptions
-
-        return replay_training.make_traces(self.replay, self.spec, self.cfg.warmstart.num_traces,
-                                           self.cfg.seed + 1, PromptOptions.from_policy(self.cfg.policy),
-                                           self.cfg.episode.max_obs_tokens, self.tokenizer)
 
     def sync_weights(self) -> float:
         """The learner puts its weights once; every rollout worker gets the same refs."""
@@ -174,16 +173,23 @@ class Trainer:
         self.workers.sync(refs, self.version)
         return time.perf_counter() - t0
 
-    def rollouts(self, items: list[dict], n_samples: int, seed: int, greedy: bool = False) -> list:
+    def rollouts(self, items: list[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
+        for h in self.hooks:
+            h.before_rollouts(self, items, greedy)
         return self.workers.rollout(items, n_samples, seed, greedy)
 
-    def rewards(self, episodes: list):
-        return self.score(episodes, self.normalizer)
+    def rewards(self, episodes: list[Episode]) -> list[EpisodeScore]:
+        """Training rewards: the scores under the run's normaliser, then `reward_fn`."""
+        scores = self.score(episodes, self.normalizer)
+        return scores if self.reward_fn is None else self.reward_fn(episodes, scores)
 
-    def score(self, episodes: list, normalizer):
-        """Rewards; in the replay world the outcome is the adopted reply's label, not EM."""
-        outcomes = self.replay.outcomes(episodes, self.spec) if self.replay is not None else None
-        return score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
+    def score(self, episodes: list[Episode], normalizer: CostNormalizer) -> list[EpisodeScore]:
+        """The core reward of each episode with the world's outcome (None: EM/F1 against gold)."""
+        outcomes = self.world.outcomes(episodes, self.spec)
+        scores = score_episodes(episodes, self.spec, self.cfg.reward, normalizer, outcomes)
+        for h in self.hooks:
+            h.after_scores(self, episodes, scores, normalizer)
+        return scores
 
     def update(self, episodes: list, scores: list) -> dict[str, float]:
         """The episodes' ids and sampler log-probs exactly as sampled, with their rewards, to the
@@ -200,7 +206,7 @@ class Trainer:
 
     def evaluate(self, label: str) -> dict[str, float]:
         """Greedy episodes on the validation questions, scored with the stateless reference cost
-        normaliser (as the simulator's reference policies are)."""
+        normaliser (as the world's reference policies are)."""
         eps = self.rollouts(self.val_items, 1, seed=0, greedy=True)
         scores = self.score(eps, ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
         m = summarize(eps, scores, self.spec)
@@ -270,9 +276,10 @@ class Trainer:
             self.tracker.log_params(cfg.flat())  # flat() holds no secrets by design
             self.sync_weights()
             if not self.resume:
-                if cfg.warmstart.steps > 0 and (self.sim is not None or self.replay is not None):
+                traces = self.warmstart_traces()
+                if traces:
                     self.evaluate("untrained")
-                    self.tracker.log_metrics(self.warm_start(), step=0)
+                    self.tracker.log_metrics(self.warm_start(traces), step=0)
                     self.sync_weights()
                 self.tracker.log_metrics(_prefixed(self.evaluate("start"), "eval/"), step=0)
             self.train_loop()
@@ -309,6 +316,8 @@ class Trainer:
                        "rollout/restarts": float(self.restarts)}
             self.history.append({"step": self.step, **metrics})
             self.tracker.log_metrics(metrics, step=self.step)
+            for h in self.hooks:
+                h.after_step(self, metrics)
             if not hasattr(bar, "set_postfix"):  # no progress bar: one log line per step
                 log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f, "
                          "logp diff mean %.1e max %.1e (rollout %.1f s, update %.1f s)",
@@ -332,18 +341,16 @@ class Trainer:
 
     # -- the end ---------------------------------------------------------------------------------
     def report(self, wall_s: float) -> dict[str, Any]:
-        """Start -> end figures (training batches and greedy validation) and, on the simulator,
-        the trained router's reward as a fraction of the oracle's and the best single model's."""
+        """Start -> end figures (training batches and greedy validation) and, where the world
+        has reference policies, the trained router's reward as a fraction of the oracle's and
+        the best single model's."""
         first, last = self.history[:3], self.history[-3:]
         rep: dict[str, Any] = {"steps": self.step, "wall_s": wall_s, "restarts": self.restarts,
                                "train": {k: [_mean(first, k), _mean(last, k)] for k, _ in REPORT_KEYS},
                                "eval": {label: {k: m.get(k) for k, _ in REPORT_KEYS}
                                         for label, m in self.evals.items()}}
-        if self.sim is not None and "end" in self.evals:
-            from router_r1.worlds.sim import expected_rewards
-
-            qs = [self.sim.world.question(it["id"]) for it in self.val_items]
-            ref = expected_rewards(self.sim, qs, self.cfg.reward)
+        ref = self.world.reference(self.val_items, self.cfg.reward) if "end" in self.evals else None
+        if ref is not None:
             end = self.evals["end"]["reward/mean"]
             best_name, best = ref["best_single"]
             rep["reference"] = {"oracle": ref["oracle"], "best_single": [best_name, best],
@@ -392,16 +399,6 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(it, desc=desc, dynamic_ncols=True, **kw)
-
-
-def _replay_world(cfg: RunConfig, spec):
-    """The replay world of `data.kind: replay` (router_r1.worlds.replay.world), else None."""
-    if cfg.data.kind != "replay":
-        return None
-    from router_r1.worlds.replay.world import ReplayWorld
-
-    d = cfg.data
-    return ReplayWorld.load(d.train, spec, d.val_fraction, cfg.seed, d.limit, d.val_size)
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

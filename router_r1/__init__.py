@@ -3,7 +3,7 @@
 - `rl/`: the RL maths (GRPO/PPO losses, advantages, KL) and the batch contract with the learner;
 - `env/`: the routing environment: protocol, prompt, episode machine, reward, cost, EM/F1,
   episode scores and rollout metrics;
-- `worlds/`: data sources: the simulator, replay tables, QA sets;
+- `worlds/`: data sources behind one `World` protocol: the simulator, replay tables, QA sets;
 - `engines/`: the router LLM (load, save, build) and its generation engines (transformers,
   vLLM, OpenAI-compatible endpoint);
 - `pool/`: the ModelPool's logic, its backends and the model descriptors;

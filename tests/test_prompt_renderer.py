@@ -216,7 +216,7 @@ def test_unseen_model_is_neither_shown_nor_callable_in_training(tmp_path):
 
     # The driver: its pool, warm-start world and tokenizer corpus are the training view.
     trainer = Trainer(cfg, progress=False)
-    assert trainer.spec.names == seen and trainer.sim.pool.names == seen
+    assert trainer.spec.names == seen and trainer.world.sim.pool.names == seen
     assert not any(UNSEEN in t for t in trainer.tokenizer_corpus())
 
 

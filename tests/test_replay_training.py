@@ -81,7 +81,7 @@ def _episode(sample_uid: str, answer: str, model: str, reply: str) -> Episode:
 def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
     """Warm start + one GRPO step through the pool actor on the replay tables; every reward is
     the core reward of the adopted reply's label (not EM: the items have no gold answers)."""
-    from pipelines.train import Trainer
+    from pipelines.train import Hooks, Trainer
 
     csv, pool_file = world_files
     cfg = load_config(None, {
@@ -100,13 +100,11 @@ def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
     })
     seen: list = []
 
-    class Recording(Trainer):
-        def score(self, episodes, normalizer):  # training rewards and greedy validation
-            scores = super().score(episodes, normalizer)
+    class Recording(Hooks):
+        def after_scores(self, trainer, episodes, scores, normalizer):  # training rewards and greedy validation
             seen.append((episodes, scores, normalizer))
-            return scores
 
-    t = Recording(cfg, progress=False)
+    t = Trainer(cfg, progress=False, hooks=[Recording()])
     report = t.run()
     assert report["steps"] == 1 and (tmp_path / "run" / "policy" / "config.json").exists()
     spec = t.spec
@@ -115,8 +113,8 @@ def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
     for episodes, scores, norm in seen:
         for e, s in zip(episodes, scores):
             p = e.parsed(spec)
-            sample = t.replay.sample_of(e)
-            outcome = replay_outcome(p.answer, e.calls, sample, spec, t.replay.table.models)[0] if p.format_ok else 0.0
+            sample = t.world.sample_of(e)
+            outcome = replay_outcome(p.answer, e.calls, sample, spec, t.world.table.models)[0] if p.format_ok else 0.0
             want = compute_reward(p.format_ok, outcome, e.cost_usd, norm.score(e.cost_usd), rcfg).reward
             assert s.reward.reward == pytest.approx(want) and s.em == outcome
             for c in e.calls:  # replayed calls answer the sample's own question at its recorded cost

@@ -7,7 +7,7 @@ import pytest
 
 from router_r1.engines.model import build_tiny_policy, train_tokenizer
 from router_r1.infra.config import load_config
-from router_r1.worlds.base import load_questions, simulation_for
+from router_r1.worlds.base import make_world
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -28,10 +28,10 @@ def _cfg(**over):
 def setup():
     cfg = _cfg()
     spec = cfg.load_pool()
-    sim = simulation_for(spec)
-    corpus = [q.text for q in sim.world.all_questions("train")[:300]]
+    world = make_world(cfg, spec)
+    corpus = [q.text for q in world.sim.world.all_questions("train")[:300]]
     tok = train_tokenizer(corpus, 400)
-    _, val = load_questions(cfg.data, spec)
+    val = world.questions("val")
     return cfg, spec, tok, val
 
 

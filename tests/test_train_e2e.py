@@ -96,24 +96,22 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
     assert [m.name for m in models] == ["router"] and models[0].source_run_id == run.info.run_id
 
 
-class SyntheticRewardTrainer:
-    """Mixin: rewards that vary with the episode's text, so an untrained policy still gets
-    non-zero advantages and every RL step really moves the weights and optimizer state."""
-
-    def rewards(self, episodes):
-        scores = super().rewards(episodes)
-        return [dataclasses.replace(s, reward=dataclasses.replace(s.reward, reward=len(e.response) % 7 / 7))
-                for e, s in zip(episodes, scores)]
+def synthetic_reward(episodes, scores):
+    """Rewards that vary with the episode's text, so an untrained policy still gets non-zero
+    advantages and every RL step really moves the weights and optimizer state."""
+    return [dataclasses.replace(s, reward=dataclasses.replace(s.reward, reward=len(e.response) % 7 / 7))
+            for e, s in zip(episodes, scores)]
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, ray_local):
+    from functools import partial
+
     from pipelines.train import Trainer
     from router_r1.engines.model import CheckpointError
 
-    class T(SyntheticRewardTrainer, Trainer):
-        pass
+    T = partial(Trainer, reward_fn=synthetic_reward)
 
     full = T(as_run_config(tiny_config(tmp_path / "a", **{"train.steps": 3})), progress=False)
     full.run()
@@ -143,20 +141,20 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, ray_local):
 def test_killed_rollout_actor_does_not_stop_training(tmp_path, ray_local):
     import ray
 
-    from pipelines.train import Trainer
+    from pipelines.train import Hooks, Trainer
 
-    class KillingTrainer(Trainer):
+    class KillOnce(Hooks):
         killed = False
 
-        def rollouts(self, items, n_samples, seed, greedy=False):
-            if self.step == 2 and not greedy and not self.killed:
-                KillingTrainer.killed = True
-                ray.kill(self.workers.workers[0], no_restart=False)
-            return super().rollouts(items, n_samples, seed, greedy)
+        def before_rollouts(self, trainer, items, greedy):
+            if trainer.step == 2 and not greedy and not self.killed:
+                self.killed = True
+                ray.kill(trainer.workers.workers[0], no_restart=False)
 
     cfg = tiny_config(tmp_path, **{"train.steps": 3, "rollout.num_actors": 2, "rollout.episodes_per_actor": 4})
-    t = KillingTrainer(as_run_config(cfg), progress=False)
+    kill = KillOnce()
+    t = Trainer(as_run_config(cfg), progress=False, hooks=[kill])
     report = t.run()
-    assert KillingTrainer.killed and report["restarts"] >= 1
+    assert kill.killed and report["restarts"] >= 1
     assert [h["step"] for h in t.history] == [1, 2, 3]
     assert all(len(h) > 10 for h in t.history)

@@ -64,18 +64,6 @@ class Policy(Protocol):
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]: ...
 
 
-def replay_call(call: CallFn, questions: dict[str, str]) -> CallFn:
-    """The call function of the replay world: recorded answers exist only for the sample's own
-    question, so a routed call answers that question (looked up by episode id) whatever
-    sub-question the router wrote. Calls without a known episode id pass through unchanged."""
-    async def wrapped(model: str, query: str, episode_id: str | None = None) -> CallResult:
-        if episode_id in questions:
-            query = questions[episode_id]
-        return await call(model, query, episode_id=episode_id or "")
-
-    return wrapped
-
-
 def total_price(m: ModelDescriptor) -> float:
     return m.price_in + m.price_out
 

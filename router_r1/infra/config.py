@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_r1.env.episode import EpisodeConfig
 from router_r1.env.reward import RewardConfig
@@ -143,16 +143,38 @@ class WarmStartConfig(_Section):
         return v
 
 
+class SimDataOptions(_Section):
+    """Which simulator questions a run uses (router_r1.worlds.sim.world)."""
+
+    train_size: int | None = Field(default=None, ge=1)  # None: data.limit, else the whole split
+    val_size: int = Field(default=64, ge=1)  # validation questions played greedily
+    two_hop_fraction: float | None = Field(default=None, ge=0.0, le=1.0)  # None: the world's mix
+
+
 class DataConfig(_Section):
-    kind: Literal["simulated", "qa", "replay"] = "simulated"
+    """The run's world (router_r1.worlds.base): `kind` picks a built-in one; `custom` names a
+    user's class in `world` ("package.module:ClassName") and passes it `options`."""
+
+    kind: Literal["simulated", "qa", "replay", "custom"] = "simulated"
+    world: str | None = None  # custom worlds: "package.module:ClassName"
+    options: dict[str, Any] = Field(default_factory=dict)  # custom worlds: keyword arguments
     train: list[str] = Field(default_factory=list)  # dataset files (qa/replay)
     eval: list[str] = Field(default_factory=list)
     limit: int | None = None
-    sim: dict[str, Any] = Field(default_factory=dict)  # simulated-world options
+    sim: SimDataOptions = Field(default_factory=SimDataOptions)  # simulated-world options
     val_fraction: float = 0.1
     # Replay worlds: the first N validation questions the driver plays greedily at the start and
     # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
     val_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _custom_world(self) -> DataConfig:
+        if (self.kind == "custom") != (self.world is not None):
+            raise ValueError("data.world names the class of a custom world: set it exactly when "
+                             "data.kind is 'custom'")
+        if self.options and self.kind != "custom":
+            raise ValueError("data.options are a custom world's; built-in worlds take their own keys")
+        return self
 
 
 class TrainConfig(_Section):

@@ -1,76 +1,114 @@
-"""Training and validation questions, and the seeded stream that feeds them to the trainer.
+"""The `World` protocol: everything training knows about a data source, and the registry that
+picks one from `data.kind`.
 
-Questions come from the simulated world (`data.kind: simulated`), from QA files (`qa`) or from
-replay tables (`replay`, router_r1.worlds.replay.world). The
-stream reshuffles each epoch from (seed, epoch), so its whole state is two integers, kept in
-checkpoints: a resumed run sees exactly the questions an uninterrupted one would.
+A world gives the questions of a split, the text a locally made tokenizer learns from, optional
+warm-start traces, each episode's outcome, optional reference policies for the report, and how a
+routed call is answered (`route_calls`). The driver (pipelines/train.py) and the rollout actors
+(actors/rollout.py) call these methods and never ask which world they run. Built in:
+
+    data.kind     class                                           outcome
+    simulated     router_r1.worlds.sim.world:SimulatedWorld       EM/F1 against the simulator's truth
+    qa            router_r1.worlds.qa:QAWorld                     EM/F1 against gold answers
+    replay        router_r1.worlds.replay.world:ReplayWorld       label of the adopted reply
+
+A user's own world is one class (subclass `World` for the defaults, or write every method) named
+in the config: `data: {kind: custom, world: "my_pkg.my_module:MyWorld", options: {...}}`; it is
+built with `MyWorld.from_config(cfg, pool)`, by default `MyWorld(**options)` (docs/training.md).
+
+The question stream is here too: it reshuffles each epoch from (seed, epoch), so its whole state
+is two integers, kept in checkpoints: a resumed run sees exactly the questions an uninterrupted
+one would. Ray-free.
 """
 from __future__ import annotations
 
+import importlib
 import random
-from typing import TYPE_CHECKING, Any
-
-from router_r1.infra.config import DataConfig
-from router_r1.pool.descriptors import PoolSpec
-from router_r1.worlds.qa import load_qa
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from router_r1.worlds.sim import Simulation
+    from router_r1.env.episode import Episode, Tokenizer
+    from router_r1.env.reward import RewardConfig
+    from router_r1.evaluation.baselines import CallFn
+    from router_r1.infra.config import DataConfig, RunConfig
+    from router_r1.pool.descriptors import PoolSpec
 
 Item = dict[str, Any]  # {"id", "question", "golden_answers"}: what rollout workers take
-SIM_OPTIONS = {"train_size", "val_size", "two_hop_fraction"}
+Split = Literal["train", "val"]
+
+WORLDS: dict[str, str] = {
+    "simulated": "router_r1.worlds.sim.world:SimulatedWorld",
+    "qa": "router_r1.worlds.qa:QAWorld",
+    "replay": "router_r1.worlds.replay.world:ReplayWorld",
+}
 
 
-def _item(id_: str, question: str, golds: list[str]) -> Item:
+def item(id_: str, question: str, golds: Sequence[str]) -> Item:
     return {"id": id_, "question": question, "golden_answers": list(golds)}
 
 
-def simulation_for(pool: PoolSpec):
-    """The simulated world of the pool file (the same world the pool's backend serves)."""
-    from router_r1.worlds.sim import Simulation
+class World:
+    """A data source for training. Subclasses implement `questions`; every other method has a
+    default that fits a plain question/gold-answer set. `pool` is always the training view of
+    the descriptor file (models unseen in training left out)."""
 
-    return Simulation.from_pool(pool)
+    @classmethod
+    def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> World:
+        """Build the world of a run. Default: `cls(**cfg.data.options)` (custom worlds)."""
+        return cls(**cfg.data.options)
+
+    def questions(self, split: Split) -> list[Item]:
+        """The items of `split`: train (what the stream cycles through) or val (greedy evaluation
+        at the start and end of training)."""
+        raise NotImplementedError
+
+    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
+        """Text for a tiny router's locally trained tokenizer (not called with a checkpoint).
+        Default: every question's rendered prompt followed by its gold answers."""
+        from router_r1.env.prompt import render_prompt
+
+        return [render_prompt(pool, it["question"], compact=compact) + " ".join(it["golden_answers"])
+                for it in self.questions("train") + self.questions("val")]
+
+    def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
+        """Well-formed demonstrations for the supervised warm start (asked only when
+        `warmstart.steps > 0`). Default: none, and the warm start is skipped."""
+        return []
+
+    def outcomes(self, episodes: Sequence[Episode], pool: PoolSpec) -> list[float] | None:
+        """Each episode's outcome in [0, 1], or None: EM/F1 of the answer against the episode's
+        gold answers (router_r1.env.episode_metrics.score_episodes)."""
+        return None
+
+    def reference(self, items: Sequence[Item], reward: RewardConfig) -> dict[str, Any] | None:
+        """Mean rewards of reference policies on `items`, for the report: a dict with "oracle",
+        "best_single" (name, reward), "random" and "expert". Default: none."""
+        return None
+
+    @staticmethod
+    def route_calls(call: CallFn, episodes: Sequence[Episode]) -> CallFn:
+        """The call function the episodes' routed calls go through. Default: the pool's, as is.
+        Per class, not per instance: a rollout actor uses it without loading the world's data."""
+        return call
 
 
-def load_questions(data: DataConfig, pool: PoolSpec, seed: int = 0,
-                   sim: Simulation | None = None) -> tuple[list[Item], list[Item]]:
-    """(train, val) items. Simulated: the world's disjoint train / val splits (of `sim` when the
-    caller has already built it); `data.sim` may set train_size (default: the whole split),
-    val_size (default 64), two_hop_fraction."""
-    if data.kind == "simulated":
-        bad = sorted(set(data.sim) - SIM_OPTIONS)
-        if bad:
-            raise ValueError(f"unknown data.sim options {bad}; known: {sorted(SIM_OPTIONS)}")
-        world = (sim or simulation_for(pool)).world
-        frac = data.sim.get("two_hop_fraction")
-        n_train = data.sim.get("train_size", data.limit)
-        train = world.questions("train", n_train, frac, seed=seed) if n_train else world.questions("train", seed=seed)
-        val = world.questions("val", int(data.sim.get("val_size", 64)), frac, seed=seed)
-        return ([_item(q.id, q.text, q.golden_answers) for q in train],
-                [_item(q.id, q.text, q.golden_answers) for q in val])
-    if data.kind == "qa":
-        if not data.train:
-            raise ValueError("data.kind 'qa' needs data.train files")
-        train = [_item(f"{ex.source}:{ex.id}", ex.question, ex.golden_answers)
-                 for path in data.train for ex in load_qa(path, data.limit)]
-        if data.eval:
-            val = [_item(f"{ex.source}:{ex.id}", ex.question, ex.golden_answers)
-                   for path in data.eval for ex in load_qa(path, data.limit)]
-        else:  # hold out a seeded fraction of the training rows
-            rng = random.Random(seed)
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            n_val = max(1, int(len(train) * data.val_fraction))
-            held = set(order[:n_val])
-            val = [train[i] for i in sorted(held)]
-            train = [x for i, x in enumerate(train) if i not in held]
-        return train, val
-    if data.kind == "replay":  # real recorded answers (router_r1.worlds.replay.world)
-        from router_r1.worlds.replay.world import ReplayWorld
+def world_class(data: DataConfig) -> type[World]:
+    """The class `data.kind` names (`data.world` for a custom world); imported, not built."""
+    target = data.world if data.kind == "custom" else WORLDS.get(data.kind)
+    if target is None:
+        raise ValueError(f"unknown data.kind {data.kind!r}; choose one of {sorted(WORLDS)} or 'custom'")
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"data.world {target!r}: expected 'package.module:ClassName'")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"data.world {target!r} cannot be imported: {e}") from None
 
-        w = ReplayWorld.load(data.train, pool, data.val_fraction, seed, data.limit, data.val_size)
-        return w.items(w.train), w.items(w.val)
-    raise ValueError(f"data.kind {data.kind!r} is not supported for training; use 'simulated', 'qa' or 'replay'")
+
+def make_world(cfg: RunConfig, pool: PoolSpec) -> World:
+    """The world of a run, built from its config over the training pool."""
+    return world_class(cfg.data).from_config(cfg, pool)
 
 
 class QuestionStream:

@@ -1,4 +1,5 @@
-"""QA datasets, read with pyarrow: FlashRAG JSONL and verl Parquet/JSONL.
+"""QA sets (NQ, TriviaQA, HotpotQA, ...): their loaders and the world that trains on them
+(`data.kind: qa`). Files are read with pyarrow: FlashRAG JSONL and verl Parquet/JSONL.
 
 FlashRAG rows: {"id", "question", "golden_answers": [...]}.
 verl rows: {"prompt": [{"content": question, ...}], "reward_model": {"ground_truth": ...}} where
@@ -7,13 +8,20 @@ ground_truth is a string, a list, or {"target": str | list}. Schema errors name 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+
+from router_r1.worlds.base import Item, Split, World, item
+
+if TYPE_CHECKING:
+    from router_r1.infra.config import RunConfig
+    from router_r1.pool.descriptors import PoolSpec
 
 
 class DataError(ValueError):
@@ -101,3 +109,35 @@ def load_qa(path: str | Path, limit: int | None = None) -> list[QAExample]:
             raise DataError(f"{path}: row {i}: expected a JSON object")
         out.append(_row_to_example(r, f"{path}: row {i}", i, source))
     return out
+
+
+class QAWorld(World):
+    """Questions with gold answers from `data.train` (and `data.eval`, else a seeded
+    `data.val_fraction` of the training rows held out); outcome EM/F1 against the gold answers,
+    tokenizer text from the prompts and answers (the World defaults); no warm-start traces."""
+
+    def __init__(self, train: list[Item], val: list[Item]):
+        self._splits = {"train": train, "val": val}
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> QAWorld:
+        data = cfg.data
+        if not data.train:
+            raise ValueError("data.kind 'qa' needs data.train files")
+        train = [item(f"{ex.source}:{ex.id}", ex.question, ex.golden_answers)
+                 for path in data.train for ex in load_qa(path, data.limit)]
+        if data.eval:
+            val = [item(f"{ex.source}:{ex.id}", ex.question, ex.golden_answers)
+                   for path in data.eval for ex in load_qa(path, data.limit)]
+        else:  # hold out a seeded fraction of the training rows
+            rng = random.Random(cfg.seed)
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            n_val = max(1, int(len(train) * data.val_fraction))
+            held = set(order[:n_val])
+            val = [train[i] for i in sorted(held)]
+            train = [x for i, x in enumerate(train) if i not in held]
+        return cls(train, val)
+
+    def questions(self, split: Split) -> list[Item]:
+        return self._splits[split]

@@ -22,7 +22,7 @@ import hashlib
 import os
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.types import CallResult
 from router_r1.worlds.qa import DataError
+
+CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
 
 LONG_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("eval_name", pa.string()), ("prompt", pa.string()),
@@ -377,3 +380,15 @@ def replay_outcome(answer: str | None, calls: Sequence[Any], sample: ReplaySampl
     labels = [sample.label(columns[c.model]) if c.model in columns else 0.0 for c in ok]
     outcome, idx = adopted_outcome(answer, replies, labels, pool)
     return outcome, None if idx is None else replies[idx][0]
+
+
+def replay_call(call: CallFn, questions: dict[str, str]) -> CallFn:
+    """The call function of the replay world: recorded answers exist only for the sample's own
+    question, so a routed call answers that question (looked up by episode id) whatever
+    sub-question the router wrote. Calls without a known episode id pass through unchanged."""
+    async def wrapped(model: str, query: str, episode_id: str | None = None) -> CallResult:
+        if episode_id in questions:
+            query = questions[episode_id]
+        return await call(model, query, episode_id=episode_id or "")
+
+    return wrapped

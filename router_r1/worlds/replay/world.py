@@ -1,5 +1,5 @@
-"""Training an LLM router in the replay world (RouterBench): questions, prompts, warm-start
-traces and episode outcomes. Ray-free; the training driver (`data.kind: replay`) calls it.
+"""The replay world (RouterBench, GSM8K) as a training world (`data.kind: replay`): questions,
+prompts, warm-start traces and episode outcomes. Ray-free.
 
 - Questions: the replay tables of `data.train`, split by `router_r1.worlds.replay.tables.split_samples` with
   (`seed`, `data.val_fraction`), the same deterministic hash split `router-r1 evaluate --split`
@@ -7,7 +7,7 @@ traces and episode outcomes. Ray-free; the training driver (`data.kind: replay`)
 - Prompt: a tiny router cannot read a 2,000-character ARC prompt, so only the question's last
   `policy.max_question_tokens` tokens enter the prompt (router_r1.env.prompt.question_tail; RouterBench
   puts its few-shot examples first and the question last). The replayed call still gets the full
-  question (`router_r1.evaluation.baselines.replay_call`).
+  question (`route_calls`: router_r1.worlds.replay.tables.replay_call).
 - Outcome: the label of the called model's reply that the answer adopts
   (`router_r1.worlds.replay.tables.replay_outcome`, docs/evaluation.md), in place of EM against gold answers.
 - Warm start: well-formed one-call traces (think -> route -> recorded reply -> think -> answer
@@ -23,15 +23,19 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router_r1.env.episode import Episode, Segment, Tokenizer, truncate_tokens
 from router_r1.env.prompt import PromptOptions, render_prompt, render_prompt_ids, user_turn
 from router_r1.env.protocol import information_block
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallResult
-from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, model_ids, replay_outcome,
-                                            resolve_data_path, split_samples)
+from router_r1.worlds.base import Item, Split, World
+from router_r1.worlds.replay.tables import (CallFn, ReplaySample, ReplayTable, model_ids, replay_call,
+                                            replay_outcome, resolve_data_path, split_samples)
+
+if TYPE_CHECKING:
+    from router_r1.infra.config import RunConfig
 
 # What the warm-start traces say a task is (RouterBench eval names; anything else: "question").
 TASK_WORDS = {"arc": "science multiple choice", "mbpp": "python code", "winogrande": "commonsense blank",
@@ -50,13 +54,22 @@ def item_id(s: ReplaySample) -> str:
 
 
 @dataclass
-class ReplayWorld:
-    """The replay questions of a training run and what scoring them needs."""
+class ReplayWorld(World):
+    """The replay questions of a training run and what scoring them needs. `cfg` (set by
+    `from_config`) holds the run's warm-start and prompt settings."""
 
     table: ReplayTable
     train: list[ReplaySample]
     val: list[ReplaySample]
     by_id: dict[str, ReplaySample] = field(default_factory=dict)
+    cfg: RunConfig | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> ReplayWorld:
+        d = cfg.data
+        w = cls.load(d.train, pool, d.val_fraction, cfg.seed, d.limit, d.val_size)
+        w.cfg = cfg
+        return w
 
     @classmethod
     def load(cls, files: Sequence[str], pool: PoolSpec, val_fraction: float, seed: int = 0,
@@ -80,6 +93,23 @@ class ReplayWorld:
     def items(samples: Sequence[ReplaySample]) -> list[dict[str, Any]]:
         """What rollout workers take: the full question (the replayed call needs it)."""
         return [{"id": item_id(s), "question": s.prompt, "golden_answers": []} for s in samples]
+
+    def questions(self, split: Split) -> list[Item]:
+        return self.items(self.train if split == "train" else self.val)
+
+    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
+        return tokenizer_corpus(self, pool, compact, seed=self.cfg.seed)
+
+    def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
+        cfg = self.cfg
+        return make_traces(self, pool, cfg.warmstart.num_traces, cfg.seed + 1,
+                           PromptOptions.from_policy(cfg.policy), cfg.episode.max_obs_tokens, tokenizer)
+
+    @staticmethod
+    def route_calls(call: CallFn, episodes: Sequence[Episode]) -> CallFn:
+        """A routed call answers the sample's own question (recorded answers exist for nothing
+        else), whatever sub-question the router wrote."""
+        return replay_call(call, {e.uid: e.question for e in episodes})
 
     def sample_of(self, e: Episode) -> ReplaySample:
         key = str(e.meta.get("group", e.uid.rsplit("#", 1)[0]))

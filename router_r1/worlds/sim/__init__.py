@@ -3,8 +3,8 @@
 Everything here is a simulation, built deterministically from a seed, so training, tests and the
 ModelPool's `simulated` backend can run without any real model. See `knowledge.py` for the
 knowledge base, `models.py` for the simulated models, `plans.py` for fixed routing plans,
-`oracle.py` for expected rewards, `traces.py` for the supervised warm-start traces and
-`backend.py` for the ModelPool backend.
+`oracle.py` for expected rewards, `traces.py` for the supervised warm-start traces, `backend.py`
+for the ModelPool backend and `world.py` for the training World built on all of them.
 """
 from router_r1.worlds.sim.knowledge import SimConfig, SimQuestion, SimWorld
 from router_r1.worlds.sim.models import SimCall, SimModel, SimModelSpec, SimReply, Simulation

@@ -1,0 +1,104 @@
+"""The World protocol without Ray: `data.kind` picks a built-in world, a custom world is one class
+plus a config entry, and the trainer is composed from its pieces."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from router_r1.env.episode import Episode, Segment
+from router_r1.infra.config import load_config
+from router_r1.pool.types import CallResult
+from router_r1.worlds.base import World, make_world, world_class
+from router_r1.worlds.qa import QAWorld
+from router_r1.worlds.replay.world import ReplayWorld
+from router_r1.worlds.sim.world import SimulatedWorld
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = str(ROOT / "configs" / "pool_simulated.yaml")
+CUSTOM = "tests.test_worlds:CapitalsWorld"
+
+
+class CapitalsWorld(World):
+    """A user's own world: its questions, and an outcome rule of its own (any answer naming the
+    capital's country counts)."""
+
+    def __init__(self, n_train: int = 4, bonus_word: str = "land"):
+        qs = [{"id": f"c{i}", "question": f"What is the capital of Vor{i}land?",
+               "golden_answers": [f"Vorcity{i}"]} for i in range(n_train + 2)]
+        self.train, self.val, self.bonus_word = qs[:n_train], qs[n_train:], bonus_word
+
+    def questions(self, split):
+        return self.train if split == "train" else self.val
+
+    def outcomes(self, episodes, pool):
+        return [float(self.bonus_word in e.response) for e in episodes]
+
+
+def _cfg(**data):
+    return load_config(None, {"pool": POOL, "mlflow.enabled": False, "data": data})
+
+
+def test_data_kind_picks_the_built_in_world():
+    assert world_class(_cfg().data) is SimulatedWorld
+    assert world_class(_cfg(kind="qa", train=["x.jsonl"]).data) is QAWorld
+    assert world_class(_cfg(kind="replay", train=["x.csv"]).data) is ReplayWorld
+    cfg = _cfg(sim={"val_size": 3, "train_size": 5})
+    w = make_world(cfg, cfg.load_pool().seen())
+    assert len(w.questions("train")) == 5 and len(w.questions("val")) == 3
+    assert w.reference(w.questions("val"), cfg.reward)["oracle"] > 0
+
+
+def test_custom_world_is_one_class_and_a_config_entry():
+    cfg = _cfg(kind="custom", world=CUSTOM, options={"n_train": 3})
+    world = make_world(cfg, cfg.load_pool().seen())
+    assert type(world).__name__ == "CapitalsWorld" and len(world.questions("train")) == 3  # (imported by path)
+    pool = cfg.load_pool().seen()
+    corpus = world.tokenizer_corpus(pool, compact=True)  # the defaults of World
+    assert len(corpus) == 5 and corpus[0].endswith("Vorcity0")
+    assert world.warmstart_traces(pool, None) == [] and world.reference([], cfg.reward) is None
+
+
+@pytest.mark.parametrize("data, msg", [
+    ({"kind": "custom"}, "data.world"),
+    ({"kind": "simulated", "world": CUSTOM}, "data.world"),
+    ({"kind": "qa", "options": {"a": 1}}, "data.options"),
+    ({"sim": {"val_sise": 3}}, "val_sise"),
+])
+def test_bad_data_sections_are_refused(data, msg):
+    with pytest.raises(ValueError, match=msg):
+        _cfg(**data)
+
+
+def test_unimportable_world_is_one_line():
+    cfg = _cfg(kind="custom", world="no_such_pkg.mod:W")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        make_world(cfg, cfg.load_pool())
+
+
+def test_trainer_takes_its_world_and_reward_function():
+    from pipelines.train import Trainer
+
+    cfg = load_config(None, {"pool": POOL, "mlflow.enabled": False, "output_dir": "/nonexistent/run"})
+    world = CapitalsWorld(n_train=2)
+    t = Trainer(cfg, progress=False, world=world, reward_fn=lambda eps, scores: scores[::-1])
+    assert t.world is world and t.stream.items == world.train and t.val_items == world.val
+    e = Episode(uid="c0#0", question="q", golden_answers=["Vorcity0"], prompt="p",
+                segments=[Segment("<think> t </think>\n<answer> Vorland </answer>", "policy")])
+    scores = t.score([e], t.normalizer)
+    assert scores[0].em == 1.0  # the world's outcome rule, not EM against the gold answer
+
+
+def test_replay_routes_calls_to_the_samples_own_question():
+    asked = []
+
+    async def call(model, query, episode_id=""):
+        asked.append(query)
+        return CallResult(model=model, text="r")
+
+    e = Episode(uid="t:1#0", question="the full question", golden_answers=[], prompt="p")
+    routed = ReplayWorld.route_calls(call, [e])  # per class: no tables loaded
+    asyncio.run(routed("M", "a sub-question", episode_id="t:1#0"))
+    assert asked == ["the full question"]
+    assert World.route_calls(call, [e]) is call
