@@ -179,7 +179,7 @@ class Learner:
             if not tokenizer_corpus:
                 raise ValueError("a tiny policy (no policy.checkpoint) needs tokenizer_corpus to train its tokenizer")
             tok = train_tokenizer(tokenizer_corpus, cfg.policy.tokenizer_vocab_size)
-            lm = build_tiny_policy(cfg.policy.tiny, tok, seed=cfg.seed)
+            lm = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed)
         self.tokenizer = tok
         if lc.gradient_checkpointing:
             _enable_checkpointing(lm)
@@ -374,7 +374,7 @@ class Learner:
         self.sft_optimizer.step()
         self.sft_steps += 1
         dt = time.perf_counter() - t0
-        return {"sft/nll": nll_sum, "sft/loss": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
+        return {"sft/nll": nll_sum, "sft/lr": lr, "sft/policy_tokens": float(total),
                 "learner/grad_norm": float(grad_norm),
                 "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt}
 
@@ -490,7 +490,7 @@ class Learner:
             # Episodes behind the newest weights in the batch (0 when all came from one version).
             "learner/staleness": float(tb.policy_version.max() - tb.policy_version.float().mean()),
             "actor/advantages_mean": algos.masked_mean(adv, mask).item(),
-            "actor/response_length": float(tb.response_mask.sum(1).float().mean()),
+            "actor/response_tokens": float(tb.response_mask.sum(1).float().mean()),  # policy + inserted
             "actor/policy_tokens": float(mask.sum(1).mean()),
             "critic/score_mean": float(tb.rewards.mean()),
         }

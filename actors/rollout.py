@@ -70,7 +70,7 @@ class RolloutWorker:
             model, tok = load_policy(cfg.policy.checkpoint, device=device)
         elif tokenizer is not None:
             tok = tokenizer
-            model = build_tiny_policy(cfg.policy.tiny, tok, seed=cfg.seed).to(device)
+            model = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed).to(device)
         else:
             raise ValueError("a rollout worker needs cfg.policy.checkpoint or the learner's tokenizer")
         model.eval()

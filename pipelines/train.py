@@ -219,6 +219,8 @@ class Trainer:
                  "stream": self.stream.state_dict(), "mlflow_run_id": self.tracker.run_id,
                  "history": self.history, "evals": self.evals, "restarts": self.restarts}
         self.learner.save_checkpoint(str(path), extra)
+        if self.cfg.train.keep_checkpoints:  # the newest N; older ones are deleted
+            ckpt.prune(self.run_dir, self.cfg.train.keep_checkpoints)
         return path
 
     def load_checkpoint(self) -> Path:
@@ -312,7 +314,7 @@ class Trainer:
             metrics = {**summarize(episodes, scores, self.spec), **_numeric(m),
                        "time/weight_sync_s": sync_s, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
                        "rollout/tokens_per_s": m["batch/policy_tokens"] / max(rollout_s, 1e-9),
-                       "response/length_tokens": m["batch/policy_tokens"] / len(episodes),
+                       "rollout/policy_tokens_per_episode": m["batch/policy_tokens"] / len(episodes),
                        "rollout/restarts": float(self.restarts)}
             self.history.append({"step": self.step, **metrics})
             self.tracker.log_metrics(metrics, step=self.step)

@@ -1,5 +1,5 @@
 """The World protocol without Ray: `data.kind` picks a built-in world, a custom world is one class
-plus a config entry, and the trainer is composed from its pieces."""
+plus a config entry, the trainer is composed from its pieces, and old checkpoints are pruned."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from router_r1.env.episode import Episode, Segment
+from router_r1.infra import checkpoint
 from router_r1.infra.config import load_config
 from router_r1.pool.types import CallResult
 from router_r1.worlds.base import World, make_world, world_class
@@ -71,6 +72,12 @@ def test_bad_data_sections_are_refused(data, msg):
         _cfg(**data)
 
 
+def test_policy_tiny_is_typed():
+    with pytest.raises(ValueError, match="hidden_sise"):
+        load_config(None, {"policy.tiny": {"hidden_sise": 8}})
+    assert load_config(None, {"policy.tiny": {"hidden_size": 8}}).policy.tiny.num_hidden_layers == 2
+
+
 def test_unimportable_world_is_one_line():
     cfg = _cfg(kind="custom", world="no_such_pkg.mod:W")
     with pytest.raises(ValueError, match="cannot be imported"):
@@ -102,3 +109,23 @@ def test_replay_routes_calls_to_the_samples_own_question():
     asyncio.run(routed("M", "a sub-question", episode_id="t:1#0"))
     assert asked == ["the full question"]
     assert World.route_calls(call, [e]) is call
+
+
+class _Learner:
+    def save_checkpoint(self, path, extra):
+        checkpoint.save(path, {"model": {}}, step=extra["step"], meta={"extra": extra})
+
+
+def test_keep_checkpoints_prunes_older_ones(tmp_path):
+    from pipelines.train import Trainer
+
+    cfg = load_config(None, {"pool": POOL, "mlflow.enabled": False, "output_dir": str(tmp_path / "run"),
+                             "train.keep_checkpoints": 2, "data.sim": {"val_size": 2}})
+    t = Trainer(cfg, progress=False)
+    t.learner = _Learner()
+    for step in range(1, 5):
+        t.step = step
+        t.save_checkpoint()
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step_00000003", "step_00000004"]
+    assert checkpoint.latest(tmp_path / "run").name == "step_00000004"

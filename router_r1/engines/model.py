@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from router_r1.env.prompt import POLICY_META, PromptOptions
-from router_r1.env.protocol import STOP_STRINGS, TAGS
+from router_r1.env.protocol import TAGS
 from router_r1.infra.atomic import atomic_dir
 
 # Save/load progress bars are noise in rollouts and tests.
@@ -50,7 +50,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 
 
 def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0):
-    """A randomly initialised causal LM from a config dict (`architecture` picks the family)."""
+    """A randomly initialised causal LM from `policy.tiny` as a dict (router_r1.infra.config.TinyModelConfig;
+    `architecture` picks the family)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kw = dict(tiny)
@@ -121,59 +122,3 @@ def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None
             (tmp / POLICY_META).write_text(json.dumps(meta, indent=2))
     return path
 
-
-class HFGenerator:
-    """Batched sampling with transformers `generate`, stopping at </search> or </answer>.
-
-    One call generates one turn for every live episode at once (left padding), which is what
-    makes rollouts and serving cheap on CPU; the vLLM engine offers the same `generate`.
-    """
-
-    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", max_context: int | None = None):
-        self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
-        self.tokenizer.padding_side = "left"
-        self.max_context = max_context or getattr(model.config, "max_position_embeddings", 2048)
-        self._stop_cache: dict[tuple[str, ...], list[int] | None] = {}
-
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 128, temperature: float = 1.0,
-                 top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS, seed: int | None = None) -> list[str]:
-        if not prompts:
-            return []
-        tok = self.tokenizer
-        limit = max(1, self.max_context - max_new_tokens)
-        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False,
-                  truncation=True, max_length=limit)
-        if tok.truncation_side != "left":  # keep the end of an over-long context, not its start
-            tok.truncation_side = "left"
-            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False,
-                      truncation=True, max_length=limit)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        if seed is not None:
-            torch.manual_seed(seed)
-        was_training = self.model.training
-        self.model.eval()
-        sample = temperature > 0
-        stop_ids = self._stop_token_ids(tuple(stop or ()))
-        stopping = ({"eos_token_id": [tok.eos_token_id, *stop_ids]} if stop_ids is not None else
-                    {"eos_token_id": tok.eos_token_id, "stop_strings": list(stop), "tokenizer": tok})
-        out = self.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=sample,
-            temperature=temperature if sample else None, top_p=top_p if sample else None,
-            top_k=0 if sample else None, pad_token_id=tok.pad_token_id, **stopping)
-        if was_training:
-            self.model.train()
-        new = out[:, enc["input_ids"].shape[1]:]
-        return tok.batch_decode(new, skip_special_tokens=True)
-
-    def _stop_token_ids(self, stop: tuple[str, ...]) -> list[int] | None:
-        """The stop strings' token ids when each is one token (the tiny router's tags are added
-        tokens): stopping on ids is a cheap check per step, where `stop_strings` matches decoded
-        text across every sequence of the batch. None: some stop string spans several tokens."""
-        if stop not in self._stop_cache:
-            ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in stop]
-            self._stop_cache[stop] = [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
-        return self._stop_cache[stop]
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)

@@ -40,14 +40,24 @@ class PoolRuntimeConfig(_Section):
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
+class TinyModelConfig(_Section):
+    """A router built from config (router_r1.engines.model.build_tiny_policy): a transformers
+    architecture and its sizes, randomly initialised, with a tokenizer trained locally."""
+
+    architecture: str = "qwen2"  # a transformers model type (AutoConfig.for_model)
+    hidden_size: int = Field(default=128, ge=1)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    num_key_value_heads: int = Field(default=2, ge=1)
+    intermediate_size: int = Field(default=256, ge=1)
+    max_position_embeddings: int = Field(default=2048, ge=1)
+
+
 class PolicyConfig(_Section):
     """The router LLM: a local checkpoint, or a tiny model built from config (demo, tests)."""
 
     checkpoint: str | None = None  # local HF checkpoint directory
-    tiny: dict[str, Any] = Field(default_factory=lambda: {
-        "architecture": "qwen2", "hidden_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 256,
-        "max_position_embeddings": 2048})
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
     # Short instructions and descriptors (router_r1.env.prompt, compact=True): for tiny routers whose
@@ -180,6 +190,8 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     steps: int = 10
     checkpoint_every: int = 5
+    # Complete checkpoints kept under output_dir/checkpoints (the newest N); None: all of them.
+    keep_checkpoints: int | None = Field(default=None, ge=1)
     sample_every: int = 5  # log sample trajectories every K steps
     eval_every: int = 0
 

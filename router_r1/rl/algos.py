@@ -57,14 +57,10 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over masked tokens; masked-out entries come back as 0. x, mask: (B, T)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return masked(out, mask)
+    return masked((x - mean) * torch.rsqrt(var + eps), mask)
 
 
 def loss_weights(mask: torch.Tensor, loss_agg: str = "token-mean") -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 import torch
 
@@ -40,7 +39,6 @@ class TrajectoryBatch:
                     (0.0 on inserted tokens), same length as response_ids; empty list when the
                     rows were not sampled (warm-start traces). The learner compares them with its
                     own log-probs at the same weights (`rollout/logp_diff_*`).
-    metadata:       optional per-episode dicts (uid, question, ...); empty list or one per row.
     """
 
     prompt_ids: list[list[int]]
@@ -50,7 +48,6 @@ class TrajectoryBatch:
     group_ids: list[int]
     policy_version: list[int]
     sampler_logprobs: list[list[float]] = field(default_factory=list)
-    metadata: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
@@ -64,8 +61,6 @@ class TrajectoryBatch:
             for i, (r, lp) in enumerate(zip(self.response_ids, self.sampler_logprobs)):
                 if len(r) != len(lp):
                     raise BatchError(f"row {i}: {len(r)} response ids but {len(lp)} sampler log-probs")
-        if self.metadata and len(self.metadata) != n:
-            raise BatchError(f"TrajectoryBatch.metadata has {len(self.metadata)} rows, expected 0 or {n}")
         for i, (p, r, m) in enumerate(zip(self.prompt_ids, self.response_ids, self.loss_mask)):
             if not p:
                 raise BatchError(f"row {i}: empty prompt (the first response token needs a context)")
@@ -104,26 +99,11 @@ class TrajectoryBatch:
                    loss_mask=[t.loss_mask for t in toks], rewards=[float(r) for r in rewards],
                    group_ids=[int(g) for g in group_ids],
                    policy_version=[int(e.policy_version) for e in episodes],
-                   sampler_logprobs=[t.logprobs for t in toks] if sampled else [],
-                   metadata=[{"uid": e.uid} for e in episodes])
-
-    @classmethod
-    def concat(cls, batches: Sequence[TrajectoryBatch]) -> TrajectoryBatch:
-        """Rows of all batches in order. Group ids are kept as given: callers that build batches
-        separately must make them unique across batches (e.g. from question uids)."""
-        if not batches:
-            raise BatchError("concat needs at least one batch")
-        out: dict[str, list] = {f.name: [] for f in fields(cls)}
-        for b in batches:
-            for name in out:
-                out[name].extend(getattr(b, name))
-        if any(not b.metadata for b in batches):
-            out["metadata"] = []
-        return cls(**out)
+                   sampler_logprobs=[t.logprobs for t in toks] if sampled else [])
 
     def select(self, rows: Sequence[int]) -> TrajectoryBatch:
         """A batch of the given rows (e.g. one data-parallel shard)."""
-        optional = ("sampler_logprobs", "metadata")  # empty lists stay empty
+        optional = ("sampler_logprobs",)  # an empty list stays empty
         kw = {f.name: [getattr(self, f.name)[i] for i in rows] for f in fields(self) if f.name not in optional}
         kw |= {name: [getattr(self, name)[i] for i in rows] if getattr(self, name) else [] for name in optional}
         return TrajectoryBatch(**kw)
