@@ -26,8 +26,8 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from router_r1.engines.model import CheckpointError
