@@ -63,6 +63,10 @@ def test_evaluate_end_to_end(tmp_path, tiny_llm):
                 "--mlflow-uri", f"sqlite:///{db}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "oracle skipped on qa_test" in r.stderr
+    # Policies that cannot get a single answer here (`cheapest` is the Newcomer, which has no
+    # column in the replay tables; a replay pool knows no QA question) are a loud warning each,
+    # and the run still writes every result.
+    assert "WARNING: cheapest (Newcomer) on tiny: all 4 calls failed" in r.stderr
 
     md = (out / "results.md").read_text()
     assert "### tiny" in md and "### qa_test" in md and "| single:Big | 4 | 0.750 |" in md
