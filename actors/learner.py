@@ -10,7 +10,13 @@ Design choices (why):
   learning rate), as in TRL's value-head models. It costs one extra matmul, not a second LM; a
   separate critic model would be the choice at scale. GRPO has no head.
 - The reference for KL is the policy as it stands at the first RL `update` (after any supervised
-  warm start), or when `reset_reference()` is called; it is saved in checkpoints.
+  warm start), or when `reset_reference()` is called; it is saved in checkpoints. It is frozen
+  (no grads, eval mode, never in an optimizer) and held in `policy.dtype`; with `kl_coef` 0 it
+  is never built, and `actor/kl` is not logged.
+- Precision: the policy's weights are in `policy.dtype` (default: the checkpoint's own). With
+  `learner.master_dtype: float32` the learner trains float32 master weights (AdamW state float32
+  too) under autocast to the policy dtype, and publishes and saves them cast to the policy dtype;
+  otherwise weights and optimizer state are in the policy dtype. The value head stays float32.
 - Dropout is switched off: the PPO ratio pi/pi_old must compare the same function, and old
   log-probs are recomputed with the current weights before the epochs.
 - The LR schedule steps once per `update` (one driver step); `warmup_steps` and `train.steps`
@@ -49,8 +55,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, save_policy,
-                                     train_tokenizer)
+from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, resolve_dtype,
+                                     save_policy, train_tokenizer)
 from router_r1.infra import checkpoint
 from router_r1.infra.config import RunConfig
 from router_r1.rl import algos
@@ -81,7 +87,9 @@ class PolicyWithValue(nn.Module):
         pos = (response_pos - 1).clamp(min=0)  # (B, T): the state that emits response token t
         h = h.gather(1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, T, H)
         logits = self.lm.get_output_embeddings()(h)
-        values = self.value_head(h).squeeze(-1).float() if self.value_head is not None else None
+        values = None
+        if self.value_head is not None:  # float32 head on a trunk that may be bf16
+            values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return logits, values
 
 
@@ -160,6 +168,11 @@ def init_process_group(rank: int, world_size: int, master_addr: str | None = Non
                             rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
 
 
+def _to_policy(t: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """A copy of a weight tensor on `device`, floating-point ones in the policy dtype."""
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+
+
 class Learner:
     """See the module docstring. Public methods are what the driver calls over Ray."""
 
@@ -173,13 +186,16 @@ class Learner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(0)  # Ray exposes the actor's GPU(s) as cuda:0..
+        self.dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)  # the policy's
+        self.train_dtype = torch.float32 if lc.master_dtype == "float32" else self.dtype
         if cfg.policy.checkpoint:
-            lm, tok = load_policy(cfg.policy.checkpoint)
+            lm, tok = load_policy(cfg.policy.checkpoint, dtype=self.dtype)
         else:
             if not tokenizer_corpus:
                 raise ValueError("a tiny policy (no policy.checkpoint) needs tokenizer_corpus to train its tokenizer")
             tok = train_tokenizer(tokenizer_corpus, cfg.policy.tokenizer_vocab_size)
-            lm = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed)
+            lm = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=self.dtype)
+        lm = lm.to(self.train_dtype)  # master weights start as the policy's values, exactly
         self.tokenizer = tok
         if lc.gradient_checkpointing:
             _enable_checkpointing(lm)
@@ -275,11 +291,12 @@ class Learner:
         return self.tokenizer
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy LM's weights on CPU (keys as the transformers model names them)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.lm.state_dict().items()}
+        """The policy LM's weights on CPU in the policy dtype (keys as the transformers model
+        names them)."""
+        return {k: _to_policy(v.detach(), self.dtype, "cpu") for k, v in self.model.lm.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.lm.load_state_dict(state)
+        self.model.lm.load_state_dict(state)  # copies into the learner's own dtype
 
     def version(self) -> int:
         """The version of the last published weights (0 before any publish)."""
@@ -298,15 +315,25 @@ class Learner:
         return [ref]
 
     def reset_reference(self) -> None:
-        """Freeze a copy of the current policy as the KL reference."""
+        """Freeze a copy of the current policy, in the policy dtype, as the KL reference: no
+        grads, eval mode, in no optimizer. None when kl_coef is 0 (nothing would read it)."""
+        if self.cfg.learner.kl_coef == 0:
+            self.reference = None
+            return
         ref = PolicyWithValue(copy.deepcopy(self.model.lm), with_value=False)
         ref.requires_grad_(False)
         ref.eval()
-        self.reference = ref.to(self.device)
+        self.reference = ref.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ forward passes
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.bf16)
+        """bf16 autocast (`learner.bf16`), or, over float32 master weights of a half-precision
+        policy, autocast to the policy dtype: the forward computes as the rollouts do."""
+        if self.cfg.learner.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.train_dtype != self.dtype:
+            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
 
     def _forward(self, module: nn.Module, mb: TensorBatch, temperature: float = 1.0,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -333,7 +360,8 @@ class Learner:
             t = mb.response_ids.shape[1]
             logp, _, values = self._forward(self.model, mb, temp)
             out[0, rows, :t] = logp
-            out[1, rows, :t] = self._forward(self.reference, mb, temp)[0]
+            if self.reference is not None:
+                out[1, rows, :t] = self._forward(self.reference, mb, temp)[0]
             if values is not None:
                 out[2, rows, :t] = values
         if self.world_size > 1:
@@ -416,7 +444,7 @@ class Learner:
         t0 = time.perf_counter()
         lc = self.cfg.learner
         temp = self.cfg.episode.temperature
-        if self.reference is None:
+        if self.reference is None and lc.kl_coef != 0:
             self.reset_reference()
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
         scored = self._score(tb)
@@ -426,7 +454,8 @@ class Learner:
         lr = self.optimizer.param_groups[0]["lr"]
 
         loss_keys = self._STEP_LOSSES + (self._CRITIC_LOSSES if returns is not None else ())
-        mean_keys = self._TOKEN_MEANS + (self._CRITIC_MEANS if returns is not None else ())
+        mean_keys = tuple(k for k in self._TOKEN_MEANS if k != "actor/kl" or self.reference is not None)
+        mean_keys += self._CRITIC_MEANS if returns is not None else ()
         sums: dict[str, float] = dict.fromkeys(loss_keys + mean_keys + ("tokens",), 0.0)
         grad_norms: list[float] = []
         B = len(tb)
@@ -453,8 +482,10 @@ class Learner:
                         logp, logits, values = self._forward(module, mb, temp)
                         pg, metrics = algos.policy_loss(logp, scored["old_logp"][rows, :t], adv[rows, :t], m,
                                                         lc.clip_eps, weights=w)
-                        kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m,
-                                                          lc.kl_estimator, weights=w)
+                        kl, kl_metrics = torch.zeros((), device=self.device), {}
+                        if self.reference is not None:
+                            kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m,
+                                                              lc.kl_estimator, weights=w)
                         with torch.set_grad_enabled(lc.entropy_coef > 0):
                             entropy = algos.entropy_from_logits(logits)
                             entropy_term = algos.agg_loss(entropy, m, weights=w)
@@ -554,5 +585,5 @@ class Learner:
         save_policy(self.model.lm, self.tokenizer, path,
                     extra={"step": self.step, "policy_version": self.policy_version,
                            "algorithm": self.cfg.learner.algorithm},
-                    prompt_options=PromptOptions.from_policy(self.cfg.policy))
+                    prompt_options=PromptOptions.from_policy(self.cfg.policy), dtype=self.dtype)
         return str(path)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from router_r1.engines.hf import HFGenerator
-from router_r1.engines.model import build_tiny_policy, load_policy, save_policy
+from router_r1.engines.model import build_tiny_policy, load_policy, resolve_dtype, save_policy
 from router_r1.env.episode import Episode, run_episodes
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
 from router_r1.infra.config import RunConfig
@@ -66,11 +66,12 @@ class RolloutWorker:
         if cfg.rollout.torch_threads:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)  # the learner publishes in it
         if cfg.policy.checkpoint:
-            model, tok = load_policy(cfg.policy.checkpoint, device=device)
+            model, tok = load_policy(cfg.policy.checkpoint, device=device, dtype=dtype)
         elif tokenizer is not None:
             tok = tokenizer
-            model = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed).to(device)
+            model = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=dtype).to(device)
         else:
             raise ValueError("a rollout worker needs cfg.policy.checkpoint or the learner's tokenizer")
         model.eval()

@@ -46,9 +46,10 @@ def test_update_changes_weights_and_improves_the_objective(algorithm):
     first = learner.update(batch)
     after = learner.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    for key in ("actor/pg_loss", "actor/clipfrac", "actor/kl", "actor/entropy", "learner/step_time_s",
+    for key in ("actor/pg_loss", "actor/clipfrac", "actor/entropy", "learner/step_time_s",
                 "learner/tokens_per_s", "learner/lr", "learner/grad_norm"):
         assert key in first
+    assert "actor/kl" not in first and learner.reference is None  # kl_coef 0: no reference at all
     assert first["learner/staleness"] == 0.0  # every episode came from version 0
     metrics = [learner.update(batch) for _ in range(5)]
     lp = _row_logp(learner, batch)

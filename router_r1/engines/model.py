@@ -49,9 +49,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     return fast
 
 
-def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0):
+def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0, dtype: torch.dtype | None = None):
     """A randomly initialised causal LM from `policy.tiny` as a dict (router_r1.infra.config.TinyModelConfig;
-    `architecture` picks the family)."""
+    `architecture` picks the family), initialised in float32 and then cast to `dtype` if given
+    (the same weights whatever the dtype, up to rounding)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kw = dict(tiny)
@@ -61,7 +62,8 @@ def build_tiny_policy(tiny: dict[str, Any], tokenizer, seed: int = 0):
                                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
                                tie_word_embeddings=kw.pop("tie_word_embeddings", True), **kw)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg)
+    model = AutoModelForCausalLM.from_config(cfg)
+    return model.to(dtype) if dtype is not None else model
 
 
 def check_checkpoint_dir(path: str | Path) -> Path:
@@ -74,16 +76,48 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Load (model, tokenizer) from a local checkpoint directory, refusing partial ones."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's config.json says its weights are in (`dtype`, or `torch_dtype`
+    in older files); float32 when it says nothing."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    if name not in DTYPES:
+        raise CheckpointError(f"{path}: config.json names dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_dtype(name: str | torch.dtype | None, checkpoint: str | Path | None = None) -> torch.dtype:
+    """`policy.dtype` as a torch dtype: "auto"/None is the checkpoint's own (float32 for a
+    policy built from config)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        return checkpoint_dtype(checkpoint) if checkpoint else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+    """Load (model, tokenizer) from a local checkpoint directory, refusing partial ones. The
+    weights come in `dtype` ("float32", "bfloat16", "float16" or a torch dtype); None or "auto":
+    the checkpoint's own (a bf16 checkpoint stays bf16, never a silent float32 copy)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = check_checkpoint_dir(path)
+    dtype = resolve_dtype(dtype, path)
     try:
         tok = _load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except Exception as e:  # safetensors/json errors: say which checkpoint and why
         raise CheckpointError(f"{path}: cannot load policy checkpoint ({type(e).__name__}: {e})") from e
     if tok.pad_token is None:
@@ -104,8 +138,10 @@ def _load_tokenizer(path: Path):
 
 
 def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
-                prompt_options: PromptOptions | None = None) -> Path:
-    """Write a loadable checkpoint atomically: a temp folder beside it, then one rename.
+                prompt_options: PromptOptions | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write a loadable checkpoint atomically: a temp folder beside it, then one rename. The
+    weights are saved in `dtype` (None: the model's own), and config.json says so: a learner
+    with float32 master weights of a bf16 policy saves a bf16 checkpoint.
     `extra` and the router's `prompt_options` (key "prompt", read back by
     router_r1.env.prompt.load_prompt_options) go to router_r1.json beside the weights."""
     from transformers.utils import logging as hf_logging
@@ -115,8 +151,17 @@ def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None
     meta = dict(extra or {})
     if prompt_options is not None:
         meta["prompt"] = prompt_options.model_dump()
+    dtype = dtype or model.dtype
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if dtype == model.dtype:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:  # cast tensor by tensor into the file; the model itself stays as it is
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+            # save_pretrained writes the in-memory model's dtype; the file holds `dtype`
+            cfg = json.loads((tmp / "config.json").read_text())
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         if meta:
             (tmp / POLICY_META).write_text(json.dumps(meta, indent=2))

@@ -57,6 +57,9 @@ class PolicyConfig(_Section):
     """The router LLM: a local checkpoint, or a tiny model built from config (demo, tests)."""
 
     checkpoint: str | None = None  # local HF checkpoint directory
+    # The policy's weights everywhere (learner, reference, rollouts, weight sync, saved policy):
+    # "auto" is the checkpoint's own config.json dtype (float32 for a tiny model built from config).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
@@ -105,8 +108,14 @@ class LearnerConfig(_Section):
     micro_batch_size: int = 8
     grad_accum: int = 1
     grad_clip: float = 1.0
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast for the learner's forward passes
+    # float32: the learner trains float32 master weights (and float32 AdamW state) of a bf16/fp16
+    # policy, computing under autocast in the policy dtype; what it publishes and saves is cast to
+    # policy.dtype. None: the learner's weights and optimizer state are in policy.dtype.
+    master_dtype: Literal["float32"] | None = None
     gradient_checkpointing: bool = False
+    # Published weights are cut into buckets of about this many MB, one object-store ref each.
+    sync_bucket_mb: float = Field(default=256.0, gt=0)
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     # Data-parallel learner actors (torch.distributed; actors/learner_group.py). The update does
@@ -159,6 +168,12 @@ class SimDataOptions(_Section):
     train_size: int | None = Field(default=None, ge=1)  # None: data.limit, else the whole split
     val_size: int = Field(default=64, ge=1)  # validation questions played greedily
     two_hop_fraction: float | None = Field(default=None, ge=0.0, le=1.0)  # None: the world's mix
+    # How validation is held out (router_r1.worlds.sim.knowledge): "entity" (validation asks about
+    # entities no training question is about) or "question" (validation questions are not training
+    # questions, but every subject they name is named in training; the entity-held-out test split
+    # is then played too, as the harder test). None: the pool file's (default "entity").
+    split: Literal["entity", "question"] | None = None
+    heldout_size: int = Field(default=64, ge=0)  # split "question": held-out-entity questions played
 
 
 class DataConfig(_Section):
