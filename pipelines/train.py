@@ -88,6 +88,8 @@ class Trainer:
         self.tracker = make_tracker(cfg.mlflow)
         self.history: list[dict[str, float]] = []
         self.evals: dict[str, dict[str, float]] = {}
+        self.eval_rows: dict[str, list[dict[str, Any]]] = {}  # label -> one row per greedy episode
+        self.extra_evals = self.world.extra_evals()  # name -> items, played at the start and end
         self.step, self.version, self._restarts_before = 0, 0, 0
         self._owns_ray = False
 
@@ -204,14 +206,22 @@ class Trainer:
         m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
         return m
 
-    def evaluate(self, label: str) -> dict[str, float]:
-        """Greedy episodes on the validation questions, scored with the stateless reference cost
-        normaliser (as the world's reference policies are)."""
-        eps = self.rollouts(self.val_items, 1, seed=0, greedy=True)
+    def evaluate(self, label: str, items: list[dict] | None = None) -> dict[str, float]:
+        """Greedy episodes on the validation questions (or `items`), scored with the stateless
+        reference cost normaliser (as the world's reference policies are)."""
+        eps = self.rollouts(self.val_items if items is None else items, 1, seed=0, greedy=True)
         scores = self.score(eps, ReferenceCostNormalizer(self.cfg.reward.reference_cost_usd))
         m = summarize(eps, scores, self.spec)
         self.evals[label] = m
+        self.eval_rows[label] = [{"id": e.uid.rsplit("#", 1)[0], "em": s.em, "reward": s.reward.reward,
+                                  "cost_usd": e.cost_usd, "calls": len(e.calls)} for e, s in zip(eps, scores)]
         return m
+
+    def evaluate_extra(self, when: str) -> None:
+        """The world's extra question sets (`World.extra_evals`), greedily, as `<name>_<when>`."""
+        for name, items in self.extra_evals.items():
+            step = 0 if when == "start" else self.step
+            self.tracker.log_metrics(_prefixed(self.evaluate(f"{name}_{when}", items), f"eval_{name}/"), step=step)
 
     def save_checkpoint(self) -> Path:
         path = ckpt.checkpoint_dir(self.run_dir, self.step)
@@ -284,8 +294,10 @@ class Trainer:
                     self.tracker.log_metrics(self.warm_start(traces), step=0)
                     self.sync_weights()
                 self.tracker.log_metrics(_prefixed(self.evaluate("start"), "eval/"), step=0)
+                self.evaluate_extra("start")
             self.train_loop()
             self.tracker.log_metrics(_prefixed(self.evaluate("end"), "eval/"), step=self.step)
+            self.evaluate_extra("end")
             report = self.report(time.perf_counter() - t_start)
             self.finish(report)
             return report
@@ -351,15 +363,35 @@ class Trainer:
                                "train": {k: [_mean(first, k), _mean(last, k)] for k, _ in REPORT_KEYS},
                                "eval": {label: {k: m.get(k) for k, _ in REPORT_KEYS}
                                         for label, m in self.evals.items()}}
-        ref = self.world.reference(self.val_items, self.cfg.reward) if "end" in self.evals else None
+        if "end" not in self.evals:
+            return rep
+        if self.world.held_out():
+            rep["held_out"] = self.world.held_out()
+        ref = self._reference(self.val_items, "end")
         if ref is not None:
-            end = self.evals["end"]["reward/mean"]
-            best_name, best = ref["best_single"]
-            rep["reference"] = {"oracle": ref["oracle"], "best_single": [best_name, best],
-                                "random": ref["random"], "expert": ref["expert"],
-                                "fraction_of_oracle": end / ref["oracle"] if ref["oracle"] else None,
-                                "fraction_of_best_single": end / best if best else None}
+            rep["reference"] = ref
+        by_type = self.world.by_type(self.val_items, self.eval_rows.get("end", []), self.cfg.reward)
+        if by_type:
+            rep["by_type"] = by_type
+        for name, items in self.extra_evals.items():  # e.g. held-out entities: the harder test
+            start, end = self.evals.get(f"{name}_start", {}), self.evals.get(f"{name}_end", {})
+            rep.setdefault("extra", {})[name] = {
+                "n": len(items), "reward": [start.get("reward/mean"), end.get("reward/mean")],
+                "em": [start.get("outcome/em"), end.get("outcome/em")],
+                "reference": self._reference(items, f"{name}_end")}
         return rep
+
+    def _reference(self, items: list[dict], label: str) -> dict[str, Any] | None:
+        """The world's reference policies on `items`, and eval `label`'s reward as a fraction."""
+        ref = self.world.reference(items, self.cfg.reward)
+        if ref is None or label not in self.evals:
+            return None
+        end = self.evals[label]["reward/mean"]
+        best_name, best = ref["best_single"]
+        return {"oracle": ref["oracle"], "best_single": [best_name, best],
+                "random": ref["random"], "expert": ref["expert"],
+                "fraction_of_oracle": end / ref["oracle"] if ref["oracle"] else None,
+                "fraction_of_best_single": end / best if best else None}
 
     def finish(self, report: dict[str, Any]) -> None:
         policy_dir = self.run_dir / "policy"
@@ -443,7 +475,27 @@ def format_report(rep: dict[str, Any]) -> str:
     if ref:
         lines.append(f"  val reward {_f(ev['end']['reward/mean'])} = {_f(ref['fraction_of_oracle'])} of the oracle "
                      f"({_f(ref['oracle'])}) and {_f(ref['fraction_of_best_single'])} of the best single model "
-                     f"({ref['best_single'][0]}: {_f(ref['best_single'][1])}); random routing {_f(ref['random'])}")
+                     f"({ref['best_single'][0]}: {_f(ref['best_single'][1])}); random routing {_f(ref['random'])}; "
+                     f"descriptor-only expert {_f(ref['expert'])}")
+    if rep.get("held_out"):
+        lines.append(f"  validation holds out {rep['held_out']}")
+    for name, x in rep.get("extra", {}).items():
+        r = x.get("reference") or {}
+        lines.append(f"  {name.replace('_', ' ')} ({x['n']} questions, also played greedily at the start and "
+                     f"end): greedy reward {_f(x['reward'][0])} -> {_f(x['reward'][1])}, EM {_f(x['em'][0])} -> "
+                     f"{_f(x['em'][1])}" + (f", {_f(r.get('fraction_of_oracle'))} of the oracle ({_f(r.get('oracle'))}); "
+                                            f"best single {_f(r['best_single'][1])}, random {_f(r.get('random'))}"
+                                            if r else ""))
+    if rep.get("by_type"):
+        lines.append("  greedy val by question type (EM / calls per episode; a one-call policy asks one model "
+                     "the whole question):")
+        for kind, t in rep["by_type"].items():
+            p, r = t["policies"], t["router"]
+            singles = ", ".join(f"{k.removeprefix('single:')} {_f(v['em'])}" for k, v in p.items()
+                                if k.startswith("single:"))
+            lines.append(f"    {kind} (n={t['n']}): router {_f(r['em'])} / {_f(r['calls'])}; one call: {singles}, "
+                         f"best per question {_f(p['oracle (one call)']['em'])}; expert {_f(p['expert']['em'])} / "
+                         f"{_f(p['expert']['calls'])}; oracle {_f(p['oracle']['em'])} / {_f(p['oracle']['calls'])}")
     return "\n".join(lines)
 
 

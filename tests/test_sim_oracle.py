@@ -118,3 +118,23 @@ def test_simulated_pool_rewards_routing():
         out = expected_rewards(sim, qs, RewardConfig(alpha=alpha))
         assert out["best_single"][0] == max(prices, key=prices.get)
         assert out["oracle"] > out["expert"] > out["best_single"][1] > out["random"]
+
+
+def test_reference_policies_by_question_type(hand):
+    """Hand pool: Big knows everything and composes two hops; Geo knows only geography and never
+    composes. One-call policies on two-hop geography questions: Big 1, Geo 0; the oracle decomposes
+    through Geo (cheaper) with two calls; single-hop figures are split off."""
+    from router_r1.worlds.sim import by_question_type
+
+    qs = [q for s in ("train", "val") for q in hand.world.all_questions(s)
+          if q.relations in (("capital_of",), ("country_of", "capital_of"))][:12]
+    t = by_question_type(hand, qs, RewardConfig(alpha=0.5))
+    assert set(t) == {"single-hop", "two-hop"}
+    assert t["single-hop"]["n"] + t["two-hop"]["n"] == len(qs)
+    two = t["two-hop"]["policies"]
+    assert two["single:Big"]["em"] == 1.0 and two["single:Geo"]["em"] == 0.0
+    assert two["random (one call)"]["em"] == 0.5 and two["oracle (one call)"]["calls"] == 1.0
+    assert two["oracle"]["em"] == 1.0 and two["oracle"]["calls"] == 2.0
+    assert two["oracle"]["cost_usd"] < two["single:Big"]["cost_usd"]
+    one = t["single-hop"]["policies"]
+    assert one["single:Geo"]["em"] == 1.0 and one["oracle"]["calls"] == 1.0

@@ -163,3 +163,54 @@ def test_no_entity_is_a_real_word_or_place():
     for seed in range(5):
         w = SimWorld.build(SMALL, seed=seed)
         assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS
+
+
+def test_question_split_holds_out_questions_over_names_training_knows(world):
+    """split 'question': val and train share no question, every val subject is named (asked
+    about or answered) in training, test holds out whole subjects (the entity rule's val), and
+    the split covers every question; the knowledge base is unchanged and the split is stable."""
+    qw = SimWorld.build(SMALL, split="question")
+    assert qw.entities == world.entities and qw.facts == world.facts
+    train, val, test = (qw.all_questions(s) for s in ("train", "val", "test"))
+    assert train and val and test
+    assert all(q.split == s for s, qs in (("train", train), ("val", val), ("test", test)) for q in qs)
+    ids = [q.id for q in train + val + test]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {q.id for s in ("train", "val", "test") for q in world.all_questions(s)}
+    named = {q.subject for q in train} | {q.facts[-1].object for q in train}
+    assert all(q.subject in named for q in val)
+    # Most val subjects are also asked about in training, not only named as an answer.
+    assert sum(q.subject in {t.subject for t in train} for q in val) > 0.8 * len(val)
+    # The held-out-entity test: no train or val question is about a test subject, and test is
+    # exactly the entity rule's val (the same subjects, so the two figures compare).
+    test_subjects = {q.subject for q in test}
+    assert not test_subjects & {q.subject for q in train + val}
+    assert {q.id for q in test} == {q.id for q in world.all_questions("val")}
+    # Deterministic: same config, same split, in this process and in another.
+    again = SimWorld.build(SMALL, split="question")
+    assert [q.id for q in again.all_questions("val")] == [q.id for q in val]
+    assert again.fingerprint() == qw.fingerprint() != world.fingerprint()
+    assert len(val) == pytest.approx(SMALL.val_fraction * (len(train) + len(val)), rel=0.35)
+
+
+def test_split_option_reaches_the_training_world():
+    """data.sim.split 'question' gives the run a question-split validation and the held-out-entity
+    test as an extra greedy evaluation; 'entity' (the pool file's default) has none."""
+    from router_r1.infra.config import load_config
+    from router_r1.worlds.base import make_world
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "demo.yaml", {"data.sim.split": "question", "data.sim.val_size": 20,
+                                                       "data.sim.heldout_size": 10})
+    w = make_world(cfg, cfg.load_pool().seen())
+    assert w.sim.world.config.split == "question" and "questions" in w.held_out()
+    train, val, held = w.questions("train"), w.questions("val"), w.extra_evals()["held_out_entities"]
+    assert len(val) == 20 and len(held) == 10
+    assert all(w.sim.world.question(it["id"]).split == "val" for it in val)
+    assert all(w.sim.world.question(it["id"]).split == "test" for it in held)
+    assert not {it["id"] for it in train} & {it["id"] for it in val + held}
+    ent = load_config(root / "configs" / "demo.yaml", {"data.sim.split": "entity"})
+    we = make_world(ent, ent.load_pool().seen())
+    assert we.extra_evals() == {} and "entities" in we.held_out()
+    with pytest.raises(ValueError):
+        load_config(root / "configs" / "demo.yaml", {"data.sim.split": "fact"})

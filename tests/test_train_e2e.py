@@ -57,8 +57,10 @@ def comparable(m: dict) -> dict:
 @pytest.mark.slow
 def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
+    # The demo's validation: held-out questions, plus the held-out-entity test played beside it.
     cfg = tiny_config(tmp_path, **{"mlflow.enabled": True, "mlflow.tracking_uri": f"sqlite:///{db}",
-                                   "mlflow.experiment": "e2e"})
+                                   "mlflow.experiment": "e2e",
+                                   "data.sim": {"val_size": 4, "split": "question", "heldout_size": 4}})
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -69,6 +71,8 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "router-r1 train: 2 steps" in proc.stdout and "of the oracle" in proc.stdout
+    assert "validation holds out questions" in proc.stdout and "held out entities (4 questions" in proc.stdout
+    assert "greedy val by question type" in proc.stdout
 
     run_dir = Path(cfg["output_dir"])
     from router_r1.infra import checkpoint
@@ -87,7 +91,9 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
     assert params["learner.algorithm"] == "grpo" and params["episode.max_turns"] == "1"
     assert not any("api_key" in k for k in params)
     for key in ("reward.mean", "format.ok_rate", "outcome.em", "cost.mean_usd", "calls.per_episode",
-                "actor.kl", "actor.entropy", "time.weight_sync_s", "rollout.tokens_per_s"):
+                "actor.kl", "actor.entropy", "sync.seconds", "sync.bytes", "rollout.tokens_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    for key in ("eval_held_out_entities.reward.mean", "eval.reward.mean"):  # start and end
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "training_curves.png", "samples", "checkpoint"} <= names

@@ -71,3 +71,40 @@ def test_report_lists_greedy_validation_along_the_way():
     text = format_report(rep)
     assert "greedy val reward by step: start 0.250, 10 0.500, end 0.750" in text
     assert "by step" not in format_report({**rep, "eval": {k: ev[k] for k in ("start", "end")}})
+
+
+def test_report_shows_held_out_rule_extra_evaluations_and_question_types():
+    from pipelines.train import REPORT_KEYS, format_report
+
+    ev = {label: {k: r for k, _ in REPORT_KEYS} for label, r in (("start", 0.5), ("end", 0.8))}
+    pol = {"single:A": {"em": 0.4, "calls": 1.0}, "single:B": {"em": 0.6, "calls": 1.0},
+           "oracle (one call)": {"em": 0.7, "calls": 1.0}, "expert": {"em": 0.85, "calls": 2.1},
+           "oracle": {"em": 1.0, "calls": 2.0}}
+    ref = {"oracle": 1.0, "best_single": ["B", 0.6], "random": 0.5, "expert": 0.85,
+           "fraction_of_oracle": 0.8, "fraction_of_best_single": 1.333}
+    rep = {"steps": 20, "wall_s": 1.0, "restarts": 0, "eval": ev, "train": {k: [0.1, 0.2] for k, _ in REPORT_KEYS},
+           "reference": ref, "held_out": "questions: test",
+           "extra": {"held_out_entities": {"n": 64, "reward": [0.3, 0.4], "em": [0.31, 0.41],
+                                           "reference": {**ref, "oracle": 0.99, "fraction_of_oracle": 0.404}}},
+           "by_type": {"two-hop": {"n": 26, "policies": pol,
+                                   "router": {"em": 0.9, "calls": 2.0, "reward": 0.9, "cost_usd": 1e-6}}}}
+    text = format_report(rep)
+    assert "validation holds out questions: test" in text
+    assert "held out entities (64 questions" in text and "greedy reward 0.300 -> 0.400" in text
+    assert "0.404 of the oracle (0.990)" in text
+    assert "two-hop (n=26): router 0.900 / 2.000; one call: A 0.400, B 0.600, best per question 0.700" in text
+    assert "descriptor-only expert 0.850" in text
+
+
+def test_alpha_sweep_table_and_frontier(tmp_path):
+    from pipelines.sweep_alpha import markdown, plot
+
+    rows = [{"alpha": a, "em": 0.9 - a / 4, "reward": 0.8, "cost_usd": 2e-5 * (1 - a) + 1e-6, "calls": 1.5,
+             "shares": {"A": 1 - a, "B": a}} for a in (0.0, 0.5, 0.9)]
+    refs = {"single: A": {"em": 0.6, "cost_usd": 3e-5, "calls": 1.0}, "oracle": {"em": 1.0, "cost_usd": 1e-6, "calls": 1.2}}
+    table = markdown(rows, refs, "simulator")
+    assert "(simulator)" in table.splitlines()[0]
+    assert "| 0.5 | 0.775 | 0.800 | 1.10e-05 | 1.50 | 0.50 | 0.50 |" in table
+    assert "| oracle | 1.000 | 1.00e-06 | 1.20 |" in table
+    plot(rows, refs, tmp_path / "f.png", "t (simulator)")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -85,6 +85,21 @@ class World:
         "best_single" (name, reward), "random" and "expert". Default: none."""
         return None
 
+    def held_out(self) -> str | None:
+        """What validation holds out, in words, for the report. Default: not said."""
+        return None
+
+    def extra_evals(self) -> dict[str, list[Item]]:
+        """Named question sets the driver also plays greedily at the start and end of training
+        (e.g. the simulator's held-out entities beside a question-split validation). Default: none."""
+        return {}
+
+    def by_type(self, items: Sequence[Item], rows: Sequence[dict[str, Any]],
+                reward: RewardConfig) -> dict[str, Any] | None:
+        """The report's per-question-type table: `rows` are the router's greedy validation
+        episodes (id, em, reward, cost_usd, calls) on `items`. Default: none."""
+        return None
+
     @staticmethod
     def route_calls(call: CallFn, episodes: Sequence[Episode]) -> CallFn:
         """The call function the episodes' routed calls go through. Default: the pool's, as is.

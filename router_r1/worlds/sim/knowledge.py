@@ -4,15 +4,23 @@ single-hop and two-hop questions asked about it.
 Everything is a pure function of `SimConfig` (above all its seed): the same config gives the
 same entities, facts, questions and splits in every process, which is what lets the trainer,
 the ModelPool's `simulated` backend and the tests each build their own copy and still agree.
-Splits are drawn per subject entity, so a validation question never asks about an entity that
-a training question is about.
+How questions are held out is `SimConfig.split`:
+
+* "entity" (the default): splits are drawn per subject entity, so a validation or test question
+  never asks about an entity that a training question is about. A router must then write names
+  it never wrote in training: for a tiny router built from scratch that measures name copying
+  more than routing.
+* "question": test is still drawn per subject entity (the harder, held-out-entity test), while
+  validation holds out single questions over the other subjects: a validation question is never
+  a training question, but every subject it names is named (asked about, or the answer) in some
+  training question. This measures routing on unseen questions whose words the router knows.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,6 +30,7 @@ from router_r1.worlds.sim.language import CHAINS, DOMAINS, RELATIONS, template_w
 from router_r1.worlds.sim.names import NameMaker
 
 Split = Literal["train", "val", "test"]
+SplitRule = Literal["entity", "question"]
 
 BOOK_ADJECTIVES = ("Silent", "Hidden", "Golden", "Broken", "Distant", "Quiet", "Burning", "Frozen",
                    "Secret", "Lost", "Crimson", "Hollow", "Wandering", "Bright", "Endless", "Northern")
@@ -45,6 +54,9 @@ class SimConfig(BaseModel):
     two_hop_fraction: float = Field(default=0.4, ge=0.0, le=1.0)  # default mix in questions()
     val_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)
+    # How val is held out (module docstring): "entity" (val and test by subject entity) or
+    # "question" (test by subject entity; val by question, over subjects training names).
+    split: SplitRule = "entity"
 
     @field_validator("domains")
     @classmethod
@@ -197,7 +209,11 @@ class SimWorld:
                 self._max_name_words = max(self._max_name_words, len(k))
 
     def _split_of(self, subject: str) -> str:
+        """The split of a question about `subject` under the entity rule; under the question
+        rule, "test" or "train" (val is then chosen per question in `_hold_out_questions`)."""
         u = unit(self.config.seed, "split", subject)
+        if self.config.split == "question":
+            return "test" if u < self.config.test_fraction else "train"
         if u < self.config.val_fraction:
             return "val"
         if u < self.config.val_fraction + self.config.test_fraction:
@@ -215,6 +231,27 @@ class SimWorld:
                 if rel == shape[0]:
                     q = self.make_question(shape, self.entities[subj])
                     self._questions[q.split].append(q)
+        if self.config.split == "question":
+            self._hold_out_questions()
+
+    def _hold_out_questions(self) -> None:
+        """The question rule's val: each non-test question is a candidate with probability
+        val_fraction (a hash of its id); a candidate whose subject no remaining training question
+        names (as its subject or its answer) goes back to training, so every val subject is a
+        name the router has read and written in training."""
+        train, held = [], []
+        for q in self._questions["train"]:
+            u = unit(self.config.seed, "split-question", q.id)
+            (held if u < self.config.val_fraction else train).append(q)
+        named = {q.subject for q in train} | {self._answer_id(q) for q in train}
+        val = [replace(q, split="val") for q in held if q.subject in named]
+        train += [q for q in held if q.subject not in named]
+        order = {q.id: i for i, q in enumerate(self._questions["train"])}
+        self._questions["train"] = sorted(train, key=lambda q: order[q.id])
+        self._questions["val"] = val
+
+    def _answer_id(self, q: SimQuestion) -> str:
+        return q.facts[-1].object
 
     # ---- facts and questions ------------------------------------------------------------
     def lookup(self, relation: str, subject: Entity) -> Entity | None:

@@ -1,11 +1,15 @@
 """The simulator as a training world (`data.kind: simulated`, the demo's).
 
-Questions are the knowledge base's disjoint train / val splits (`knowledge.SimWorld`; validation
-questions are about entities training never shows); the outcome is EM/F1 against the simulator's
-truth (the World default); warm-start traces come from `traces.py`, the tokenizer corpus covers
-every name and question, and the report compares the router with the oracle, the best single
-model, random routing and the descriptor-only expert (`oracle.expected_rewards`). `data.sim`
-sets train_size (default: the whole split, or `data.limit`), val_size and two_hop_fraction.
+Questions are the knowledge base's disjoint train / val splits (`knowledge.SimWorld`); how
+validation is held out is `data.sim.split` (over the pool file's): "entity" (validation questions
+are about entities training never shows) or "question" (validation questions are not training
+questions, over subjects training names; the entity-held-out test split is then played as well,
+`extra_evals`, the harder test). The outcome is EM/F1 against the simulator's truth (the World
+default); warm-start traces come from `traces.py`, the tokenizer corpus covers every name and
+question, and the report compares the router with the oracle, the best single model, random
+routing and the descriptor-only expert (`oracle.expected_rewards`), overall and per question type
+(`oracle.by_question_type`). `data.sim` sets train_size (default: the whole split, or
+`data.limit`), val_size, two_hop_fraction, split and heldout_size.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from router_r1.worlds.base import Item, Split, World, item
 from router_r1.worlds.sim.models import Simulation
-from router_r1.worlds.sim.oracle import expected_rewards
+from router_r1.worlds.sim.oracle import by_question_type, expected_rewards, question_type
 from router_r1.worlds.sim.traces import make_traces, tokenizer_corpus
 
 if TYPE_CHECKING:
@@ -27,23 +31,39 @@ if TYPE_CHECKING:
 class SimulatedWorld(World):
     """The simulated world of the pool file: the same world the pool's `simulated` backend serves."""
 
-    def __init__(self, sim: Simulation, train: list[Item], val: list[Item], cfg: RunConfig):
+    def __init__(self, sim: Simulation, train: list[Item], val: list[Item], cfg: RunConfig,
+                 heldout: list[Item] | None = None):
         self.sim, self._splits, self.cfg = sim, {"train": train, "val": val}, cfg
+        self.heldout = heldout or []
 
     @classmethod
     def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> SimulatedWorld:
-        sim = Simulation.from_pool(pool)
         opts, seed = cfg.data.sim, cfg.seed
+        # The split chooses which questions are train / val / test, never the knowledge base.
+        sim = Simulation.from_pool(pool, **({"split": opts.split} if opts.split else {}))
         frac = opts.two_hop_fraction
         n_train = opts.train_size if opts.train_size is not None else cfg.data.limit
         train = (sim.world.questions("train", n_train, frac, seed=seed) if n_train
                  else sim.world.questions("train", seed=seed))
         val = sim.world.questions("val", opts.val_size, frac, seed=seed)
-        return cls(sim, [item(q.id, q.text, q.golden_answers) for q in train],
-                   [item(q.id, q.text, q.golden_answers) for q in val], cfg)
+        heldout = (sim.world.questions("test", opts.heldout_size, frac, seed=seed)
+                   if sim.world.config.split == "question" and opts.heldout_size else [])
+        return cls(sim, *([item(q.id, q.text, q.golden_answers) for q in qs] for qs in (train, val)), cfg,
+                   [item(q.id, q.text, q.golden_answers) for q in heldout])
 
     def questions(self, split: Split) -> list[Item]:
         return self._splits[split]
+
+    def held_out(self) -> str:
+        if self.sim.world.config.split == "question":
+            return ("questions: no validation question is a training question, and every subject it names is named "
+                    "in training; held out entities: test questions about subjects no training question asks about")
+        return "entities: no validation question is about an entity a training question is about"
+
+    def extra_evals(self) -> dict[str, list[Item]]:
+        """Under the question split: the test split's questions about held-out entities (subjects
+        no training question asks about), the harder test beside validation."""
+        return {"held_out_entities": self.heldout} if self.heldout else {}
 
     def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
         return tokenizer_corpus(self.sim, n_traces=max(256, self.cfg.warmstart.num_traces),
@@ -59,3 +79,14 @@ class SimulatedWorld(World):
 
     def reference(self, items: Sequence[Item], reward: RewardConfig) -> dict[str, Any]:
         return expected_rewards(self.sim, [self.sim.world.question(it["id"]) for it in items], reward)
+
+    def by_type(self, items: Sequence[Item], rows: Sequence[dict[str, Any]],
+                reward: RewardConfig) -> dict[str, Any]:
+        """Per question type (single-hop, two-hop): the router's greedy rows (id, em, reward,
+        cost_usd, calls) beside every one-call policy, the expert and the oracle."""
+        out = by_question_type(self.sim, [self.sim.world.question(it["id"]) for it in items], reward)
+        for kind, table in out.items():
+            mine = [r for r in rows if question_type(self.sim.world.question(r["id"])) == kind]
+            table["router"] = {k: (sum(r[k] for r in mine) / len(mine) if mine else None)
+                               for k in ("em", "reward", "cost_usd", "calls")}
+        return out
