@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from router_r1.engines import weights
 from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, resolve_dtype,
                                      save_policy, train_tokenizer)
 from router_r1.infra import checkpoint
@@ -303,16 +304,29 @@ class Learner:
         return self.policy_version
 
     def publish_weights(self, version: int | None = None) -> list:
-        """Put the policy's CPU state dict into the Ray object store from here and return [ref].
+        """Put the policy's weights, in the policy dtype and in buckets of about
+        `learner.sync_bucket_mb` (router_r1.engines.weights), into the Ray object store from here;
+        return one ref per bucket. Tied tensors travel once.
 
-        Weights go learner -> object store -> rollout actors, never through the driver (a ref
-        nested in a list is not fetched by the caller's ray.get). Bumps `policy_version` by one,
-        or sets it to `version` when the driver numbers versions itself; see `version()`."""
+        Weights go learner -> object store -> rollout actors, never through the driver (refs
+        nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one,
+        or sets it to `version` when the driver numbers versions itself; see `version()`.
+        `last_publish()` gives the bytes, buckets and seconds of this publish."""
         import ray
 
-        ref = ray.put(self.state_dict())
+        t0 = time.perf_counter()
+        state = {k: _to_policy(v.detach(), self.dtype, "cpu")
+                 for k, v in weights.unique_tensors(self.model.lm.state_dict()).items()}
+        buckets = weights.bucket_state_dict(state, int(self.cfg.learner.sync_bucket_mb * weights.MB))
+        refs = [ray.put(b) for b in buckets]
         self.policy_version = self.policy_version + 1 if version is None else int(version)
-        return [ref]
+        self._last_publish = {"sync/bytes": float(weights.nbytes(state)), "sync/buckets": float(len(buckets)),
+                              "sync/publish_s": time.perf_counter() - t0}
+        return refs
+
+    def last_publish(self) -> dict[str, float]:
+        """sync/bytes, sync/buckets and sync/publish_s (cast + put) of the last publish_weights."""
+        return dict(getattr(self, "_last_publish", {}))
 
     def reset_reference(self) -> None:
         """Freeze a copy of the current policy, in the policy dtype, as the KL reference: no

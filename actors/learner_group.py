@@ -77,6 +77,11 @@ class LearnerGroup:
 
         return ray.get(self.rank0.publish_weights.remote(version))
 
+    def last_publish(self) -> dict[str, float]:
+        import ray
+
+        return ray.get(self.rank0.last_publish.remote())
+
     def version(self) -> int:
         import ray
 

@@ -14,16 +14,20 @@ the driver re-syncs it before re-issuing its episodes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from router_r1.engines.hf import HFGenerator
-from router_r1.engines.model import build_tiny_policy, load_policy, resolve_dtype, save_policy
+from router_r1.engines.model import build_tiny_policy, dtype_name, load_policy, load_tokenizer, resolve_dtype
+from router_r1.engines.weights import unique_tensors
 from router_r1.env.episode import Episode, run_episodes
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
 from router_r1.infra.config import RunConfig
@@ -34,18 +38,36 @@ log = logging.getLogger(__name__)
 Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
 
 
-def make_engine(kind: str, model, tokenizer, device: str, seed: int = 0):
-    """The generation engine behind `generate(prompts, ...)` and `load_state_dict(state)`."""
-    if kind == "transformers":
-        return HFGenerator(model, tokenizer, device=device)
-    if kind == "vllm":
-        from router_r1.engines.vllm import VLLMGenerator
+def make_vllm_engine(cfg: RunConfig, tokenizer=None, seed: int = 0):
+    """A vLLM engine in the policy dtype that starts from in-memory weights, never a weight file.
 
-        # vLLM loads from a folder; a policy built in memory is written once to a temp folder.
-        folder = tempfile.mkdtemp(prefix="router_r1_vllm_")
-        save_policy(model, tokenizer, folder)
-        return VLLMGenerator(folder, seed=seed)
-    raise ValueError(f"unknown rollout engine {kind!r}; choose 'transformers' or 'vllm'")
+    With `policy.checkpoint` vLLM reads the folder's config and tokenizer and starts with dummy
+    weights: the learner's arrive with the first sync (`set_weights`, before any rollout). A
+    tiny policy built from config is built here on CPU (the learner's initial weights), its
+    config and tokenizer alone go to a temp folder for vLLM to read, the weights are loaded in
+    memory with `load_buckets`, and the folder is removed."""
+    from router_r1.engines.vllm import VLLMGenerator
+
+    r = cfg.rollout
+    dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)
+    kw = dict(seed=seed, dtype=dtype_name(dtype), gpu_memory_utilization=r.gpu_memory_utilization,
+              tensor_parallel_size=r.tensor_parallel_size, max_model_len=r.max_model_len, load_format="dummy")
+    if cfg.policy.checkpoint:
+        return VLLMGenerator(cfg.policy.checkpoint, **kw)
+    if tokenizer is None:
+        raise ValueError("a vLLM engine for a tiny policy needs the learner's tokenizer")
+    model = build_tiny_policy(cfg.policy.tiny.model_dump(), tokenizer, seed=cfg.seed, dtype=dtype)
+    folder = Path(tempfile.mkdtemp(prefix="router_r1_vllm_"))
+    try:
+        model.config.save_pretrained(folder)
+        cfg_file = folder / "config.json"  # vLLM reads the architecture and sizes; dtype is passed
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "dtype": dtype_name(dtype)}))
+        tokenizer.save_pretrained(folder)
+        engine = VLLMGenerator(folder, **kw)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    engine.load_buckets([unique_tensors(model.state_dict())])
+    return engine
 
 
 class RolloutWorker:
@@ -67,30 +89,32 @@ class RolloutWorker:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)  # the learner publishes in it
-        if cfg.policy.checkpoint:
-            model, tok = load_policy(cfg.policy.checkpoint, device=device, dtype=dtype)
-        elif tokenizer is not None:
-            tok = tokenizer
-            model = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=dtype).to(device)
-        else:
+        if not cfg.policy.checkpoint and tokenizer is None:
             raise ValueError("a rollout worker needs cfg.policy.checkpoint or the learner's tokenizer")
-        model.eval()
-        self.tokenizer = tok
-        self.engine = make_engine(cfg.rollout.engine, model, tok, device, seed=cfg.seed + worker_index)
+        if cfg.rollout.engine == "vllm":
+            self.tokenizer = load_tokenizer(cfg.policy.checkpoint) if cfg.policy.checkpoint else tokenizer
+            self.engine = make_vllm_engine(cfg, tokenizer, seed=cfg.seed + worker_index)
+        elif cfg.rollout.engine == "transformers":
+            if cfg.policy.checkpoint:
+                model, tok = load_policy(cfg.policy.checkpoint, device=device, dtype=dtype)
+            else:
+                tok = tokenizer
+                model = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=dtype).to(device)
+            model.eval()
+            self.tokenizer = tok
+            self.engine = HFGenerator(model, tok, device=device)
+        else:
+            raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}; choose 'transformers' or 'vllm'")
         self.version = -1
         self.client = PoolClient(pool, run_id=run_id) if pool is not None else None
         self.route_calls = world_class(cfg.data).route_calls  # per class: no world data loaded here
 
     # -- weights -------------------------------------------------------------------------------
     def set_weights(self, refs: Sequence[Any], version: int) -> float:
-        """Load the learner's published state dict (ObjectRefs, or the dicts themselves in-process).
-        Returns the seconds it took (weight-sync time)."""
+        """Load the learner's published weight buckets (ObjectRefs, or the dicts themselves
+        in-process) into the engine in place, bucket by bucket. Returns the seconds it took."""
         t0 = time.perf_counter()
-        parts = _resolve(refs)
-        state: dict[str, torch.Tensor] = {}
-        for p in parts:
-            state.update(p)
-        self.engine.load_state_dict(state)
+        self.engine.load_buckets(_resolve(refs))
         self.version = int(version)
         return time.perf_counter() - t0
 

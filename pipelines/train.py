@@ -173,7 +173,9 @@ class Trainer:
         refs = self.learner.publish_weights()
         self.version = self.learner.version()  # the learner numbers its weights
         self.workers.sync(refs, self.version)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.last_sync = {**self.learner.last_publish(), "sync/seconds": seconds}
+        return seconds
 
     def rollouts(self, items: list[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
         for h in self.hooks:
@@ -314,7 +316,7 @@ class Trainer:
         bar = self._bar(range(self.step, cfg.train.steps), "train", total=cfg.train.steps, initial=self.step)
         for _ in bar:
             self.step += 1
-            sync_s = self.sync_weights()
+            self.sync_weights()
             t0 = time.perf_counter()
             items = self.stream.next_batch(n_questions)
             episodes = self.rollouts(items, group, seed=cfg.seed * 100_003 + self.step * 101)
@@ -324,7 +326,7 @@ class Trainer:
             m = self.update(episodes, scores)
             learner_s = time.perf_counter() - t1
             metrics = {**summarize(episodes, scores, self.spec), **_numeric(m),
-                       "time/weight_sync_s": sync_s, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
+                       **self.last_sync, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
                        "rollout/tokens_per_s": m["batch/policy_tokens"] / max(rollout_s, 1e-9),
                        "rollout/policy_tokens_per_episode": m["batch/policy_tokens"] / len(episodes),
                        "rollout/restarts": float(self.restarts)}

@@ -28,7 +28,8 @@ def test_cluster_train_config_maps_onto_node_types():
     for role, res in roles.items():
         assert res, f"{role} asks for no custom resource: it could land on the head"
         assert set(res) <= OFFERED, (role, res)
-    assert cfg.learner.num_gpus >= 1 and cfg.learner.bf16
+    # bf16 end to end: a bf16 policy, float32 master weights in the learner (autocast to bf16)
+    assert cfg.learner.num_gpus >= 1 and cfg.policy.dtype == "bfloat16" and cfg.learner.master_dtype == "float32"
     assert cfg.rollout.engine == "vllm" and cfg.rollout.num_gpus >= 1
     assert cfg.ray.address == "auto"
     assert cfg.load_pool().names  # the descriptor file resolves from the config's folder

@@ -182,7 +182,7 @@ class RouteTo:
                 else "<think> done </think><answer> Kestrel </answer>")
         return [Generation(ids=self.tokenizer.encode(text, add_special_tokens=False), text=text) for _ in contexts]
 
-    def load_state_dict(self, state):
+    def load_buckets(self, buckets):
         pass
 
 

@@ -57,7 +57,7 @@ class ScriptedEngine:
             out.append(Generation(new, [-0.5] * len(new), text))
         return out
 
-    def load_state_dict(self, state):
+    def load_buckets(self, buckets):
         pass
 
 

@@ -10,11 +10,12 @@ is `router_r1.engines.generation.Generation`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from router_r1.engines.generation import EOS, Generation, eos_ids
+from router_r1.engines.weights import copy_into
 from router_r1.env.protocol import STOP_STRINGS
 
 
@@ -134,3 +135,7 @@ class HFGenerator:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
+
+    def load_buckets(self, buckets: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Published weight buckets (router_r1.engines.weights) copied into the model in place."""
+        copy_into(self.model, buckets)

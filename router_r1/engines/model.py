@@ -125,6 +125,14 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
     return model.to(device), tok
 
 
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint folder alone (an engine that loads the weights itself)."""
+    tok = _load_tokenizer(check_checkpoint_dir(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _load_tokenizer(path: Path):
     """AutoTokenizer would pick the model family's tokenizer class (adding e.g. Qwen2's unk token);
     a tokenizer trained here is a plain fast tokenizer and is loaded as exactly that."""

@@ -15,7 +15,7 @@ extension class that calls the model's own `load_weights` (vLLM's RLHF weight-sy
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,10 @@ class VLLMGenerator:
     """Batched generation on vLLM. `model_dir` is a transformers checkpoint folder (with tokenizer)."""
 
     def __init__(self, model_dir: str | Path, seed: int = 0, gpu_memory_utilization: float = 0.4,
-                 dtype: str = "auto", max_model_len: int | None = None, tensor_parallel_size: int = 1):
+                 dtype: str = "auto", max_model_len: int | None = None, tensor_parallel_size: int = 1,
+                 load_format: str = "auto"):
+        """`load_format="dummy"`: vLLM reads only config and tokenizer from `model_dir` and starts
+        with random weights, for weights that arrive in memory (`load_buckets`) instead."""
         try:
             from vllm import LLM
         except ImportError as e:  # the optional `gpu` extra
@@ -53,6 +56,7 @@ class VLLMGenerator:
         self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), seed=seed, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
+                       load_format=load_format,
                        logprobs_mode="processed_logprobs", generation_config="vllm",
                        worker_extension_cls=f"{__name__}.WeightLoaderExtension")
         self.tokenizer = self.llm.get_tokenizer()
@@ -86,5 +90,12 @@ class VLLMGenerator:
         return gens
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.llm.collective_rpc("load_hf_state_dict", args=(state,))
+        self.load_buckets([state])
+
+    def load_buckets(self, buckets: Iterable[dict[str, Any]]) -> None:
+        """Published weight buckets (router_r1.engines.weights), one `collective_rpc` each: every
+        worker's model loads them in place with its own `load_weights` (which also fuses qkv /
+        gate-up and shards for tensor parallelism), so no message holds the whole model."""
+        for bucket in buckets:
+            self.llm.collective_rpc("load_hf_state_dict", args=(bucket,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights

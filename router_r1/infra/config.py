@@ -81,6 +81,18 @@ class RolloutConfig(_Section):
     max_restarts: int = 2
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU threads; None: Ray's (= num_cpus)
+    # vLLM engine (rollout.engine: vllm): the share of each GPU it may take (weights + KV cache)
+    # and the GPUs one engine spans; an actor needs num_gpus >= tensor_parallel_size.
+    gpu_memory_utilization: float = Field(default=0.4, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)  # None: the checkpoint's context length
+
+    @model_validator(mode="after")
+    def _tp_fits(self) -> RolloutConfig:
+        if self.engine == "vllm" and self.tensor_parallel_size > max(1.0, self.num_gpus):
+            raise ValueError(f"rollout.tensor_parallel_size {self.tensor_parallel_size} needs "
+                             f"rollout.num_gpus >= {self.tensor_parallel_size} (one GPU per shard)")
+        return self
 
 
 class LearnerConfig(_Section):
