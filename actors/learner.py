@@ -230,6 +230,16 @@ class Learner:
         if world_size > 1:
             self._wrap_ddp()
 
+    def write_storage_token(self, folder: str, token: str) -> tuple[str, str]:
+        """Write `token` to a file of this rank's in `folder` (the driver's shared-storage check,
+        router_r1.infra.preflight.check_shared_output_dir); returns (path, this node's IP)."""
+        import ray
+
+        path = Path(folder) / f"{token}.rank{self.rank}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+        return str(path), ray.util.get_node_ip_address()
+
     def rendezvous_address(self) -> tuple[str, int]:
         """(ip, free port) of this learner's node, for rank 0 to host the process group."""
         import socket
@@ -553,15 +563,19 @@ class Learner:
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
         """Everything needed to resume exactly: model (+ value head), reference, optimizers,
         scheduler, counters, RNG states; `extra` (JSON: cost-normaliser state, MLflow run id)
-        comes back from `load_checkpoint`. Rank 0 writes; others wait."""
+        comes back from `load_checkpoint`. `train.checkpoint_optimizer` / `checkpoint_reference`
+        false leave the optimizers / the reference out (smaller, not bit-exact on resume).
+        Rank 0 writes; others wait."""
+        tc = self.cfg.train
         if self.rank == 0:
             objects: dict[str, Any] = {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
-            if self.reference is not None:
+                "model": self.model.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
+            if tc.checkpoint_optimizer:
+                objects["optimizer"] = self.optimizer.state_dict()
+                if self.sft_optimizer is not None:
+                    objects["sft_optimizer"] = self.sft_optimizer.state_dict()
+            if self.reference is not None and tc.checkpoint_reference:
                 objects["reference"] = self.reference.state_dict()
-            if self.sft_optimizer is not None:
-                objects["sft_optimizer"] = self.sft_optimizer.state_dict()
             meta = {"extra": extra or {}, "algorithm": self.cfg.learner.algorithm, "step": self.step,
                     "sft_steps": self.sft_steps, "policy_version": self.policy_version}
             checkpoint.save(path, objects, step=self.step, meta=meta)
@@ -576,12 +590,13 @@ class Learner:
             raise CheckpointError(f"{path}: written by a {meta.get('algorithm')} learner, "
                                   f"this one runs {self.cfg.learner.algorithm}")
         self.model.load_state_dict(objects["model"])
+        self.reference = None  # none saved: the next update takes the resumed policy (if kl_coef > 0)
         if "reference" in objects:
             self.reset_reference()
-            self.reference.load_state_dict(objects["reference"])
-        else:
-            self.reference = None
-        self.optimizer.load_state_dict(objects["optimizer"])
+            if self.reference is not None:
+                self.reference.load_state_dict(objects["reference"])
+        if "optimizer" in objects:  # else AdamW restarts from zero moments
+            self.optimizer.load_state_dict(objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         if "sft_optimizer" in objects:
             self.sft_optimizer = self._new_sft_optimizer()

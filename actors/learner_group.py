@@ -70,6 +70,14 @@ class LearnerGroup:
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         return self._collective("load_checkpoint", path)
 
+    def write_storage_tokens(self, folder: str, token: str) -> list[tuple[str, str]]:
+        """Every rank's (path, node) of its token file (the shared-storage check)."""
+        import ray
+
+        refs = [a.write_storage_token.remote(folder, token) for a in self.actors]
+        self._all(refs)  # a failing rank raises at once
+        return ray.get(refs)
+
     # -- rank 0 ----------------------------------------------------------------------------------
     def publish_weights(self, version: int | None = None) -> list:
         """[ref] of rank 0's weights, put into the object store by rank 0 (ranks are identical)."""

@@ -258,6 +258,13 @@ class Trainer:
         """Rollout-actor restarts over the whole run (resumed runs included)."""
         return self._restarts_before + (self.workers.restarts if hasattr(self, "workers") else 0)
 
+    def check_shared_storage(self) -> None:
+        """Every learner writes a token into output_dir and the driver reads it back: checkpoints
+        are written on the learners' nodes and read here (router_r1.infra.preflight)."""
+        from router_r1.infra.preflight import check_shared_output_dir
+
+        check_shared_output_dir(self.run_dir, self.learner.write_storage_tokens)
+
     def set_aside_old_checkpoints(self) -> None:
         """A fresh run in a used output_dir: move the old run's checkpoints aside (never delete),
         so a later --resume cannot pick up a checkpoint of a different run."""
@@ -280,6 +287,7 @@ class Trainer:
         try:
             self.create_pool()
             self.create_learner()
+            self.check_shared_storage()
             self.create_rollout_workers()
             if self.resume:
                 path = self.load_checkpoint()

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 512}
 # Wall-clock and throughput metrics differ between runs by nature; everything else must not.
-TIMING = ("time/", "per_s", "step_time", "learner/tokens_per_s")
+TIMING = ("time/", "per_s", "step_time", "learner/tokens_per_s", "sync/seconds", "sync/publish_s")
 
 
 def tiny_config(out: Path, **over) -> dict:

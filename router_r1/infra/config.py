@@ -219,6 +219,12 @@ class TrainConfig(_Section):
     checkpoint_every: int = 5
     # Complete checkpoints kept under output_dir/checkpoints (the newest N); None: all of them.
     keep_checkpoints: int | None = Field(default=None, ge=1)
+    # What a learner checkpoint holds beside the model, scheduler, counters and RNG: AdamW state
+    # (2x the weights in the optimizer's dtype) and the KL reference (1x in policy.dtype). Without
+    # them a resume restarts AdamW's moments at zero / takes the resumed policy as the reference,
+    # and is no longer bit-exact with an uninterrupted run.
+    checkpoint_optimizer: bool = True
+    checkpoint_reference: bool = True
     sample_every: int = 5  # log sample trajectories every K steps
     eval_every: int = 0
 

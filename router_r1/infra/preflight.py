@@ -6,9 +6,11 @@ message fit to print as is. They read files and the environment only: no model i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from router_r1.engines.model import CheckpointError, check_checkpoint_dir
@@ -80,3 +82,33 @@ def check_resume(run_dir: str | Path) -> Path:
         raise CheckpointError(f"--resume: no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
     ckpt.verify(path)
     return path
+
+
+SHARED_STORAGE_HINT = ("output_dir must be shared storage that every learner node and the driver see at "
+                       "the same path (NFS, or a cloud bucket through a mounted path; docs/cluster.md)")
+
+
+def check_shared_output_dir(run_dir: Path, write: Callable[[str, str], list[tuple[str, str]]]) -> None:
+    """The learners write checkpoints into `run_dir` and the driver reads them back (resume,
+    pruning, the MLflow upload): a token file written by every learner (`write(folder, token)` ->
+    [(path, node), ...], one per rank) must be readable here, at once. Raises ValueError with one
+    line saying which node and why; removes the token files."""
+    import uuid
+
+    folder = Path(run_dir) / ".storage_check"
+    token = uuid.uuid4().hex
+    try:
+        written = write(str(folder), token)
+    except Exception as e:  # a Ray task error wrapping the learner's OSError
+        cause = e.__cause__ or e
+        raise ValueError(f"output_dir {run_dir} is not writable from the learner's node "
+                         f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}); "
+                         f"{SHARED_STORAGE_HINT}") from None
+    for path, node in written:
+        p = Path(path)
+        if not p.is_file() or p.read_text() != token:
+            raise ValueError(f"output_dir {run_dir}: a file the learner on node {node} wrote there is not "
+                             f"visible from the driver; {SHARED_STORAGE_HINT}")
+        p.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
