@@ -14,18 +14,26 @@ from router_r1.engines.hf import HFGenerator
 from router_r1.engines.model import load_policy
 
 
-def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu"):
+def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu", dtype: str = "auto",
+                   gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1):
     """(generator, tokenizer) for `engine` ("transformers" or "vllm") over a local checkpoint.
 
     The tokenizer returned is a private copy for the event loop (counting, truncating replies):
     a fast tokenizer's padding/truncation state is switched per call, so sharing one instance
-    with the generation thread lets a plain `encode` un-pad a batch mid-call."""
+    with the generation thread lets a plain `encode` un-pad a batch mid-call. `dtype` is the
+    policy's (policy.dtype; "auto": the checkpoint's own, passed to vLLM by name so that a
+    float32 checkpoint is not silently served in float16)."""
+    from router_r1.engines.model import dtype_name, resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, checkpoint)
     if engine == "vllm":  # the rollout engine (router_r1.engines.vllm), lazily imported
         from router_r1.engines.vllm import VLLMGenerator
 
-        gen = VLLMGenerator(checkpoint, gpu_memory_utilization=0.5)
+        gen = VLLMGenerator(checkpoint, dtype=dtype_name(torch_dtype), gpu_memory_utilization=gpu_memory_utilization,
+                            tensor_parallel_size=tensor_parallel_size)
         return gen, copy.deepcopy(gen.llm.get_tokenizer())
     if engine != "transformers":
         raise ValueError(f"unknown serve engine {engine!r}; use 'transformers' or 'vllm'")
-    model, tokenizer = load_policy(checkpoint, device=device)
+    model, tokenizer = load_policy(checkpoint, device=device, dtype=torch_dtype)
+    model.eval()
     return HFGenerator(model, tokenizer, device=device), copy.deepcopy(tokenizer)

@@ -130,7 +130,9 @@ class RouterDeployment:
             import torch
             torch.set_num_threads(cfg.serve.torch_threads)
         device = "cuda" if cfg.serve.num_gpus > 0 else "cpu"
-        self.generator, tokenizer = make_generator(cfg.serve.engine, checkpoint, device)
+        # In the policy dtype (policy.dtype, "auto": the served checkpoint's own), on GPU when given one.
+        self.generator, tokenizer = make_generator(cfg.serve.engine, checkpoint, device, dtype=cfg.policy.dtype,
+                                                   gpu_memory_utilization=cfg.serve.gpu_memory_utilization)
         self.pool = cfg.load_pool()
         # Serving replicas outlive the driver that deployed them, so the pool is detached.
         handle = get_or_create_pool(cfg.pool, cfg.pool_runtime, run_id=f"serve:{cfg.name}",

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "all"], default="all", help="replay sets: hash split")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto",
+                   help="llm:/prompt: routers run on this torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="llm:/prompt: routers' weights (default: the config's policy.dtype, 'auto': the checkpoint's own)")
     p.add_argument("--out", default=None, help="output folder (default: config eval.output_dir)")
     p.add_argument("--concurrency", type=int, default=None, help="calls in flight (default: config)")
     p.add_argument("--ray", action="store_true", help="call models through the ModelPool Ray actor")
@@ -95,7 +99,21 @@ def expand_policies(spec: str, pool: PoolSpec) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[str], concurrency: int) -> Policy:
+def resolve_device(device: str) -> str:
+    """`--device auto` is cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device here")
+    return device
+
+
+def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[str], concurrency: int,
+                device: str = "cpu", dtype: str | None = None) -> Policy:
+    """`device` and `dtype` ("auto": the checkpoint's own; None: the config's policy.dtype)
+    apply to llm:/prompt: routers."""
     if spec.startswith("single:") or spec in DIRECT_BASELINES:
         return make_direct_baseline(spec, pool, cfg.seed, concurrency, table_models)
     kind, _, arg = spec.partition(":")
@@ -111,8 +129,9 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         from router_r1.engines.model import load_policy
         from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
 
-        model, tok = load_policy(arg)
-        gen = HFGenerator(model, tok)
+        model, tok = load_policy(arg, device=device, dtype=dtype or cfg.policy.dtype)
+        model.eval()
+        gen = HFGenerator(model, tok, device=device)
         ep = cfg.episode
         # The prompt the router was trained with, saved beside it; a checkpoint that records none
         # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
@@ -280,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             if spec == "oracle" and table is None:
                 continue
             try:
-                policy = make_policy(spec, pool, cfg, table_models, concurrency)
+                policy = make_policy(spec, pool, cfg, table_models, concurrency,
+                                     device=resolve_device(args.device), dtype=args.dtype)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
                 print(f"router-r1 evaluate: policy {spec!r}: {e}", file=sys.stderr)
                 return 2

@@ -82,7 +82,9 @@ class Trainer:
         # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
         self.spec = cfg.load_pool().seen()
         self.world = world if world is not None else make_world(cfg, self.spec)
-        self.val_items = self.world.questions("val")
+        # data.val_size: the first N validation questions, whatever the world (None: all of them);
+        # greedy validation bills the candidate endpoints for every question it plays.
+        self.val_items = self.world.questions("val")[:cfg.data.val_size]
         self.stream = QuestionStream(self.world.questions("train"), cfg.seed)
         self.normalizer = make_normalizer(cfg.reward)
         self.tracker = make_tracker(cfg.mlflow)

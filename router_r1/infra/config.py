@@ -200,7 +200,7 @@ class DataConfig(_Section):
     limit: int | None = None
     sim: SimDataOptions = Field(default_factory=SimDataOptions)  # simulated-world options
     val_fraction: float = 0.1
-    # Replay worlds: the first N validation questions the driver plays greedily at the start and
+    # Every world: the first N validation questions the driver plays greedily at the start and
     # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
     val_size: int | None = Field(default=None, ge=1)
 
@@ -259,6 +259,7 @@ class ServeConfig(_Section):
     # Added for the serving app (issue 6).
     max_ongoing_requests: int = 64  # per replica; must cover max_batch_size for batching to fill
     engine: Literal["transformers", "vllm"] = "transformers"  # the router policy's generator
+    gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)  # vLLM: the replica's GPU share
     temperature: float = 0.0  # router sampling when the request gives none (greedy by default)
     max_turns_limit: int = 8  # largest per-request max_turns accepted
     max_new_tokens_limit: int = 512  # largest per-request max_tokens (per router turn) accepted
