@@ -206,17 +206,12 @@ class Learner:
         self.model.train()
         self.reference: PolicyWithValue | None = None
 
-        groups = [{"params": list(self.model.lm.parameters()), "lr": lc.lr}]
-        if self.model.value_head is not None:
-            groups.append({"params": list(self.model.value_head.parameters()), "lr": lc.vf_lr or lc.lr})
-        self.optimizer = torch.optim.AdamW(groups, lr=lc.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(lc.warmup_steps, cfg.train.steps, lc.lr_schedule))
+        self.rank, self.world_size = 0, 1
+        self._new_optimizer()
         self.sft_optimizer: torch.optim.Optimizer | None = None
         self.step = 0  # RL updates done
         self.sft_steps = 0
         self.policy_version = 0
-        self.rank, self.world_size = 0, 1
         self.ddp: nn.Module | None = None
         if dist.is_initialized() and dist.get_world_size() > 1:
             self._wrap_ddp()
@@ -250,10 +245,32 @@ class Learner:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
+    def _new_optimizer(self) -> None:
+        """AdamW over the LM (and value head, at `vf_lr`) and its LR schedule. With
+        `learner.shard_optimizer` and several ranks: torch's ZeroRedundancyOptimizer, each rank
+        keeping AdamW state for its shard of the parameters only and broadcasting its updated
+        shard after each step (ZeRO stage 1; the update equals the unsharded one)."""
+        lc = self.cfg.learner
+        groups = [{"params": list(self.model.lm.parameters()), "lr": lc.lr}]
+        if self.model.value_head is not None:
+            groups.append({"params": list(self.model.value_head.parameters()), "lr": lc.vf_lr or lc.lr})
+        if lc.shard_optimizer and self.world_size > 1:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            self.optimizer = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, lr=lc.lr)
+            for g in groups[1:]:
+                self.optimizer.add_param_group(g)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=lc.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(lc.warmup_steps, self.cfg.train.steps, lc.lr_schedule))
+
     def _wrap_ddp(self) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if self.cfg.learner.shard_optimizer:  # before any step: the group now exists to shard over
+            self._new_optimizer()
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # The value head gets no gradient in SFT steps, hence find_unused_parameters for PPO.
         self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None)
@@ -567,6 +584,8 @@ class Learner:
         false leave the optimizers / the reference out (smaller, not bit-exact on resume).
         Rank 0 writes; others wait."""
         tc = self.cfg.train
+        if tc.checkpoint_optimizer and hasattr(self.optimizer, "consolidate_state_dict"):
+            self.optimizer.consolidate_state_dict(to=0)  # ZeRO: every rank sends its shard to rank 0
         if self.rank == 0:
             objects: dict[str, Any] = {
                 "model": self.model.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state()}

@@ -134,6 +134,9 @@ class LearnerConfig(_Section):
     # not depend on it: an optimizer step holds micro_batch_size * grad_accum rows in all, split
     # over the learners, each running its part in micro-batches of at most micro_batch_size rows.
     num_learners: int = Field(default=1, ge=1)
+    # With num_learners > 1: AdamW state sharded over the learners (torch ZeroRedundancyOptimizer,
+    # ZeRO stage 1): 8 bytes per parameter become 8/N; weights and gradients stay whole on each.
+    shard_optimizer: bool = False
     # CPU threads for torch; None: what Ray gives (OMP_NUM_THREADS = num_cpus). The driver's step is
     # synchronous (rollouts, then the update), so a CPU learner may use cores its actor does not
     # reserve: the demo's learner (num_cpus 1) updates with 2 threads while the rollouts wait.
