@@ -160,7 +160,7 @@ def run(smoke: bool, out: Path) -> dict:
     figures["grpo_step"] = {
         "sequences": len(keep), "tokens": tokens, "seconds": step_s, "tokens_per_s": tokens / step_s,
         "achieved_tflops": flops / step_s / 1e12, "bf16_matmul_peak_tflops": peak,
-        "mfu": flops / step_s / 1e12 / peak, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+        "mfu": flops / step_s / 1e12 / peak, "learner_peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,  # this process: vLLM runs its own
         "loss": m["learner/loss"], "actor_kl": m.get("actor/kl"),
         "logp_diff_mean": m.get("rollout/logp_diff_mean"), "logp_diff_max": m.get("rollout/logp_diff_max")}
 
