@@ -160,15 +160,17 @@ def run(smoke: bool, out: Path) -> dict:
     figures["grpo_step"] = {
         "sequences": len(keep), "tokens": tokens, "seconds": step_s, "tokens_per_s": tokens / step_s,
         "achieved_tflops": flops / step_s / 1e12, "bf16_matmul_peak_tflops": peak,
-        "mfu": flops / step_s / 1e12 / peak, "learner_peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,  # this process: vLLM runs its own
+        "mfu": flops / step_s / 1e12 / peak,
+        # this process's (the learner's): vLLM's engine runs in its own process
+        "learner_peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
         "loss": m["learner/loss"], "actor_kl": m.get("actor/kl"),
         "logp_diff_mean": m.get("rollout/logp_diff_mean"), "logp_diff_max": m.get("rollout/logp_diff_max")}
 
     # -- weight sync after the update, then one served request on the same engine
     t0 = time.perf_counter()
-    engine.load_buckets(weights.bucket_state_dict(
-        {k: v.detach().to("cpu", dtype=learner.dtype) for k, v in weights.unique_tensors(learner.model.lm.state_dict()).items()},
-        int(cfg.learner.sync_bucket_mb * weights.MB)))
+    state = {k: v.detach().to("cpu", dtype=learner.dtype)
+             for k, v in weights.unique_tensors(learner.model.lm.state_dict()).items()}
+    engine.load_buckets(weights.bucket_state_dict(state, int(cfg.learner.sync_bucket_mb * weights.MB)))
     _sync(device)
     figures["sync"]["seconds_after_update"] = time.perf_counter() - t0
     spec = cfg.load_pool()
