@@ -167,3 +167,24 @@ def test_name_swap_renames_stated_entities_consistently(sim):
             stated1 = re.search(r"</information>\s*<think> .*? is (.*?)\. Now", b.response).group(1)
             assert stated1 in b.routes[1][1]
     assert changed > len(qs) // 2
+
+
+def test_subject_swap_gives_each_trace_a_fresh_subject_everywhere(sim):
+    qs = sim.world.questions("train", 60)
+    base = make_traces(sim, qs, seed=5, mix={"expert": 1.0})
+    swapped = make_traces(sim, qs, seed=5, mix={"expert": 1.0}, subject_swap=1.0)
+    assert [e.response for e in make_traces(sim, qs, seed=5, mix={"expert": 1.0})] == [e.response for e in base]
+    fresh = set()
+    for q, a, b in zip(qs, base, swapped):
+        old = sim.world.entities[q.subject]
+        assert b.meta["subject_swap"] and b.prompt == "" and old.name not in b.question + b.response
+        new = next(e for e in sim.world.by_kind(old.kind) if e.name in b.question)
+        fresh.add(new.name)
+        # Every mention moved: question, sub-questions, replies; the answer and models stay.
+        assert b.question == a.question.replace(old.name, new.name)
+        assert b.response == a.response.replace(old.name, new.name)
+        assert [m for m, _ in b.routes] == [m for m, _ in a.routes]
+        assert all(new.name in query for _, query in b.routes[:1])
+    assert len(fresh) > len(qs) // 2  # fresh names, not one stand-in
+    with pytest.raises(ValueError, match="subject_swap"):
+        make_traces(sim, qs, subject_swap=1.5)

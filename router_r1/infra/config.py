@@ -161,6 +161,10 @@ class WarmStartConfig(_Section):
     # Share of simulator traces whose replies' stated entities are renamed to random entities of
     # the same kind (router_r1.worlds.sim.traces.swap_stated_names): the router then writes every name.
     name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Share of simulator traces whose question's subject is renamed to another entity of its kind
+    # throughout (router_r1.worlds.sim.traces.swap_subject): fresh names in every trace, so names
+    # can only be written by copying them out of the question.
+    subject_swap: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("trace_mix")
     @classmethod

@@ -138,6 +138,23 @@ def swap_stated_names(ep: Episode, sim: Simulation, rng: random.Random) -> Episo
                    meta={**ep.meta, "name_swap": True, "em": 0.0})
 
 
+def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random) -> Episode:
+    """The same trace about another entity of the subject's kind: `old` (the question's subject)
+    is renamed everywhere, in the question, the sub-questions, the replies and the answer. The
+    facts become false; the text stays consistent. With one fresh name per trace the router cannot
+    tie a question's words to a remembered name: the only way to write the right name is to copy
+    it out of the question (docs/training.md, the demo's choices)."""
+    text = " ".join([ep.question, *(x.text for x in ep.segments)])
+    choices = [e.name for e in sim.world.by_kind(kind) if e.name != old and e.name not in text]
+    if not choices:
+        return ep
+    new = rng.choice(choices)
+    return Episode(uid=ep.uid, question=ep.question.replace(old, new), golden_answers=ep.golden_answers,
+                   prompt="", segments=[Segment(x.text.replace(old, new), x.origin) for x in ep.segments],
+                   calls=ep.calls, routes=[(m, q.replace(old, new)) for m, q in ep.routes], turns=ep.turns,
+                   done=True, meta={**ep.meta, "subject_swap": True})
+
+
 DEFAULT_MIX = {"expert": 0.6, "random": 0.4}
 
 
@@ -145,16 +162,19 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
                 instructions: str | None = None, compact: bool = False,
-                name_swap: float = 0.0) -> list[Episode]:
+                name_swap: float = 0.0, subject_swap: float = 0.0) -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
     40% random: the format and sensible routing, plus enough variety for RL to explore from).
-    A `name_swap` share of them have their stated names swapped (`swap_stated_names`)."""
+    A `name_swap` share of them have their stated names swapped (`swap_stated_names`), and a
+    `subject_swap` share their subject renamed (`swap_subject`): fresh names in every trace.
+    A swapped trace keeps no prompt: the rollout worker renders it from the renamed question."""
     mix = mix or DEFAULT_MIX
     bad = sorted(set(mix) - set(TRACE_POLICIES))
     if bad:
         raise ValueError(f"unknown trace policies {bad}; choose from {TRACE_POLICIES}")
-    if not 0.0 <= name_swap <= 1.0:
-        raise ValueError(f"name_swap must be in [0, 1], got {name_swap}")
+    if not (0.0 <= name_swap <= 1.0 and 0.0 <= subject_swap <= 1.0):
+        raise ValueError(f"name_swap and subject_swap must be in [0, 1], got {name_swap}, {subject_swap}")
+    subject_rng = random.Random(f"{seed}-subject-swap")
     rng, swap_rng = random.Random(seed), random.Random(f"{seed}-name-swap")
     names, weights = list(mix), list(mix.values())
     out = []
@@ -163,6 +183,9 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                         instructions=instructions, compact=compact)
         if name_swap and swap_rng.random() < name_swap:
             ep = swap_stated_names(ep, sim, swap_rng)
+        if subject_swap and subject_rng.random() < subject_swap:
+            subject = sim.world.entities[q.subject]
+            ep = swap_subject(ep, subject.name, subject.kind, sim, subject_rng)
         out.append(ep)
     return out
 

@@ -75,7 +75,8 @@ class SimulatedWorld(World):
         cfg, ws = self.cfg, self.cfg.warmstart
         qs = self.sim.world.questions("train", ws.num_traces, seed=cfg.seed + 1)
         return make_traces(self.sim, qs, mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
-                           compact=cfg.policy.compact_prompt, name_swap=ws.name_swap)
+                           compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
+                           subject_swap=ws.subject_swap)
 
     def reference(self, items: Sequence[Item], reward: RewardConfig) -> dict[str, Any]:
         return expected_rewards(self.sim, [self.sim.world.question(it["id"]) for it in items], reward)
