@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router_r1.infra.cli import error_line, parse_overrides
+from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides
 from router_r1.infra.config import load_config
 
 log = logging.getLogger("router_r1.sweep_alpha")
@@ -75,30 +75,20 @@ def train_one(config: str, alpha: float, out: Path, overrides: dict[str, Any], r
 
 
 def references(config: str, overrides: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The simulator's reference policies on the run's validation questions: EM, cost, calls."""
+    """The simulator's reference policies on the run's validation questions: EM, cost, calls
+    (router_r1.worlds.sim.oracle.reference_policies; EM and cost do not depend on alpha)."""
     from router_r1.worlds.base import make_world
-    from router_r1.worlds.sim.oracle import oracle_plan, score_plan
-    from router_r1.worlds.sim.plans import expert_plan
+    from router_r1.worlds.sim.oracle import reference_policies
 
     cfg = load_config(config, overrides)
     if cfg.data.kind != "simulated":
         return {}
     world = make_world(cfg, cfg.load_pool().seen())
     sim = world.sim
-    qs = [sim.world.question(it["id"]) for it in world.questions("val")]
-    rc = cfg.reward.model_copy(update={"alpha": 0.0})  # EM and cost do not depend on alpha
-
-    def stats(plans) -> dict[str, float]:
-        n = len(plans)
-        return {"em": sum(p.outcome for p in plans) / n, "cost_usd": sum(p.cost_usd for p in plans) / n,
-                "calls": sum(len(p.calls) for p in plans) / n}
-
-    out = {f"single: {m}": stats([score_plan(q, [sim.call(m, q.text)], rc) for q in qs]) for m in sim.names}
-    out["random"] = {k: sum(out[f"single: {m}"][k] for m in sim.names) / len(sim.names)
-                     for k in ("em", "cost_usd", "calls")}
-    out["expert (descriptors)"] = stats([score_plan(q, [c for _, c in expert_plan(sim, q)], rc) for q in qs])
-    out["oracle"] = stats([oracle_plan(sim, q, cfg.reward) for q in qs])
-    return out
+    rows = reference_policies(sim, [sim.world.question(it["id"]) for it in world.questions("val")], cfg.reward)
+    names = {**{f"single:{m}": f"single: {m}" for m in sim.names},
+             "random (one call)": "random", "expert": "expert (descriptors)", "oracle": "oracle"}
+    return {label: {k: rows[key][k] for k in ("em", "cost_usd", "calls")} for key, label in names.items()}
 
 
 def world_label(config: str, overrides: dict[str, Any]) -> str:
@@ -135,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/demo.yaml", help="run config YAML (default: the demo)")
     p.add_argument("--alphas", default="0,0.3,0.6,0.9", help="comma-separated alphas")
     p.add_argument("--out", default="outputs/alpha_sweep", help="folder for the runs, table, plot")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    add_overrides_argument(p, "train.steps=40")
     p.add_argument("--retrain", action="store_true", help="train again even where a run finished")
     return p
 

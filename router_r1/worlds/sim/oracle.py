@@ -136,29 +136,33 @@ def question_type(q: SimQuestion) -> str:
     return "two-hop" if q.two_hop else "single-hop"
 
 
+def reference_policies(sim: Simulation, questions: Sequence[SimQuestion], cfg: RewardConfig,
+                       normalizer: CostNormalizer | None = None) -> dict[str, dict[str, float]]:
+    """EM, reward, cost and calls per episode of the reference policies on `questions`: every
+    one-call policy (each model asked the whole question; random: their mean; the one-call
+    oracle: the best single call per question), the descriptor-only expert and the oracle (which
+    may call twice)."""
+    singles = {m: [score_plan(q, [sim.call(m, q.text)], cfg, normalizer) for q in questions] for m in sim.names}
+    best_one = [max((singles[m][i] for m in sim.names), key=lambda p: (p.reward, p.outcome, -p.cost_usd))
+                for i in range(len(questions))]
+    rows = {f"single:{m}": _stats(ps) for m, ps in singles.items()}
+    rows["random (one call)"] = {k: _mean([rows[f"single:{m}"][k] for m in sim.names])
+                                 for k in ("em", "reward", "cost_usd", "calls")}
+    rows["oracle (one call)"] = _stats(best_one)
+    rows["expert"] = _stats([score_plan(q, [c for _, c in expert_plan(sim, q)], cfg, normalizer)
+                             for q in questions])
+    rows["oracle"] = _stats([oracle_plan(sim, q, cfg, normalizer) for q in questions])
+    return rows
+
+
 def by_question_type(sim: Simulation, questions: Sequence[SimQuestion], cfg: RewardConfig,
                      normalizer: CostNormalizer | None = None) -> dict[str, dict]:
-    """The reference policies per question type ('single-hop', 'two-hop'): EM, reward and cost
-    of every one-call policy (each model asked the whole question; random: their mean; the
-    one-call oracle: the best single call per question), of the descriptor-only expert and of
-    the oracle (which may call twice), with their calls per episode."""
+    """`reference_policies` per question type ('single-hop', 'two-hop'), with each type's count."""
     out: dict[str, dict] = {}
     for kind in ("single-hop", "two-hop"):
         qs = [q for q in questions if question_type(q) == kind]
-        if not qs:
-            continue
-        singles = {m: [score_plan(q, [sim.call(m, q.text)], cfg, normalizer) for q in qs] for m in sim.names}
-        best_one = [max((singles[m][i] for m in sim.names), key=lambda p: (p.reward, p.outcome, -p.cost_usd))
-                    for i in range(len(qs))]
-        expert = [score_plan(q, [c for _, c in expert_plan(sim, q)], cfg, normalizer) for q in qs]
-        oracle = [oracle_plan(sim, q, cfg, normalizer) for q in qs]
-        rows = {f"single:{m}": _stats(ps) for m, ps in singles.items()}
-        rows["random (one call)"] = {k: _mean([rows[f"single:{m}"][k] for m in sim.names])
-                                     for k in ("em", "reward", "cost_usd", "calls")}
-        rows["oracle (one call)"] = _stats(best_one)
-        rows["expert"] = _stats(expert)
-        rows["oracle"] = _stats(oracle)
-        out[kind] = {"n": len(qs), "policies": rows}
+        if qs:
+            out[kind] = {"n": len(qs), "policies": reference_policies(sim, qs, cfg, normalizer)}
     return out
 
 
