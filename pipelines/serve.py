@@ -11,6 +11,8 @@ import argparse
 import sys
 import time
 
+from router_r1.infra.cli import add_overrides_argument
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router-r1 serve", description=__doc__.splitlines()[0])
@@ -18,8 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run config YAML (pool, pool_runtime, episode, serve, ray)")
     p.add_argument("--host", help="HTTP host (default: serve.host)")
     p.add_argument("--port", type=int, help="HTTP port (default: serve.port)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. serve.max_batch_size=1 (repeatable)")
+    add_overrides_argument(p, "serve.max_batch_size=1")
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
                    help="wait for Ctrl-C, then shut Serve down (default); --no-blocking returns "
                         "after deploying, leaving the app running on the cluster")

@@ -35,7 +35,7 @@ from router_r1.env.episode import Episode
 from router_r1.env.episode_metrics import EpisodeScore, score_episodes, summarize, trajectory_record
 from router_r1.env.reward import CostNormalizer, ReferenceCostNormalizer, make_normalizer
 from router_r1.infra import checkpoint as ckpt
-from router_r1.infra.cli import error_line, parse_overrides  # one override parser for every subcommand
+from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides  # one override parser for every subcommand
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.infra.tracking import make_tracker
 from router_r1.worlds.base import Item, QuestionStream, World, make_world
@@ -521,8 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router-r1 train", description="Train a router with RL on Ray.")
     p.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set learner.lr=1e-4 (repeatable)")
+    add_overrides_argument(p)
     p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -15,6 +15,13 @@ DEFAULT_POOL = "configs/pool_router_r1.yaml"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def add_overrides_argument(p: argparse.ArgumentParser, example: str = "learner.lr=1e-4") -> None:
+    """The `--set KEY=VALUE` option of every subcommand that loads a run config (parsed by
+    `parse_overrides`)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {example} (repeatable)")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`--set a.b=value` pairs, for every subcommand; values are parsed as YAML (numbers,
     booleans, lists, null), so `--set serve.max_batch_size=1` is the int 1 everywhere."""

@@ -48,8 +48,11 @@ class SimulatedWorld(World):
         val = sim.world.questions("val", opts.val_size, frac, seed=seed)
         heldout = (sim.world.questions("test", opts.heldout_size, frac, seed=seed)
                    if sim.world.config.split == "question" and opts.heldout_size else [])
-        return cls(sim, *([item(q.id, q.text, q.golden_answers) for q in qs] for qs in (train, val)), cfg,
-                   [item(q.id, q.text, q.golden_answers) for q in heldout])
+
+        def items(qs):
+            return [item(q.id, q.text, q.golden_answers) for q in qs]
+
+        return cls(sim, items(train), items(val), cfg, items(heldout))
 
     def questions(self, split: Split) -> list[Item]:
         return self._splits[split]
