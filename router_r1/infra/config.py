@@ -126,6 +126,10 @@ class LearnerConfig(_Section):
     # policy.dtype. None: the learner's weights and optimizer state are in policy.dtype.
     master_dtype: Literal["float32"] | None = None
     gradient_checkpointing: bool = False
+    # Rows that begin alike (the prompt's instructions and descriptors) run that shared prefix
+    # through the trunk once per micro-batch (actors/learner.PolicyWithValue): same logits and
+    # gradients, about half the compute on the demo. Off: every row runs whole.
+    share_prefix: bool = True
     # Published weights are cut into buckets of about this many MB, one object-store ref each.
     sync_bucket_mb: float = Field(default=256.0, gt=0)
     num_gpus: float = 0.0
