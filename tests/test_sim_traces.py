@@ -28,7 +28,7 @@ def sim() -> Simulation:
     return Simulation.from_pool(load_pool(ROOT / "configs" / "pool_simulated.yaml"))
 
 
-@pytest.mark.parametrize("policy", ["oracle", "expert", "random"])
+@pytest.mark.parametrize("policy", ["oracle", "expert", "random", "generalist"])
 @pytest.mark.parametrize("compact", [False, True])
 def test_traces_are_well_formed_and_copy_the_last_reply(sim, policy, compact):
     rng = random.Random(0)
@@ -188,3 +188,16 @@ def test_subject_swap_gives_each_trace_a_fresh_subject_everywhere(sim):
     assert len(fresh) > len(qs) // 2  # fresh names, not one stand-in
     with pytest.raises(ValueError, match="subject_swap"):
         make_traces(sim, qs, subject_swap=1.5)
+
+
+def test_generalist_traces_ask_the_model_best_over_all_domains_once():
+    """The sweep's pool: the generalist is the most accurate and the most expensive model; its
+    trace is one call with the whole question, the expert's goes to cheaper specialists."""
+    sim = Simulation.from_pool(load_pool(ROOT / "configs" / "pool_simulated_tradeoff.yaml"))
+    qs = sim.world.questions("train", 40)
+    general = [make_trace(sim, q, "generalist") for q in qs]
+    assert all(e.routes == [("Sim-General-Large", q.text)] for e, q in zip(general, qs))
+    expert = [make_trace(sim, q, "expert") for q in qs]
+    cost = lambda eps: sum(c.cost_usd for e in eps for c in e.calls)  # noqa: E731
+    em = lambda eps: sum(e.meta["em"] for e in eps)  # noqa: E731
+    assert cost(expert) < cost(general) / 3 and em(expert) < em(general)

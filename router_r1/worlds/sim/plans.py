@@ -9,7 +9,10 @@ another model, after a hedged or empty reply). The answer is what the last call 
   retries so warm-start traces show every move);
 * expert: what a router can learn from the descriptors alone: each (sub-)question goes to the
   cheapest model rated strong on its domain, two-hop questions are decomposed, and a hedged
-  reply is retried with the model strongest on that domain.
+  reply is retried with the model strongest on that domain;
+* generalist: the whole question, in one call, to the model with the best skill over all
+  domains, whatever it costs (quality bought at its price; warm-start traces that show it let
+  the cost weight alpha decide between it and the expert: `configs/sweep_alpha_sim.yaml`).
 The oracle, which also knows each model's per-fact knowledge, is in `oracle.py`.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import random
 
 from router_r1.worlds.sim.knowledge import SimQuestion
-from router_r1.worlds.sim.language import RELATIONS
+from router_r1.worlds.sim.language import DOMAINS, RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
 
 Plan = list[tuple[str, SimCall]]
@@ -76,3 +79,12 @@ def expert_plan(sim: Simulation, q: SimQuestion, retry: bool = True) -> Plan:
     if q.two_hop:
         return _two_hops(sim, q, ask)
     return ask(q.text, "direct", q.relations[0])
+
+
+def generalist_for(sim: Simulation) -> str:
+    """The model with the highest skill summed over every domain."""
+    return max(sim.names, key=lambda m: sum(sim.models[m].spec.p_know(d) for d in DOMAINS))
+
+
+def generalist_plan(sim: Simulation, q: SimQuestion) -> Plan:
+    return [("direct", sim.call(generalist_for(sim), q.text))]

@@ -33,10 +33,10 @@ from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
 from router_r1.worlds.sim.oracle import oracle_plan
-from router_r1.worlds.sim.plans import Plan, expert_plan, random_plan
+from router_r1.worlds.sim.plans import Plan, expert_plan, generalist_plan, random_plan
 
-TracePolicy = Literal["oracle", "expert", "random"]
-TRACE_POLICIES = ("oracle", "expert", "random")
+TracePolicy = Literal["oracle", "expert", "random", "generalist"]
+TRACE_POLICIES = ("oracle", "expert", "random", "generalist")
 NO_ANSWER = "unknown"  # answered when the last reply stated nothing
 
 
@@ -66,7 +66,7 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     policy 'oracle': the oracle's plan under `reward_cfg` (cheapest path to the gold answer);
     'expert': the cheapest model strong on each hop's domain, retrying a hedge with the
     strongest; 'random': models drawn at random, so traces also show wrong answers, hedges and
-    retries (see `plans.py`).
+    retries; 'generalist': one call to the model best over all domains (see `plans.py`).
     """
     rng = rng or random.Random(0)
     if policy == "oracle":
@@ -75,6 +75,8 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
         moves = expert_plan(sim, q, retry)
     elif policy == "random":
         moves = random_plan(sim, q, rng, decompose_p, retry)
+    elif policy == "generalist":
+        moves = generalist_plan(sim, q)
     else:
         raise ValueError(f"unknown trace policy {policy!r}; choose from {TRACE_POLICIES}")
     need = _need(q, sim)
