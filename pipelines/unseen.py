@@ -14,6 +14,9 @@
    share of calls per domain of the sub-question asked (router_r1.worlds.sim.unseen), and the
    descriptor-only expert and the oracle over both pools on the same questions.
 
+4. With `--rllib-iterations N`: the RLlib router (slot swap) on the same questions beside it
+   (`rllib_slot_swap`: the simulator's one-call outcomes as replay tables).
+
 Writes `--out/unseen.json` and `--out/table.md`. Simulated worlds only (`data.kind: simulated`):
 every figure is the simulator's and is labelled so.
 """
@@ -34,6 +37,7 @@ from router_r1.pool.descriptors import PoolSpec
 
 log = logging.getLogger("router_r1.unseen")
 WORLD = "simulator"
+RLLIB_TRAIN_QUESTIONS = 4000  # one-call outcomes of this many training questions for the RLlib router
 FIGURES = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok"),
            ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
 
@@ -146,6 +150,68 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
     return out
 
 
+def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -> dict[str, Any]:
+    """The RLlib router (router_r1.rl_router) on the same simulated questions: the simulator's
+    one-call outcomes exported as replay tables (router_r1.worlds.sim.replay_export; training
+    questions to train on, the validation questions above to play), trained without the held-out
+    models with shuffled slots (`router-r1 train-rllib --holdout --shuffle-slots`), then played
+    over the training pool and the whole pool. It sees each model's price, size and latency,
+    never its description, and asks each question whole (no sub-questions in replay)."""
+    import yaml
+
+    from pipelines import train_rllib
+    from pipelines.evaluate import _pool_target, load_dataset, make_policy, run_policy
+    from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
+    from router_r1.evaluation.report import aggregate, score_run
+    from router_r1.worlds.base import make_world
+    from router_r1.worlds.sim.models import Simulation
+    from router_r1.worlds.sim.replay_export import one_call_rows, replay_pool, write_table
+    from router_r1.worlds.sim.unseen import domain_shares
+
+    whole = cfg.load_pool()
+    held = unseen_models(whole)
+    world = make_world(cfg, whole.seen())
+    sim = Simulation(whole, world.sim.world)
+    d = out / "rllib"
+
+    def questions(items):
+        return [world.sim.world.question(it["id"]) for it in items]
+
+    train_path = write_table(one_call_rows(sim, questions(world.questions("train")[:RLLIB_TRAIN_QUESTIONS])),
+                             d / "train.parquet")
+    val_path = write_table(one_call_rows(sim, questions(world.questions("val")[:cfg.data.val_size])),
+                           d / "val.parquet")
+    rpool = replay_pool(whole, [train_path.resolve(), val_path.resolve()])
+    pool_file = d / "pool_replay.yaml"
+    pool_file.write_text(yaml.safe_dump(rpool.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
+    router = d / "router"
+    if retrain or not (router / "rllib_router.json").exists():
+        rc = train_rllib.main(["--pool", str(pool_file), "--data", str(train_path), "--split", "all",
+                               "--holdout", ",".join(held), "--shuffle-slots", "--alpha", str(cfg.reward.alpha),
+                               "--iterations", str(iterations), "--seed", str(cfg.seed), "--num-cpus",
+                               str(cfg.ray.num_cpus), "--out", str(router), "--no-mlflow"])
+        if rc:
+            raise ValueError(f"router-r1 train-rllib failed (exit {rc})")
+    _, items, table = load_dataset([val_path], "all", 0.2, cfg.seed, None)
+    norm = ReferenceCostNormalizer(cfg.reward.reference_cost_usd)
+    res: dict[str, Any] = {"iterations": json.loads((router / "rllib_router.json").read_text())["iterations"],
+                           "pools": {}}
+    for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
+        policy = make_policy(f"rllib:{router}", pool, cfg, table.models, 32)
+        runs = asyncio.run(run_policy(policy, items, _pool_target(pool, table, False, "unseen_rllib"), True))
+        rows = [score_run(it, r, pool, table.models) for it, r in zip(items, runs, strict=True)]
+        rewards = [compute_reward(r["format_ok"], r["accuracy"], r["cost_usd"], norm.score(r["cost_usd"]),
+                                  cfg.reward).reward for r in rows]
+        agg = aggregate(rows)
+        routes = [(m, it.question) for it, r in zip(items, rows) for m in r["models"]]
+        res["pools"][label] = {
+            "router": {"reward/mean": sum(rewards) / len(rewards), "outcome/em": agg["accuracy"],
+                       "format/ok_rate": agg["format_ok"], "cost/mean_usd": agg["cost_usd"],
+                       "calls/per_episode": agg["calls_per_q"]},
+            "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held}}
+    return res
+
+
 def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
     w, pools = res["world"], res["pools"]
     lines = [f"Greedy validation ({w}, seed {res['seed']}, {res['n_questions']} questions) of one router trained "
@@ -153,6 +219,10 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
              "| pool | " + " | ".join(name for _, name in FIGURES) + " |", "|---|" + "---:|" * len(FIGURES)]
     for label, p in pools.items():
         lines.append(f"| router, {label} ({w}) | " + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
+    rl = res.get("rllib", {}).get("pools", {})
+    for label, p in rl.items():
+        lines.append(f"| RLlib router (slot swap), {label} ({w}, one call) | "
+                     + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
     for label, p in pools.items():
         for ref in ("expert", "oracle"):
             r = p[ref]
@@ -163,7 +233,10 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
         rows = whole["shares"][m]
         lines += ["", f"Share of calls to {m} per domain of the sub-question ({w}, whole pool; calls in brackets):", "",
                   "| policy | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
-        for name, shares in ((f"router ({w})", rows), (f"expert ({w})", whole["expert_shares"][m])):
+        policies = [(f"router ({w})", rows), (f"expert ({w})", whole["expert_shares"][m])]
+        if rl:
+            policies.insert(1, (f"RLlib router, slot swap ({w}, one call)", rl["whole pool"]["shares"][m]))
+        for name, shares in policies:
             lines.append(f"| {name} | " + " | ".join(
                 f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in rows) + " |")
     if report:
@@ -184,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/unseen_sim", help="folder for the run and the table (default: %(default)s)")
     add_overrides_argument(p, "warmstart.steps=600")
     p.add_argument("--retrain", action="store_true", help="train again even where a run finished")
+    p.add_argument("--rllib-iterations", type=int, default=0,
+                   help="also train and play the RLlib router (slot swap) for this many PPO iterations (0: not)")
     return p
 
 
@@ -193,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     try:
+        if args.rllib_iterations < 0:
+            raise ValueError(f"--rllib-iterations must be >= 0, got {args.rllib_iterations}")
         cfg = run_config(args.config, out, parse_overrides(args.set))
         out.mkdir(parents=True, exist_ok=True)
         report = train(cfg, args.retrain)
         res = measure(cfg, Path(cfg.output_dir) / "policy")
+        if args.rllib_iterations:
+            res["rllib"] = rllib_slot_swap(cfg, out, args.rllib_iterations, args.retrain)
     except (ValueError, FileNotFoundError) as e:
         print(f"router-r1 unseen: {error_line(e)}", file=sys.stderr)
         return 2

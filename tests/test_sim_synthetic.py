@@ -183,3 +183,28 @@ def test_cli_refuses_a_pool_without_held_out_models(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "data.kind must be 'simulated'" in err[-1]
     assert not (tmp_path / "x").exists()
+
+
+def test_one_call_rows_are_the_simulators_replies(sim, tmp_path):
+    """The replay export: one row per (question, model) with the simulated reply, EM of the
+    answer it states, the backend's cost and the question's domain; the replay world reads it."""
+    from router_r1.worlds.replay.tables import ReplayTable
+    from router_r1.worlds.sim.replay_export import one_call_rows, replay_pool, write_table
+
+    qs = sim.world.questions("val", 6, seed=1)
+    rows = one_call_rows(sim, qs)
+    assert len(rows) == 6 * len(sim.names)
+    for r in rows:
+        q = next(q for q in qs if q.id == r["sample_id"])
+        c = sim.call(r["model"], q.text)
+        assert r["response"] == c.reply.text and r["cost"] == c.cost_usd and r["prompt"] == q.text
+        assert r["correct"] == float(c.reply.stated is not None and c.reply.stated.name in q.golden_answers)
+        assert r["eval_name"] == ("two-hop, asked whole" if q.two_hop else RELATIONS[q.relations[0]].domain)
+    path = write_table(rows, tmp_path / "t.parquet")
+    table = ReplayTable.from_files([path])
+    assert len(table) == 6 and sorted(table.models) == sorted(sim.names)
+    held = load_pool(UNSEEN_POOL)
+    rp = replay_pool(held, [path])
+    assert rp.names == held.names and rp.kinds() == {"replay"}
+    assert [m.description for m in rp.models] == [m.description for m in held.models]
+    assert rp.seen().names == ["Sim-Bio-Small", "Sim-Sci-Medium", "Sim-General-Large"]
