@@ -230,15 +230,15 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
                          f"{_f(r['calls'])} |")
     for m in res["held_out"]:
         whole = pools["whole pool"]
-        rows = whole["shares"][m]
-        lines += ["", f"Share of calls to {m} per domain of the sub-question ({w}, whole pool; calls in brackets):", "",
-                  "| policy | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
-        policies = [(f"router ({w})", rows), (f"expert ({w})", whole["expert_shares"][m])]
+        policies = [(f"router ({w})", whole["shares"][m]), (f"expert ({w})", whole["expert_shares"][m])]
         if rl:
             policies.insert(1, (f"RLlib router, slot swap ({w}, one call)", rl["whole pool"]["shares"][m]))
+        cols = list(dict.fromkeys(d for _, shares in policies for d in shares))  # the domains, then the rest
+        lines += ["", f"Share of calls to {m} per domain of the sub-question ({w}, whole pool; calls in brackets):", "",
+                  "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for name, shares in policies:
             lines.append(f"| {name} | " + " | ".join(
-                f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in rows) + " |")
+                f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in cols) + " |")
     if report:
         lines += ["", f"Training: {report.get('steps')} GRPO steps, {report.get('wall_s', 0):.0f} s."]
     lines += ["", f"Command: `{command}`"]
