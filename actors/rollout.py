@@ -165,10 +165,13 @@ class RolloutWorker:
         """Warm-start demonstrations (text written by a world, never sampled) as a batch, encoded
         here with the policy's tokenizer so that the driver never tokenises. A trace without prompt
         ids gets the prompt rollouts render (chat template, question tail), so supervised and RL
-        steps condition on the same prompt."""
+        steps condition on the same prompt. A trace that carries its own pool (`Episode.pool`: a
+        synthetic pool, router_r1.worlds.sim.synthetic) is rendered over that pool, with the same
+        options."""
         for e in traces:
             if not e.prompt_ids:
-                e.prompt, e.prompt_ids = self.prompt_ids(e.question)
+                e.prompt, e.prompt_ids = render_prompt_ids(self.tokenizer, e.pool or self.spec, e.question,
+                                                           self.prompt_options)
         return TrajectoryBatch.from_traces(traces, self.tokenizer, max_response_tokens)
 
 

@@ -85,6 +85,10 @@ class Episode:
     truncated: bool = False  # ended by the turn limit or a generation without a stop
     policy_version: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
+    # The candidate pool the prompt is rendered over when it is not the run's: a warm-start trace
+    # over a synthetic pool (router_r1.worlds.sim.synthetic), which teaches reading descriptors.
+    # None: the run's pool. Renderers pass it to `render_prompt_ids` with the run's PromptOptions.
+    pool: PoolSpec | None = None
 
     @property
     def response(self) -> str:

@@ -169,6 +169,10 @@ class WarmStartConfig(_Section):
     # throughout (router_r1.worlds.sim.traces.swap_subject): fresh names in every trace, so names
     # can only be written by copying them out of the question.
     subject_swap: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Share of simulator traces played over a random synthetic pool each, routed by the
+    # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so
+    # that a model unseen in training is called where its description says it is strong.
+    synthetic_pools: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("trace_mix")
     @classmethod

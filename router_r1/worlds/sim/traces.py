@@ -137,7 +137,7 @@ def swap_stated_names(ep: Episode, sim: Simulation, rng: random.Random) -> Episo
         routes[i + 1:] = [(m, q.replace(name, new)) for m, q in routes[i + 1:]]
     return Episode(uid=ep.uid, question=ep.question, golden_answers=ep.golden_answers, prompt=ep.prompt,
                    segments=segments, calls=ep.calls, routes=routes, turns=ep.turns, done=True,
-                   meta={**ep.meta, "name_swap": True, "em": 0.0})
+                   meta={**ep.meta, "name_swap": True, "em": 0.0}, pool=ep.pool)
 
 
 def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random) -> Episode:
@@ -154,7 +154,7 @@ def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.
     return Episode(uid=ep.uid, question=ep.question.replace(old, new), golden_answers=ep.golden_answers,
                    prompt="", segments=[Segment(x.text.replace(old, new), x.origin) for x in ep.segments],
                    calls=ep.calls, routes=[(m, q.replace(old, new)) for m, q in ep.routes], turns=ep.turns,
-                   done=True, meta={**ep.meta, "subject_swap": True})
+                   done=True, meta={**ep.meta, "subject_swap": True}, pool=ep.pool)
 
 
 DEFAULT_MIX = {"expert": 0.6, "random": 0.4}

@@ -13,12 +13,14 @@ routing and the descriptor-only expert (`oracle.expected_rewards`), overall and 
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from router_r1.worlds.base import Item, Split, World, item
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.oracle import by_question_type, expected_rewards, question_type
+from router_r1.worlds.sim.synthetic import synthetic_traces
 from router_r1.worlds.sim.traces import make_traces, tokenizer_corpus
 
 if TYPE_CHECKING:
@@ -69,17 +71,38 @@ class SimulatedWorld(World):
         return {"held_out_entities": self.heldout} if self.heldout else {}
 
     def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
-        return tokenizer_corpus(self.sim, n_traces=max(256, self.cfg.warmstart.num_traces),
-                                seed=self.cfg.seed, compact=compact)
+        """Every name and question, and prompts + traces over the training pool; with
+        `warmstart.synthetic_pools`, prompts + traces over synthetic pools too (their names'
+        parts), never a name of the pool file outside the training view."""
+        n = max(256, self.cfg.warmstart.num_traces)
+        texts = tokenizer_corpus(self.sim, n_traces=n, seed=self.cfg.seed, compact=compact)
+        share = self.cfg.warmstart.synthetic_pools
+        if share:
+            qs = self.sim.world.questions("train", max(64, round(share * n)), seed=self.cfg.seed)
+            texts += [ep.prompt + ep.response for ep in synthetic_traces(
+                self.sim, qs, seed=self.cfg.seed, reserved=self._reserved_names(), compact=compact)]
+        return texts
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
         """Traces over fresh training questions (seed + 1), rendered as text; the rollout worker
-        encodes them with the rollouts' own prompt ids."""
+        encodes them with the rollouts' own prompt ids. A `warmstart.synthetic_pools` share of
+        them is played over random synthetic pools (each trace carries its pool), shuffled in."""
         cfg, ws = self.cfg, self.cfg.warmstart
         qs = self.sim.world.questions("train", ws.num_traces, seed=cfg.seed + 1)
-        return make_traces(self.sim, qs, mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
-                           compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
-                           subject_swap=ws.subject_swap)
+        n_synth = round(ws.synthetic_pools * len(qs))
+        traces = make_traces(self.sim, qs[n_synth:], mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
+                             compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
+                             subject_swap=ws.subject_swap)
+        if n_synth:
+            traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self._reserved_names(),
+                                       compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap)
+            random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
+        return traces
+
+    def _reserved_names(self) -> list[str]:
+        """Every name and alias of the pool file, unseen models included: synthetic pools never
+        use them (a held-out model must not be written in training under its name)."""
+        return [k for m in self.cfg.load_pool().models for k in (m.name, *m.aliases)]
 
     def reference(self, items: Sequence[Item], reward: RewardConfig) -> dict[str, Any]:
         return expected_rewards(self.sim, [self.sim.world.question(it["id"]) for it in items], reward)

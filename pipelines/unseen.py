@@ -1,0 +1,292 @@
+"""`router-r1 unseen`: train without a model, then play the router with it added (issue #13, item 4).
+
+    router-r1 unseen --config configs/unseen_sim.yaml --out outputs/unseen_sim
+
+1. Trains a router on the config's pool file, whose held-out models (`seen_in_training: false`)
+   training never shows or calls (`router-r1 train`, in `--out/train`; a finished run is reused
+   unless `--retrain`).
+2. Plays the trained router greedily on the run's validation questions twice, in this process
+   through an in-process ModelPool: over the training pool (the descriptor file without the
+   held-out models, as training saw it) and over the whole pool (the held-out models added to
+   the descriptor file only; the weights are the same). Same prompt renderer and options as
+   training, same reward (stateless reference cost normaliser, as the trainer's evaluation).
+3. Reports reward, EM, format-ok, cost and calls per episode for both, each held-out model's
+   share of calls per domain of the sub-question asked (router_r1.worlds.sim.unseen), and the
+   descriptor-only expert and the oracle over both pools on the same questions.
+
+4. With `--rllib-iterations N`: the RLlib router (slot swap) on the same questions beside it
+   (`rllib_slot_swap`: the simulator's one-call outcomes as replay tables).
+
+Writes `--out/unseen.json` and `--out/table.md`. Simulated worlds only (`data.kind: simulated`):
+every figure is the simulator's and is labelled so.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides
+from router_r1.infra.config import RunConfig, load_config
+from router_r1.pool.descriptors import PoolSpec
+
+log = logging.getLogger("router_r1.unseen")
+WORLD = "simulator"
+RLLIB_TRAIN_QUESTIONS = 4000  # one-call outcomes of this many training questions for the RLlib router
+FIGURES = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok"),
+           ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
+
+
+def run_config(config: str, out: Path, overrides: dict[str, Any]) -> RunConfig:
+    """The config with its outputs under `out/train` (own pool actor name and ledger)."""
+    run = out / "train"
+    cfg = load_config(config, {**overrides, "output_dir": str(run), "pool_runtime.ledger_dir": str(run / "ledger"),
+                               "pool_runtime.actor_name": f"unseen_pool_{out.resolve().name}"})
+    if cfg.data.kind != "simulated":
+        raise ValueError(f"router-r1 unseen measures on the simulator: data.kind must be 'simulated', "
+                         f"got {cfg.data.kind!r}")
+    if not unseen_models(cfg.load_pool()):
+        raise ValueError(f"{cfg.pool}: no model is marked seen_in_training: false; hold one out of training")
+    if cfg.policy.checkpoint is None and cfg.warmstart.steps <= 0 and cfg.train.steps <= 0:
+        raise ValueError("nothing to train: a tiny policy needs warmstart.steps or train.steps")
+    return cfg
+
+
+def unseen_models(pool: PoolSpec) -> list[str]:
+    return [m.name for m in pool.models if not m.seen_in_training]
+
+
+def train(cfg: RunConfig, retrain: bool) -> dict[str, Any]:
+    """The training run's report (a finished run in the same folder is reused)."""
+    run = Path(cfg.output_dir)
+    done = run / "report.json"
+    if done.exists() and (run / "policy" / "config.json").exists() and not retrain:
+        log.info("reusing the finished run in %s", run)
+        return json.loads(done.read_text())
+    from pipelines.train import Trainer
+
+    return Trainer(cfg, progress=False).run()
+
+
+def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) -> list:
+    """Greedy episodes of the saved router over `pool` on `items`, in process: prompts rendered
+    with the policy's saved options, calls through an in-process ModelPool (no cache)."""
+    import torch
+
+    from actors.model_pool import PoolClient
+    from router_r1.engines.hf import HFGenerator
+    from router_r1.engines.model import load_policy
+    from router_r1.env.episode import Episode, run_episodes
+    from router_r1.env.prompt import load_prompt_options, render_prompt_ids
+    from router_r1.infra.config import PoolRuntimeConfig
+    from router_r1.pool.core import PoolCore
+
+    if cfg.learner.torch_threads:
+        torch.set_num_threads(cfg.learner.torch_threads)
+    model, tok = load_policy(policy_dir, device="cpu", dtype=cfg.policy.dtype)
+    model.eval()
+    gen = HFGenerator(model, tok, device="cpu")
+    options = load_prompt_options(policy_dir)
+    episodes = []
+    for it in items:
+        text, ids = render_prompt_ids(tok, pool, it["question"], options)
+        episodes.append(Episode(uid=f"{it['id']}#0", question=it["question"], golden_answers=list(it["golden_answers"]),
+                                prompt=text, prompt_ids=ids, meta={"group": str(it["id"])}))
+    ep = cfg.episode
+
+    def generate(contexts):
+        return gen.generate(contexts, max_new_tokens=ep.max_new_tokens, temperature=0.0, top_p=ep.top_p, seed=0)
+
+    async def go():
+        core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None, cache=False, num_cpus=0), run_id="unseen")
+        client = PoolClient(core)
+        try:
+            await run_episodes(episodes, generate, client.call, ep, pool, tok, pass_episode_id=True,
+                               max_context=gen.max_context)
+        finally:
+            await core.close()
+
+    asyncio.run(go())
+    return episodes
+
+
+def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
+    """Both pools' greedy figures, per-domain shares and reference policies (see the docstring)."""
+    from router_r1.env.episode_metrics import score_episodes, summarize
+    from router_r1.env.reward import ReferenceCostNormalizer
+    from router_r1.worlds.base import make_world
+    from router_r1.worlds.sim.models import Simulation
+    from router_r1.worlds.sim.oracle import reference_policies
+    from router_r1.worlds.sim.unseen import domain_shares, expert_routes
+
+    whole = cfg.load_pool()
+    held = unseen_models(whole)
+    world = make_world(cfg, whole.seen())  # the run's world and validation questions, as training built them
+    items = world.questions("val")[:cfg.data.val_size]
+    questions = [world.sim.world.question(it["id"]) for it in items]
+    out: dict[str, Any] = {"world": WORLD, "seed": cfg.seed, "n_questions": len(items), "held_out": held,
+                           "pools": {}}
+    for label, pool in (("training pool", whole.seen()), ("whole pool", whole)):
+        t0 = time.perf_counter()
+        eps = play(cfg, policy_dir, pool, items)
+        scores = score_episodes(eps, pool, cfg.reward, ReferenceCostNormalizer(cfg.reward.reference_cost_usd),
+                                world.outcomes(eps, pool))
+        sim = Simulation(pool, world.sim.world)
+        refs = reference_policies(sim, questions, cfg.reward)
+        routes = [r for e in eps for r in e.routes]
+        out["pools"][label] = {
+            "models": pool.names, "play_s": time.perf_counter() - t0,
+            "router": summarize(eps, scores, pool),
+            "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held},
+            "expert": refs["expert"], "oracle": refs["oracle"],
+            "expert_shares": ({m: domain_shares(expert_routes(sim, questions), m, whole, world.sim.world)
+                               for m in held} if label == "whole pool" else {}),
+            "samples": [{"question": e.question, "routes": e.routes, "response": e.response[:600]} for e in eps[:6]]}
+    return out
+
+
+def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -> dict[str, Any]:
+    """The RLlib router (router_r1.rl_router) on the same simulated questions: the simulator's
+    one-call outcomes exported as replay tables (router_r1.worlds.sim.replay_export; training
+    questions to train on, the validation questions above to play), trained without the held-out
+    models with shuffled slots (`router-r1 train-rllib --holdout --shuffle-slots`), then played
+    over the training pool and the whole pool. It sees each model's price, size and latency,
+    never its description, and asks each question whole (no sub-questions in replay)."""
+    import yaml
+
+    from pipelines import train_rllib
+    from pipelines.evaluate import _pool_target, load_dataset, make_policy, run_policy
+    from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
+    from router_r1.evaluation.report import aggregate, score_run
+    from router_r1.worlds.base import make_world
+    from router_r1.worlds.sim.models import Simulation
+    from router_r1.worlds.sim.replay_export import one_call_rows, replay_pool, write_table
+    from router_r1.worlds.sim.unseen import domain_shares
+
+    whole = cfg.load_pool()
+    held = unseen_models(whole)
+    world = make_world(cfg, whole.seen())
+    sim = Simulation(whole, world.sim.world)
+    d = out / "rllib"
+
+    def questions(items):
+        return [world.sim.world.question(it["id"]) for it in items]
+
+    train_path = write_table(one_call_rows(sim, questions(world.questions("train")[:RLLIB_TRAIN_QUESTIONS])),
+                             d / "train.parquet")
+    val_path = write_table(one_call_rows(sim, questions(world.questions("val")[:cfg.data.val_size])),
+                           d / "val.parquet")
+    rpool = replay_pool(whole, [train_path.resolve(), val_path.resolve()])
+    pool_file = d / "pool_replay.yaml"
+    pool_file.write_text(yaml.safe_dump(rpool.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
+    router = d / "router"
+    if retrain or not (router / "rllib_router.json").exists():
+        rc = train_rllib.main(["--pool", str(pool_file), "--data", str(train_path), "--split", "all",
+                               "--holdout", ",".join(held), "--shuffle-slots", "--alpha", str(cfg.reward.alpha),
+                               "--iterations", str(iterations), "--seed", str(cfg.seed), "--num-cpus",
+                               str(cfg.ray.num_cpus), "--out", str(router), "--no-mlflow"])
+        if rc:
+            raise ValueError(f"router-r1 train-rllib failed (exit {rc})")
+    _, items, table = load_dataset([val_path], "all", 0.2, cfg.seed, None)
+    norm = ReferenceCostNormalizer(cfg.reward.reference_cost_usd)
+    res: dict[str, Any] = {"iterations": json.loads((router / "rllib_router.json").read_text())["iterations"],
+                           "pools": {}}
+    for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
+        policy = make_policy(f"rllib:{router}", pool, cfg, table.models, 32)
+        runs = asyncio.run(run_policy(policy, items, _pool_target(pool, table, False, "unseen_rllib"), True))
+        rows = [score_run(it, r, pool, table.models) for it, r in zip(items, runs, strict=True)]
+        rewards = [compute_reward(r["format_ok"], r["accuracy"], r["cost_usd"], norm.score(r["cost_usd"]),
+                                  cfg.reward).reward for r in rows]
+        agg = aggregate(rows)
+        routes = [(m, it.question) for it, r in zip(items, rows) for m in r["models"]]
+        res["pools"][label] = {
+            "router": {"reward/mean": sum(rewards) / len(rewards), "outcome/em": agg["accuracy"],
+                       "format/ok_rate": agg["format_ok"], "cost/mean_usd": agg["cost_usd"],
+                       "calls/per_episode": agg["calls_per_q"]},
+            "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held}}
+    return res
+
+
+def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
+    w, pools = res["world"], res["pools"]
+    lines = [f"Greedy validation ({w}, seed {res['seed']}, {res['n_questions']} questions) of one router trained "
+             f"without {', '.join(res['held_out'])}, played over the training pool and over the whole pool.", "",
+             "| pool | " + " | ".join(name for _, name in FIGURES) + " |", "|---|" + "---:|" * len(FIGURES)]
+    for label, p in pools.items():
+        lines.append(f"| router, {label} ({w}) | " + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
+    rl = res.get("rllib", {}).get("pools", {})
+    for label, p in rl.items():
+        lines.append(f"| RLlib router (slot swap), {label} ({w}, one call) | "
+                     + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
+    for label, p in pools.items():
+        for ref in ("expert", "oracle"):
+            r = p[ref]
+            lines.append(f"| {ref}, {label} ({w}) | {_f(r['reward'])} | {_f(r['em'])} | - | {_f(r['cost_usd'])} | "
+                         f"{_f(r['calls'])} |")
+    for m in res["held_out"]:
+        whole = pools["whole pool"]
+        policies = [(f"router ({w})", whole["shares"][m]), (f"expert ({w})", whole["expert_shares"][m])]
+        if rl:
+            policies.insert(1, (f"RLlib router, slot swap ({w}, one call)", rl["whole pool"]["shares"][m]))
+        cols = list(dict.fromkeys(d for _, shares in policies for d in shares))  # the domains, then the rest
+        lines += ["", f"Share of calls to {m} per domain of the sub-question ({w}, whole pool; calls in brackets):", "",
+                  "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for name, shares in policies:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in cols) + " |")
+    if report:
+        lines += ["", f"Training: {report.get('steps')} GRPO steps, {report.get('wall_s', 0):.0f} s."]
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _f(x: Any) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router-r1 unseen", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/unseen_sim.yaml", help="run config YAML (default: %(default)s)")
+    p.add_argument("--out", default="outputs/unseen_sim", help="folder for the run and the table (default: %(default)s)")
+    add_overrides_argument(p, "warmstart.steps=600")
+    p.add_argument("--retrain", action="store_true", help="train again even where a run finished")
+    p.add_argument("--rllib-iterations", type=int, default=0,
+                   help="also train and play the RLlib router (slot swap) for this many PPO iterations (0: not)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    try:
+        if args.rllib_iterations < 0:
+            raise ValueError(f"--rllib-iterations must be >= 0, got {args.rllib_iterations}")
+        cfg = run_config(args.config, out, parse_overrides(args.set))
+        out.mkdir(parents=True, exist_ok=True)
+        report = train(cfg, args.retrain)
+        res = measure(cfg, Path(cfg.output_dir) / "policy")
+        if args.rllib_iterations:
+            res["rllib"] = rllib_slot_swap(cfg, out, args.rllib_iterations, args.retrain)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"router-r1 unseen: {error_line(e)}", file=sys.stderr)
+        return 2
+    res["train_report"] = report
+    table = markdown(res, report, "router-r1 unseen " + " ".join(argv))
+    (out / "unseen.json").write_text(json.dumps(res, indent=2))
+    (out / "table.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'table.md'}, {out / 'unseen.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
