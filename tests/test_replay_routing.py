@@ -133,3 +133,13 @@ def test_per_task_baseline_routes_by_task_from_train_labels(pool):
         make_per_task_baseline("per-task", pool, [], MODELS)
     with pytest.raises(ValueError, match="no training questions"):
         policy.choose(EvalItem("z:1", "q", [], ReplaySample("1", "z", "q"), "z"))
+
+
+def test_aggregate_call_share_hand_checked():
+    from router_r1.evaluation.report import aggregate
+
+    base = {"em": None, "f1": None, "accuracy": 1.0, "cost_usd": 0.0, "failed_calls": 0, "format_ok": True,
+            "latency_s": 0.0, "model_latency_s": 0.0}
+    rows = [{**base, "models": m, "calls": len(m)} for m in (["A"], ["A", "B"], ["A"], [])]
+    assert aggregate(rows)["call_share"] == {"A": 0.75, "B": 0.25}
+    assert list(aggregate(rows)["call_share"]) == ["A", "B"]  # most called first
