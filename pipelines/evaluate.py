@@ -6,7 +6,8 @@
 
 Policies (comma-separated): `single:<model>`, `singles` (every pool model), `random`, `cheapest`,
 `largest`, `most-expensive`, `oracle` (replay sets only: it picks by their labels; skipped on QA
-sets, with a note), `baselines` (all of those), `rllib:<dir>` (RLlib router),
+sets, with a note), `baselines` (all of those), `per-task[:margin]` (replay sets with --split val:
+one model per task, chosen from the labels of the train split), `rllib:<dir>` (RLlib router),
 `llm:<dir>` (an RL-trained router checkpoint), `prompt:<dir>` (an untrained LLM prompted with the
 descriptors), `openai:<model>@<base_url>` (prompt-only router behind an OpenAI-compatible
 completions endpoint). A bare directory is an RLlib router if it holds rllib_router.json, else an
@@ -30,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy,
-                                            make_direct_baseline)
+                                            make_direct_baseline, make_per_task_baseline)
 from router_r1.evaluation.report import aggregate, markdown_table, plot_frontier, quality, score_run
 from router_r1.infra.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.worlds.qa import load_qa
-from router_r1.worlds.replay.tables import (ReplayTable, is_replay_file, replay_call, resolve_data_path,
-                                            split_samples)
+from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, is_replay_file, replay_call,
+                                            resolve_data_path, split_samples)
 
 DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
 
@@ -111,11 +112,14 @@ def resolve_device(device: str) -> str:
 
 
 def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[str], concurrency: int,
-                device: str = "cpu", dtype: str | None = None) -> Policy:
+                device: str = "cpu", dtype: str | None = None,
+                train: list[ReplaySample] | None = None) -> Policy:
     """`device` and `dtype` ("auto": the checkpoint's own; None: the config's policy.dtype)
-    apply to llm:/prompt: routers."""
+    apply to llm:/prompt: routers; `train` (the replay train split) to `per-task`."""
     if spec.startswith("single:") or spec in DIRECT_BASELINES:
         return make_direct_baseline(spec, pool, cfg.seed, concurrency, table_models)
+    if spec == "per-task" or spec.startswith("per-task:"):
+        return make_per_task_baseline(spec, pool, train or [], table_models, concurrency)
     kind, _, arg = spec.partition(":")
     if not arg:  # a bare directory
         arg = spec
@@ -295,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
     for ds_name, items, table in datasets:
         table_models = table.models if table is not None else []
+        # per-task routing learns from the train split's labels: none when the whole file is evaluated
+        train = (split_samples(table.samples, "train", args.val_fraction, args.seed)
+                 if table is not None and args.split == "val" else None)
         for spec in specs:
             if spec == "oracle" and table is None:
                 continue
             try:
                 policy = make_policy(spec, pool, cfg, table_models, concurrency,
-                                     device=resolve_device(args.device), dtype=args.dtype)
+                                     device=resolve_device(args.device), dtype=args.dtype, train=train)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
                 print(f"router-r1 evaluate: policy {spec!r}: {e}", file=sys.stderr)
                 return 2

@@ -8,7 +8,8 @@ billed alike):
   DIRECT_PROMPT, with the short answer taken out of the reply): `single:<model>`,
   `random`, `cheapest`, `largest`, `most-expensive`, and `oracle` (best per question from the
   replay labels: the cheapest model that answered correctly, else the cheapest; RouterBench's
-  "Oracle" and the upper bound of any one-call router);
+  "Oracle" and the upper bound of any one-call router), and `per-task[:margin]` (one model per task,
+  chosen from the labels of a *training* split: router_r1.worlds.replay.routing);
 - `EpisodePolicy`: an LLM router (RL-trained checkpoint, or prompt-only: an untrained checkpoint or
   an OpenAI-compatible endpoint prompted with the descriptors) played by the episode machine;
 - the RLlib router lives in router_r1.rl_router and plugs in through `RLlibPolicy` there.
@@ -25,11 +26,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from router_r1.env.cost import call_cost, estimate_tokens
 from router_r1.env.episode import Episode, EpisodeConfig, GenerateFn, Tokenizer, run_episodes
 from router_r1.env.prompt import render_prompt
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.types import CallResult
+from router_r1.worlds.replay.routing import per_task_routes, sample_cost, task_stats
 from router_r1.worlds.replay.tables import ReplaySample, model_ids
 
 CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
@@ -153,15 +154,6 @@ def _stable_rng(seed: int, uid: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:8], "big"))
 
 
-def sample_cost(pool: PoolSpec, model: ModelDescriptor, sample: ReplaySample, column: str) -> float:
-    """What calling `model` on `sample` costs: the recorded cost, else priced from the descriptor."""
-    a = sample.answers.get(column)
-    if a is not None and a.cost is not None:
-        return a.cost
-    completion = estimate_tokens(a.response) if a is not None and a.response else 0
-    return call_cost(model, estimate_tokens(sample.prompt) + 6, completion)
-
-
 def oracle_choice(pool: PoolSpec, sample: ReplaySample, columns: dict[str, str]) -> str:
     """The cheapest model whose recorded answer is correct, else the cheapest model (ties: pool
     order). Only models the replay tables know are candidates."""
@@ -202,6 +194,25 @@ def make_direct_baseline(spec: str, pool: PoolSpec, seed: int = 0, concurrency: 
 
         return DirectPolicy("oracle", choose, concurrency)
     raise ValueError(f"unknown baseline {spec!r}; known: single:<model>, {', '.join(DIRECT_BASELINES)}")
+
+
+def make_per_task_baseline(spec: str, pool: PoolSpec, train: Sequence[ReplaySample],
+                           table_models: Sequence[str], concurrency: int = 32) -> DirectPolicy:
+    """`per-task[:margin]`: each question goes to its task's model, the cheapest whose accuracy on
+    the `train` samples is within `margin` (default 0: the most accurate) of the task's best
+    (router_r1.worlds.replay.routing.per_task_routes). Only `train`'s labels are read."""
+    _, _, arg = spec.partition(":")
+    margin = float(arg) if arg else 0.0
+    if not train:
+        raise ValueError(f"{spec}: needs the labels of a training split (router-r1 evaluate --split val)")
+    routes = per_task_routes(*task_stats(train, pool, table_models), margin)
+
+    def choose(item: EvalItem) -> str:
+        if item.sample is None or item.sample.eval_name not in routes:
+            raise ValueError(f"{spec}: no training questions of the task of {item.uid!r}")
+        return routes[item.sample.eval_name]
+
+    return DirectPolicy(f"per-task:{margin:g}", choose, concurrency)
 
 
 class EpisodePolicy:

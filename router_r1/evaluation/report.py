@@ -6,6 +6,7 @@ Ray-free: the pipeline (pipelines/evaluate.py) only adds I/O, the pool and MLflo
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["format_ok"] = _mean([float(r["format_ok"]) for r in rows]) or 0.0
     out["latency_s"] = _mean([r["latency_s"] for r in rows]) or 0.0
     out["model_latency_s"] = _mean([r["model_latency_s"] for r in rows]) or 0.0
+    # Which models the policy called: each model's share of all its calls, most called first.
+    called = Counter(m for r in rows for m in r["models"])
+    total = sum(called.values())
+    out["call_share"] = {m: c / total for m, c in called.most_common()}
     return out
 
 

@@ -158,10 +158,14 @@ class WarmStartConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = 16
     num_traces: int = 512
-    # Simulator traces: share of each demonstrated policy (router_r1.worlds.sim.traces.TRACE_POLICIES).
-    # None: the default mix (60% expert, 40% random). {random: 1.0} teaches the format, the moves
+    # Share of each demonstrated policy. Simulator (router_r1.worlds.sim.traces.TRACE_POLICIES):
+    # None is the default mix (60% expert, 40% random); {random: 1.0} teaches the format, the moves
     # and copying an answer out of <information>, but not which model to trust: that is left to RL.
+    # Replay (router_r1.worlds.replay.world.TRACE_POLICIES): `task` (default) or `per_task`.
     trace_mix: dict[str, float] | None = None
+    # Replay `per_task` traces: per task, the cheapest model whose training-split accuracy is within
+    # this margin of the task's best (router_r1.worlds.replay.routing.per_task_routes).
+    task_margin: float = Field(default=0.0, ge=0.0, le=1.0)
     # Share of simulator traces whose replies' stated entities are renamed to random entities of
     # the same kind (router_r1.worlds.sim.traces.swap_stated_names): the router then writes every name.
     name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -177,13 +181,15 @@ class WarmStartConfig(_Section):
     @field_validator("trace_mix")
     @classmethod
     def _known_policies(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        from router_r1.worlds.sim.traces import TRACE_POLICIES
+        from router_r1.worlds.replay.world import TRACE_POLICIES as REPLAY
+        from router_r1.worlds.sim.traces import TRACE_POLICIES as SIM
 
         if v is None:
             return v
-        bad = sorted(set(v) - set(TRACE_POLICIES))
+        bad = sorted(set(v) - set(SIM) - set(REPLAY))
         if bad:
-            raise ValueError(f"unknown trace policies {bad}; choose from {list(TRACE_POLICIES)}")
+            raise ValueError(f"unknown trace policies {bad}; choose from {list(SIM)} (simulator) "
+                             f"or {list(REPLAY)} (replay)")
         if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
             raise ValueError("trace_mix weights must be >= 0 with a positive sum")
         return v

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from router_r1.env.reward import RewardConfig, compute_reward, make_normalizer
-from router_r1.evaluation.baselines import sample_cost
+from router_r1.worlds.replay.routing import sample_cost
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.rl_router.features import FeatureSpec, assign_slots, hash_ngrams, observation, pool_features
 from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, model_ids, resolve_data_path,

@@ -11,16 +11,18 @@ prompts, warm-start traces and episode outcomes. Ray-free.
 - Outcome: the label of the called model's reply that the answer adopts
   (`router_r1.worlds.replay.tables.replay_outcome`, docs/evaluation.md), in place of EM against gold answers.
 - Warm start: well-formed one-call traces (think -> route -> recorded reply -> think -> answer
-  naming the called model, or repeating a short reply). The model is drawn per question with
-  weights that favour models accurate on the question's *task* (accuracy per `eval_name` on the
-  training split); the per-question label is never used, since a router cannot see it at test
-  time. Which of the good models is worth its price is left to RL (cost term of the reward).
+  naming the called model, or repeating a short reply). Each trace's model follows one of two
+  trace policies (`warmstart.trace_mix`), both from the training split's labels in aggregate per
+  task (`eval_name`), never a question's own label, which a router cannot see at test time:
+  `task` draws it with weights that favour models accurate on the task (the default);
+  `per_task` takes the task's per-task route (router_r1.worlds.replay.routing.per_task_routes:
+  the cheapest model within `warmstart.task_margin` of the task's best accuracy). A mix of the two
+  starts the router on the cost-aware per-task routing and leaves RL other routes to weigh.
 """
 from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from router_r1.env.protocol import information_block
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallResult
 from router_r1.worlds.base import Item, Split, World
+from router_r1.worlds.replay.routing import per_task_routes, task_stats
 from router_r1.worlds.replay.tables import (CallFn, ReplaySample, ReplayTable, model_ids, replay_call,
                                             replay_outcome, resolve_data_path, split_samples)
 
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
 TASK_WORDS = {"arc": "science multiple choice", "mbpp": "python code", "winogrande": "commonsense blank",
               "winograde": "commonsense blank", "gsm8k": "math word problem"}
 SHORT_REPLY_WORDS = 3  # replies this short may be repeated verbatim as the answer
+# Warm-start trace policies (module docstring); `warmstart.trace_mix` weighs them.
+TRACE_POLICIES = ("task", "per_task")
+DEFAULT_MIX = {"task": 1.0}
 
 
 def task_words(eval_name: str) -> str:
@@ -102,8 +108,9 @@ class ReplayWorld(World):
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
         cfg = self.cfg
-        return make_traces(self, pool, cfg.warmstart.num_traces, cfg.seed + 1,
-                           PromptOptions.from_policy(cfg.policy), cfg.episode.max_obs_tokens, tokenizer)
+        ws = cfg.warmstart
+        return make_traces(self, pool, ws.num_traces, cfg.seed + 1, PromptOptions.from_policy(cfg.policy),
+                           cfg.episode.max_obs_tokens, tokenizer, mix=ws.trace_mix, margin=ws.task_margin)
 
     @staticmethod
     def route_calls(call: CallFn, episodes: Sequence[Episode]) -> CallFn:
@@ -132,14 +139,11 @@ class ReplayWorld(World):
     def task_accuracy(self, pool: PoolSpec) -> dict[str, dict[str, float]]:
         """eval_name -> pool model -> accuracy on the training split (labels of train questions
         in aggregate only)."""
-        columns = model_ids(pool, self.table.models)
-        hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for s in self.train:
-            for name, col in columns.items():
-                a = s.answers.get(col)
-                if a is not None and a.response is not None:
-                    hits[s.eval_name][name].append(s.label(col))
-        return {t: {m: sum(v) / len(v) for m, v in per.items()} for t, per in hits.items()}
+        return task_stats(self.train, pool, self.table.models)[0]
+
+    def task_routes(self, pool: PoolSpec, margin: float) -> dict[str, str]:
+        """eval_name -> the per-task route learned from the training split (routing.per_task_routes)."""
+        return per_task_routes(*task_stats(self.train, pool, self.table.models), margin)
 
 
 def model_weights(acc: dict[str, float], temperature: float) -> dict[str, float]:
@@ -175,14 +179,24 @@ def make_trace(world: ReplayWorld, s: ReplaySample, model: str, pool: PoolSpec, 
 
 def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
                 options: PromptOptions = PromptOptions(compact=True), max_obs_tokens: int = 32,
-                tokenizer: Tokenizer | None = None, temperature: float = 0.1) -> list[Episode]:
-    """`n` traces over training questions (cycled in a seeded order); the model of each is drawn
-    from `model_weights` of its task's accuracy (see module docstring)."""
+                tokenizer: Tokenizer | None = None, temperature: float = 0.1,
+                mix: dict[str, float] | None = None, margin: float = 0.0) -> list[Episode]:
+    """`n` traces over training questions (cycled in a seeded order). Each trace's policy is drawn
+    from `mix` (TRACE_POLICIES; default all `task`): `task` draws the model from `model_weights`
+    of its task's accuracy, `per_task` takes the task's route at `margin` (module docstring; a
+    question the route's model has no reply to falls back to `task`)."""
+    mix = mix or DEFAULT_MIX
+    bad = sorted(set(mix) - set(TRACE_POLICIES))
+    if bad:
+        raise ValueError(f"unknown replay trace policies {bad}; choose from {list(TRACE_POLICIES)}")
     rng = random.Random(seed)
+    policy_rng = random.Random(f"{seed}-policy")  # its own stream: the default mix draws as before
     acc = world.task_accuracy(pool)
+    routes = world.task_routes(pool, margin) if mix.get("per_task") else {}
     columns = model_ids(pool, world.table.models)
     order = list(world.train)
     rng.shuffle(order)
+    names, weights = list(mix), list(mix.values())
     traces = []
     for i in range(n):
         s = order[i % len(order)]
@@ -190,8 +204,12 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
                   if (x := s.answers.get(columns[m])) is not None and x.response}
         if not usable:
             continue
-        w = model_weights(usable, temperature)
-        model = rng.choices(list(w), list(w.values()))[0]
+        policy = policy_rng.choices(names, weights)[0] if len(names) > 1 else names[0]
+        if policy == "per_task" and routes.get(s.eval_name) in usable:
+            model = routes[s.eval_name]
+        else:
+            w = model_weights(usable, temperature)
+            model = rng.choices(list(w), list(w.values()))[0]
         traces.append(make_trace(world, s, model, pool, rng, options, max_obs_tokens, tokenizer))
     return traces
 
