@@ -74,45 +74,29 @@ def train(cfg: RunConfig, retrain: bool) -> dict[str, Any]:
 
 
 def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) -> list:
-    """Greedy episodes of the saved router over `pool` on `items`, in process: prompts rendered
-    with the policy's saved options, calls through an in-process ModelPool (no cache)."""
+    """Greedy episodes of the saved router over `pool` on `items`, in process: `router-r1
+    evaluate`'s `llm:` policy (prompts rendered with the policy's saved options) at temperature
+    0, its calls through an in-process ModelPool (no cache)."""
     import torch
 
     from actors.model_pool import PoolClient
-    from router_r1.engines.hf import HFGenerator
-    from router_r1.engines.model import load_policy
-    from router_r1.env.episode import Episode, run_episodes
-    from router_r1.env.prompt import load_prompt_options, render_prompt_ids
-    from router_r1.infra.config import PoolRuntimeConfig
-    from router_r1.pool.core import PoolCore
+    from pipelines.evaluate import _pool_target, make_policy
+    from router_r1.evaluation.baselines import EvalItem
 
     if cfg.learner.torch_threads:
         torch.set_num_threads(cfg.learner.torch_threads)
-    model, tok = load_policy(policy_dir, device="cpu", dtype=cfg.policy.dtype)
-    model.eval()
-    gen = HFGenerator(model, tok, device="cpu")
-    options = load_prompt_options(policy_dir)
-    episodes = []
-    for it in items:
-        text, ids = render_prompt_ids(tok, pool, it["question"], options)
-        episodes.append(Episode(uid=f"{it['id']}#0", question=it["question"], golden_answers=list(it["golden_answers"]),
-                                prompt=text, prompt_ids=ids, meta={"group": str(it["id"])}))
-    ep = cfg.episode
-
-    def generate(contexts):
-        return gen.generate(contexts, max_new_tokens=ep.max_new_tokens, temperature=0.0, top_p=ep.top_p, seed=0)
+    greedy = cfg.model_copy(update={"episode": cfg.episode.model_copy(update={"temperature": 0.0})})
+    policy = make_policy(f"llm:{policy_dir}", pool, greedy, [], concurrency=max(1, len(items)))
+    evals = [EvalItem(f"{it['id']}#0", it["question"], list(it["golden_answers"])) for it in items]
 
     async def go():
-        core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None, cache=False, num_cpus=0), run_id="unseen")
-        client = PoolClient(core)
+        target = _pool_target(pool, None, use_ray=False, run_id="unseen")
         try:
-            await run_episodes(episodes, generate, client.call, ep, pool, tok, pass_episode_id=True,
-                               max_context=gen.max_context)
+            return await policy.play(evals, PoolClient(target).call)
         finally:
-            await core.close()
+            await target.close()
 
-    asyncio.run(go())
-    return episodes
+    return [e for e, _ in asyncio.run(go())]
 
 
 def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:

@@ -240,18 +240,24 @@ class EpisodePolicy:
         text, ids = self.render(it.question)
         return Episode(it.uid, it.question, it.golden_answers, text, prompt_ids=list(ids))
 
-    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
-        out: list[PolicyRun] = []
+    async def play(self, items: Sequence[EvalItem], call: CallFn) -> list[tuple[Episode, float]]:
+        """The finished episodes of `items`, played in batches, each with its share of its batch's
+        wall time (what `run` reports, and what `router-r1 unseen` scores and counts routes in)."""
+        out: list[tuple[Episode, float]] = []
         for i in range(0, len(items), self.batch_size):
-            chunk = items[i:i + self.batch_size]
-            eps = [self.episode(it) for it in chunk]
+            eps = [self.episode(it) for it in items[i:i + self.batch_size]]
             t0 = time.perf_counter()
             await run_episodes(eps, self.generate, call, self.cfg, self.pool, self.tokenizer,
                                pass_episode_id=True, max_context=self.max_context)
-            wall = (time.perf_counter() - t0) / max(1, len(chunk))
-            for e in eps:
-                parsed = e.parsed(self.pool)
-                out.append(PolicyRun(parsed.answer, list(e.calls), parsed.format_ok and not e.truncated,
-                                     wall, {"turns": e.turns, "routes": [m for m, _ in e.routes],
-                                            "response": e.response[-2000:]}))
+            wall = (time.perf_counter() - t0) / max(1, len(eps))
+            out += [(e, wall) for e in eps]
+        return out
+
+    async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
+        out: list[PolicyRun] = []
+        for e, wall in await self.play(items, call):
+            parsed = e.parsed(self.pool)
+            out.append(PolicyRun(parsed.answer, list(e.calls), parsed.format_ok and not e.truncated,
+                                 wall, {"turns": e.turns, "routes": [m for m, _ in e.routes],
+                                        "response": e.response[-2000:]}))
         return out
