@@ -3,9 +3,6 @@ kill-and-resume determinism, refusal of a corrupt checkpoint, and a rollout acto
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pytest
 import yaml
 
 from router_r1.infra.config import load_config
+from train_cli import run_train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -63,12 +61,7 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
                                    "data.sim": {"val_size": 4, "split": "question", "heldout_size": 4}})
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "train", "--config", str(cfg_file),
-                           "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_train_cli(cfg_file, tmp_path, 300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "router-r1 train: 2 steps" in proc.stdout and "of the oracle" in proc.stdout
     assert "validation holds out questions" in proc.stdout and "held out entities (4 questions" in proc.stdout

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,6 +17,7 @@ import yaml
 
 from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
 from router_r1.infra.redact import leaks
+from train_cli import run_train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "ROUTER_R1_TEST_PLANTED_KEY"  # planted by conftest
@@ -55,13 +54,8 @@ def test_no_part_of_the_key_in_any_artifact_of_a_train_run(tmp_path, fake_openai
         }
         cfg_file = tmp_path / "run.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-               "RAY_TMPDIR": str(ray_tmp), KEY_ENV: key}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "train", "--config", str(cfg_file),
-                               "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=400)
+        proc = run_train_cli(cfg_file, tmp_path, 400, (ROOT, ROOT / "tests"), RAY_TMPDIR=str(ray_tmp),
+                             **{KEY_ENV: key})
         assert proc.returncode == 0, proc.stderr[-3000:]
         # The router really called the candidate, with the key, and the server echoed it back.
         echoed = [r for r in fake_openai.log if r["model"] == "Live" and r["bearer"]]
