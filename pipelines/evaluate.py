@@ -165,8 +165,8 @@ def _llm_name(kind: str, arg: str) -> str:
 
 
 # -- running ----------------------------------------------------------------------------------
-def _pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id: str,
-                 actor_cpus: float = 0.5):
+def pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id: str,
+                actor_cpus: float = 0.5):
     """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
     repeated question must be billed again, as a deployed policy would be."""
     from router_r1.pool.backends.replay import ReplayBackend
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"router-r1 evaluate: policy {spec!r}: {e}", file=sys.stderr)
                 return 2
             run_id = re.sub(r"[^A-Za-z0-9_]", "_", f"{ds_name}_{policy.name}")[:60]
-            target = _pool_target(pool, table, args.ray, run_id)
+            target = pool_target(pool, table, args.ray, run_id)
             t0 = time.perf_counter()
             runs = asyncio.run(run_policy(policy, items, target, table is not None))
             wall = time.perf_counter() - t0

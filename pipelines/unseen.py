@@ -80,7 +80,7 @@ def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) ->
     import torch
 
     from actors.model_pool import PoolClient
-    from pipelines.evaluate import _pool_target, make_policy
+    from pipelines.evaluate import pool_target, make_policy
     from router_r1.evaluation.baselines import EvalItem
 
     if cfg.learner.torch_threads:
@@ -90,7 +90,7 @@ def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) ->
     evals = [EvalItem(f"{it['id']}#0", it["question"], list(it["golden_answers"])) for it in items]
 
     async def go():
-        target = _pool_target(pool, None, use_ray=False, run_id="unseen")
+        target = pool_target(pool, None, use_ray=False, run_id="unseen")
         try:
             return await policy.play(evals, PoolClient(target).call)
         finally:
@@ -144,7 +144,7 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -
     import yaml
 
     from pipelines import train_rllib
-    from pipelines.evaluate import _pool_target, load_dataset, make_policy, run_policy
+    from pipelines.evaluate import pool_target, load_dataset, make_policy, run_policy
     from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
     from router_r1.evaluation.report import aggregate, score_run
     from router_r1.worlds.base import make_world
@@ -182,7 +182,7 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -
                            "pools": {}}
     for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
         policy = make_policy(f"rllib:{router}", pool, cfg, table.models, 32)
-        runs = asyncio.run(run_policy(policy, items, _pool_target(pool, table, False, "unseen_rllib"), True))
+        runs = asyncio.run(run_policy(policy, items, pool_target(pool, table, False, "unseen_rllib"), True))
         rows = [score_run(it, r, pool, table.models) for it, r in zip(items, runs, strict=True)]
         rewards = [compute_reward(r["format_ok"], r["accuracy"], r["cost_usd"], norm.score(r["cost_usd"]),
                                   cfg.reward).reward for r in rows]

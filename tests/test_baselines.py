@@ -21,12 +21,12 @@ def world(tmp_path):
 
 
 def evaluate(world, spec: str, seed: int = 0):
-    from pipelines.evaluate import _pool_target, run_policy
+    from pipelines.evaluate import pool_target, run_policy
     from router_r1.evaluation.baselines import make_direct_baseline
 
     pool, items, table = world
     policy = make_direct_baseline(spec, pool, seed, 4, table.models)
-    runs = asyncio.run(run_policy(policy, items, _pool_target(pool, table, False, "t"), True))
+    runs = asyncio.run(run_policy(policy, items, pool_target(pool, table, False, "t"), True))
     rows = [score_run(i, r, pool, table.models) for i, r in zip(items, runs)]
     return policy.name, rows, aggregate(rows)
 
@@ -82,11 +82,11 @@ def test_pareto_frontier_excludes_dominated_and_oracle():
 def test_same_numbers_through_the_ray_actor(world, ray_local):
     import ray
 
-    from pipelines.evaluate import _pool_target, run_policy
+    from pipelines.evaluate import pool_target, run_policy
     from router_r1.evaluation.baselines import make_direct_baseline
 
     pool, items, table = world
-    actor = _pool_target(pool, table, True, "ray_baseline_test", actor_cpus=0)
+    actor = pool_target(pool, table, True, "ray_baseline_test", actor_cpus=0)
     try:
         runs = asyncio.run(run_policy(make_direct_baseline("oracle", pool, table_models=table.models),
                                       items, actor, True))

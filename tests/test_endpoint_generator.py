@@ -21,7 +21,7 @@ def test_restore_stop():
 
 
 def test_prompt_only_router_over_http(tmp_path):
-    from pipelines.evaluate import _pool_target, load_dataset, run_policy
+    from pipelines.evaluate import pool_target, load_dataset, run_policy
     from router_r1.evaluation.baselines import EpisodePolicy
     from router_r1.evaluation.report import score_run
 
@@ -50,7 +50,7 @@ def test_prompt_only_router_over_http(tmp_path):
             _, items, table = load_dataset([csv], "all", 0.2, 0, None)
             gen = CompletionsGenerator(f"http://127.0.0.1:{port}/v1", "router", EpisodeConfig(max_turns=2))
             policy = EpisodePolicy("prompt:router", gen.generate, pool, EpisodeConfig(max_turns=2))
-            runs = await run_policy(policy, items, _pool_target(pool, table, False, "ep"), True)
+            runs = await run_policy(policy, items, pool_target(pool, table, False, "ep"), True)
             return pool, items, table, runs
         finally:
             await runner.cleanup()

@@ -131,14 +131,14 @@ def test_real_routerbench_tables(shared_data_dir):
 
 
 def test_real_routerbench_through_the_pool(shared_data_dir):
-    from pipelines.evaluate import _pool_target, load_dataset, run_policy
+    from pipelines.evaluate import pool_target, load_dataset, run_policy
     from router_r1.evaluation.baselines import make_direct_baseline
 
     pool = load_pool(Path(__file__).parents[1] / "configs" / "pool_routerbench.yaml")
     name, items, table = load_dataset([shared_data_dir / "routerbench" / "mbpp_train.csv"], "val", 0.2, 0, 12)
     assert name == "mbpp_train[val]" and len(items) == 12
     runs = asyncio.run(run_policy(make_direct_baseline("single:gpt-4-1106-preview", pool), items,
-                                  _pool_target(pool, table, False, "real"), True))
+                                  pool_target(pool, table, False, "real"), True))
     for it, r in zip(items, runs):
         rec = it.sample.answers["gpt-4-1106-preview"]
         assert r.answer == rec.response and r.calls[0].cost_usd == pytest.approx(rec.cost)

@@ -89,7 +89,7 @@ def test_hash_ngrams_is_stable_and_normalised():
 
 def test_train_load_route_and_evaluate(tiny, tmp_path, ray_local):
     from pipelines import train_rllib
-    from pipelines.evaluate import _pool_target, load_dataset, run_policy
+    from pipelines.evaluate import pool_target, load_dataset, run_policy
     from router_r1.evaluation.report import aggregate, score_run
     from router_r1.rl_router.eval_policy import RLlibPolicy
     from router_r1.rl_router.router import RLlibRouter
@@ -119,7 +119,7 @@ def test_train_load_route_and_evaluate(tiny, tmp_path, ray_local):
 
     _, items, table = load_dataset([csv], "all", 0.2, 0, None)
     policy = RLlibPolicy.load(out, pool)
-    runs = asyncio.run(run_policy(policy, items, _pool_target(pool, table, False, "rl"), True))
+    runs = asyncio.run(run_policy(policy, items, pool_target(pool, table, False, "rl"), True))
     s = aggregate([score_run(i, r, pool, table.models) for i, r in zip(items, runs)])
     assert s["n"] == 4 and 1 <= s["calls_per_q"] <= 2 and s["cost_usd"] > 0
     assert 0.0 <= s["accuracy"] <= 1.0
