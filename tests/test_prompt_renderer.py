@@ -81,7 +81,7 @@ def test_options_round_trip_and_old_checkpoints(tmp_path):
     pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
     tok = train_tokenizer(corpus(pool), 300)
     model = build_tiny_policy(TINY, tok)
-    opts = PromptOptions(compact=True, max_question_tokens=12, use_chat_template=False)
+    opts = PromptOptions(compact=True, max_question_tokens=12, use_chat_template=False, name_last=True)
     save_policy(model, tok, tmp_path / "new", extra={"step": 3}, prompt_options=opts)
     assert load_prompt_options(tmp_path / "new") == opts
     assert json.loads((tmp_path / "new" / "router_r1.json").read_text())["step"] == 3
@@ -94,6 +94,21 @@ def test_options_round_trip_and_old_checkpoints(tmp_path):
     (tmp_path / "old" / "router_r1.json").write_text(json.dumps({"prompt": {"compact": True, "tail": 3}}))
     with pytest.raises(ValueError, match="invalid prompt options"):
         load_prompt_options(tmp_path / "old", default=fallback)
+
+
+def test_name_last_lines_end_with_the_name():
+    pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
+    text = render_prompt(pool, "Who coaches Drithus Wolves?", compact=True, name_last=True)
+    assert ("- $0.10/1M tokens. Strong on geography and sports; weak on people, science and arts. "
+            "Name: Sim-Geo-Small\n") in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert [ln.rsplit("Name: ", 1)[1] for ln in lines] == pool.names
+    # Without it (and in the full prompt, which has no short lines) the name comes first.
+    assert "- Sim-Geo-Small: $0.10/1M tokens. Strong on" in render_prompt(pool, "q", compact=True)
+    assert render_prompt(pool, "q", name_last=True) == render_prompt(pool, "q")
+    cfg = load_config(None, {"policy.compact_prompt": True, "policy.name_last": True})
+    opts = PromptOptions.from_policy(cfg.policy)
+    assert opts.name_last and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
 
 
 # -- the four consumers render the same ids -----------------------------------------------------

@@ -45,10 +45,17 @@ COMPACT_INSTRUCTIONS = (
 )
 
 
-def describe_model(m: ModelDescriptor, compact: bool = False) -> str:
-    if compact:  # price and description only
+def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = False) -> str:
+    """One model's line. Compact: price and description only; `name_last` puts the name at the
+    end of a compact line. A causal LM sees a token's left context only, so there every token of a
+    name has read its model's price and description, and a router choosing a model it has never
+    seen copies the name whose tokens match what the question needs (one attention lookup, then
+    copying), instead of first finding the right description and then going back for its name."""
+    if compact:
         price = (f"${m.price_in:.2f}" if m.price_in == m.price_out
                  else f"${m.price_in:.2f} in, ${m.price_out:.2f} out")
+        if name_last:
+            return f"- {price}/1M tokens. {m.description.strip()} Name: {m.name}".replace("  ", " ")
         return f"- {m.name}: {price}/1M tokens. {m.description.strip()}".rstrip()
     size = f"{m.params_b:g}B parameters" if m.params_b is not None else "size unknown"
     price = (f"${m.price_in:.2f}/1M tokens" if m.price_in == m.price_out
@@ -58,12 +65,13 @@ def describe_model(m: ModelDescriptor, compact: bool = False) -> str:
 
 
 def render_prompt(pool: PoolSpec, question: str, instructions: str | None = None,
-                  compact: bool = False) -> str:
+                  compact: bool = False, name_last: bool = False) -> str:
     """The full user turn for one question. Chat templates, if any, are applied by the policy.
-    `compact` uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short model lines."""
+    `compact` uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short model lines
+    (with `name_last`, each ending with the model's name)."""
     if instructions is None:
         instructions = COMPACT_INSTRUCTIONS if compact else INSTRUCTIONS
-    models = "\n".join(describe_model(m, compact) for m in pool.models)
+    models = "\n".join(describe_model(m, compact, name_last) for m in pool.models)
     return f"{instructions}\n\nCandidate LLMs:\n{models}\n\nQuestion: {question.strip()}\n"
 
 
@@ -76,11 +84,12 @@ class PromptOptions(BaseModel):
     compact: bool = False  # COMPACT_INSTRUCTIONS and one short line per model
     max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
     use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
+    name_last: bool = False  # compact model lines end with the name (describe_model)
 
     @classmethod
     def from_policy(cls, policy: PolicyConfig) -> PromptOptions:
         return cls(compact=policy.compact_prompt, max_question_tokens=policy.max_question_tokens,
-                   use_chat_template=policy.use_chat_template)
+                   use_chat_template=policy.use_chat_template, name_last=policy.name_last)
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
@@ -103,7 +112,7 @@ def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: 
     """The user turn under `options`, before any chat template (the question tail is counted in
     `tokenizer`'s tokens, or in words without one: tokenizer corpora, before it exists)."""
     return render_prompt(pool, question_tail(question, options.max_question_tokens, tokenizer),
-                         compact=options.compact)
+                         compact=options.compact, name_last=options.name_last)
 
 
 def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions) -> tuple[str, list[int]]:

@@ -66,6 +66,10 @@ class PolicyConfig(_Section):
     # Short instructions and descriptors (router_r1.env.prompt, compact=True): for tiny routers whose
     # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
     compact_prompt: bool = False
+    # Each compact model line ends with the model's name ("- $0.10/1M tokens. Strong on ... Name:
+    # Sim-Geo-Small") instead of starting with it. A causal router reads a name's tokens after its
+    # description, so writing a name it never saw in training is one lookup (router_r1.env.prompt).
+    name_last: bool = False
     # Keep only the last N tokens of the question in the prompt (None: the whole question). For
     # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
     # question itself last); the replayed call still receives the full question.
