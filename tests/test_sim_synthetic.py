@@ -15,7 +15,7 @@ from router_r1.pool.descriptors import load_pool
 from router_r1.worlds.base import make_world
 from router_r1.worlds.sim import Simulation
 from router_r1.worlds.sim.language import RELATIONS
-from router_r1.worlds.sim.synthetic import describe, random_pool, synthetic_traces
+from router_r1.worlds.sim.synthetic import HEADS, describe, random_pool, synthetic_traces
 from router_r1.worlds.sim.unseen import NOT_UNDERSTOOD, WHOLE_TWO_HOP, domain_shares, expert_routes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,19 @@ def test_random_pools_never_use_reserved_names():
         assert not {n.casefold() for n in pool.names} & {"sim-geo-small", "sim-nova-large", "sim-art-xl"}
         seen.update(pool.names)
     assert "Sim-Geo-Medium" in seen and "Sim-Bio-Small" in seen  # the parts do combine
+
+
+def test_synthetic_heads_widen_the_name_space():
+    """The first 16 heads by default (the draws of runs made before the option); `heads` more."""
+    def heads_drawn(n_heads):
+        rng = random.Random(1)
+        return {m.split("-")[1] for _ in range(300) for m in random_pool(rng, heads=n_heads).names}
+
+    assert heads_drawn(16) == set(HEADS[:16])
+    assert heads_drawn(60) == set(HEADS) and len(HEADS) == 60
+    assert random_pool(random.Random(3)).names == random_pool(random.Random(3), heads=16).names
+    with pytest.raises(ValueError, match="heads must be between 2 and 60"):
+        random_pool(random.Random(0), heads=61)
 
 
 def _strong_on(description: str, domain: str) -> bool:

@@ -181,6 +181,9 @@ class WarmStartConfig(_Section):
     # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so
     # that a model unseen in training is called where its description says it is strong.
     synthetic_pools: float = Field(default=0.0, ge=0.0, le=1.0)
+    # How many name heads (router_r1.worlds.sim.synthetic.HEADS, in order) synthetic names draw
+    # from: with few, a tiny router composes names from memorised pieces instead of copying one.
+    synthetic_heads: int = Field(default=16, ge=2, le=60)
 
     @field_validator("trace_mix")
     @classmethod

@@ -31,9 +31,15 @@ from router_r1.worlds.sim.traces import make_trace, swap_subject
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
 # Name parts: the real pool's pieces and others, combined at random (a name says nothing about
-# its model: it is drawn independently of the profile).
+# its model: it is drawn independently of the profile). Names use the first `heads` of HEADS
+# (`warmstart.synthetic_heads`); each is a single token of the tokenizer trained on these traces
+# (checked with all 60).
 HEADS = ("Geo", "Bio", "Sci", "General", "Art", "Sport", "Nova", "Omni", "Lex", "Atlas", "Core",
-         "Quant", "Sage", "Vox", "Terra", "Poly")
+         "Quant", "Sage", "Vox", "Terra", "Poly", "Ark", "Bolt", "Cedar", "Delta", "Echo", "Flux", "Gale",
+         "Helix", "Ion", "Jade", "Kite", "Lumen", "Mesa", "Nimbus", "Onyx", "Pike", "Quill", "Raven",
+         "Sol", "Tide", "Umbra", "Vale", "Wren", "Zephyr", "Aster", "Birch", "Coral", "Dune", "Ember",
+         "Fern", "Grove", "Haze", "Iris", "Juno", "Kelp", "Lark", "Moss", "Nox", "Opal", "Pine", "Reef",
+         "Sable", "Thorn", "Vega")
 SIZES = ("Tiny", "Small", "Medium", "Large", "XL")
 SPECIALIST_PRICES = (0.05, 0.10, 0.15, 0.20, 0.30, 0.40, 0.60, 0.80, 1.00)
 GENERALIST_PRICES = (1.00, 1.50, 2.00, 3.00)
@@ -81,16 +87,24 @@ def random_model(rng: random.Random, name: str) -> ModelDescriptor:
                            backend=Backend(kind="simulated", options=options))
 
 
-def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[int, int] = (2, 5)) -> PoolSpec:
-    """A pool of `sizes[0]..sizes[1]` random models with distinct names, none in `reserved`
-    (compared case-insensitively, as the pool resolves names)."""
+def random_name(rng: random.Random, heads: int = 16) -> str:
+    """`Sim-<head>-<size>`, the head one of the first `heads` of HEADS."""
+    return f"Sim-{rng.choice(HEADS[:heads])}-{rng.choice(SIZES)}"
+
+
+def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[int, int] = (2, 5),
+                heads: int = 16) -> PoolSpec:
+    """A pool of `sizes[0]..sizes[1]` random models with distinct names (`random_name` over
+    `heads` heads), none in `reserved` (compared case-insensitively, as the pool resolves names)."""
+    if not 2 <= heads <= len(HEADS):
+        raise ValueError(f"heads must be between 2 and {len(HEADS)}, got {heads}")
     banned = {n.strip().casefold() for n in reserved}
     names: list[str] = []
     n = rng.randint(*sizes)
     for _ in range(1000):
         if len(names) == n:
             break
-        name = f"Sim-{rng.choice(HEADS)}-{rng.choice(SIZES)}"
+        name = random_name(rng, heads)
         if name.casefold() not in banned and name not in names:
             names.append(name)
     if len(names) < sizes[0]:
@@ -100,14 +114,14 @@ def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[i
 
 def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
                      reserved: Iterable[str] = (), compact: bool = False,
-                     subject_swap: float = 0.0) -> list[Episode]:
+                     subject_swap: float = 0.0, heads: int = 16) -> list[Episode]:
     """One expert trace per question, each over its own random pool (on `sim`'s world), carrying
     that pool (`Episode.pool`); a `subject_swap` share get a fresh subject (`traces.swap_subject`)."""
     reserved = list(reserved)
     rng, subject_rng = random.Random(f"{seed}-synthetic"), random.Random(f"{seed}-synthetic-subject")
     out = []
     for q in questions:
-        pool = random_pool(rng, reserved)
+        pool = random_pool(rng, reserved, heads=heads)
         synth = Simulation(pool, sim.world)
         ep = make_trace(synth, q, "expert", rng, compact=compact)
         ep.pool = pool

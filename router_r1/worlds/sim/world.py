@@ -80,7 +80,8 @@ class SimulatedWorld(World):
         if share:
             qs = self.sim.world.questions("train", max(64, round(share * n)), seed=self.cfg.seed)
             texts += [ep.prompt + ep.response for ep in synthetic_traces(
-                self.sim, qs, seed=self.cfg.seed, reserved=self._reserved_names(), compact=compact)]
+                self.sim, qs, seed=self.cfg.seed, reserved=self._reserved_names(), compact=compact,
+                heads=self.cfg.warmstart.synthetic_heads)]
         return texts
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
@@ -95,7 +96,8 @@ class SimulatedWorld(World):
                              subject_swap=ws.subject_swap)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self._reserved_names(),
-                                       compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap)
+                                       compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap,
+                                       heads=ws.synthetic_heads)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
