@@ -136,11 +136,6 @@ class ReplayWorld(World):
             out.append(replay_outcome(parsed.answer, e.calls, self.sample_of(e), pool, self.table.models)[0])
         return out
 
-    def task_accuracy(self, pool: PoolSpec) -> dict[str, dict[str, float]]:
-        """eval_name -> pool model -> accuracy on the training split (labels of train questions
-        in aggregate only)."""
-        return task_stats(self.train, pool, self.table.models)[0]
-
     def task_routes(self, pool: PoolSpec, margin: float) -> dict[str, str]:
         """eval_name -> the per-task route learned from the training split (routing.per_task_routes)."""
         return per_task_routes(*task_stats(self.train, pool, self.table.models), margin)
@@ -191,8 +186,8 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
         raise ValueError(f"unknown replay trace policies {bad}; choose from {list(TRACE_POLICIES)}")
     rng = random.Random(seed)
     policy_rng = random.Random(f"{seed}-policy")  # its own stream: the default mix draws as before
-    acc = world.task_accuracy(pool)
-    routes = world.task_routes(pool, margin) if mix.get("per_task") else {}
+    acc, cost = task_stats(world.train, pool, world.table.models)  # once: weights and routes
+    routes = per_task_routes(acc, cost, margin) if mix.get("per_task") else {}
     columns = model_ids(pool, world.table.models)
     order = list(world.train)
     rng.shuffle(order)
