@@ -13,6 +13,8 @@
 3. Reports reward, EM, format-ok, cost and calls per episode for both, each held-out model's
    share of calls per domain of the sub-question asked (router_r1.worlds.sim.unseen), and the
    descriptor-only expert and the oracle over both pools on the same questions.
+   And whether the router reads descriptors at all (`route_choice`): its first call over fresh
+   synthetic pools (invented names, random profiles), against the expert's and a uniform pick.
 
 4. With `--rllib-iterations N`: the RLlib router (slot swap) on the same questions beside it
    (`rllib_slot_swap`: the simulator's one-call outcomes as replay tables).
@@ -131,7 +133,43 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
             "expert_shares": ({m: domain_shares(expert_routes(sim, questions), m, whole, world.sim.world)
                                for m in held} if label == "whole pool" else {}),
             "samples": [{"question": e.question, "routes": e.routes, "response": e.response[:600]} for e in eps[:6]]}
+    out["route_choice"] = route_choice(cfg, policy_dir)
     return out
+
+
+def route_choice(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
+    """The router's greedy first call on the run's validation questions, each over its own fresh
+    synthetic pool (`synthetic.choice_cases`, names from the config's `warmstart.synthetic_heads`),
+    scored by `synthetic.choice_rates`: whether it names a pool model, one strong on the
+    question's domain, the expert's. Only the first turn is generated (no model is called)."""
+    import torch
+
+    from router_r1.engines.hf import HFGenerator
+    from router_r1.engines.model import load_policy
+    from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
+    from router_r1.env.protocol import parse
+    from router_r1.worlds.base import make_world
+    from router_r1.worlds.sim.synthetic import choice_cases, choice_rates
+
+    if cfg.learner.torch_threads:
+        torch.set_num_threads(cfg.learner.torch_threads)
+    whole = cfg.load_pool()
+    world = make_world(cfg, whole.seen())
+    questions = [world.sim.world.question(it["id"]) for it in world.questions("val")[:cfg.data.val_size]]
+    cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=whole.names,
+                         heads=cfg.warmstart.synthetic_heads)
+    model, tok = load_policy(policy_dir)
+    options = load_prompt_options(policy_dir, PromptOptions.from_policy(cfg.policy))
+    gen = HFGenerator(model, tok)
+    prompts = [render_prompt_ids(tok, c.pool, c.question.text, options)[1] for c in cases]
+    chosen = []
+    for i in range(0, len(prompts), 32):
+        for g in gen.generate(prompts[i:i + 32], max_new_tokens=cfg.episode.max_new_tokens, temperature=0.0):
+            routes = parse(g.text).routes
+            chosen.append(routes[0].model if routes else None)
+    return {**choice_rates(cases, chosen), "heads": cfg.warmstart.synthetic_heads,
+            "samples": [{"pool": c.pool.names, "expert": c.expert, "strong": list(c.strong), "chosen": w}
+                        for c, w in zip(cases[:6], chosen)]}
 
 
 def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -> dict[str, Any]:
@@ -223,6 +261,13 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
         for name, shares in policies:
             lines.append(f"| {name} | " + " | ".join(
                 f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in cols) + " |")
+    rc = res.get("route_choice")
+    if rc:
+        lines += ["", f"Does the router read descriptions? Its first call on {rc['n']} validation questions, each over "
+                  f"a fresh synthetic pool of 2-5 invented models ({w}): names a pool model {_f(rc['in_pool'])}, "
+                  f"a model strong on the question's domain {_f(rc['strong'])} (a uniform pick among the lines: "
+                  f"{_f(rc['uniform_strong'])}), the descriptor-only expert's model {_f(rc['expert'])} "
+                  f"(uniform: {_f(rc['uniform_expert'])})."]
     if report:
         lines += ["", f"Training: {report.get('steps')} GRPO steps, {report.get('wall_s', 0):.0f} s."]
     lines += ["", f"Command: `{command}`"]

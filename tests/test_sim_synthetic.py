@@ -221,3 +221,73 @@ def test_one_call_rows_are_the_simulators_replies(sim, tmp_path):
     assert rp.names == held.names and rp.kinds() == {"replay"}
     assert [m.description for m in rp.models] == [m.description for m in held.models]
     assert rp.seen().names == ["Sim-Bio-Small", "Sim-Sci-Medium", "Sim-General-Large"]
+
+
+def test_choice_cases_say_what_the_descriptors_ask_for(sim):
+    """Each case's expert is the cheapest model strong on the first hop's domain (the most skilled
+    one where none is), and `strong` lists every model at or above STRONG there."""
+    from router_r1.worlds.sim.plans import STRONG
+    from router_r1.worlds.sim.synthetic import choice_cases
+
+    qs = sim.world.questions("val", 80, seed=3)
+    cases = choice_cases(sim, qs, seed=1, reserved=sim.pool.names, heads=60)
+    assert [c.question for c in cases] == qs
+    assert cases == choice_cases(sim, qs, seed=1, reserved=sim.pool.names, heads=60)  # seeded
+    for c in cases:
+        assert not set(c.pool.names) & set(sim.pool.names)
+        s = Simulation(c.pool, sim.world)
+        skill = {m: s.models[m].spec.p_know(c.question.domains[0]) for m in s.names}
+        assert c.strong == tuple(m for m in s.names if skill[m] >= STRONG)
+        if c.strong:
+            price = {m: c.pool[m].price_in for m in c.strong}
+            assert c.expert in c.strong and price[c.expert] == min(price.values())
+        else:
+            assert skill[c.expert] == max(skill.values())
+
+
+def test_choice_rates_by_hand(sim):
+    from router_r1.worlds.sim.synthetic import ChoiceCase, choice_rates
+
+    q = sim.world.questions("val", 1, seed=0)[0]
+    three = next(p for p in (random_pool(random.Random(i), heads=60) for i in range(100)) if len(p.models) == 3)
+    two = three.model_copy(update={"models": three.models[:2]})
+    a, b, c = three.names
+    cases = [ChoiceCase(q, three, a, (a, b)), ChoiceCase(q, two, b, (b,)),
+             ChoiceCase(q, three, c, (c,)), ChoiceCase(q, two, a, ())]
+    # the expert written in upper case; the expert; a name not in the pool; no call at all
+    r = choice_rates(cases, [a.upper(), b, "Sim-Nowhere-XL", None])
+    assert r["n"] == 4 and r["in_pool"] == 0.5 and r["strong"] == 0.5 and r["expert"] == 0.5
+    assert r["uniform_strong"] == pytest.approx((2 / 3 + 1 / 2 + 1 / 3 + 0) / 4)
+    assert r["uniform_expert"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 2) / 4)
+    r = choice_rates(cases[:1], [b])
+    assert (r["in_pool"], r["strong"], r["expert"]) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="one choice per case"):
+        choice_rates(cases, [a])
+
+
+def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monkeypatch):
+    """`router-r1 unseen`'s descriptor-reading figure, wired end to end with a real tokenizer and
+    model, its generation replaced by one that always calls the first model line of its prompt:
+    every choice is a pool name, and the expert's rate is the share of cases whose expert is listed
+    first."""
+    from pipelines.unseen import route_choice
+    from router_r1.engines.generation import Generation
+    from router_r1.engines.hf import HFGenerator
+    from router_r1.worlds.sim.synthetic import choice_cases
+
+    def first_line(self, prompts, **_):
+        texts = [self.tokenizer.decode(p) for p in prompts]
+        return [Generation(text=f"<think> x </think>\n<search> {re.search(r'^- ([^:]+):', t, re.M).group(1)}: q </search>")
+                for t in texts]
+
+    monkeypatch.setattr(HFGenerator, "generate", first_line)
+    cfg = load_config(ROOT / "configs" / "unseen_sim.yaml", {"data.sim.val_size": 40, "data.val_size": 40,
+                                                              "learner.torch_threads": 1})
+    r = route_choice(cfg, bpe_checkpoint)
+    world = make_world(cfg, cfg.load_pool().seen())
+    qs = [world.sim.world.question(it["id"]) for it in world.questions("val")[:40]]
+    cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=cfg.load_pool().names, heads=cfg.warmstart.synthetic_heads)
+    assert r["n"] == 40 and r["in_pool"] == 1.0
+    assert r["expert"] == sum(c.expert == c.pool.names[0] for c in cases) / 40
+    assert r["strong"] == sum(c.pool.names[0] in c.strong for c in cases) / 40
+    assert [s["chosen"] for s in r["samples"]] == [c.pool.names[0] for c in cases[:6]]

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from router_r1.env.episode import Episode
 from router_r1.pool.descriptors import Backend, ModelDescriptor, PoolSpec
 from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import DOMAINS
 from router_r1.worlds.sim.models import Simulation
-from router_r1.worlds.sim.plans import STRONG
+from router_r1.worlds.sim.plans import STRONG, expert_for
 from router_r1.worlds.sim.traces import make_trace, swap_subject
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
@@ -131,3 +132,51 @@ def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: in
             ep = swap_subject(ep, subject.name, subject.kind, synth, subject_rng)
         out.append(ep)
     return out
+
+
+@dataclass(frozen=True)
+class ChoiceCase:
+    """One question over a fresh synthetic pool, and what the descriptors say its first call should
+    be: the descriptor-only expert's model (`plans.expert_for` the first hop's domain) and every
+    model rated strong on that domain."""
+
+    question: SimQuestion
+    pool: PoolSpec
+    expert: str
+    strong: tuple[str, ...]
+
+
+def choice_cases(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
+                 reserved: Iterable[str] = (), heads: int = 16) -> list[ChoiceCase]:
+    """Each question over its own fresh random pool (as in `synthetic_traces`, another draw)."""
+    reserved = list(reserved)
+    rng = random.Random(f"{seed}-choice")
+    out = []
+    for q in questions:
+        pool = random_pool(rng, reserved, heads=heads)
+        synth = Simulation(pool, sim.world)
+        domain = q.domains[0]
+        strong = tuple(m for m in synth.names if synth.models[m].spec.p_know(domain) >= STRONG)
+        out.append(ChoiceCase(q, pool, expert_for(synth, domain), strong))
+    return out
+
+
+def choice_rates(cases: Sequence[ChoiceCase], chosen: Sequence[str | None]) -> dict[str, float | int]:
+    """How a router's first calls (`chosen`, the model as written, None for no call) over
+    `choice_cases` read the descriptors: the share naming a model of the pool (`in_pool`, by the
+    pool's name resolution), one strong on the question's domain (`strong`) and the expert's
+    model (`expert`), beside what picking a line uniformly at random gives (`uniform_strong`,
+    `uniform_expert`). A router that copies names without reading descriptions sits at the
+    uniform figures times `in_pool`."""
+    if len(cases) != len(chosen) or not cases:
+        raise ValueError(f"need one choice per case, got {len(chosen)} for {len(cases)} cases")
+    in_pool = strong = expert = 0
+    for c, written in zip(cases, chosen):
+        d = c.pool.resolve(written) if written else None
+        in_pool += d is not None
+        strong += d is not None and d.name in c.strong
+        expert += d is not None and d.name == c.expert
+    n = len(cases)
+    return {"n": n, "in_pool": in_pool / n, "strong": strong / n, "expert": expert / n,
+            "uniform_strong": sum(len(c.strong) / len(c.pool.models) for c in cases) / n,
+            "uniform_expert": sum(1 / len(c.pool.models) for c in cases) / n}
