@@ -129,3 +129,23 @@ def test_keep_checkpoints_prunes_older_ones(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == ["step_00000003", "step_00000004"]
     assert checkpoint.latest(tmp_path / "run").name == "step_00000004"
+
+
+def test_split_seed_holds_the_validation_questions_fixed_across_run_seeds(tmp_path):
+    """A qa/replay run's validation split follows `data.split_seed` when set, else `seed`: a second
+    run under another seed can be compared on the same held-out questions."""
+    import json
+
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}?", "golden_answers": [f"a{i}"]}) + "\n"
+                            for i in range(40)))
+
+    def val_ids(seed, split_seed=None):
+        cfg = load_config(None, {"pool": POOL, "mlflow.enabled": False, "seed": seed,
+                                 "data": {"kind": "qa", "train": [str(rows)], "val_fraction": 0.25,
+                                          "split_seed": split_seed}})
+        assert cfg.split_seed == (seed if split_seed is None else split_seed)
+        return [q["id"] for q in make_world(cfg, cfg.load_pool()).questions("val")]
+
+    assert len(val_ids(0)) == 10 and val_ids(0) != val_ids(1)
+    assert val_ids(1, split_seed=0) == val_ids(0) and val_ids(0, split_seed=1) == val_ids(1)

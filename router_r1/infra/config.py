@@ -228,6 +228,9 @@ class DataConfig(_Section):
     limit: int | None = None
     sim: SimDataOptions = Field(default_factory=SimDataOptions)  # simulated-world options
     val_fraction: float = 0.1
+    # qa/replay: the seed of the train/validation split of `train` (None: the run's `seed`), so a
+    # run can be repeated under another seed on the same held-out questions.
+    split_seed: int | None = None
     # Every world: the first N validation questions the driver plays greedily at the start and
     # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
     val_size: int | None = Field(default=None, ge=1)
@@ -326,6 +329,11 @@ class RunConfig(_Section):
 
     def load_pool(self) -> PoolSpec:
         return load_pool(self.pool)
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the qa/replay train/validation split: `data.split_seed`, else `seed`."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def check_training(self) -> None:
         """Refuse, in one line, settings under which RL training would silently be wrong. Called

@@ -130,7 +130,7 @@ class QAWorld(World):
             val = [item(f"{ex.source}:{ex.id}", ex.question, ex.golden_answers)
                    for path in data.eval for ex in load_qa(path, data.limit)]
         else:  # hold out a seeded fraction of the training rows
-            rng = random.Random(cfg.seed)
+            rng = random.Random(cfg.split_seed)
             order = list(range(len(train)))
             rng.shuffle(order)
             n_val = max(1, int(len(train) * data.val_fraction))

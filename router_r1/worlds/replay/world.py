@@ -2,7 +2,7 @@
 prompts, warm-start traces and episode outcomes. Ray-free.
 
 - Questions: the replay tables of `data.train`, split by `router_r1.worlds.replay.tables.split_samples` with
-  (`seed`, `data.val_fraction`), the same deterministic hash split `router-r1 evaluate --split`
+  (`data.split_seed`, else `seed`; `data.val_fraction`), the same deterministic hash split `router-r1 evaluate --split`
   uses, so a router trained on `train` is compared on an unseen `val`.
 - Prompt: a tiny router cannot read a 2,000-character ARC prompt, so only the question's last
   `policy.max_question_tokens` tokens enter the prompt (router_r1.env.prompt.question_tail; RouterBench
@@ -73,7 +73,7 @@ class ReplayWorld(World):
     @classmethod
     def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> ReplayWorld:
         d = cfg.data
-        w = cls.load(d.train, pool, d.val_fraction, cfg.seed, d.limit, d.val_size)
+        w = cls.load(d.train, pool, d.val_fraction, cfg.split_seed, d.limit, d.val_size)
         w.cfg = cfg
         return w
 
