@@ -201,3 +201,32 @@ def test_generalist_traces_ask_the_model_best_over_all_domains_once():
     cost = lambda eps: sum(c.cost_usd for e in eps for c in e.calls)  # noqa: E731
     em = lambda eps: sum(e.meta["em"] for e in eps)  # noqa: E731
     assert cost(expert) < cost(general) / 3 and em(expert) < em(general)
+
+
+def test_think_need_names_each_calls_domain(sim):
+    """`think_need`: the think before every call ends with the domain of the fact that call asks
+    (a retry asks the same one); a two-hop question asked whole names none. The moves are those
+    of the traces without it, and the traces stay well formed."""
+    from router_r1.worlds.sim.language import RELATIONS
+
+    qs = sim.world.questions("val", 60, seed=2)
+    plain = make_traces(sim, qs, mix={"expert": 0.5, "random": 0.5}, seed=3)
+    need = make_traces(sim, qs, mix={"expert": 0.5, "random": 0.5}, seed=3, think_need=True)
+    seen = set()
+    for a, b in zip(plain, need, strict=True):
+        assert a.routes == b.routes and not validate(b.response)
+        thinks = [t.split(" </think>")[0] for t in b.response.split("<think> ")[1:] if "<search>" in t]
+        for (_, query), think in zip(b.routes, thinks, strict=True):
+            relations = sim.world.interpret(query).relations
+            if len(relations) > 1:
+                assert "strong on" not in think
+                seen.add("whole")
+            else:
+                assert think.endswith(f". I need a model strong on {RELATIONS[relations[0]].domain}.")
+                seen.add("one fact")
+        assert (b.response == a.response) == (seen_kinds(b, sim) == {"whole"})
+    assert seen == {"whole", "one fact"}
+
+
+def seen_kinds(ep, sim):
+    return {"whole" if len(sim.world.interpret(q).relations) > 1 else "one" for _, q in ep.routes}

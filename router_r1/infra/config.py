@@ -184,6 +184,10 @@ class WarmStartConfig(_Section):
     # How many name heads (router_r1.worlds.sim.synthetic.HEADS, in order) synthetic names draw
     # from: with few, a tiny router composes names from memorised pieces instead of copying one.
     synthetic_heads: int = Field(default=16, ge=2, le=60)
+    # Simulator traces: the think before each call names the domain its (sub-)question needs ("I
+    # need a model strong on sports."), so choosing the model is reading one word off the lines
+    # (router_r1.worlds.sim.traces.make_trace).
+    think_need: bool = False
 
     @field_validator("trace_mix")
     @classmethod

@@ -57,16 +57,27 @@ def _plan_oracle(sim: Simulation, q: SimQuestion, cfg: RewardConfig) -> Plan:
     return [("direct", calls[0])] if len(calls) == 1 else [("hop1", calls[0]), ("hop2", calls[1])]
 
 
+def _call_domain(q: SimQuestion, move: str) -> str | None:
+    """The domain a move's query asks about; None for a two-hop question asked whole."""
+    if move == "hop2":
+        return RELATIONS[q.relations[1]].domain
+    if move == "direct" and q.two_hop:
+        return None
+    return RELATIONS[q.relations[0]].domain  # direct single-hop, hop1 (a retry: set by the caller)
+
+
 def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
                rng: random.Random | None = None, reward_cfg: RewardConfig | None = None,
                instructions: str | None = None, compact: bool = False, decompose_p: float = 0.5,
-               retry: bool = True) -> Episode:
+               retry: bool = True, think_need: bool = False) -> Episode:
     """One complete, well-formed trajectory for `q`, as a finished `Episode`.
 
     policy 'oracle': the oracle's plan under `reward_cfg` (cheapest path to the gold answer);
     'expert': the cheapest model strong on each hop's domain, retrying a hedge with the
     strongest; 'random': models drawn at random, so traces also show wrong answers, hedges and
     retries; 'generalist': one call to the model best over all domains (see `plans.py`).
+    `think_need`: each think before a call ends with the domain it needs ("I need a model strong
+    on sports."), whatever model the policy then calls.
     """
     rng = rng or random.Random(0)
     if policy == "oracle":
@@ -85,7 +96,12 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     think = f"I need {need}."
     if moves[0][0] == "hop1":
         think += f" First I need {RELATIONS[q.relations[0]].noun_phrase(subject)}."
-    for i, (_, call) in enumerate(moves):
+    domain = None
+    for i, (move, call) in enumerate(moves):
+        if move != "retry":
+            domain = _call_domain(q, move)
+        if think_need and domain is not None:
+            think += f" I need a model strong on {domain}."
         segments.append(Segment(f"<think> {think} </think>\n{_search(call.model, call.query)}",
                                 "policy"))
         segments.append(Segment(information_block(call.reply.text), "information"))
@@ -164,11 +180,12 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
                 instructions: str | None = None, compact: bool = False,
-                name_swap: float = 0.0, subject_swap: float = 0.0) -> list[Episode]:
+                name_swap: float = 0.0, subject_swap: float = 0.0, think_need: bool = False) -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
     40% random: the format and sensible routing, plus enough variety for RL to explore from).
     A `name_swap` share of them have their stated names swapped (`swap_stated_names`), and a
     `subject_swap` share their subject renamed (`swap_subject`): fresh names in every trace.
+    `think_need`: see `make_trace`.
     A swapped trace keeps no prompt: the rollout worker renders it from the renamed question."""
     mix = mix or DEFAULT_MIX
     bad = sorted(set(mix) - set(TRACE_POLICIES))
@@ -182,7 +199,7 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
     out = []
     for q in questions:
         ep = make_trace(sim, q, rng.choices(names, weights)[0], rng, reward_cfg,
-                        instructions=instructions, compact=compact)
+                        instructions=instructions, compact=compact, think_need=think_need)
         if name_swap and swap_rng.random() < name_swap:
             ep = swap_stated_names(ep, sim, swap_rng)
         if subject_swap and subject_rng.random() < subject_swap:

@@ -93,11 +93,11 @@ class SimulatedWorld(World):
         n_synth = round(ws.synthetic_pools * len(qs))
         traces = make_traces(self.sim, qs[n_synth:], mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
                              compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
-                             subject_swap=ws.subject_swap)
+                             subject_swap=ws.subject_swap, think_need=ws.think_need)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self._reserved_names(),
                                        compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap,
-                                       heads=ws.synthetic_heads)
+                                       heads=ws.synthetic_heads, think_need=ws.think_need)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
