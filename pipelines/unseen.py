@@ -156,7 +156,7 @@ def route_choice(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
     whole = cfg.load_pool()
     world = make_world(cfg, whole.seen())
     questions = [world.sim.world.question(it["id"]) for it in world.questions("val")[:cfg.data.val_size]]
-    cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=whole.names,
+    cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=world.reserved_names(),
                          heads=cfg.warmstart.synthetic_heads)
     model, tok = load_policy(policy_dir)
     options = load_prompt_options(policy_dir, PromptOptions.from_policy(cfg.policy))

@@ -286,7 +286,7 @@ def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monke
     r = route_choice(cfg, bpe_checkpoint)
     world = make_world(cfg, cfg.load_pool().seen())
     qs = [world.sim.world.question(it["id"]) for it in world.questions("val")[:40]]
-    cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=cfg.load_pool().names, heads=cfg.warmstart.synthetic_heads)
+    cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=world.reserved_names(), heads=cfg.warmstart.synthetic_heads)
     assert r["n"] == 40 and r["in_pool"] == 1.0
     assert r["expert"] == sum(c.expert == c.pool.names[0] for c in cases) / 40
     assert r["strong"] == sum(c.pool.names[0] in c.strong for c in cases) / 40

@@ -80,7 +80,7 @@ class SimulatedWorld(World):
         if share:
             qs = self.sim.world.questions("train", max(64, round(share * n)), seed=self.cfg.seed)
             texts += [ep.prompt + ep.response for ep in synthetic_traces(
-                self.sim, qs, seed=self.cfg.seed, reserved=self._reserved_names(), compact=compact,
+                self.sim, qs, seed=self.cfg.seed, reserved=self.reserved_names(), compact=compact,
                 heads=self.cfg.warmstart.synthetic_heads)]
         return texts
 
@@ -95,13 +95,13 @@ class SimulatedWorld(World):
                              compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
                              subject_swap=ws.subject_swap, think_need=ws.think_need)
         if n_synth:
-            traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self._reserved_names(),
+            traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self.reserved_names(),
                                        compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap,
                                        heads=ws.synthetic_heads, think_need=ws.think_need)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
-    def _reserved_names(self) -> list[str]:
+    def reserved_names(self) -> list[str]:
         """Every name and alias of the pool file, unseen models included: synthetic pools never
         use them (a held-out model must not be written in training under its name)."""
         return [k for m in self.cfg.load_pool().models for k in (m.name, *m.aliases)]
