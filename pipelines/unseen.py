@@ -85,8 +85,6 @@ def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) ->
     from pipelines.evaluate import pool_target, make_policy
     from router_r1.evaluation.baselines import EvalItem
 
-    if cfg.learner.torch_threads:
-        torch.set_num_threads(cfg.learner.torch_threads)
     greedy = cfg.model_copy(update={"episode": cfg.episode.model_copy(update={"temperature": 0.0})})
     policy = make_policy(f"llm:{policy_dir}", pool, greedy, [], concurrency=max(1, len(items)))
     evals = [EvalItem(f"{it['id']}#0", it["question"], list(it["golden_answers"])) for it in items]
@@ -103,6 +101,8 @@ def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) ->
 
 def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
     """Both pools' greedy figures, per-domain shares and reference policies (see the docstring)."""
+    import torch
+
     from router_r1.env.episode_metrics import score_episodes, summarize
     from router_r1.env.reward import ReferenceCostNormalizer
     from router_r1.worlds.base import make_world
@@ -110,6 +110,8 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
     from router_r1.worlds.sim.oracle import reference_policies
     from router_r1.worlds.sim.unseen import domain_shares, expert_routes
 
+    if cfg.learner.torch_threads:
+        torch.set_num_threads(cfg.learner.torch_threads)
     whole = cfg.load_pool()
     held = unseen_models(whole)
     world = make_world(cfg, whole.seen())  # the run's world and validation questions, as training built them
@@ -133,29 +135,21 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
             "expert_shares": ({m: domain_shares(expert_routes(sim, questions), m, whole, world.sim.world)
                                for m in held} if label == "whole pool" else {}),
             "samples": [{"question": e.question, "routes": e.routes, "response": e.response[:600]} for e in eps[:6]]}
-    out["route_choice"] = route_choice(cfg, policy_dir)
+    out["route_choice"] = route_choice(cfg, policy_dir, world, questions)
     return out
 
 
-def route_choice(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
-    """The router's greedy first call on the run's validation questions, each over its own fresh
+def route_choice(cfg: RunConfig, policy_dir: Path, world, questions: list) -> dict[str, Any]:
+    """The router's greedy first call on `questions` (of the run's simulated `world`), each over its own fresh
     synthetic pool (`synthetic.choice_cases`, names from the config's `warmstart.synthetic_heads`),
     scored by `synthetic.choice_rates`: whether it names a pool model, one strong on the
     question's domain, the expert's. Only the first turn is generated (no model is called)."""
-    import torch
-
     from router_r1.engines.hf import HFGenerator
     from router_r1.engines.model import load_policy
     from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
     from router_r1.env.protocol import parse
-    from router_r1.worlds.base import make_world
     from router_r1.worlds.sim.synthetic import choice_cases, choice_rates
 
-    if cfg.learner.torch_threads:
-        torch.set_num_threads(cfg.learner.torch_threads)
-    whole = cfg.load_pool()
-    world = make_world(cfg, whole.seen())
-    questions = [world.sim.world.question(it["id"]) for it in world.questions("val")[:cfg.data.val_size]]
     cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=world.reserved_names(),
                          heads=cfg.warmstart.synthetic_heads)
     model, tok = load_policy(policy_dir)

@@ -281,11 +281,10 @@ def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monke
                 for t in texts]
 
     monkeypatch.setattr(HFGenerator, "generate", first_line)
-    cfg = load_config(ROOT / "configs" / "unseen_sim.yaml", {"data.sim.val_size": 40, "data.val_size": 40,
-                                                              "learner.torch_threads": 1})
-    r = route_choice(cfg, bpe_checkpoint)
+    cfg = load_config(ROOT / "configs" / "unseen_sim.yaml", {"data.sim.val_size": 40})
     world = make_world(cfg, cfg.load_pool().seen())
     qs = [world.sim.world.question(it["id"]) for it in world.questions("val")[:40]]
+    r = route_choice(cfg, bpe_checkpoint, world, qs)
     cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=world.reserved_names(), heads=cfg.warmstart.synthetic_heads)
     assert r["n"] == 40 and r["in_pool"] == 1.0
     assert r["expert"] == sum(c.expert == c.pool.names[0] for c in cases) / 40

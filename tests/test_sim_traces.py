@@ -216,17 +216,15 @@ def test_think_need_names_each_calls_domain(sim):
     for a, b in zip(plain, need, strict=True):
         assert a.routes == b.routes and not validate(b.response)
         thinks = [t.split(" </think>")[0] for t in b.response.split("<think> ")[1:] if "<search>" in t]
+        kinds = set()
         for (_, query), think in zip(b.routes, thinks, strict=True):
             relations = sim.world.interpret(query).relations
             if len(relations) > 1:
                 assert "strong on" not in think
-                seen.add("whole")
+                kinds.add("whole")
             else:
                 assert think.endswith(f". I need a model strong on {RELATIONS[relations[0]].domain}.")
-                seen.add("one fact")
-        assert (b.response == a.response) == (seen_kinds(b, sim) == {"whole"})
+                kinds.add("one fact")
+        assert (b.response == a.response) == (kinds == {"whole"})
+        seen |= kinds
     assert seen == {"whole", "one fact"}
-
-
-def seen_kinds(ep, sim):
-    return {"whole" if len(sim.world.interpret(q).relations) > 1 else "one" for _, q in ep.routes}

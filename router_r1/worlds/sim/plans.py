@@ -57,9 +57,13 @@ def random_plan(sim: Simulation, q: SimQuestion, rng: random.Random,
 def expert_for(sim: Simulation, domain: str) -> str:
     """The cheapest model strong on `domain`; the most skilled one if none is strong."""
     price = {m: sim.descriptor(m).price_in + sim.descriptor(m).price_out for m in sim.names}
-    skill = {m: sim.models[m].spec.p_know(domain) for m in sim.names}
-    strong = [m for m in sim.names if skill[m] >= STRONG]
-    return min(strong, key=price.get) if strong else max(sim.names, key=skill.get)
+    strong = strong_for(sim, domain)
+    return min(strong, key=price.get) if strong else strongest_for(sim, domain)
+
+
+def strong_for(sim: Simulation, domain: str) -> list[str]:
+    """The models rated strong on `domain` (skill >= STRONG), in pool order."""
+    return [m for m in sim.names if sim.models[m].spec.p_know(domain) >= STRONG]
 
 
 def strongest_for(sim: Simulation, domain: str) -> str:

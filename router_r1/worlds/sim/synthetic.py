@@ -27,7 +27,7 @@ from router_r1.pool.descriptors import Backend, ModelDescriptor, PoolSpec
 from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import DOMAINS
 from router_r1.worlds.sim.models import Simulation
-from router_r1.worlds.sim.plans import STRONG, expert_for
+from router_r1.worlds.sim.plans import STRONG, expert_for, strong_for
 from router_r1.worlds.sim.traces import make_trace, swap_subject
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
@@ -156,8 +156,7 @@ def choice_cases(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 
         pool = random_pool(rng, reserved, heads=heads)
         synth = Simulation(pool, sim.world)
         domain = q.domains[0]
-        strong = tuple(m for m in synth.names if synth.models[m].spec.p_know(domain) >= STRONG)
-        out.append(ChoiceCase(q, pool, expert_for(synth, domain), strong))
+        out.append(ChoiceCase(q, pool, expert_for(synth, domain), tuple(strong_for(synth, domain))))
     return out
 
 

@@ -30,10 +30,11 @@ from router_r1.env.protocol import information_block
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.types import CallResult
 from router_r1.worlds.sim.knowledge import SimQuestion
-from router_r1.worlds.sim.language import RELATIONS
+from router_r1.worlds.sim.language import DOMAINS, RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
 from router_r1.worlds.sim.oracle import oracle_plan
 from router_r1.worlds.sim.plans import Plan, expert_plan, generalist_plan, random_plan
+from router_r1.worlds.sim.unseen import call_domain
 
 TracePolicy = Literal["oracle", "expert", "random", "generalist"]
 TRACE_POLICIES = ("oracle", "expert", "random", "generalist")
@@ -57,15 +58,6 @@ def _plan_oracle(sim: Simulation, q: SimQuestion, cfg: RewardConfig) -> Plan:
     return [("direct", calls[0])] if len(calls) == 1 else [("hop1", calls[0]), ("hop2", calls[1])]
 
 
-def _call_domain(q: SimQuestion, move: str) -> str | None:
-    """The domain a move's query asks about; None for a two-hop question asked whole."""
-    if move == "hop2":
-        return RELATIONS[q.relations[1]].domain
-    if move == "direct" and q.two_hop:
-        return None
-    return RELATIONS[q.relations[0]].domain  # direct single-hop, hop1 (a retry: set by the caller)
-
-
 def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
                rng: random.Random | None = None, reward_cfg: RewardConfig | None = None,
                instructions: str | None = None, compact: bool = False, decompose_p: float = 0.5,
@@ -76,8 +68,9 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     'expert': the cheapest model strong on each hop's domain, retrying a hedge with the
     strongest; 'random': models drawn at random, so traces also show wrong answers, hedges and
     retries; 'generalist': one call to the model best over all domains (see `plans.py`).
-    `think_need`: each think before a call ends with the domain it needs ("I need a model strong
-    on sports."), whatever model the policy then calls.
+    `think_need`: each think before a call ends with the domain its query asks about
+    (`unseen.call_domain`: "I need a model strong on sports."; none for a two-hop question asked
+    whole), whatever model the policy then calls.
     """
     rng = rng or random.Random(0)
     if policy == "oracle":
@@ -96,11 +89,8 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     think = f"I need {need}."
     if moves[0][0] == "hop1":
         think += f" First I need {RELATIONS[q.relations[0]].noun_phrase(subject)}."
-    domain = None
-    for i, (move, call) in enumerate(moves):
-        if move != "retry":
-            domain = _call_domain(q, move)
-        if think_need and domain is not None:
+    for i, (_, call) in enumerate(moves):
+        if think_need and (domain := call_domain(sim.world, call.query)) in DOMAINS:
             think += f" I need a model strong on {domain}."
         segments.append(Segment(f"<think> {think} </think>\n{_search(call.model, call.query)}",
                                 "policy"))
