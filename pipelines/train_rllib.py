@@ -6,7 +6,11 @@
 
 Trains on the replay world's train split (router_r1.rl_router.env), then writes a self-contained
 router folder: the RLModule (loadable without an Algorithm) and rllib_router.json. `--holdout`
-leaves models out of training (they are unseen models at evaluation time).
+leaves models out of training (they are unseen models at evaluation time). For models unseen in
+training: `--arch slots` (one network scores every slot from its descriptor:
+router_r1.rl_router.slot_module), `--desc-dim` (hashed description terms per slot) and `--catalog`
+(a pool file of more models answered by the same tables, drawn as random pools for
+`--catalog-share` of the episodes) make the router read descriptors instead of remembering models.
 """
 from __future__ import annotations
 
@@ -36,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, default=2)
     p.add_argument("--shuffle-slots", action="store_true",
                    help="random model-to-slot placement per episode (generalises to unseen models)")
+    p.add_argument("--arch", choices=["mlp", "slots"], default="mlp",
+                   help="mlp: RLlib's default MLP over the flat observation; slots: one shared network "
+                        "scores each model slot from its descriptor (router_r1.rl_router.slot_module)")
+    p.add_argument("--desc-dim", type=int, default=0, help="hashed description terms per slot (0: none)")
+    p.add_argument("--catalog", default=None,
+                   help="pool file of extra models (answers in the same tables) for random training pools")
+    p.add_argument("--catalog-share", type=float, default=0.5, help="share of episodes over a catalog pool")
+    p.add_argument("--catalog-sizes", default="2,5", help="models per catalog pool: min,max")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--batch", type=int, default=2000, help="env steps per training iteration")
     p.add_argument("--minibatch", type=int, default=500)
@@ -57,13 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     pool_path = str(Path(args.pool).resolve())
     pool = load_pool(pool_path)
     holdout = [h.strip() for h in args.holdout.split(",") if h.strip()]
     tpool = training_pool(pool, holdout)
-    features = FeatureSpec(question_dim=args.question_dim)
+    if args.desc_dim < 0:
+        raise ValueError(f"--desc-dim must be >= 0, got {args.desc_dim}")
+    if not 0.0 <= args.catalog_share <= 1.0:
+        raise ValueError(f"--catalog-share must lie in [0, 1], got {args.catalog_share}")
+    try:
+        sizes = [int(x) for x in args.catalog_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 2:
+        raise ValueError(f"--catalog-sizes must be min,max (e.g. 2,5), got {args.catalog_sizes!r}")
+    features = FeatureSpec(question_dim=args.question_dim, desc_dim=args.desc_dim)
     env_config = {
         "pool_path": pool_path, "holdout": holdout, "split": args.split, "val_fraction": args.val_fraction,
         "data": [str(p) for g in args.data.split(",") for p in g.split("+") if p.strip()],
@@ -71,6 +92,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "max_calls": args.max_calls, "features": features.to_dict(), "seed": args.seed,
         "shuffle_slots": args.shuffle_slots,
     }
+    if args.catalog:
+        env_config |= {"catalog_path": str(Path(args.catalog).resolve()), "catalog_share": args.catalog_share,
+                       "catalog_sizes": sizes}
     import torch
 
     torch.set_num_threads(1)  # a tiny MLP: thread hand-offs cost more than they save
@@ -84,9 +108,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         .learners(num_learners=0)
         .training(train_batch_size_per_learner=args.batch, minibatch_size=args.minibatch,
                   num_epochs=args.epochs, lr=args.lr, entropy_coeff=args.entropy, gamma=1.0, lambda_=1.0)
-        .rl_module(model_config=DefaultModelConfig(
-            fcnet_hiddens=[int(h) for h in args.hidden.split(",")], fcnet_activation="relu",
-            vf_share_layers=False))
+        .rl_module(**module_spec(args, features))
         .debugging(seed=args.seed)
         .reporting(metrics_num_episodes_for_smoothing=200)
     )
@@ -110,7 +132,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "slots": [m.name for m in tpool.models], "pool": tpool.model_dump(mode="json"),
         "reward": env_config["reward"], "data": env_config["data"], "split": args.split,
         "val_fraction": args.val_fraction, "holdout": holdout, "iterations": args.iterations,
-        "shuffle_slots": args.shuffle_slots,
+        "shuffle_slots": args.shuffle_slots, "arch": args.arch,
+        "catalog": env_config.get("catalog_path"), "catalog_share": args.catalog_share if args.catalog else 0.0,
         "history": history, "algorithm": "PPO (RLlib new API stack)",
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -120,6 +143,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_mlflow:
         meta["mlflow_run_id"] = log_mlflow(args, meta, out)
     return meta
+
+
+def module_spec(args: argparse.Namespace, features: FeatureSpec) -> dict[str, Any]:
+    """`PPOConfig.rl_module` arguments for `--arch`."""
+    hidden = [int(h) for h in args.hidden.split(",")]
+    if args.arch == "slots":
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from router_r1.rl_router.slot_module import SlotRouterModule
+
+        return {"rl_module_spec": RLModuleSpec(module_class=SlotRouterModule,
+                                               model_config={"features": features.to_dict(), "hidden": hidden[0]})}
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return {"model_config": DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="relu", vf_share_layers=False)}
 
 
 def log_mlflow(args: argparse.Namespace, meta: dict[str, Any], out: Path) -> str:

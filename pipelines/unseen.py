@@ -17,7 +17,9 @@
    synthetic pools (invented names, random profiles), against the expert's and a uniform pick.
 
 4. With `--rllib-iterations N`: the RLlib router (slot swap) on the same questions beside it
-   (`rllib_slot_swap`: the simulator's one-call outcomes as replay tables).
+   (`rllib_slot_swap`: the simulator's one-call outcomes as replay tables), trained to read
+   descriptors (slot-scoring module, hashed description terms, random pools from a catalog of
+   synthetic models), with the same descriptor-reading figure. `--rllib-only` skips the LLM router.
 
 Writes `--out/unseen.json` and `--out/table.md`. Simulated worlds only (`data.kind: simulated`):
 every figure is the simulator's and is labelled so.
@@ -40,6 +42,13 @@ from router_r1.pool.descriptors import PoolSpec
 log = logging.getLogger("router_r1.unseen")
 WORLD = "simulator"
 RLLIB_TRAIN_QUESTIONS = 4000  # one-call outcomes of this many training questions for the RLlib router
+# The RLlib router reads descriptors (pipelines/train_rllib.py --arch slots --desc-dim --catalog): a
+# catalog of this many synthetic models (random profiles described in the pool file's words,
+# invented names, none of the pool file's), answering the same training questions, gives
+# RLLIB_CATALOG_SHARE of its training episodes a random pool of 2-5 of them.
+RLLIB_CATALOG_SIZE = 48
+RLLIB_CATALOG_SHARE = 0.75
+RLLIB_DESC_DIM = 64
 FIGURES = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok"),
            ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
 
@@ -166,51 +175,70 @@ def route_choice(cfg: RunConfig, policy_dir: Path, world, questions: list) -> di
                         for c, w in zip(cases[:6], chosen)]}
 
 
-def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -> dict[str, Any]:
+def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, arch: str = "slots",
+                    desc_dim: int = RLLIB_DESC_DIM, catalog_share: float = RLLIB_CATALOG_SHARE) -> dict[str, Any]:
     """The RLlib router (router_r1.rl_router) on the same simulated questions: the simulator's
     one-call outcomes exported as replay tables (router_r1.worlds.sim.replay_export; training
     questions to train on, the validation questions above to play), trained without the held-out
-    models with shuffled slots (`router-r1 train-rllib --holdout --shuffle-slots`), then played
-    over the training pool and the whole pool. It sees each model's price, size and latency,
-    never its description, and asks each question whole (no sub-questions in replay)."""
+    models (`router-r1 train-rllib --holdout --shuffle-slots --arch slots --desc-dim --catalog`:
+    one network scores every slot from its descriptor, description words included, and most
+    episodes run over random pools of synthetic catalog models), then played over the training pool
+    and the whole pool, and over fresh synthetic pools (`route_choice`'s cases: does it read
+    descriptors?). It asks each question whole (no sub-questions in replay). `arch`, `desc_dim`
+    and `catalog_share` are train-rllib's (mlp, 0, 0: the router before it read descriptors)."""
+    import random
+
     import yaml
 
     from pipelines import train_rllib
     from pipelines.evaluate import pool_target, load_dataset, make_policy, run_policy
     from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
     from router_r1.evaluation.report import aggregate, score_run
+    from router_r1.rl_router.router import RLlibRouter
     from router_r1.worlds.base import make_world
     from router_r1.worlds.sim.models import Simulation
     from router_r1.worlds.sim.replay_export import one_call_rows, replay_pool, write_table
+    from router_r1.worlds.sim.synthetic import HEADS, choice_cases, choice_rates, random_pool
     from router_r1.worlds.sim.unseen import domain_shares
 
     whole = cfg.load_pool()
     held = unseen_models(whole)
     world = make_world(cfg, whole.seen())
+    reserved = world.reserved_names()
+    catalog = random_pool(random.Random(f"{cfg.seed}-rllib-catalog"), reserved,
+                          sizes=(RLLIB_CATALOG_SIZE, RLLIB_CATALOG_SIZE), heads=len(HEADS))
+    catalog = catalog.model_copy(update={"name": "rllib_catalog"})
     sim = Simulation(whole, world.sim.world)
     d = out / "rllib"
 
     def questions(items):
         return [world.sim.world.question(it["id"]) for it in items]
 
-    train_path = write_table(one_call_rows(sim, questions(world.questions("train")[:RLLIB_TRAIN_QUESTIONS])),
+    train_sim = Simulation(whole.model_copy(update={"models": [*whole.models, *catalog.models]}), world.sim.world)
+    train_path = write_table(one_call_rows(train_sim, questions(world.questions("train")[:RLLIB_TRAIN_QUESTIONS])),
                              d / "train.parquet")
-    val_path = write_table(one_call_rows(sim, questions(world.questions("val")[:cfg.data.val_size])),
-                           d / "val.parquet")
+    val_items = world.questions("val")[:cfg.data.val_size]
+    val_path = write_table(one_call_rows(sim, questions(val_items)), d / "val.parquet")
     rpool = replay_pool(whole, [train_path.resolve(), val_path.resolve()])
-    pool_file = d / "pool_replay.yaml"
-    pool_file.write_text(yaml.safe_dump(rpool.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
+    pool_file, catalog_file = d / "pool_replay.yaml", d / "catalog_replay.yaml"
+    for path, p in ((pool_file, rpool), (catalog_file, replay_pool(catalog, [train_path.resolve()]))):
+        path.write_text(yaml.safe_dump(p.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
     router = d / "router"
     if retrain or not (router / "rllib_router.json").exists():
+        catalog_args = ["--catalog", str(catalog_file), "--catalog-share", str(catalog_share)] if catalog_share else []
         rc = train_rllib.main(["--pool", str(pool_file), "--data", str(train_path), "--split", "all",
                                "--holdout", ",".join(held), "--shuffle-slots", "--alpha", str(cfg.reward.alpha),
+                               "--arch", arch, "--desc-dim", str(desc_dim), *catalog_args,
                                "--iterations", str(iterations), "--seed", str(cfg.seed), "--num-cpus",
                                str(cfg.ray.num_cpus), "--out", str(router), "--no-mlflow"])
         if rc:
             raise ValueError(f"router-r1 train-rllib failed (exit {rc})")
     _, items, table = load_dataset([val_path], "all", 0.2, cfg.seed, None)
     norm = ReferenceCostNormalizer(cfg.reward.reference_cost_usd)
-    res: dict[str, Any] = {"iterations": json.loads((router / "rllib_router.json").read_text())["iterations"],
+    meta = json.loads((router / "rllib_router.json").read_text())
+    res: dict[str, Any] = {"n_questions": len(items), "iterations": meta["iterations"], "arch": meta.get("arch", "mlp"),
+                           "desc_dim": meta["features"].get("desc_dim", 0),
+                           "catalog_models": len(catalog.models), "catalog_share": meta.get("catalog_share", 0.0),
                            "pools": {}}
     for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
         policy = make_policy(f"rllib:{router}", pool, cfg, table.models, 32)
@@ -225,6 +253,14 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool) -
                        "format/ok_rate": agg["format_ok"], "cost/mean_usd": agg["cost_usd"],
                        "calls/per_episode": agg["calls_per_q"]},
             "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held}}
+    played = RLlibRouter.load(router)
+    cases = choice_cases(world.sim, questions(val_items), seed=cfg.seed, reserved=reserved,
+                         heads=cfg.warmstart.synthetic_heads)
+    chosen = []
+    for c in cases:
+        played.set_pool(c.pool)
+        chosen.append(played.route(c.question.text))
+    res["route_choice"] = choice_rates(cases, chosen)
     return res
 
 
@@ -237,7 +273,7 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
         lines.append(f"| router, {label} ({w}) | " + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
     rl = res.get("rllib", {}).get("pools", {})
     for label, p in rl.items():
-        lines.append(f"| RLlib router (slot swap), {label} ({w}, one call) | "
+        lines.append(f"| RLlib router (slot swap), {label} ({w}, questions asked whole) | "
                      + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
     for label, p in pools.items():
         for ref in ("expert", "oracle"):
@@ -245,25 +281,33 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
             lines.append(f"| {ref}, {label} ({w}) | {_f(r['reward'])} | {_f(r['em'])} | - | {_f(r['cost_usd'])} | "
                          f"{_f(r['calls'])} |")
     for m in res["held_out"]:
-        whole = pools["whole pool"]
-        policies = [(f"router ({w})", whole["shares"][m]), (f"expert ({w})", whole["expert_shares"][m])]
+        policies = []
+        if pools:
+            whole = pools["whole pool"]
+            policies = [(f"router ({w})", whole["shares"][m]), (f"expert ({w})", whole["expert_shares"][m])]
         if rl:
-            policies.insert(1, (f"RLlib router, slot swap ({w}, one call)", rl["whole pool"]["shares"][m]))
+            policies.insert(1 if pools else 0,
+                            (f"RLlib router, slot swap ({w}, questions asked whole)", rl["whole pool"]["shares"][m]))
         cols = list(dict.fromkeys(d for _, shares in policies for d in shares))  # the domains, then the rest
         lines += ["", f"Share of calls to {m} per domain of the sub-question ({w}, whole pool; calls in brackets):", "",
                   "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for name, shares in policies:
             lines.append(f"| {name} | " + " | ".join(
                 f"{_f(shares.get(d, {}).get('share'))} ({shares.get(d, {}).get('calls', 0)})" for d in cols) + " |")
-    rc = res.get("route_choice")
-    if rc:
-        lines += ["", f"Does the router read descriptions? Its first call on {rc['n']} validation questions, each over "
-                  f"a fresh synthetic pool of 2-5 invented models ({w}): names a pool model {_f(rc['in_pool'])}, "
-                  f"a model strong on the question's domain {_f(rc['strong'])} (a uniform pick among the lines: "
-                  f"{_f(rc['uniform_strong'])}), the descriptor-only expert's model {_f(rc['expert'])} "
-                  f"(uniform: {_f(rc['uniform_expert'])})."]
+    for name, rc in (("the router", res.get("route_choice")), ("the RLlib router", res.get("rllib", {}).get("route_choice"))):
+        if rc:
+            lines += ["", f"Does {name} read descriptions? Its first call on {rc['n']} validation questions, each "
+                      f"over a fresh synthetic pool of 2-5 invented models ({w}): names a pool model "
+                      f"{_f(rc['in_pool'])}, a model strong on the question's domain {_f(rc['strong'])} (a uniform "
+                      f"pick among the lines: {_f(rc['uniform_strong'])}), the descriptor-only expert's model "
+                      f"{_f(rc['expert'])} (uniform: {_f(rc['uniform_expert'])})."]
     if report:
         lines += ["", f"Training: {report.get('steps')} GRPO steps, {report.get('wall_s', 0):.0f} s."]
+    if res.get("rllib"):
+        r = res["rllib"]
+        lines += ["", f"RLlib router: PPO, {r['iterations']} iterations, network `{r['arch']}`, {r['desc_dim']} hashed "
+                  f"description terms per slot, {r['catalog_share']:g} of the episodes over random pools from a catalog "
+                  f"of {r['catalog_models']} synthetic models."]
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
@@ -282,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train again even where a run finished")
     p.add_argument("--rllib-iterations", type=int, default=0,
                    help="also train and play the RLlib router (slot swap) for this many PPO iterations (0: not)")
+    p.add_argument("--rllib-arch", choices=["slots", "mlp"], default="slots",
+                   help="the RLlib router's network (train-rllib --arch; default: %(default)s)")
+    p.add_argument("--rllib-desc-dim", type=int, default=RLLIB_DESC_DIM,
+                   help="hashed description terms per slot (train-rllib --desc-dim; 0: none; default: %(default)s)")
+    p.add_argument("--rllib-catalog-share", type=float, default=RLLIB_CATALOG_SHARE,
+                   help=f"share of its episodes over random pools of {RLLIB_CATALOG_SIZE} synthetic catalog models "
+                        "(0: only the training pool; default: %(default)s)")
+    p.add_argument("--rllib-only", action="store_true",
+                   help="only the RLlib router (needs --rllib-iterations): the LLM router is neither trained nor played")
     return p
 
 
@@ -293,12 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.rllib_iterations < 0:
             raise ValueError(f"--rllib-iterations must be >= 0, got {args.rllib_iterations}")
+        if args.rllib_only and not args.rllib_iterations:
+            raise ValueError("--rllib-only needs --rllib-iterations N (N > 0)")
         cfg = run_config(args.config, out, parse_overrides(args.set))
         out.mkdir(parents=True, exist_ok=True)
-        report = train(cfg, args.retrain)
-        res = measure(cfg, Path(cfg.output_dir) / "policy")
+        if args.rllib_only:
+            report, res = None, {"world": WORLD, "seed": cfg.seed, "n_questions": cfg.data.val_size,
+                                 "held_out": unseen_models(cfg.load_pool()), "pools": {}}
+        else:
+            report = train(cfg, args.retrain)
+            res = measure(cfg, Path(cfg.output_dir) / "policy")
         if args.rllib_iterations:
-            res["rllib"] = rllib_slot_swap(cfg, out, args.rllib_iterations, args.retrain)
+            res["rllib"] = rllib_slot_swap(cfg, out, args.rllib_iterations, args.retrain, args.rllib_arch,
+                                           args.rllib_desc_dim, args.rllib_catalog_share)
+            res["n_questions"] = res["rllib"]["n_questions"] if args.rllib_only else res["n_questions"]
     except (ValueError, FileNotFoundError) as e:
         print(f"router-r1 unseen: {error_line(e)}", file=sys.stderr)
         return 2

@@ -7,6 +7,11 @@ an unknown model), or after `max_calls` calls (the last reply is the answer). Re
 the same core reward as the LLM router (router_r1.env.reward; Router-R1 eq. 2-5): format is always
 well formed here, the outcome is the correctness label of the adopted (last) reply, and the cost
 reward comes from the configured normaliser over episode costs. Ray-free.
+
+A `catalog` (descriptors of more models, answered by the same tables) makes a `catalog_share` of
+episodes run over a random pool of `catalog_sizes` catalog models in random slots: a router that
+sees one fixed pool can tell its models apart by price alone and never needs a description; over
+ever-changing pools it must read each descriptor, which is what a model unseen in training offers.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 
 from router_r1.env.reward import RewardConfig, compute_reward, make_normalizer
 from router_r1.worlds.replay.routing import sample_cost
-from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.pool.descriptors import ModelDescriptor, PoolSpec, load_pool
 from router_r1.rl_router.features import FeatureSpec, assign_slots, hash_ngrams, observation, pool_features
 from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, model_ids, resolve_data_path,
                                             split_samples)
@@ -76,10 +81,28 @@ class RouterEnv(gym.Env):
         if not samples:
             raise ValueError("RouterEnv: no samples to train on")
         self.samples: list[ReplaySample] = samples if isinstance(samples, list) else list(samples)
-        self.columns = model_ids(self.pool, table_models or sorted({m for s in self.samples for m in s.answers}))
+        table_models = table_models or sorted({m for s in self.samples for m in s.answers})
+        self.columns = model_ids(self.pool, table_models)
         missing = [m.name for m in self.pool.models if m.name not in self.columns]
+        catalog = config.get("catalog")
+        if catalog is None and config.get("catalog_path"):
+            catalog = load_pool(config["catalog_path"])
+        self.catalog: list[ModelDescriptor] = []
+        if catalog is not None:
+            clash = {m.name for m in catalog.models} & {m.name for m in self.pool.models}
+            if clash:
+                raise ValueError(f"RouterEnv: catalog models also in the pool: {sorted(clash)}")
+            self.catalog = list(catalog.models)
+            self.columns |= model_ids(catalog, table_models)
+            missing += [m.name for m in self.catalog if m.name not in self.columns]
         if missing:
             raise ValueError(f"RouterEnv: models without replay columns: {missing}")
+        self.catalog_share = float(config.get("catalog_share", 0.5 if self.catalog else 0.0))
+        lo, hi = config.get("catalog_sizes", (2, 5))
+        self.catalog_sizes = (int(lo), int(hi))
+        if self.catalog_share and not 1 <= lo <= hi <= min(len(self.catalog), self.spec_f.max_models):
+            raise ValueError(f"RouterEnv: catalog_sizes {lo}..{hi} must lie in 1..min(catalog size "
+                             f"{len(self.catalog)}, max_models {self.spec_f.max_models})")
         self.reward_cfg = RewardConfig(**config.get("reward", {}))
         self.normalizer = make_normalizer(self.reward_cfg)
         self.max_calls = int(config.get("max_calls", 2))
@@ -87,7 +110,7 @@ class RouterEnv(gym.Env):
         # know which model a slot holds, which is what lets it take models it never saw.
         self.shuffle_slots = bool(config.get("shuffle_slots", False))
         self.slots = assign_slots(self.pool, self.spec_f)  # training: pool order
-        self.pool_block = pool_features(self.slots)
+        self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
         self._qvec = _question_vectors(self.samples, self.spec_f.question_dim)
         self._rvec: dict[tuple[int, str], np.ndarray] = {}
         n = self.spec_f.max_models
@@ -109,12 +132,19 @@ class RouterEnv(gym.Env):
             self._rng.integers(len(self.samples)))
         self._called[:] = 0.0
         self._step, self._last, self._cost = 0, None, 0.0
-        if self.shuffle_slots:
-            perm = self._rng.permutation(self.spec_f.max_models)[:len(self.pool.models)]
+        models = self.pool.models
+        if self.catalog_share and self._rng.random() < self.catalog_share:
+            k = int(self._rng.integers(self.catalog_sizes[0], self.catalog_sizes[1] + 1))
+            models = [self.catalog[int(j)] for j in self._rng.choice(len(self.catalog), k, replace=False)]
+        if self.shuffle_slots or models is not self.pool.models:
+            perm = self._rng.permutation(self.spec_f.max_models)[:len(models)]
             self.slots = [None] * self.spec_f.max_models
-            for m, k in zip(self.pool.models, perm):
+            for m, k in zip(models, perm):
                 self.slots[int(k)] = m
-            self.pool_block = pool_features(self.slots)
+            self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
+        elif self.catalog_share:  # back from a catalog episode: the pool in its own slots
+            self.slots = assign_slots(self.pool, self.spec_f)
+            self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
         return self._obs(), {}
 
     def step(self, action: int):

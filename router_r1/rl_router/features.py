@@ -7,6 +7,7 @@ latency, so a pool file that swaps models changes the observation, not the netwo
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -26,12 +27,17 @@ class FeatureSpec:
     question_dim: int = 256
     reply_dim: int = 32
     max_models: int = 12  # action slots; pools up to this size fit one trained router
+    desc_dim: int = 0  # hashed description words per slot (0: none, the layout before them)
+
+    @property
+    def slot_dim(self) -> int:
+        return DESC_FEATURES + self.desc_dim
 
     @property
     def obs_dim(self) -> int:
         # question, last reply, reply length, called mask, step, descriptors, valid mask
         return (self.question_dim + self.reply_dim + 1 + self.max_models + 1
-                + self.max_models * DESC_FEATURES + self.max_models)
+                + self.max_models * self.slot_dim + self.max_models)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +62,44 @@ def hash_ngrams(text: str, dim: int, tail: int = QUESTION_TAIL_CHARS) -> np.ndar
         v[h % dim] += 1.0 if (h >> 31) & 1 else -1.0
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
+
+
+# Words that say how good a model is at what follows them, up to the end of the sentence or the next
+# qualifier ("good at code and multiple choice, weaker on hard commonsense"). Lower case.
+QUALIFIERS = frozenset({"strong", "stronger", "strongest", "good", "better", "best", "solid", "great",
+                        "excellent", "fair", "decent", "reasonable", "fine", "ok", "okay", "average",
+                        "weak", "weaker", "weakest", "poor", "bad", "worse"})
+STOPWORDS = frozenset({"on", "at", "in", "and", "or", "the", "a", "an", "of", "for", "to", "with", "its", "it"})
+_SENTENCE = re.compile(r"[.;!?]")
+
+
+def description_terms(text: str) -> list[str]:
+    """The description's words, each as `qualifier:word` after a qualifier in the same sentence,
+    or the bare word before any ("Strong on geography and sports; weak on arts." -> strong:geography,
+    strong:sports, weak:arts). Stopwords dropped."""
+    terms = []
+    for sentence in _SENTENCE.split(text.lower()):
+        qualifier = None
+        for w in _WORD.findall(sentence):
+            if w in QUALIFIERS:
+                qualifier = w
+            elif w not in STOPWORDS:
+                terms.append(f"{qualifier}:{w}" if qualifier else w)
+    return terms
+
+
+@functools.lru_cache(maxsize=4096)
+def description_vector(text: str, dim: int) -> np.ndarray:
+    """L2-normalised signed hashed counts of `description_terms` (read-only: cached, since an
+    environment re-reads its pool's descriptions every episode)."""
+    v = np.zeros(dim, dtype=np.float32)
+    for t in description_terms(text) if dim else ():
+        h = zlib.crc32(t.encode("utf-8"))
+        v[h % dim] += 1.0 if (h >> 31) & 1 else -1.0
+    n = float(np.linalg.norm(v))
+    v = v / n if n > 0 else v
+    v.flags.writeable = False
+    return v
 
 
 def descriptor_features(m: ModelDescriptor) -> list[float]:
@@ -89,13 +133,15 @@ def assign_slots(pool: PoolSpec, spec: FeatureSpec, trained: Sequence[str] = ()
     return slots
 
 
-def pool_features(slots: Sequence[ModelDescriptor | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(descriptor block, valid-slot mask) for the models in their slots."""
-    desc = np.zeros((len(slots), DESC_FEATURES), dtype=np.float32)
+def pool_features(slots: Sequence[ModelDescriptor | None], desc_dim: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptor block, valid-slot mask) for the models in their slots: per slot the numeric
+    descriptor features, then `desc_dim` hashed description terms."""
+    desc = np.zeros((len(slots), DESC_FEATURES + desc_dim), dtype=np.float32)
     valid = np.zeros(len(slots), dtype=np.float32)
     for i, m in enumerate(slots):
         if m is not None:
-            desc[i] = descriptor_features(m)
+            desc[i, :DESC_FEATURES] = descriptor_features(m)
+            desc[i, DESC_FEATURES:] = description_vector(m.description, desc_dim)
             valid[i] = 1.0
     return desc.reshape(-1), valid
 

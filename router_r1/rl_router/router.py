@@ -43,7 +43,7 @@ class RLlibRouter:
         """Route over `pool`: trained models keep their slots, unseen ones take free slots."""
         self.pool = pool
         self.slots = assign_slots(pool, self.spec, self.meta.get("slots", []))
-        self.pool_block = pool_features(self.slots)
+        self.pool_block = pool_features(self.slots, self.spec.desc_dim)
 
     @classmethod
     def load(cls, path: str | Path, pool: PoolSpec | None = None) -> "RLlibRouter":
