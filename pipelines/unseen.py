@@ -240,19 +240,27 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
                            "desc_dim": meta["features"].get("desc_dim", 0),
                            "catalog_models": len(catalog.models), "catalog_share": meta.get("catalog_share", 0.0),
                            "pools": {}}
-    for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
-        policy = make_policy(f"rllib:{router}", pool, cfg, table.models, 32)
+    def play(spec: str, pool: PoolSpec) -> tuple[dict[str, float], list[tuple[str, str]]]:
+        policy = make_policy(spec, pool, cfg, table.models, 32)
         runs = asyncio.run(run_policy(policy, items, pool_target(pool, table, False, "unseen_rllib"), True))
         rows = [score_run(it, r, pool, table.models) for it, r in zip(items, runs, strict=True)]
         rewards = [compute_reward(r["format_ok"], r["accuracy"], r["cost_usd"], norm.score(r["cost_usd"]),
                                   cfg.reward).reward for r in rows]
         agg = aggregate(rows)
-        routes = [(m, it.question) for it, r in zip(items, rows) for m in r["models"]]
+        return ({"reward/mean": sum(rewards) / len(rewards), "outcome/em": agg["accuracy"],
+                 "format/ok_rate": agg["format_ok"], "cost/mean_usd": agg["cost_usd"],
+                 "calls/per_episode": agg["calls_per_q"]},
+                [(m, it.question) for it, r in zip(items, rows) for m in r["models"]])
+
+    for label, pool in (("training pool", rpool.seen()), ("whole pool", rpool)):
+        figures, routes = play(f"rllib:{router}", pool)
+        singles = {m: play(f"single:{m}", pool)[0] for m in pool.names}
+        best = max(singles, key=lambda m: singles[m]["reward/mean"])
         res["pools"][label] = {
-            "router": {"reward/mean": sum(rewards) / len(rewards), "outcome/em": agg["accuracy"],
-                       "format/ok_rate": agg["format_ok"], "cost/mean_usd": agg["cost_usd"],
-                       "calls/per_episode": agg["calls_per_q"]},
-            "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held}}
+            "router": figures, "shares": {m: domain_shares(routes, m, whole, world.sim.world) for m in held},
+            # one call per question on the same rows: the best single model in hindsight, and the
+            # oracle (reads the labels: the cheapest right model)
+            "references": {f"best single model ({best})": singles[best], "one-call oracle": play("oracle", pool)[0]}}
     played = RLlibRouter.load(router)
     cases = choice_cases(world.sim, questions(val_items), seed=cfg.seed, reserved=reserved,
                          heads=cfg.warmstart.synthetic_heads)
@@ -275,6 +283,10 @@ def markdown(res: dict[str, Any], report: dict[str, Any], command: str) -> str:
     for label, p in rl.items():
         lines.append(f"| RLlib router (slot swap), {label} ({w}, questions asked whole) | "
                      + " | ".join(_f(p["router"].get(k)) for k, _ in FIGURES) + " |")
+    for label, p in rl.items():
+        for ref, r in p.get("references", {}).items():
+            lines.append(f"| {ref}, {label} ({w}, questions asked whole) | "
+                         + " | ".join(_f(r.get(k)) for k, _ in FIGURES) + " |")
     for label, p in pools.items():
         for ref in ("expert", "oracle"):
             r = p[ref]

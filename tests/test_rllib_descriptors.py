@@ -194,11 +194,14 @@ def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
     assert (rl["arch"], rl["desc_dim"], rl["catalog_models"], rl["catalog_share"]) == ("slots", 64, 10, 0.75)
     assert rl["route_choice"]["n"] == 24 and set(rl["pools"]) == {"training pool", "whole pool"}
     assert "Sim-Geo-Small" in rl["pools"]["whole pool"]["shares"]
+    refs = rl["pools"]["whole pool"]["references"]
+    assert "one-call oracle" in refs and any(k.startswith("best single model (") for k in refs)
+    assert refs["one-call oracle"]["outcome/em"] >= max(r["outcome/em"] for r in refs.values())
     catalog = load_pool(out / "rllib" / "catalog_replay.yaml")
     pool_names = {m.name.casefold() for m in load_pool(root / "configs" / "pool_simulated_unseen.yaml").models}
     assert len(catalog.models) == 10 and not pool_names & {m.name.casefold() for m in catalog.models}
     models = set(pq.read_table(out / "rllib" / "train.parquet").column("model").to_pylist())
     assert {m.name for m in catalog.models} < models and "Sim-Geo-Small" in models  # (left out by --holdout)
     table = (out / "table.md").read_text()
-    assert "Does the RLlib router read descriptions?" in table and "network `slots`" in table
+    assert "Does the RLlib router read descriptions?" in table and "| one-call oracle, whole pool" in table and "network `slots`" in table
     assert "| router, " not in table  # the LLM router was neither trained nor played
