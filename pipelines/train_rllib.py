@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--entropy", type=float, default=0.01)
-    p.add_argument("--hidden", default="128,128")
+    p.add_argument("--hidden", default="128,128", help="MLP widths (--arch slots: the first is its width)")
     p.add_argument("--question-dim", type=int, default=256)
     p.add_argument("--num-envs", type=int, default=16, help="vectorised envs in the local env runner")
     p.add_argument("--seed", type=int, default=0)

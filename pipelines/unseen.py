@@ -49,6 +49,7 @@ RLLIB_TRAIN_QUESTIONS = 4000  # one-call outcomes of this many training question
 RLLIB_CATALOG_SIZE = 48
 RLLIB_CATALOG_SHARE = 0.75
 RLLIB_DESC_DIM = 64
+RLLIB_CATALOG_PARAMS_B = (1, 3, 7, 14, 34, 70)  # sizes drawn for catalog models (billions)
 FIGURES = (("reward/mean", "reward"), ("outcome/em", "EM"), ("format/ok_rate", "format-ok"),
            ("cost/mean_usd", "cost/episode (USD)"), ("calls/per_episode", "calls/episode"))
 
@@ -207,7 +208,12 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
     reserved = world.reserved_names()
     catalog = random_pool(random.Random(f"{cfg.seed}-rllib-catalog"), reserved,
                           sizes=(RLLIB_CATALOG_SIZE, RLLIB_CATALOG_SIZE), heads=len(HEADS))
-    catalog = catalog.model_copy(update={"name": "rllib_catalog"})
+    # sizes and latencies like the pool file's (a synthetic model has neither), so that these
+    # features do not tell catalog models from the pool's
+    size_rng = random.Random(f"{cfg.seed}-rllib-catalog-sizes")
+    catalog = catalog.model_copy(update={"name": "rllib_catalog", "models": [
+        m.model_copy(update={"params_b": size_rng.choice(RLLIB_CATALOG_PARAMS_B),
+                             "latency_s": round(size_rng.uniform(0.3, 2.5), 1)}) for m in catalog.models]})
     sim = Simulation(whole, world.sim.world)
     d = out / "rllib"
 
@@ -224,6 +230,15 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
     for path, p in ((pool_file, rpool), (catalog_file, replay_pool(catalog, [train_path.resolve()]))):
         path.write_text(yaml.safe_dump(p.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
     router = d / "router"
+    want = {"arch": arch, "desc_dim": desc_dim, "catalog_share": catalog_share if catalog_share else 0.0,
+            "iterations": iterations}
+    if not retrain and (router / "rllib_router.json").exists():
+        old = json.loads((router / "rllib_router.json").read_text())
+        have = {"arch": old.get("arch", "mlp"), "desc_dim": old["features"].get("desc_dim", 0),
+                "catalog_share": old.get("catalog_share", 0.0), "iterations": old["iterations"]}
+        if have != want:
+            log.info("retraining the RLlib router in %s: it was trained with %s, asked for %s", router, have, want)
+            retrain = True
     if retrain or not (router / "rllib_router.json").exists():
         catalog_args = ["--catalog", str(catalog_file), "--catalog-share", str(catalog_share)] if catalog_share else []
         rc = train_rllib.main(["--pool", str(pool_file), "--data", str(train_path), "--split", "all",
@@ -343,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rllib-desc-dim", type=int, default=RLLIB_DESC_DIM,
                    help="hashed description terms per slot (train-rllib --desc-dim; 0: none; default: %(default)s)")
     p.add_argument("--rllib-catalog-share", type=float, default=RLLIB_CATALOG_SHARE,
-                   help=f"share of its episodes over random pools of {RLLIB_CATALOG_SIZE} synthetic catalog models "
-                        "(0: only the training pool; default: %(default)s)")
+                   help=f"share of its episodes over random pools of 2-5 models drawn from a catalog of "
+                        f"{RLLIB_CATALOG_SIZE} synthetic ones (0: only the training pool; default: %(default)s)")
     p.add_argument("--rllib-only", action="store_true",
                    help="only the RLlib router (needs --rllib-iterations): the LLM router is neither trained nor played")
     return p
@@ -360,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--rllib-iterations must be >= 0, got {args.rllib_iterations}")
         if args.rllib_only and not args.rllib_iterations:
             raise ValueError("--rllib-only needs --rllib-iterations N (N > 0)")
+        if args.rllib_desc_dim < 0:
+            raise ValueError(f"--rllib-desc-dim must be >= 0, got {args.rllib_desc_dim}")
+        if not 0.0 <= args.rllib_catalog_share <= 1.0:
+            raise ValueError(f"--rllib-catalog-share must lie in [0, 1], got {args.rllib_catalog_share}")
         cfg = run_config(args.config, out, parse_overrides(args.set))
         out.mkdir(parents=True, exist_ok=True)
         if args.rllib_only:

@@ -111,6 +111,43 @@ def test_name_last_lines_end_with_the_name():
     assert opts.name_last and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
 
 
+def test_description_strengths_and_the_strength_index():
+    from router_r1.env.prompt import description_strengths, index_key, strength_index
+    from router_r1.pool.descriptors import ModelDescriptor
+
+    assert description_strengths("Strong on geography and sports; weak on people, science and arts.") == [
+        ("strong on", "geography"), ("strong on", "sports"), ("weak on", "people"), ("weak on", "science"),
+        ("weak on", "arts")]
+    assert description_strengths("Good on every topic, and on two-hop questions in one call.") == [
+        ("good on", "every topic"), ("good on", "two-hop questions in one call")]
+    assert description_strengths("Cheap chat model; good at code and multiple choice, weaker on hard "
+                                 "commonsense.") == [("good at", "code"), ("good at", "multiple choice"),
+                                                     ("weaker on", "hard commonsense")]
+    assert description_strengths("") == [] and description_strengths("Strong model.") == []
+    pool = load_pool(ROOT / "configs" / "pool_simulated_unseen.yaml")
+    # one line per phrase, weaknesses left out, cheapest first within a line
+    assert strength_index(pool) == [
+        "- strong on geography: Sim-Geo-Small ($0.10)", "- strong on sports: Sim-Geo-Small ($0.10)",
+        "- strong on people: Sim-Bio-Small ($0.20)", "- strong on arts: Sim-Bio-Small ($0.20)",
+        "- strong on science: Sim-Sci-Medium ($0.60)", "- fair on people: Sim-Sci-Medium ($0.60)",
+        "- fair on geography: Sim-Sci-Medium ($0.60)", "- good on every topic: Sim-General-Large ($2.00)",
+        "- good on two-hop questions in one call: Sim-General-Large ($2.00)"]
+    cheap = ModelDescriptor(name="Cheap", price_in=0.05, price_out=0.1, description="Fair on geography.")
+    bare = ModelDescriptor(name="Bare", price=0.3)
+    both = pool.model_copy(update={"models": [*pool.models, cheap, bare]})
+    lines = strength_index(both)
+    assert "- fair on geography: Cheap ($0.05 in, $0.10 out), Sim-Sci-Medium ($0.60)" in lines
+    assert lines[-1] == "- other: Bare ($0.30)"
+    geo, gen = pool["Sim-Geo-Small"], pool["Sim-General-Large"]
+    assert (index_key(geo, "geography"), index_key(geo, "arts")) == ("strong on geography", None)
+    assert index_key(gen, "arts") == "good on every topic" and index_key(cheap, "geography") == "fair on geography"
+    text = render_prompt(pool, "Who coaches Drithus Wolves?", compact=True, by_strength=True)
+    assert "Candidate LLMs:\n- strong on geography: Sim-Geo-Small ($0.10)\n" in text and "Name: Sim" not in text
+    cfg = load_config(None, {"policy.compact_prompt": True, "policy.by_strength": True})
+    opts = PromptOptions.from_policy(cfg.policy)
+    assert opts.by_strength and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
+
+
 # -- the four consumers render the same ids -----------------------------------------------------
 @pytest.fixture(scope="module", params=["demo", "bpe"])
 def trained(request, tmp_path_factory):

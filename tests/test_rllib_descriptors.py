@@ -51,8 +51,11 @@ def _module():
 
 
 def _obs(spec, slots, called, valid, rng):
-    q = rng.normal(size=spec.question_dim + spec.reply_dim + 1)
-    return np.concatenate([q, called, [0.5], slots.reshape(-1), valid]).astype(np.float32)
+    """The environment's own observation (features.observation) for these slots."""
+    from router_r1.rl_router.features import observation
+
+    return observation(spec, rng.normal(size=spec.question_dim).astype(np.float32), "a reply", called.astype(np.float32),
+                       1, 2, (slots.reshape(-1).astype(np.float32), valid.astype(np.float32)))
 
 
 def test_slot_module_scores_each_slot_alike_and_masks_empty_ones():
@@ -66,6 +69,10 @@ def test_slot_module_scores_each_slot_alike_and_masks_empty_ones():
     slots[3] = 0.0
     called, valid = np.array([1.0, 0, 0, 0]), np.array([1.0, 1, 1, 0])
     obs = _obs(spec, slots, called, valid, rng)
+    parts = split_observation(torch.from_numpy(obs), spec)
+    assert np.array_equal(parts["slots"].numpy(), slots.astype(np.float32))
+    assert parts["called"].tolist() == called.tolist() and parts["valid"].tolist() == valid.tolist()
+    assert parts["step"].item() == pytest.approx(0.5)
     perm = [2, 0, 1, 3]  # the same models, moved to other slots
     moved = obs.copy()
     start = spec.question_dim + spec.reply_dim + 1
@@ -100,6 +107,9 @@ def _catalog(*pairs):
 
 CATALOG = _catalog(("Cat-A", "m-big", 5.0, "Strong on everything."), ("Cat-B", "m-small", 0.1, "Weak."),
                    ("Cat-C", "m-mid", 1.0, "Fair."))
+# for training without Mid: no catalog model answers with Mid's column
+CATALOG_NO_MID = _catalog(("Cat-A", "m-big", 5.0, "Strong on everything."), ("Cat-B", "m-small", 0.1, "Weak."),
+                          ("Cat-D", "m-big", 2.0, "Fair."))
 
 
 def test_catalog_pools_in_the_env(tiny):
@@ -127,6 +137,19 @@ def test_catalog_pools_in_the_env(tiny):
                        "catalog": CATALOG, "catalog_share": 0.0})
     plain.reset()
     assert [m and m.name for m in plain.slots] == ["Big", "Mid", "Small", None]
+    # half and half, no shuffling: back from a catalog episode, the pool is in its own slots again
+    mixed = RouterEnv({"samples": table.samples, "table_models": table.models, "pool": pool, "features": SPEC,
+                       "catalog": CATALOG, "catalog_share": 0.5, "catalog_sizes": (2, 3), "seed": 2})
+    kinds = set()
+    for _ in range(30):
+        mixed.reset()
+        names = [m and m.name for m in mixed.slots]
+        if "Big" in names:
+            assert names == ["Big", "Mid", "Small", None] and mixed.pool_block[1].tolist() == [1, 1, 1, 0]
+            kinds.add("pool")
+        else:
+            kinds.add("catalog")
+    assert kinds == {"pool", "catalog"}
 
 
 def test_catalog_errors(tiny):
@@ -138,6 +161,11 @@ def test_catalog_errors(tiny):
         RouterEnv({**base, "catalog": _catalog(("Cat-X", "m-nope", 1.0, ""), ("Cat-B", "m-small", 1.0, ""))})
     with pytest.raises(ValueError, match="catalog_sizes"):
         RouterEnv({**base, "catalog": CATALOG, "catalog_sizes": (2, 4)})
+    # a held-out model's answers must not come back under another name
+    with pytest.raises(ValueError, match="held-out model's column: \\['Cat-C'\\]"):
+        RouterEnv({**base, "holdout": ["Mid"], "catalog": CATALOG})
+    RouterEnv({**base, "holdout": ["Mid"], "catalog_sizes": (2, 2),
+               "catalog": _catalog(("Cat-A", "m-big", 5.0, ""), ("Cat-B", "m-small", 0.1, ""))})
 
 
 def test_train_slots_with_a_catalog_then_route_by_descriptor(tiny, tmp_path, ray_local):
@@ -148,7 +176,7 @@ def test_train_slots_with_a_catalog_then_route_by_descriptor(tiny, tmp_path, ray
 
     csv, pool, _ = tiny
     cat = tmp_path / "catalog.yaml"
-    cat.write_text(yaml.safe_dump(CATALOG.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
+    cat.write_text(yaml.safe_dump(CATALOG_NO_MID.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False))
     out = tmp_path / "router"
     args = train_rllib.build_parser().parse_args([
         "--pool", str(tmp_path / "pool.yaml"), "--data", str(csv), "--split", "all", "--iterations", "2",
@@ -161,12 +189,22 @@ def test_train_slots_with_a_catalog_then_route_by_descriptor(tiny, tmp_path, ray
     assert router._mlp is None  # not the default MLP: decisions go through the module
     assert router.route("What is 2 + 2?") in {"Big", "Small"}
     router.set_pool(CATALOG)  # a pool of other models: still a model of it
-    assert router.route("What is 2 + 2?") in {"Cat-A", "Cat-B", "Cat-C"}
+    assert router.route("What is 2 + 2?") in {"Cat-A", "Cat-B", "Cat-C"}  # Cat-C: never seen
     with pytest.raises(SystemExit):
         train_rllib.build_parser().parse_args(["--data", "x", "--arch", "cnn"])
-    bad = train_rllib.build_parser().parse_args(["--data", str(csv), "--catalog-sizes", "2"])
-    with pytest.raises(ValueError, match="catalog-sizes"):
-        train_rllib.train(bad)
+
+
+@pytest.mark.parametrize("args, message", [(["--catalog-sizes", "2"], "--catalog-sizes must be min,max"),
+                                           (["--desc-dim", "-1"], "--desc-dim must be >= 0"),
+                                           (["--catalog-share", "1.5"], "--catalog-share must lie in [0, 1]")])
+def test_train_rllib_bad_options_are_one_line(tiny, tmp_path, capsys, args, message):
+    from pipelines import train_rllib
+
+    csv, _, _ = tiny
+    rc = train_rllib.main(["--pool", str(tmp_path / "pool.yaml"), "--data", str(csv), "--no-mlflow",
+                           "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0] and not (tmp_path / "r").exists()
 
 
 def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
@@ -187,6 +225,12 @@ def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
     args = ["--config", str(root / "configs" / "unseen_sim.yaml"), "--out", str(out), "--rllib-only",
             "--set", "data.sim.val_size=24"]
     assert unseen.main(args) == 2 and "needs --rllib-iterations" in capsys.readouterr().err
+    for bad, message in ((["--rllib-desc-dim", "-2"], "--rllib-desc-dim must be >= 0"),
+                         (["--rllib-catalog-share", "2"], "--rllib-catalog-share must lie in [0, 1]")):
+        assert unseen.main([*args, "--rllib-iterations", "2", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not out.exists()  # refused before anything was trained or written
     assert unseen.main([*args, "--rllib-iterations", "2"]) == 0
     res = json.loads((out / "unseen.json").read_text())
     rl = res["rllib"]
@@ -205,3 +249,7 @@ def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
     table = (out / "table.md").read_text()
     assert "Does the RLlib router read descriptions?" in table and "| one-call oracle, whole pool" in table and "network `slots`" in table
     assert "| router, " not in table  # the LLM router was neither trained nor played
+    assert all(m.params_b is not None for m in catalog.models)  # sized like the pool file's models
+    # asking for other RLlib options retrains instead of reporting the old router under them
+    assert unseen.main([*args, "--rllib-iterations", "3"]) == 0
+    assert json.loads((out / "unseen.json").read_text())["rllib"]["iterations"] == 3

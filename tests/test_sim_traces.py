@@ -228,3 +228,31 @@ def test_think_need_names_each_calls_domain(sim):
         assert (b.response == a.response) == (kinds == {"whole"})
         seen |= kinds
     assert seen == {"whole", "one fact"}
+
+
+def test_think_need_by_strength_quotes_the_index_line_and_the_model(sim):
+    """With `by_strength` the think goes on with the `strength_index` line the called model is
+    listed under for that domain, and the model, exactly as the prompt lists it (the expert: the
+    cheapest strong model; a random call: whatever line it has, or the bare name)."""
+    from router_r1.env.prompt import index_key, strength_index
+    from router_r1.worlds.sim.language import RELATIONS
+
+    qs = sim.world.questions("val", 60, seed=2)
+    plain = make_traces(sim, qs, mix={"expert": 0.5, "random": 0.5}, seed=3, think_need=True)
+    quoted = make_traces(sim, qs, mix={"expert": 0.5, "random": 0.5}, seed=3, think_need=True, by_strength=True)
+    index = "\n".join(strength_index(sim.pool))
+    keys = set()
+    for a, b in zip(plain, quoted, strict=True):
+        assert a.routes == b.routes and not validate(b.response)
+        thinks = [t.split(" </think>")[0] for t in b.response.split("<think> ")[1:] if "<search>" in t]
+        for (model, query), think in zip(b.routes, thinks, strict=True):
+            relations = sim.world.interpret(query).relations
+            if len(relations) > 1:
+                continue
+            domain = RELATIONS[relations[0]].domain
+            key = index_key(sim.descriptor(model), domain)
+            assert think.endswith(f"I need a model strong on {domain}. " + (f"{key}: {model}." if key else f"{model}."))
+            if key:
+                assert f"- {key}: " in index and model in index.split(f"- {key}: ")[1].split("\n")[0]
+            keys.add(key)
+    assert {"strong on geography", "good on every topic", None} <= keys

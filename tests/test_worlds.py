@@ -149,3 +149,15 @@ def test_split_seed_holds_the_validation_questions_fixed_across_run_seeds(tmp_pa
 
     assert len(val_ids(0)) == 10 and val_ids(0) != val_ids(1)
     assert val_ids(1, split_seed=0) == val_ids(0) and val_ids(0, split_seed=1) == val_ids(1)
+
+
+def test_split_seed_holds_the_simulated_questions_fixed_across_run_seeds():
+    """The simulator draws its train / val / held-out-entity questions with the split seed too."""
+    def splits(seed, split_seed=None):
+        cfg = load_config(ROOT / "configs" / "unseen_sim.yaml", {"seed": seed, "data.split_seed": split_seed,
+                                                                  "data.sim.val_size": 24, "data.sim.train_size": 50})
+        w = make_world(cfg, cfg.load_pool().seen())
+        return [[q["id"] for q in w.questions(s)] for s in ("train", "val")] + [[q["id"] for q in w.heldout]]
+
+    assert splits(0) != splits(1)
+    assert splits(1, split_seed=0) == splits(0) and splits(0, split_seed=1) == splits(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,14 +65,76 @@ def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = 
     return f"{line} {m.description.strip()}" if m.description.strip() else line
 
 
+# Words that say how good a model is at what follows them in its description ("Strong on geography
+# and sports; weak on arts", "good at code and multiple choice, weaker on hard commonsense").
+QUALIFIERS = ("strong", "stronger", "strongest", "good", "better", "best", "solid", "great", "excellent",
+              "fair", "decent", "reasonable", "fine", "ok", "okay", "average",
+              "weak", "weaker", "weakest", "poor", "bad", "worse")
+NEGATIVE = frozenset({"weak", "weaker", "weakest", "poor", "bad", "worse"})
+_QUALIFIED = re.compile(r"\b(" + "|".join(QUALIFIERS) + r")\s+(on|at|in|for|with)\s+", re.IGNORECASE)
+
+
+def description_strengths(text: str) -> list[tuple[str, str]]:
+    """What a description says a model is good or bad at, as (qualifier with its preposition,
+    item), in order: "Strong on geography and sports; weak on people, science and arts." ->
+    ("strong on", "geography"), ("strong on", "sports"), ("weak on", "people"), ... A qualified
+    list runs to the end of its sentence (`.`, `;`) or the next qualifier; items are split at
+    commas and "and"."""
+    out: list[tuple[str, str]] = []
+    for sentence in re.split(r"[.;!?]", text):
+        marks = list(_QUALIFIED.finditer(sentence))
+        for i, mk in enumerate(marks):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(sentence)
+            key = f"{mk.group(1).lower()} {mk.group(2).lower()}"
+            for item in re.split(r",|\band\b", sentence[mk.end():end]):
+                item = re.sub(r"^(on|at|in)\s+", "", item.strip()).strip()
+                if item:
+                    out.append((key, item))
+    return out
+
+
+def strength_index(pool: PoolSpec) -> list[str]:
+    """The pool as one line per thing its descriptions say models are good at, each listing the
+    models described so, cheapest first: "- strong on geography: Sim-Geo-Small ($0.10)", "- fair on
+    people: ...". Weaknesses are left out (a model not listed for a topic is not recommended
+    for it); models with nothing listed get one "- other:" line. For a tiny router: the
+    phrase its think names ("strong on geography") is followed, in exactly one line, by the names
+    that fit, so choosing a model it never saw is one copy after a matching phrase."""
+    groups: dict[str, list] = {}
+    for m in pool.models:
+        keys = list(dict.fromkeys(f"{q} {item}" for q, item in description_strengths(m.description)
+                                  if q.split()[0] not in NEGATIVE))
+        for k in keys or ["other"]:
+            groups.setdefault(k, []).append(m)
+
+    def price(m: ModelDescriptor) -> str:
+        return f"${m.price_in:.2f}" if m.price_in == m.price_out else f"${m.price_in:.2f} in, ${m.price_out:.2f} out"
+
+    return [f"- {k}: " + ", ".join(f"{m.name} ({price(m)})" for m in sorted(ms, key=lambda m: (m.price_in + m.price_out, m.name)))
+            for k, ms in groups.items()]
+
+
+def index_key(m: ModelDescriptor, topic: str) -> str | None:
+    """The `strength_index` line under which `m` is listed for `topic`: the one naming the topic,
+    else one naming "every topic"; None if it is listed under neither."""
+    keys = [f"{q} {item}" for q, item in description_strengths(m.description) if q.split()[0] not in NEGATIVE]
+    for want in (topic, "every topic"):
+        for k in keys:
+            if k.split(" ", 2)[-1].lower() == want:
+                return k
+    return None
+
+
 def render_prompt(pool: PoolSpec, question: str, instructions: str | None = None,
-                  compact: bool = False, name_last: bool = False) -> str:
+                  compact: bool = False, name_last: bool = False, by_strength: bool = False) -> str:
     """The full user turn for one question. Chat templates, if any, are applied by the policy.
     `compact` uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short model lines
-    (with `name_last`, each ending with the model's name)."""
+    (with `name_last`, each ending with the model's name); `by_strength` lists the models as
+    `strength_index` lines instead of one line each."""
     if instructions is None:
         instructions = COMPACT_INSTRUCTIONS if compact else INSTRUCTIONS
-    models = "\n".join(describe_model(m, compact, name_last) for m in pool.models)
+    lines = strength_index(pool) if by_strength else [describe_model(m, compact, name_last) for m in pool.models]
+    models = "\n".join(lines)
     return f"{instructions}\n\nCandidate LLMs:\n{models}\n\nQuestion: {question.strip()}\n"
 
 
@@ -85,11 +148,13 @@ class PromptOptions(BaseModel):
     max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
     use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
     name_last: bool = False  # compact model lines end with the name (describe_model)
+    by_strength: bool = False  # models listed by what their descriptions name (strength_index)
 
     @classmethod
     def from_policy(cls, policy: PolicyConfig) -> PromptOptions:
         return cls(compact=policy.compact_prompt, max_question_tokens=policy.max_question_tokens,
-                   use_chat_template=policy.use_chat_template, name_last=policy.name_last)
+                   use_chat_template=policy.use_chat_template, name_last=policy.name_last,
+                   by_strength=policy.by_strength)
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
@@ -112,7 +177,7 @@ def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: 
     """The user turn under `options`, before any chat template (the question tail is counted in
     `tokenizer`'s tokens, or in words without one: tokenizer corpora, before it exists)."""
     return render_prompt(pool, question_tail(question, options.max_question_tokens, tokenizer),
-                         compact=options.compact, name_last=options.name_last)
+                         compact=options.compact, name_last=options.name_last, by_strength=options.by_strength)
 
 
 def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions) -> tuple[str, list[int]]:

@@ -70,6 +70,11 @@ class PolicyConfig(_Section):
     # Sim-Geo-Small") instead of starting with it. A causal router reads a name's tokens after its
     # description, so writing a name it never saw in training is one lookup (router_r1.env.prompt).
     name_last: bool = False
+    # List the models by what their descriptions name, one line per phrase with the models so
+    # described, cheapest first ("- strong on geography: Sim-Geo-Small ($0.10), ..."), instead of
+    # a line per model (router_r1.env.prompt.strength_index). With warmstart.think_need the think
+    # before a call then quotes that line's phrase and the model it calls.
+    by_strength: bool = False
     # Keep only the last N tokens of the question in the prompt (None: the whole question). For
     # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
     # question itself last); the replayed call still receives the full question.
@@ -232,8 +237,9 @@ class DataConfig(_Section):
     limit: int | None = None
     sim: SimDataOptions = Field(default_factory=SimDataOptions)  # simulated-world options
     val_fraction: float = 0.1
-    # qa/replay: the seed of the train/validation split of `train` (None: the run's `seed`), so a
-    # run can be repeated under another seed on the same held-out questions.
+    # The seed of the train/validation split (qa/replay: of `train`; simulated: which questions
+    # are drawn for each split); None: the run's `seed`. A run can then be repeated under another
+    # seed on the same held-out questions.
     split_seed: int | None = None
     # Every world: the first N validation questions the driver plays greedily at the start and
     # end of training (None: all of them). The full split is evaluated by `router-r1 evaluate`.
@@ -336,7 +342,7 @@ class RunConfig(_Section):
 
     @property
     def split_seed(self) -> int:
-        """The seed of the qa/replay train/validation split: `data.split_seed`, else `seed`."""
+        """The seed of the train/validation split: `data.split_seed`, else `seed`."""
         return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def check_training(self) -> None:

@@ -72,6 +72,8 @@ class RouterEnv(gym.Env):
         if pool is None:
             pool = load_pool(config["pool_path"])
         self.pool: PoolSpec = training_pool(pool, config.get("holdout", ()))
+        trained = set(self.pool.names)
+        held_out = pool.subset([m.name for m in pool.models if m.name not in trained])
         samples = config.get("samples")
         table_models = config.get("table_models")
         if samples is None:
@@ -93,7 +95,11 @@ class RouterEnv(gym.Env):
             if clash:
                 raise ValueError(f"RouterEnv: catalog models also in the pool: {sorted(clash)}")
             self.catalog = list(catalog.models)
-            self.columns |= model_ids(catalog, table_models)
+            cat_columns = model_ids(catalog, table_models)
+            leaked = sorted(n for n, c in cat_columns.items() if c in set(model_ids(held_out, table_models).values()))
+            if leaked:  # a held-out model's answers under another name
+                raise ValueError(f"RouterEnv: catalog models answer with a held-out model's column: {leaked}")
+            self.columns |= cat_columns
             missing += [m.name for m in self.catalog if m.name not in self.columns]
         if missing:
             raise ValueError(f"RouterEnv: models without replay columns: {missing}")

@@ -115,7 +115,8 @@ def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[i
 
 def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
                      reserved: Iterable[str] = (), compact: bool = False,
-                     subject_swap: float = 0.0, heads: int = 16, think_need: bool = False) -> list[Episode]:
+                     subject_swap: float = 0.0, heads: int = 16, think_need: bool = False,
+                     by_strength: bool = False) -> list[Episode]:
     """One expert trace per question, each over its own random pool (on `sim`'s world), carrying
     that pool (`Episode.pool`); a `subject_swap` share get a fresh subject (`traces.swap_subject`)."""
     reserved = list(reserved)
@@ -124,7 +125,7 @@ def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: in
     for q in questions:
         pool = random_pool(rng, reserved, heads=heads)
         synth = Simulation(pool, sim.world)
-        ep = make_trace(synth, q, "expert", rng, compact=compact, think_need=think_need)
+        ep = make_trace(synth, q, "expert", rng, compact=compact, think_need=think_need, by_strength=by_strength)
         ep.pool = pool
         ep.meta["synthetic_pool"] = True
         if subject_swap and subject_rng.random() < subject_swap:

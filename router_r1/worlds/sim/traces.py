@@ -25,7 +25,7 @@ from typing import Literal
 
 from router_r1.env.answer_metrics import exact_match
 from router_r1.env.episode import Episode, Segment
-from router_r1.env.prompt import render_prompt
+from router_r1.env.prompt import index_key, render_prompt
 from router_r1.env.protocol import information_block
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.types import CallResult
@@ -61,7 +61,7 @@ def _plan_oracle(sim: Simulation, q: SimQuestion, cfg: RewardConfig) -> Plan:
 def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
                rng: random.Random | None = None, reward_cfg: RewardConfig | None = None,
                instructions: str | None = None, compact: bool = False, decompose_p: float = 0.5,
-               retry: bool = True, think_need: bool = False) -> Episode:
+               retry: bool = True, think_need: bool = False, by_strength: bool = False) -> Episode:
     """One complete, well-formed trajectory for `q`, as a finished `Episode`.
 
     policy 'oracle': the oracle's plan under `reward_cfg` (cheapest path to the gold answer);
@@ -70,7 +70,10 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     retries; 'generalist': one call to the model best over all domains (see `plans.py`).
     `think_need`: each think before a call ends with the domain its query asks about
     (`unseen.call_domain`: "I need a model strong on sports."; none for a two-hop question asked
-    whole), whatever model the policy then calls.
+    whole), whatever model the policy then calls. With `by_strength` (prompts listing models by
+    `prompt.strength_index`) it goes on to quote the index line the called model is listed under
+    for that domain, and the model ("strong on sports: Sim-Geo-Small."), so the name follows the
+    same phrase as in the prompt.
     """
     rng = rng or random.Random(0)
     if policy == "oracle":
@@ -92,6 +95,9 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     for i, (_, call) in enumerate(moves):
         if think_need and (domain := call_domain(sim.world, call.query)) in DOMAINS:
             think += f" I need a model strong on {domain}."
+            if by_strength:
+                key = index_key(sim.descriptor(call.model), domain)
+                think += f" {key}: {call.model}." if key else f" {call.model}."
         segments.append(Segment(f"<think> {think} </think>\n{_search(call.model, call.query)}",
                                 "policy"))
         segments.append(Segment(information_block(call.reply.text), "information"))
@@ -170,12 +176,13 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
                 instructions: str | None = None, compact: bool = False,
-                name_swap: float = 0.0, subject_swap: float = 0.0, think_need: bool = False) -> list[Episode]:
+                name_swap: float = 0.0, subject_swap: float = 0.0, think_need: bool = False,
+                by_strength: bool = False) -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
     40% random: the format and sensible routing, plus enough variety for RL to explore from).
     A `name_swap` share of them have their stated names swapped (`swap_stated_names`), and a
     `subject_swap` share their subject renamed (`swap_subject`): fresh names in every trace.
-    `think_need`: see `make_trace`.
+    `think_need`, `by_strength`: see `make_trace`.
     A swapped trace keeps no prompt: the rollout worker renders it from the renamed question."""
     mix = mix or DEFAULT_MIX
     bad = sorted(set(mix) - set(TRACE_POLICIES))
@@ -189,7 +196,8 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
     out = []
     for q in questions:
         ep = make_trace(sim, q, rng.choices(names, weights)[0], rng, reward_cfg,
-                        instructions=instructions, compact=compact, think_need=think_need)
+                        instructions=instructions, compact=compact, think_need=think_need,
+                        by_strength=by_strength)
         if name_swap and swap_rng.random() < name_swap:
             ep = swap_stated_names(ep, sim, swap_rng)
         if subject_swap and subject_rng.random() < subject_swap:

@@ -40,8 +40,10 @@ class SimulatedWorld(World):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> SimulatedWorld:
-        opts, seed = cfg.data.sim, cfg.seed
-        # The split chooses which questions are train / val / test, never the knowledge base.
+        # `split_seed` (data.split_seed, else the run's seed) draws the train / val / test questions,
+        # so a run repeated under another seed can keep the same ones. The split chooses which
+        # questions are train / val / test, never the knowledge base.
+        opts, seed = cfg.data.sim, cfg.split_seed
         sim = Simulation.from_pool(pool, **({"split": opts.split} if opts.split else {}))
         frac = opts.two_hop_fraction
         n_train = opts.train_size if opts.train_size is not None else cfg.data.limit
@@ -93,11 +95,13 @@ class SimulatedWorld(World):
         n_synth = round(ws.synthetic_pools * len(qs))
         traces = make_traces(self.sim, qs[n_synth:], mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
                              compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
-                             subject_swap=ws.subject_swap, think_need=ws.think_need)
+                             subject_swap=ws.subject_swap, think_need=ws.think_need,
+                             by_strength=cfg.policy.by_strength)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self.reserved_names(),
                                        compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap,
-                                       heads=ws.synthetic_heads, think_need=ws.think_need)
+                                       heads=ws.synthetic_heads, think_need=ws.think_need,
+                                       by_strength=cfg.policy.by_strength)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
