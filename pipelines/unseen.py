@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rllib_iterations:
             res["rllib"] = rllib_slot_swap(cfg, out, args.rllib_iterations, args.retrain, args.rllib_arch,
                                            args.rllib_desc_dim, args.rllib_catalog_share)
-            res["n_questions"] = res["rllib"]["n_questions"] if args.rllib_only else res["n_questions"]
+            if args.rllib_only:
+                res["n_questions"] = res["rllib"]["n_questions"]
     except (ValueError, FileNotFoundError) as e:
         print(f"router-r1 unseen: {error_line(e)}", file=sys.stderr)
         return 2

@@ -112,7 +112,8 @@ def test_name_last_lines_end_with_the_name():
 
 
 def test_description_strengths_and_the_strength_index():
-    from router_r1.env.prompt import description_strengths, index_key, strength_index
+    from router_r1.env.prompt import index_key, strength_index
+    from router_r1.pool.description_words import description_strengths
     from router_r1.pool.descriptors import ModelDescriptor
 
     assert description_strengths("Strong on geography and sports; weak on people, science and arts.") == [

@@ -10,7 +10,8 @@ import pytest
 from routerbench_tiny import write_pool, write_routerbench
 from router_r1.pool.descriptors import Backend, ModelDescriptor, PoolSpec, load_pool
 from router_r1.rl_router.env import RouterEnv
-from router_r1.rl_router.features import (DESC_FEATURES, FeatureSpec, description_terms, description_vector,
+from router_r1.pool.description_words import description_terms
+from router_r1.rl_router.features import (DESC_FEATURES, FeatureSpec, description_vector,
                                           pool_features)
 from router_r1.worlds.replay.tables import ReplayTable
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router_r1.pool.description_words import description_positives
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ COMPACT_INSTRUCTIONS = (
 )
 
 
+def compact_price(m: ModelDescriptor) -> str:
+    """`$0.10`, or `$0.80 in, $2.40 out` when the two prices differ (per 1M tokens)."""
+    return f"${m.price_in:.2f}" if m.price_in == m.price_out else f"${m.price_in:.2f} in, ${m.price_out:.2f} out"
+
+
 def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = False) -> str:
     """One model's line. Compact: price and description only; `name_last` puts the name at the
     end of a compact line. A causal LM sees a token's left context only, so there every token of a
@@ -53,8 +58,7 @@ def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = 
     seen copies the name whose tokens match what the question needs (one attention lookup, then
     copying), instead of first finding the right description and then going back for its name."""
     if compact:
-        price = (f"${m.price_in:.2f}" if m.price_in == m.price_out
-                 else f"${m.price_in:.2f} in, ${m.price_out:.2f} out")
+        price = compact_price(m)
         if name_last:
             return f"- {price}/1M tokens. {m.description.strip()} Name: {m.name}".replace("  ", " ")
         return f"- {m.name}: {price}/1M tokens. {m.description.strip()}".rstrip()
@@ -65,34 +69,6 @@ def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = 
     return f"{line} {m.description.strip()}" if m.description.strip() else line
 
 
-# Words that say how good a model is at what follows them in its description ("Strong on geography
-# and sports; weak on arts", "good at code and multiple choice, weaker on hard commonsense").
-QUALIFIERS = ("strong", "stronger", "strongest", "good", "better", "best", "solid", "great", "excellent",
-              "fair", "decent", "reasonable", "fine", "ok", "okay", "average",
-              "weak", "weaker", "weakest", "poor", "bad", "worse")
-NEGATIVE = frozenset({"weak", "weaker", "weakest", "poor", "bad", "worse"})
-_QUALIFIED = re.compile(r"\b(" + "|".join(QUALIFIERS) + r")\s+(on|at|in|for|with)\s+", re.IGNORECASE)
-
-
-def description_strengths(text: str) -> list[tuple[str, str]]:
-    """What a description says a model is good or bad at, as (qualifier with its preposition,
-    item), in order: "Strong on geography and sports; weak on people, science and arts." ->
-    ("strong on", "geography"), ("strong on", "sports"), ("weak on", "people"), ... A qualified
-    list runs to the end of its sentence (`.`, `;`) or the next qualifier; items are split at
-    commas and "and"."""
-    out: list[tuple[str, str]] = []
-    for sentence in re.split(r"[.;!?]", text):
-        marks = list(_QUALIFIED.finditer(sentence))
-        for i, mk in enumerate(marks):
-            end = marks[i + 1].start() if i + 1 < len(marks) else len(sentence)
-            key = f"{mk.group(1).lower()} {mk.group(2).lower()}"
-            for item in re.split(r",|\band\b", sentence[mk.end():end]):
-                item = re.sub(r"^(on|at|in)\s+", "", item.strip()).strip()
-                if item:
-                    out.append((key, item))
-    return out
-
-
 def strength_index(pool: PoolSpec) -> list[str]:
     """The pool as one line per thing its descriptions say models are good at, each listing the
     models described so, cheapest first: "- strong on geography: Sim-Geo-Small ($0.10)", "- fair on
@@ -100,28 +76,24 @@ def strength_index(pool: PoolSpec) -> list[str]:
     for it); models with nothing listed get one "- other:" line. For a tiny router: the
     phrase its think names ("strong on geography") is followed, in exactly one line, by the names
     that fit, so choosing a model it never saw is one copy after a matching phrase."""
-    groups: dict[str, list] = {}
+    groups: dict[str, list[ModelDescriptor]] = {}
     for m in pool.models:
-        keys = list(dict.fromkeys(f"{q} {item}" for q, item in description_strengths(m.description)
-                                  if q.split()[0] not in NEGATIVE))
+        keys = dict.fromkeys(f"{q} {item}" for q, item in description_positives(m.description))
         for k in keys or ["other"]:
             groups.setdefault(k, []).append(m)
-
-    def price(m: ModelDescriptor) -> str:
-        return f"${m.price_in:.2f}" if m.price_in == m.price_out else f"${m.price_in:.2f} in, ${m.price_out:.2f} out"
-
-    return [f"- {k}: " + ", ".join(f"{m.name} ({price(m)})" for m in sorted(ms, key=lambda m: (m.price_in + m.price_out, m.name)))
+    return [f"- {k}: " + ", ".join(f"{m.name} ({compact_price(m)})"
+                                   for m in sorted(ms, key=lambda m: (m.price_in + m.price_out, m.name)))
             for k, ms in groups.items()]
 
 
 def index_key(m: ModelDescriptor, topic: str) -> str | None:
     """The `strength_index` line under which `m` is listed for `topic`: the one naming the topic,
     else one naming "every topic"; None if it is listed under neither."""
-    keys = [f"{q} {item}" for q, item in description_strengths(m.description) if q.split()[0] not in NEGATIVE]
+    listed = description_positives(m.description)
     for want in (topic, "every topic"):
-        for k in keys:
-            if k.split(" ", 2)[-1].lower() == want:
-                return k
+        for q, item in listed:
+            if item.lower() == want:
+                return f"{q} {item}"
     return None
 
 

@@ -96,7 +96,8 @@ class RouterEnv(gym.Env):
                 raise ValueError(f"RouterEnv: catalog models also in the pool: {sorted(clash)}")
             self.catalog = list(catalog.models)
             cat_columns = model_ids(catalog, table_models)
-            leaked = sorted(n for n, c in cat_columns.items() if c in set(model_ids(held_out, table_models).values()))
+            held_columns = set(model_ids(held_out, table_models).values())
+            leaked = sorted(n for n, c in cat_columns.items() if c in held_columns)
             if leaked:  # a held-out model's answers under another name
                 raise ValueError(f"RouterEnv: catalog models answer with a held-out model's column: {leaked}")
             self.columns |= cat_columns
@@ -117,6 +118,7 @@ class RouterEnv(gym.Env):
         self.shuffle_slots = bool(config.get("shuffle_slots", False))
         self.slots = assign_slots(self.pool, self.spec_f)  # training: pool order
         self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
+        self._own = (self.slots, self.pool_block)  # restored after a catalog episode
         self._qvec = _question_vectors(self.samples, self.spec_f.question_dim)
         self._rvec: dict[tuple[int, str], np.ndarray] = {}
         n = self.spec_f.max_models
@@ -148,9 +150,8 @@ class RouterEnv(gym.Env):
             for m, k in zip(models, perm):
                 self.slots[int(k)] = m
             self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
-        elif self.catalog_share:  # back from a catalog episode: the pool in its own slots
-            self.slots = assign_slots(self.pool, self.spec_f)
-            self.pool_block = pool_features(self.slots, self.spec_f.desc_dim)
+        else:  # the pool in its own slots (again, after a catalog episode)
+            self.slots, self.pool_block = self._own
         return self._obs(), {}
 
     def step(self, action: int):

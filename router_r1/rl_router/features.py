@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from router_r1.pool.description_words import description_terms
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -57,47 +58,25 @@ def hash_ngrams(text: str, dim: int, tail: int = QUESTION_TAIL_CHARS) -> np.ndar
     grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
     squashed = " ".join(words)
     grams += [f"#{squashed[i:i + 3]}" for i in range(max(0, len(squashed) - 2))]
-    for g in grams:
-        h = zlib.crc32(g.encode("utf-8"))
+    return signed_hash(grams, dim)
+
+
+def signed_hash(terms: Sequence[str], dim: int) -> np.ndarray:
+    """L2-normalised signed counts of `terms` hashed into `dim` buckets (crc32: the same text
+    always maps to the same vector; the sign bit halves collisions' bias)."""
+    v = np.zeros(dim, dtype=np.float32)
+    for t in terms if dim else ():
+        h = zlib.crc32(t.encode("utf-8"))
         v[h % dim] += 1.0 if (h >> 31) & 1 else -1.0
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
 
 
-# Words that say how good a model is at what follows them, up to the end of the sentence or the next
-# qualifier ("good at code and multiple choice, weaker on hard commonsense"). Lower case.
-QUALIFIERS = frozenset({"strong", "stronger", "strongest", "good", "better", "best", "solid", "great",
-                        "excellent", "fair", "decent", "reasonable", "fine", "ok", "okay", "average",
-                        "weak", "weaker", "weakest", "poor", "bad", "worse"})
-STOPWORDS = frozenset({"on", "at", "in", "and", "or", "the", "a", "an", "of", "for", "to", "with", "its", "it"})
-_SENTENCE = re.compile(r"[.;!?]")
-
-
-def description_terms(text: str) -> list[str]:
-    """The description's words, each as `qualifier:word` after a qualifier in the same sentence,
-    or the bare word before any ("Strong on geography and sports; weak on arts." -> strong:geography,
-    strong:sports, weak:arts). Stopwords dropped."""
-    terms = []
-    for sentence in _SENTENCE.split(text.lower()):
-        qualifier = None
-        for w in _WORD.findall(sentence):
-            if w in QUALIFIERS:
-                qualifier = w
-            elif w not in STOPWORDS:
-                terms.append(f"{qualifier}:{w}" if qualifier else w)
-    return terms
-
-
 @functools.lru_cache(maxsize=4096)
 def description_vector(text: str, dim: int) -> np.ndarray:
-    """L2-normalised signed hashed counts of `description_terms` (read-only: cached, since an
-    environment re-reads its pool's descriptions every episode)."""
-    v = np.zeros(dim, dtype=np.float32)
-    for t in description_terms(text) if dim else ():
-        h = zlib.crc32(t.encode("utf-8"))
-        v[h % dim] += 1.0 if (h >> 31) & 1 else -1.0
-    n = float(np.linalg.norm(v))
-    v = v / n if n > 0 else v
+    """`signed_hash` of `description_terms` (read-only: cached, since an environment re-reads its
+    pool's descriptions every episode)."""
+    v = signed_hash(description_terms(text), dim)
     v.flags.writeable = False
     return v
 
