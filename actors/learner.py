@@ -679,10 +679,9 @@ class Learner:
     def save_policy(self, path: str | Path) -> str:
         """A plain transformers checkpoint (policy + tokenizer) for serving and evaluation,
         loadable by `router_r1.engines.model.load_policy`, with the prompt options it was trained on."""
-        from router_r1.env.prompt import PromptOptions
 
         save_policy(self.model.lm, self.tokenizer, path,
                     extra={"step": self.step, "policy_version": self.policy_version,
                            "algorithm": self.cfg.learner.algorithm},
-                    prompt_options=PromptOptions.from_policy(self.cfg.policy), dtype=self.dtype)
+                    prompt_options=self.cfg.policy.prompt_options(), dtype=self.dtype)
         return str(path)

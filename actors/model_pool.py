@@ -23,10 +23,10 @@ from typing import Any
 import ray
 from ray.util.metrics import Counter, Histogram
 
-from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.pool.backends.base import ModelBackend
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallResult, CallStatus
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]

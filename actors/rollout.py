@@ -29,7 +29,7 @@ from router_r1.engines.hf import HFGenerator
 from router_r1.engines.model import build_tiny_policy, dtype_name, load_policy, load_tokenizer, resolve_dtype
 from router_r1.engines.weights import unique_tensors
 from router_r1.env.episode import Episode, run_episodes
-from router_r1.env.prompt import PromptOptions, render_prompt_ids
+from router_r1.env.prompt import render_prompt_ids
 from router_r1.infra.config import RunConfig
 from router_r1.rl.batch import TrajectoryBatch
 from router_r1.worlds.base import world_class
@@ -84,7 +84,7 @@ class RolloutWorker:
         # The training view: models unseen in training are neither in the prompt nor callable
         # (the episode machine answers a route to one with unknown_model).
         self.spec = cfg.load_pool().seen()
-        self.prompt_options = PromptOptions.from_policy(cfg.policy)
+        self.prompt_options = cfg.policy.prompt_options()
         if cfg.rollout.torch_threads:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"

@@ -33,10 +33,10 @@ import aiohttp
 import ray
 
 from actors.model_pool import PoolClient, get_or_create_pool
-from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.pool.backends import make_backend
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.pool.runtime import PoolRuntimeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = {"temperature": 0.7}

@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_openai_server import FakeOpenAIServer
-from router_r1.infra.config import PoolRuntimeConfig
-from router_r1.infra.redact import leaks
+
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
+from router_r1.pool.runtime import PoolRuntimeConfig
+from router_r1.util.redact import leaks
 
 N, C = int(sys.argv[1]) if len(sys.argv) > 1 else 2000, 64
 CAP = float(sys.argv[2]) if len(sys.argv) > 2 else 0.02

@@ -70,7 +70,7 @@ def run(smoke: bool, out: Path) -> dict:
     from actors.learner import Learner
     from router_r1.engines import weights
     from router_r1.engines.model import load_policy
-    from router_r1.env.prompt import PromptOptions, render_prompt_ids
+    from router_r1.env.prompt import render_prompt_ids
     from router_r1.infra.config import load_config
     from router_r1.rl.batch import TrajectoryBatch
 
@@ -174,7 +174,7 @@ def run(smoke: bool, out: Path) -> dict:
     _sync(device)
     figures["sync"]["seconds_after_update"] = time.perf_counter() - t0
     spec = cfg.load_pool()
-    _, ids = render_prompt_ids(learner.tokenizer, spec, "Who wrote Hamlet?", PromptOptions.from_policy(cfg.policy))
+    _, ids = render_prompt_ids(learner.tokenizer, spec, "Who wrote Hamlet?", cfg.policy.prompt_options())
     t0 = time.perf_counter()
     (reply,) = engine.generate([ids], max_new_tokens=64, temperature=0.0)
     _sync(device)

@@ -1,7 +1,7 @@
 """The router policy's generator for serving: transformers on CPU, vLLM on GPU, one interface.
 
 Both expose `generate(prompt_ids, max_new_tokens, temperature, top_p) -> [Generation]`
-(router_r1.engines.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
+(router_r1.env.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
 deployment batches turns the same way whichever runs. vLLM is
 imported only when chosen (it is the `gpu` extra, absent on CPU machines).
 """

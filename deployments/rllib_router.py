@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.rl_router.service import RequestError
 
 api = FastAPI(title="Router-R1 RLlib router", docs_url=None, redoc_url=None)

@@ -30,7 +30,7 @@ from deployments.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIErro
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
 from deployments.service import GenParams, Plan, RouterService
-from router_r1.engines.generation import Generation
+from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
@@ -58,7 +58,7 @@ async def _internal_error(_: Request, e: Exception) -> JSONResponse:
 def parse_api_keys(spec: str | None) -> dict[str, str]:
     """ROUTER_R1_API_KEYS="key1:tenantA,key2:tenantB" -> {key: tenant}. A malformed item is
     named by its position and shown masked: the text is a key, or holds one."""
-    from router_r1.infra.redact import mask
+    from router_r1.util.redact import mask
 
     keys: dict[str, str] = {}
     for i, item in enumerate((spec or "").split(","), 1):
@@ -122,7 +122,7 @@ class RouterDeployment:
     def __init__(self, checkpoint: str, config: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
         from deployments.engines import make_generator
-        from router_r1.env.prompt import PromptOptions, load_prompt_options
+        from router_r1.env.prompt import load_prompt_options
 
         cfg = RunConfig.model_validate(config)
         self.cfg, self.serve_cfg, self.checkpoint = cfg, cfg.serve, checkpoint
@@ -149,7 +149,7 @@ class RouterDeployment:
             self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
             run_id=f"serve:{cfg.name}",
             # As the router was trained; a checkpoint that records none renders as the config says.
-            prompt_options=load_prompt_options(checkpoint, default=PromptOptions.from_policy(cfg.policy)),
+            prompt_options=load_prompt_options(checkpoint, default=cfg.policy.prompt_options()),
             max_context=getattr(self.generator, "max_context", None))
 
     # -- batched generation ----------------------------------------------------------------------

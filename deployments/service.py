@@ -20,16 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router_r1.engines.generation import Generation
-from router_r1.env.cost import call_cost, estimate_prompt_tokens
+from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
 from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.env.generation import Generation
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
 from router_r1.env.protocol import parse, parse_route
 from router_r1.infra.config import ServeConfig
+from router_r1.pool.cost import call_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallResult, CallStatus
-
-from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
 
 GenParams = tuple[float, float, int]  # temperature, top_p, max_new_tokens: one batch group
 GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids

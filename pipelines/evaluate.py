@@ -33,8 +33,9 @@ from typing import Any
 from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy,
                                             make_direct_baseline, make_per_task_baseline)
 from router_r1.evaluation.report import aggregate, markdown_table, plot_frontier, quality, score_run
-from router_r1.infra.config import MlflowConfig, PoolRuntimeConfig, RunConfig, load_config
+from router_r1.infra.config import MlflowConfig, RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.worlds.qa import load_qa
 from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, is_replay_file, replay_call,
                                             resolve_data_path, split_samples)
@@ -131,7 +132,7 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
     if kind in ("llm", "prompt"):
         from router_r1.engines.hf import HFGenerator
         from router_r1.engines.model import load_policy
-        from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
+        from router_r1.env.prompt import load_prompt_options, render_prompt_ids
 
         model, tok = load_policy(arg, device=device, dtype=dtype or cfg.policy.dtype)
         model.eval()
@@ -139,7 +140,7 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         ep = cfg.episode
         # The prompt the router was trained with, saved beside it; a checkpoint that records none
         # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
-        options = load_prompt_options(arg, default=PromptOptions.from_policy(cfg.policy))
+        options = load_prompt_options(arg, default=cfg.policy.prompt_options())
 
         def generate(contexts: list[list[int]]):
             return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
@@ -169,7 +170,7 @@ def pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id
                 actor_cpus: float = 0.5):
     """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
     repeated question must be billed again, as a deployed policy would be."""
-    from router_r1.pool.backends.replay import ReplayBackend
+    from router_r1.worlds.replay.backend import ReplayBackend
 
     backends = {"replay": ReplayBackend(pool, table=table)} if table is not None else None
     runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}",

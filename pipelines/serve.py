@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from router_r1.infra.cli import add_overrides_argument
+from pipelines.cli import add_overrides_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from deployments.router import build_app
+    from pipelines.cli import error_line, parse_overrides
     from router_r1.engines.model import CheckpointError
-    from router_r1.infra.cli import error_line, parse_overrides
     from router_r1.infra.config import load_config
 
     try:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides
+from pipelines.cli import add_overrides_argument, error_line, parse_overrides
 from router_r1.infra.config import load_config
 
 log = logging.getLogger("router_r1.sweep_alpha")

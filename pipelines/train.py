@@ -30,12 +30,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli import (add_overrides_argument, error_line,  # one override parser for every subcommand
+                           parse_overrides)
 from router_r1.engines.model import CheckpointError
 from router_r1.env.episode import Episode
 from router_r1.env.episode_metrics import EpisodeScore, score_episodes, summarize, trajectory_record
 from router_r1.env.reward import CostNormalizer, ReferenceCostNormalizer, make_normalizer
 from router_r1.infra import checkpoint as ckpt
-from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides  # one override parser for every subcommand
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.infra.tracking import make_tracker
 from router_r1.worlds.base import Item, QuestionStream, World, make_world

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router_r1.infra.cli import add_overrides_argument, error_line, parse_overrides
+from pipelines.cli import add_overrides_argument, error_line, parse_overrides
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec
 
@@ -89,10 +89,9 @@ def play(cfg: RunConfig, policy_dir: Path, pool: PoolSpec, items: list[dict]) ->
     """Greedy episodes of the saved router over `pool` on `items`, in process: `router-r1
     evaluate`'s `llm:` policy (prompts rendered with the policy's saved options) at temperature
     0, its calls through an in-process ModelPool (no cache)."""
-    import torch
 
     from actors.model_pool import PoolClient
-    from pipelines.evaluate import pool_target, make_policy
+    from pipelines.evaluate import make_policy, pool_target
     from router_r1.evaluation.baselines import EvalItem
 
     greedy = cfg.model_copy(update={"episode": cfg.episode.model_copy(update={"temperature": 0.0})})
@@ -156,14 +155,14 @@ def route_choice(cfg: RunConfig, policy_dir: Path, world, questions: list) -> di
     question's domain, the expert's. Only the first turn is generated (no model is called)."""
     from router_r1.engines.hf import HFGenerator
     from router_r1.engines.model import load_policy
-    from router_r1.env.prompt import PromptOptions, load_prompt_options, render_prompt_ids
+    from router_r1.env.prompt import load_prompt_options, render_prompt_ids
     from router_r1.env.protocol import parse
     from router_r1.worlds.sim.synthetic import choice_cases, choice_rates
 
     cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=world.reserved_names(),
                          heads=cfg.warmstart.synthetic_heads)
     model, tok = load_policy(policy_dir)
-    options = load_prompt_options(policy_dir, PromptOptions.from_policy(cfg.policy))
+    options = load_prompt_options(policy_dir, cfg.policy.prompt_options())
     gen = HFGenerator(model, tok)
     prompts = [render_prompt_ids(tok, c.pool, c.question.text, options)[1] for c in cases]
     chosen = []
@@ -192,7 +191,7 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
     import yaml
 
     from pipelines import train_rllib
-    from pipelines.evaluate import pool_target, load_dataset, make_policy, run_policy
+    from pipelines.evaluate import load_dataset, make_policy, pool_target, run_policy
     from router_r1.env.reward import ReferenceCostNormalizer, compute_reward
     from router_r1.evaluation.report import aggregate, score_run
     from router_r1.rl_router.router import RLlibRouter

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
 from routerbench_tiny import write_pool, write_routerbench
 
@@ -83,8 +82,8 @@ def test_train_resume_from_a_hash_corrupt_checkpoint_is_one_line(tmp_path, capsy
 
 
 def test_a_ray_task_error_prints_as_its_cause_in_one_line():
+    from pipelines.cli import error_line
     from router_r1.engines.model import CheckpointError
-    from router_r1.infra.cli import error_line
 
     ray = pytest.importorskip("ray")
     cause = CheckpointError("ckpt/model.pt: sha256 does not match the manifest")
@@ -93,7 +92,7 @@ def test_a_ray_task_error_prints_as_its_cause_in_one_line():
 
 
 def test_one_override_parser_for_every_subcommand():
-    from router_r1.infra.cli import parse_overrides
+    from pipelines.cli import parse_overrides
 
     assert parse_overrides(["a.b=1", "c=null", "d=[x, y]", "e={k: v}", "f=true", "g=text"]) == {
         "a.b": 1, "c": None, "d": ["x", "y"], "e": {"k": "v"}, "f": True, "g": "text"}
@@ -115,7 +114,7 @@ def test_serve_truncated_weights_fail_before_deploying(tmp_path, capsys, tiny_po
 
 
 def test_serve_malformed_api_keys_are_one_masked_line(tmp_path, capsys, monkeypatch, tiny_policy):
-    from router_r1.infra.redact import leaks
+    from router_r1.util.redact import leaks
 
     monkeypatch.setenv("ROUTER_R1_API_KEYS", f"k1-abcdefgh:teamA,{SECRET}")
     rc = serve_main("--checkpoint", str(tiny_policy), "--config", DEMO)
@@ -135,7 +134,7 @@ def test_serve_set_parses_yaml_values_like_train(tmp_path, capsys):
 def run_eval(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env or {})}
     e.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "evaluate", *args], cwd=cwd, env=e,
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "evaluate", *args], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -179,7 +178,7 @@ def test_evaluate_whose_calls_all_fail_exits_non_zero_and_mlflow_artifacts_sit_b
     """Every call answered 500: the run says so and exits 1 (not 0 with EM 0). Its MLflow
     artifacts go beside the configured store, not to ./mlruns of the working directory, and the
     planted key is in none of the files the run wrote."""
-    from router_r1.infra.redact import leaks
+    from router_r1.util.redact import leaks
 
     fake_openai.set("Live", "500")
     work, store = tmp_path / "work", tmp_path / "store"

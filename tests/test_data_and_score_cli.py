@@ -7,7 +7,7 @@ import pytest
 
 from router_r1.worlds.qa import DataError, load_qa
 
-ROUTER_R1 = [sys.executable, "-m", "router_r1.infra.cli"]
+ROUTER_R1 = [sys.executable, "-m", "pipelines.cli"]
 
 
 def test_flashrag_and_verl_formats(tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from routerbench_tiny import write_pool, write_routerbench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "router_r1.infra.cli", "evaluate", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "evaluate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -10,13 +10,13 @@ import asyncio
 import time
 
 import pytest
+from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
 
 from actors.model_pool import PoolClient, get_or_create_pool
-from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
-from router_r1.env.cost import call_cost
-from router_r1.infra.config import PoolRuntimeConfig
+from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pool_doubles import ScriptedBackend, make_pool
 
 from actors.model_pool import ModelPoolActor, PoolClient, RayPoolMetrics, get_or_create_pool
 from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
-from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.pool.core import PoolCore
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
-from pool_doubles import ScriptedBackend, make_pool
 
 
 def test_episode_machine_runs_on_an_in_process_pool(tmp_path):

@@ -5,14 +5,14 @@ import asyncio
 import time
 
 import pytest
-
 from pool_doubles import ScriptedBackend, make_pool
-from router_r1.env.cost import call_cost
-from router_r1.infra.config import PoolRuntimeConfig
+
 from router_r1.pool.backends.base import BackendError
 from router_r1.pool.core import PoolCore
+from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
 
 
@@ -340,7 +340,7 @@ def test_budget_holds_under_concurrency_with_cjk_prompts():
 
 
 def test_estimate_counts_utf8_bytes():
-    from router_r1.env.cost import estimate_tokens, max_prompt_tokens
+    from router_r1.pool.cost import estimate_tokens, max_prompt_tokens
 
     assert estimate_tokens("abc" * 10) == 10  # ASCII: 3 bytes per token, as before
     assert estimate_tokens("北京" * 10) >= 20  # CJK: at least one token per character
@@ -362,8 +362,8 @@ def test_exact_duplicates_and_bad_numbers_in_descriptors_are_refused():
 
 
 def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path):
-    from router_r1.infra.redact import leaks
     from router_r1.pool.descriptors import load_pool
+    from router_r1.util.redact import leaks
 
     secret = "sk-PROBE-Zq8xK2-0123456789"
     f = tmp_path / "pool.yaml"

@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 
-from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.pool.backends import make_backend
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
 
 pytest.importorskip("transformers")

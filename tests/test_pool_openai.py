@@ -4,15 +4,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
-from router_r1.infra.config import PoolRuntimeConfig
+
 from router_r1.pool.backends import make_backend
 from router_r1.pool.backends.base import BackendError
 from router_r1.pool.backends.openai_http import OpenAIBackend, expand_env, parse_retry_after
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.ledger import read_records
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
 
 MSG = [{"role": "user", "content": "what is two plus two"}]
@@ -84,7 +84,7 @@ def test_unset_url_variable_is_refused_at_load_and_never_retried(fake_openai, mo
 
 def test_provider_echoing_the_key_across_byte_200_leaks_no_part_of_it(fake_openai, monkeypatch, tmp_path):
     from router_r1.env.episode import error_information
-    from router_r1.infra.redact import leaks
+    from router_r1.util.redact import leaks
 
     secret = "sk-PROBE-SECRET-0123456789abcdef"
     monkeypatch.setenv("RR1_FAKE_KEY", secret)

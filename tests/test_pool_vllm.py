@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from router_r1.infra.config import PoolRuntimeConfig
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

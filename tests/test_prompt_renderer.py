@@ -107,7 +107,7 @@ def test_name_last_lines_end_with_the_name():
     assert "- Sim-Geo-Small: $0.10/1M tokens. Strong on" in render_prompt(pool, "q", compact=True)
     assert render_prompt(pool, "q", name_last=True) == render_prompt(pool, "q")
     cfg = load_config(None, {"policy.compact_prompt": True, "policy.name_last": True})
-    opts = PromptOptions.from_policy(cfg.policy)
+    opts = cfg.policy.prompt_options()
     assert opts.name_last and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
 
 
@@ -145,7 +145,7 @@ def test_description_strengths_and_the_strength_index():
     text = render_prompt(pool, "Who coaches Drithus Wolves?", compact=True, by_strength=True)
     assert "Candidate LLMs:\n- strong on geography: Sim-Geo-Small ($0.10)\n" in text and "Name: Sim" not in text
     cfg = load_config(None, {"policy.compact_prompt": True, "policy.by_strength": True})
-    opts = PromptOptions.from_policy(cfg.policy)
+    opts = cfg.policy.prompt_options()
     assert opts.by_strength and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
 
 
@@ -189,7 +189,7 @@ def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, 
     # As deployments.router.RouterDeployment builds its service.
     _, serve_tok = make_generator("transformers", policy)
     service = RouterService(full_pool, plain.serve, plain.episode, serve_tok, unused, unused,
-                            prompt_options=load_prompt_options(policy, PromptOptions.from_policy(plain.policy)))
+                            prompt_options=load_prompt_options(policy, plain.policy.prompt_options()))
     req = ChatCompletionRequest(model="router-r1", messages=[{"role": "user", "content": QUESTION}])
     plan = service.plan(req, "tenant")
     out["serve"] = (plan.prompt, plan.prompt_ids)
@@ -208,7 +208,7 @@ def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, 
 
 def test_rollout_evaluate_serve_and_mlflow_render_identical_ids(trained, tmp_path):
     cfg, tokenizer, policy = trained
-    assert load_prompt_options(policy) == PromptOptions.from_policy(cfg.policy)  # Learner.save_policy
+    assert load_prompt_options(policy) == cfg.policy.prompt_options()  # Learner.save_policy
     out = renderings(cfg, tokenizer, policy, tmp_path)
     text, ids = out["rollout"]
     assert ids and all(v == (text, ids) for v in out.values()), {k: v[0][-200:] for k, v in out.items()}
@@ -219,7 +219,7 @@ def test_rollout_evaluate_serve_and_mlflow_render_identical_ids(trained, tmp_pat
 
 # -- unseen models stay unseen in training ------------------------------------------------------
 class RouteTo:
-    """A rollout engine (router_r1.engines.generation's interface) that routes to `model` on its first
+    """A rollout engine (router_r1.env.generation's interface) that routes to `model` on its first
     turn and answers on the next: a training rollout that names a model, without a trained router."""
 
     max_context = 1024
@@ -228,7 +228,7 @@ class RouteTo:
         self.model, self.tokenizer, self.turns = model, tokenizer, 0
 
     def generate(self, contexts, **kw):
-        from router_r1.engines.generation import Generation
+        from router_r1.env.generation import Generation
 
         self.turns += 1
         text = (f"<think> ask </think><search> {self.model}: Who discovered Zelix? </search>" if self.turns == 1
@@ -283,7 +283,7 @@ def test_evaluate_and_serve_offer_unseen_models(tmp_path):
     full = load_pool(path)
     tok = train_tokenizer(corpus(full), 400)
     save_policy(build_tiny_policy(TINY, tok), tok, tmp_path / "policy",
-                prompt_options=PromptOptions.from_policy(train_cfg(path).policy))
+                prompt_options=train_cfg(path).policy.prompt_options())
     cfg = load_config(None, {"pool": str(path)})
 
     text, ids = make_policy(f"llm:{tmp_path / 'policy'}", full, cfg, [], 1).render(QUESTION)

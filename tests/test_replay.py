@@ -3,16 +3,15 @@ the deterministic split, and the answer-adoption outcome rule."""
 from __future__ import annotations
 
 import asyncio
-
-import pytest
-
 from pathlib import Path
 
+import pytest
 from routerbench_tiny import response, shared_data_dir, write_pool, write_routerbench  # noqa: F401
-from router_r1.infra.config import PoolRuntimeConfig
+
 from router_r1.pool.descriptors import load_pool
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.types import CallStatus
-from router_r1.worlds.qa import DataError
+from router_r1.worlds.base import DataError
 from router_r1.worlds.replay.tables import (ReplayTable, adopted_call, adopted_outcome, load_long,
                                             load_routerbench, split_samples)
 
@@ -78,8 +77,8 @@ def test_replay_backend_lookup_and_recorded_cost(tmp_path):
 
 
 def test_replay_backend_prices_sources_without_cost(tmp_path):
-    from router_r1.env.cost import call_cost
     from router_r1.pool.core import PoolCore
+    from router_r1.pool.cost import call_cost
 
     p = tmp_path / "gsm.csv"
     p.write_text('prompt,m-big,m-mid,m-big_response,m-mid_response\n"What is 3+4?",True,False,"It is 7","8"\n')
@@ -131,7 +130,7 @@ def test_real_routerbench_tables(shared_data_dir):
 
 
 def test_real_routerbench_through_the_pool(shared_data_dir):
-    from pipelines.evaluate import pool_target, load_dataset, run_policy
+    from pipelines.evaluate import load_dataset, pool_target, run_policy
     from router_r1.evaluation.baselines import make_direct_baseline
 
     pool = load_pool(Path(__file__).parents[1] / "configs" / "pool_routerbench.yaml")

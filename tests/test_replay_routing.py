@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from router_r1.evaluation.baselines import EvalItem, make_per_task_baseline
-from router_r1.infra.config import WarmStartConfig
+from router_r1.infra.config import WarmStartConfig, load_config
 from router_r1.pool.descriptors import load_pool
 from router_r1.pool.types import CallResult
 from router_r1.worlds.replay.routing import per_task_routes, sample_cost, task_stats
 from router_r1.worlds.replay.tables import Answer, ReplaySample, ReplayTable
+from router_r1.worlds.base import check_trace_mix, make_world
+from router_r1.worlds.replay.world import TRACE_POLICIES as REPLAY_POLICIES
 from router_r1.worlds.replay.world import ReplayWorld, make_traces
 from tests.routerbench_tiny import write_pool
+
+SIM_POOL = str(Path(__file__).resolve().parents[1] / "configs" / "pool_simulated.yaml")
 
 MODELS = ["m-big", "m-mid", "m-small"]
 COST = {"arc": {"m-big": 0.01, "m-mid": 0.001, "m-small": 0.0001},
@@ -108,11 +113,17 @@ def test_trace_mix_shares_and_default_unchanged(pool):
         make_traces(w, pool, 5, mix={"expert": 1.0})
 
 
-def test_config_accepts_both_worlds_trace_policies():
+def test_config_checks_weights_and_each_world_its_own_trace_policies():
     assert WarmStartConfig(trace_mix={"per_task": 0.7, "task": 0.3}, task_margin=0.1).task_margin == 0.1
-    assert WarmStartConfig(trace_mix={"expert": 1.0}).trace_mix == {"expert": 1.0}
-    with pytest.raises(ValueError):
-        WarmStartConfig(trace_mix={"nonsense": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        WarmStartConfig(trace_mix={"task": 0.0})
+    check_trace_mix({"per_task": 1.0}, REPLAY_POLICIES, "replay")
+    # A simulator policy in a replay run fails when the world is built, before any actor exists.
+    with pytest.raises(ValueError, match=r"unknown trace policies \['expert'\] for the replay world"):
+        check_trace_mix({"expert": 1.0}, REPLAY_POLICIES, "replay")
+    cfg = load_config(None, {"pool": SIM_POOL, "mlflow.enabled": False, "warmstart.trace_mix": {"per_task": 1.0}})
+    with pytest.raises(ValueError, match="for the simulated world"):
+        make_world(cfg, cfg.load_pool().seen())
 
 
 def test_per_task_baseline_routes_by_task_from_train_labels(pool):

@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from routerbench_tiny import ROWS, response, write_pool, write_routerbench
+
 from router_r1.pool.descriptors import load_pool
 
 
@@ -30,8 +30,8 @@ def trained(tmp_path_factory, ray_local):
 
 def test_service_route_and_chat(trained):
     from actors.model_pool import PoolClient
-    from router_r1.infra.config import PoolRuntimeConfig
     from router_r1.pool.core import PoolCore
+    from router_r1.pool.runtime import PoolRuntimeConfig
     from router_r1.rl_router.router import RLlibRouter
     from router_r1.rl_router.service import RequestError, RLlibRouteService
 

@@ -46,7 +46,7 @@ class ScriptedEngine:
         self.model, self.tok = model, tokenizer
 
     def generate(self, contexts, **kw):  # the prompt's instructions mention </information> once
-        from router_r1.engines.generation import Generation
+        from router_r1.env.generation import Generation
 
         out = []
         for ids in contexts:

@@ -4,9 +4,9 @@ import math
 import pytest
 
 from router_r1.env.answer_metrics import exact_match, f1_score, normalize_answer
-from router_r1.env.cost import call_cost, episode_cost
 from router_r1.env.reward import (ReferenceCostNormalizer, RewardConfig, WindowCostNormalizer, compute_reward,
                                   make_normalizer, score_batch)
+from router_r1.pool.cost import call_cost, episode_cost
 
 
 @pytest.mark.parametrize("raw, norm", [

@@ -72,7 +72,8 @@ def _outcome(*calls):
 
 def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
     from deployments.service import REQUEST_CAP, check_calls
-    from router_r1.pool.types import CallResult, CallStatus as S
+    from router_r1.pool.types import CallResult
+    from router_r1.pool.types import CallStatus as S
 
     ok = CallResult("A", "fine")
     broke = CallResult.failure("A", S.HTTP_ERROR, "500")
@@ -420,7 +421,7 @@ def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, 
 
     import ray
 
-    from router_r1.infra.redact import leaks
+    from router_r1.util.redact import leaks
 
     _, fake, ledger = served
     key = os.environ["ROUTER_R1_TEST_PLANTED_KEY"]

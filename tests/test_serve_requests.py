@@ -61,7 +61,7 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
     import asyncio
 
     from deployments.router import generate_isolated
-    from router_r1.engines.generation import Generation
+    from router_r1.env.generation import Generation
 
     calls = []
 

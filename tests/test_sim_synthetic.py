@@ -138,7 +138,7 @@ def test_encode_traces_renders_a_trace_over_its_own_pool(unseen_cfg):
     options; a trace without a pool from the run's training pool."""
     from actors.rollout import RolloutWorker
     from router_r1.engines.model import train_tokenizer
-    from router_r1.env.prompt import PromptOptions, render_prompt_ids
+    from router_r1.env.prompt import render_prompt_ids
 
     tiny = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 1024}
@@ -148,7 +148,7 @@ def test_encode_traces_renders_a_trace_over_its_own_pool(unseen_cfg):
     tok = train_tokenizer(world.tokenizer_corpus(world.sim.pool, True)[:2000], 500)
     w = RolloutWorker(cfg, tok)
     w.encode_traces(traces)
-    options = PromptOptions.from_policy(cfg.policy)
+    options = cfg.policy.prompt_options()
     for e in traces:
         pool = e.pool or world.sim.pool
         assert e.prompt_ids == render_prompt_ids(tok, pool, e.question, options)[1]
@@ -271,8 +271,8 @@ def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monke
     every choice is a pool name, and the expert's rate is the share of cases whose expert is listed
     first."""
     from pipelines.unseen import route_choice
-    from router_r1.engines.generation import Generation
     from router_r1.engines.hf import HFGenerator
+    from router_r1.env.generation import Generation
     from router_r1.worlds.sim.synthetic import choice_cases
 
     def first_line(self, prompts, **_):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from router_r1.env.answer_metrics import exact_match
-from router_r1.env.cost import call_cost
 from router_r1.env.episode import Episode, EpisodeConfig, run_episodes, tokenize_trace
 from router_r1.env.protocol import FormatRules, information_block, parse, validate
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.backends import make_backend
+from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import load_pool
 from router_r1.pool.types import CallResult
 from router_r1.worlds.sim import Simulation

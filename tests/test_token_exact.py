@@ -8,12 +8,12 @@ import random
 
 import pytest
 import torch
-
 from bpe_checkpoint import prompt_text, trace
-from router_r1.engines.generation import cut_generation, Generation
+
 from router_r1.engines.hf import HFGenerator
 from router_r1.engines.model import load_policy
 from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.protocol import STOP_STRINGS
 from router_r1.pool.types import CallResult
 from router_r1.rl.batch import TrajectoryBatch

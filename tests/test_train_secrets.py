@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fake_openai_server import fake_openai, fake_openai_session  # noqa: F401  (fixtures)
-from router_r1.infra.redact import leaks
 from train_cli import run_train_cli
+
+from router_r1.util.redact import leaks
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "ROUTER_R1_TEST_PLANTED_KEY"  # planted by conftest

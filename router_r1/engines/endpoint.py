@@ -25,8 +25,8 @@ from typing import Any
 
 import aiohttp
 
-from router_r1.engines.generation import Generation, cut_generation, eos_ids
 from router_r1.env.episode import EpisodeConfig
+from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 TOKEN_ID_PREFIX = "token_id:"  # vLLM's `return_tokens_as_token_ids` spelling of a sampled token

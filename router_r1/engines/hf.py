@@ -5,7 +5,7 @@ checkpoint's `generation_config` (a Qwen-style repetition penalty, top-k, top-p)
 learner cannot score, and returns no per-token log-probs without materialising every step's
 (batch, vocab) scores. Here the distribution is softmax(logits / temperature), optionally cut by
 top-p (serving and evaluation only: training refuses top-p), and nothing else. What it returns
-is `router_r1.engines.generation.Generation`.
+is `router_r1.env.generation.Generation`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from router_r1.engines.generation import EOS, Generation, eos_ids
 from router_r1.engines.weights import copy_into
+from router_r1.env.generation import EOS, Generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 

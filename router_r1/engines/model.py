@@ -17,7 +17,7 @@ import torch
 
 from router_r1.env.prompt import POLICY_META, PromptOptions
 from router_r1.env.protocol import TAGS
-from router_r1.infra.atomic import atomic_dir
+from router_r1.util.atomic import atomic_dir
 
 # Save/load progress bars are noise in rollouts and tests.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

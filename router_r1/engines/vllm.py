@@ -2,7 +2,7 @@
 
 Used by rollout actors that hold a GPU (`rollout.engine: vllm`) and by Serve on GPU. vLLM is
 imported lazily: it is the optional `gpu` extra and pins its own torch. Token in, token out
-(router_r1.engines.generation): prompts go in as `TokensPrompt`s, and each turn comes back as the sampled
+(router_r1.env.generation): prompts go in as `TokensPrompt`s, and each turn comes back as the sampled
 token ids with the sampler's log-probs. Two engine settings make those the learner's numbers:
 
 - `logprobs_mode="processed_logprobs"`: log-probs after temperature scaling (vLLM's default,
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from router_r1.engines.generation import Generation, cut_generation, eos_ids
+from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 

@@ -1,6 +1,6 @@
 """The multi-round episode machine: batched generation, routed calls, inserted information.
 
-Ray-free. Given a batched `generate(contexts) -> [Generation]` (router_r1.engines.generation; it should
+Ray-free. Given a batched `generate(contexts) -> [Generation]` (router_r1.env.generation; it should
 stop at </search> or </answer>) and an async `call(model, query) -> CallResult`, `run_episodes`
 plays a batch of episodes to the end:
 
@@ -28,17 +28,16 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_r1.engines.generation import Generation, cut_generation
-from router_r1.env.cost import episode_cost
+from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.protocol import STOP_STRINGS, cut_at_stop, information_block, parse, parse_route
+from router_r1.pool.cost import episode_cost
 from router_r1.pool.descriptors import PoolSpec
-from router_r1.pool.types import CallResult, CallStatus
+from router_r1.pool.types import CallFn, CallResult, CallStatus
 
 Origin = Literal["policy", "information"]
 Context = "list[int] | str"
 # contexts (token ids in token mode, text in text mode) -> one Generation (or text) per context
 GenerateFn = Callable[[list], "list[Generation | str] | Awaitable[list[Generation | str]]"]
-CallFn = Callable[[str, str], Awaitable[CallResult]]
 
 
 class EpisodeConfig(BaseModel):
@@ -207,7 +206,7 @@ def _policy_segment(out: Generation | str, token_mode: bool, tokenizer,
         return Segment(text, "policy"), stop
     if not isinstance(out, Generation) or (out.text and not out.ids):
         raise RuntimeError("a token-mode episode needs an engine that returns token ids "
-                           "(router_r1.engines.generation)")
+                           "(router_r1.env.generation)")
     g = cut_generation(out, tokenizer, STOP_STRINGS, eos)
     if g.logprobs and len(g.logprobs) != len(g.ids):
         raise RuntimeError(f"engine returned {len(g.ids)} ids but {len(g.logprobs)} log-probs")

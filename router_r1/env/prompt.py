@@ -22,7 +22,6 @@ from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Tokenizer
-    from router_r1.infra.config import PolicyConfig
 
 log = logging.getLogger(__name__)
 POLICY_META = "router_r1.json"  # beside a saved policy (router_r1.engines.model.save_policy)
@@ -122,11 +121,6 @@ class PromptOptions(BaseModel):
     name_last: bool = False  # compact model lines end with the name (describe_model)
     by_strength: bool = False  # models listed by what their descriptions name (strength_index)
 
-    @classmethod
-    def from_policy(cls, policy: PolicyConfig) -> PromptOptions:
-        return cls(compact=policy.compact_prompt, max_question_tokens=policy.max_question_tokens,
-                   use_chat_template=policy.use_chat_template, name_last=policy.name_last,
-                   by_strength=policy.by_strength)
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:

@@ -22,18 +22,17 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router_r1.env.episode import Episode, EpisodeConfig, GenerateFn, Tokenizer, run_episodes
 from router_r1.env.prompt import render_prompt
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
-from router_r1.pool.types import CallResult
+from router_r1.pool.types import CallFn, CallResult
 from router_r1.worlds.replay.routing import per_task_routes, sample_cost, task_stats
 from router_r1.worlds.replay.tables import ReplaySample, model_ids
 
-CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
 DIRECT_BASELINES = ("random", "cheapest", "largest", "most-expensive", "oracle")
 
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from router_r1.env.answer_metrics import exact_match, f1_score
-from router_r1.env.cost import call_cost
 from router_r1.env.protocol import parse
 from router_r1.env.reward import RewardConfig, compute_reward, make_normalizer
+from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import PoolSpec
 
 

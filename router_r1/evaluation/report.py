@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from router_r1.env.answer_metrics import exact_match, f1_score
-from router_r1.env.cost import episode_cost
 from router_r1.evaluation.baselines import EvalItem, PolicyRun
+from router_r1.pool.cost import episode_cost
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.worlds.replay.tables import replay_outcome
 

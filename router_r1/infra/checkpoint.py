@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from router_r1.infra.atomic import atomic_dir
-
 from router_r1.engines.model import CheckpointError
+from router_r1.util.atomic import atomic_dir
 
 MANIFEST = "manifest.json"
 FORMAT = "router-r1-checkpoint/1"

@@ -12,32 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_r1.env.episode import EpisodeConfig
+from router_r1.env.prompt import PromptOptions
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.descriptors import PoolSpec, load_pool
+from router_r1.pool.runtime import PoolRuntimeConfig
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PoolRuntimeConfig(_Section):
-    """How the ModelPool actor runs (the models themselves are in the descriptor file)."""
-
-    actor_name: str = "model_pool"
-    namespace: str = "router_r1"
-    ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
-    flush_every: int = 256  # ledger records buffered before a Parquet flush
-    cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
-    cache_size: int = 100_000  # cached replies kept (LRU)
-    # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes
-    # candidate replies deterministic (less reward noise) and cacheable.
-    default_params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0})
-    run_budget_usd: float | None = None  # USD cap for each run_id calling through the pool
-    tenant_budgets_usd: dict[str, float] = Field(default_factory=dict)
-    num_cpus: float = 0.5
-    max_restarts: int = 4
-    max_concurrency: int = 1000  # actor calls in flight at once (async actor)
-    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
 
 
 class TinyModelConfig(_Section):
@@ -79,6 +61,12 @@ class PolicyConfig(_Section):
     # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
     # question itself last); the replayed call still receives the full question.
     max_question_tokens: int | None = Field(default=None, ge=1)
+
+    def prompt_options(self) -> PromptOptions:
+        """How this policy's prompt is rendered; saved with every checkpoint it writes."""
+        return PromptOptions(compact=self.compact_prompt, max_question_tokens=self.max_question_tokens,
+                             use_chat_template=self.use_chat_template, name_last=self.name_last,
+                             by_strength=self.by_strength)
 
 
 class RolloutConfig(_Section):
@@ -196,17 +184,10 @@ class WarmStartConfig(_Section):
 
     @field_validator("trace_mix")
     @classmethod
-    def _known_policies(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        from router_r1.worlds.replay.world import TRACE_POLICIES as REPLAY
-        from router_r1.worlds.sim.traces import TRACE_POLICIES as SIM
-
-        if v is None:
-            return v
-        bad = sorted(set(v) - set(SIM) - set(REPLAY))
-        if bad:
-            raise ValueError(f"unknown trace policies {bad}; choose from {list(SIM)} (simulator) "
-                             f"or {list(REPLAY)} (replay)")
-        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        # The policy names are the world's own: each world checks them in `from_config`
+        # (router_r1.worlds.base.check_trace_mix), before Ray starts.
+        if v is not None and (any(w < 0 for w in v.values()) or sum(v.values()) <= 0):
             raise ValueError("trace_mix weights must be >= 0 with a positive sum")
         return v
 

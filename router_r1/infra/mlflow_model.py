@@ -42,22 +42,24 @@ class RouterModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
 
-        from actors.model_pool import PoolClient
         from router_r1.env.episode import Episode, run_episodes
-        from router_r1.infra.config import PoolRuntimeConfig
         from router_r1.pool.core import PoolCore
+        from router_r1.pool.runtime import PoolRuntimeConfig
 
         questions = _questions(model_input)
         prompts = [self.prompt_ids(q) for q in questions]
         episodes = [Episode(uid=str(i), question=q, golden_answers=[], prompt=text, prompt_ids=ids)
                     for i, (q, (text, ids)) in enumerate(zip(questions, prompts))]
-        client = PoolClient(PoolCore(self.pool, PoolRuntimeConfig(ledger_dir=None), "mlflow-router"))
+        core = PoolCore(self.pool, PoolRuntimeConfig(ledger_dir=None), "mlflow-router")
+
+        async def call(model, query, **context):
+            return await core.call(model, query, None, context or None)
         cfg = self.episode_cfg
 
         def generate(contexts):
             return self.generator.generate(contexts, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
 
-        asyncio.run(run_episodes(episodes, generate, client.call, cfg, self.pool, self.tokenizer,
+        asyncio.run(run_episodes(episodes, generate, call, cfg, self.pool, self.tokenizer,
                                  max_context=self.generator.max_context))
         rows = []
         for e in episodes:

@@ -21,20 +21,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router_r1.env.cost import call_cost, estimate_prompt_tokens, max_prompt_tokens
-from router_r1.infra.config import PoolRuntimeConfig
-from router_r1.infra.redact import redact
 from router_r1.pool.backends import make_backend
 from router_r1.pool.backends.base import IDEMPOTENCY_KEY, BackendError, BackendReply, Message, ModelBackend
 from router_r1.pool.budget import Budget, Reservation
 from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
+from router_r1.pool.cost import call_cost, estimate_prompt_tokens, max_prompt_tokens
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.ledger import Ledger
 from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
 from router_r1.pool.request import MAX_NAME, CallContext, InvalidRequest, Request, parse_request
+from router_r1.pool.runtime import PoolRuntimeConfig
 from router_r1.pool.stats import ModelStats
 from router_r1.pool.types import CallResult, CallStatus
+from router_r1.util.redact import redact
 
 log = logging.getLogger("router_r1.pool")
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router_r1.infra.redact import mask
+from router_r1.util.redact import mask
 
 BackendKind = Literal["openai", "vllm", "transformers", "replay", "simulated"]
 # Every descriptor model: unknown fields, inf/NaN numbers refused; a refused value is never echoed

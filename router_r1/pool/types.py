@@ -6,6 +6,7 @@ never raises to its caller, it ends in a `CallResult` whose `status` says how it
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -68,3 +69,11 @@ class CallResult:
     @classmethod
     def failure(cls, model: str, status: CallStatus, error: str, **kw: Any) -> "CallResult":
         return cls(model=model, status=status, error=error, **kw)
+
+
+# How anyone calls a candidate model: `await call(model, query, **context)`, where `context`
+# names the caller (`episode_id=...`, `run_id=...`, `tenant=...`) for billing and replay. A call
+# never raises; it ends in a `CallResult`. The pool's client (actors.model_pool.PoolClient.call),
+# the episode machine, evaluation, the worlds' call wrappers and the RLlib router's service all
+# take or give exactly this.
+CallFn = Callable[..., Awaitable[CallResult]]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from router_r1.evaluation.baselines import CallFn, EvalItem, PolicyRun
+from router_r1.evaluation.baselines import EvalItem, PolicyRun
 from router_r1.pool.descriptors import PoolSpec
+from router_r1.pool.types import CallFn
 from router_r1.rl_router.router import RLlibRouter
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from router_r1.pool.types import CallResult
+from router_r1.pool.types import CallFn
 from router_r1.rl_router.router import RLlibRouter
-
-CallFn = Callable[..., Awaitable[CallResult]]
 
 
 class RequestError(ValueError):

@@ -24,14 +24,28 @@ from __future__ import annotations
 import importlib
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
     from router_r1.env.reward import RewardConfig
-    from router_r1.evaluation.baselines import CallFn
     from router_r1.infra.config import DataConfig, RunConfig
     from router_r1.pool.descriptors import PoolSpec
+    from router_r1.pool.types import CallFn
+
+class DataError(ValueError):
+    """A dataset row that does not fit its schema; the message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class QAExample:
+    id: str
+    question: str
+    golden_answers: list[str]
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
 
 Item = dict[str, Any]  # {"id", "question", "golden_answers"}: what rollout workers take
 Split = Literal["train", "val"]
@@ -105,6 +119,15 @@ class World:
         """The call function the episodes' routed calls go through. Default: the pool's, as is.
         Per class, not per instance: a rollout actor uses it without loading the world's data."""
         return call
+
+
+def check_trace_mix(mix: dict[str, float] | None, known: Sequence[str], world: str) -> None:
+    """Refuse, in one line, a `warmstart.trace_mix` naming a policy `world` cannot demonstrate.
+    Worlds call it in `from_config`, so a bad mix fails before any actor exists."""
+    bad = sorted(set(mix or {}) - set(known))
+    if bad:
+        choose = f"choose from {list(known)}" if known else "it makes no warm-start traces"
+        raise ValueError(f"warmstart.trace_mix: unknown trace policies {bad} for the {world} world; {choose}")
 
 
 def world_class(data: DataConfig) -> type[World]:

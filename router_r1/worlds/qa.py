@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,24 +16,11 @@ import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from router_r1.worlds.base import Item, Split, World, item
+from router_r1.worlds.base import DataError, Item, QAExample, Split, World, check_trace_mix, item
 
 if TYPE_CHECKING:
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
-
-
-class DataError(ValueError):
-    """A dataset row that does not fit its schema; the message names file, row and field."""
-
-
-@dataclass(frozen=True)
-class QAExample:
-    id: str
-    question: str
-    golden_answers: list[str]
-    source: str = ""
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -121,6 +107,7 @@ class QAWorld(World):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> QAWorld:
+        check_trace_mix(cfg.warmstart.trace_mix, (), "qa")
         data = cfg.data
         if not data.train:
             raise ValueError("data.kind 'qa' needs data.train files")

@@ -15,7 +15,7 @@ REGISTRY: dict[str, str] = {
     "openai": "router_r1.pool.backends.openai_http:OpenAIBackend",
     "vllm": "router_r1.pool.backends.vllm_engine:VLLMBackend",
     "transformers": "router_r1.pool.backends.hf_local:TransformersBackend",
-    "replay": "router_r1.pool.backends.replay:ReplayBackend",
+    "replay": "router_r1.worlds.replay.backend:ReplayBackend",
     "simulated": "router_r1.worlds.sim.backend:SimulatedBackend",
 }
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import aiohttp
 
-from router_r1.env.cost import estimate_prompt_tokens, estimate_tokens
-from router_r1.infra.redact import redact
 from router_r1.pool.backends.base import IDEMPOTENCY_KEY, BackendError, BackendReply, Message, ModelBackend
+from router_r1.pool.cost import estimate_prompt_tokens, estimate_tokens
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.types import CallStatus
+from router_r1.util.redact import redact
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs valid ones: any left is lone

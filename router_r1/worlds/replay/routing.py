@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from router_r1.env.cost import call_cost, estimate_tokens
+from router_r1.pool.cost import call_cost, estimate_tokens
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.worlds.replay.tables import ReplaySample, model_ids
 

@@ -22,7 +22,7 @@ import hashlib
 import os
 import string
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from router_r1.pool.descriptors import PoolSpec
-from router_r1.pool.types import CallResult
-from router_r1.worlds.qa import DataError
-
-CallFn = Callable[..., Awaitable[CallResult]]  # call(model, query, episode_id=uid)
+from router_r1.pool.types import CallFn, CallResult
+from router_r1.worlds.base import DataError
 
 LONG_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("eval_name", pa.string()), ("prompt", pa.string()),

@@ -31,11 +31,11 @@ from router_r1.env.episode import Episode, Segment, Tokenizer, truncate_tokens
 from router_r1.env.prompt import PromptOptions, render_prompt, render_prompt_ids, user_turn
 from router_r1.env.protocol import information_block
 from router_r1.pool.descriptors import PoolSpec
-from router_r1.pool.types import CallResult
-from router_r1.worlds.base import Item, Split, World
+from router_r1.pool.types import CallFn, CallResult
+from router_r1.worlds.base import Item, Split, World, check_trace_mix
 from router_r1.worlds.replay.routing import per_task_routes, task_stats
-from router_r1.worlds.replay.tables import (CallFn, ReplaySample, ReplayTable, model_ids, replay_call,
-                                            replay_outcome, resolve_data_path, split_samples)
+from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, model_ids, replay_call, replay_outcome,
+                                            resolve_data_path, split_samples)
 
 if TYPE_CHECKING:
     from router_r1.infra.config import RunConfig
@@ -72,6 +72,7 @@ class ReplayWorld(World):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, pool: PoolSpec) -> ReplayWorld:
+        check_trace_mix(cfg.warmstart.trace_mix, TRACE_POLICIES, "replay")
         d = cfg.data
         w = cls.load(d.train, pool, d.val_fraction, cfg.split_seed, d.limit, d.val_size)
         w.cfg = cfg
@@ -109,7 +110,7 @@ class ReplayWorld(World):
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
         cfg = self.cfg
         ws = cfg.warmstart
-        return make_traces(self, pool, ws.num_traces, cfg.seed + 1, PromptOptions.from_policy(cfg.policy),
+        return make_traces(self, pool, ws.num_traces, cfg.seed + 1, cfg.policy.prompt_options(),
                            cfg.episode.max_obs_tokens, tokenizer, mix=ws.trace_mix, margin=ws.task_margin)
 
     @staticmethod

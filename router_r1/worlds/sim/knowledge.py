@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router_r1.worlds.qa import QAExample
+from router_r1.worlds.base import QAExample
 from router_r1.worlds.sim.language import CHAINS, DOMAINS, RELATIONS, template_words, words
 from router_r1.worlds.sim.names import NameMaker
 

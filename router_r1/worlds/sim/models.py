@@ -13,11 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_r1.env.cost import call_cost
+from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.worlds.sim.knowledge import Entity, Interpretation, SimConfig, SimWorld, unit
 from router_r1.worlds.sim.language import FILLERS, HEDGE, IDK, RELATIONS, count_tokens
-
 
 BACKEND_ONLY_OPTIONS = ("sleep", "latency_scale")
 

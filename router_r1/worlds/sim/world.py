@@ -17,11 +17,11 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from router_r1.worlds.base import Item, Split, World, item
+from router_r1.worlds.base import Item, Split, World, check_trace_mix, item
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.oracle import by_question_type, expected_rewards, question_type
 from router_r1.worlds.sim.synthetic import synthetic_traces
-from router_r1.worlds.sim.traces import make_traces, tokenizer_corpus
+from router_r1.worlds.sim.traces import TRACE_POLICIES, make_traces, tokenizer_corpus
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
@@ -43,6 +43,7 @@ class SimulatedWorld(World):
         # `split_seed` (data.split_seed, else the run's seed) draws the train / val / test questions,
         # so a run repeated under another seed can keep the same ones. The split chooses which
         # questions are train / val / test, never the knowledge base.
+        check_trace_mix(cfg.warmstart.trace_mix, TRACE_POLICIES, "simulated")
         opts, seed = cfg.data.sim, cfg.split_seed
         sim = Simulation.from_pool(pool, **({"split": opts.split} if opts.split else {}))
         frac = opts.two_hop_fraction

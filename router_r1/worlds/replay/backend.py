@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from router_r1.env.cost import estimate_prompt_tokens, estimate_tokens
 from router_r1.pool.backends.base import BackendError, BackendReply, Message, ModelBackend
+from router_r1.pool.cost import estimate_prompt_tokens, estimate_tokens
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.types import CallStatus
 from router_r1.worlds.replay.tables import ReplayTable, model_ids, resolve_data_path

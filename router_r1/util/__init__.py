@@ -1,0 +1,1 @@
+"""Small helpers with no project imports: redaction of secrets, atomic file writes."""
