@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_POOL = "configs/pool_router_r1.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+# Found from any working directory: the repository's configs/ (the package is installed editable).
+DEFAULT_POOL = str(ROOT / "configs" / "pool_router_r1.yaml")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -55,7 +57,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from router_r1.pool.descriptors import load_pool
 
     pool = load_pool(args.pool)
-    cfg = RewardConfig(alpha=args.alpha, metric=args.metric, normalizer=args.normalizer)
+    cfg = RewardConfig(alpha=args.alpha, metric=args.metric, normalizer=args.normalizer,
+                       reference_cost_usd=args.reference_cost_usd)
     failed = 0
     src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     with src:
@@ -76,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", default=DEFAULT_POOL, help="model-descriptor YAML (prices)")
     s.add_argument("--alpha", type=float, default=0.0, help="cost coefficient in [0, 1]")
     s.add_argument("--metric", choices=["em", "f1"], default="em")
-    s.add_argument("--normalizer", choices=["window", "reference"], default="window")
+    s.add_argument("--normalizer", choices=["window", "reference"], default="window",
+                   help="cost reward: 'window' scales each cost between the 5th and 95th percentile of "
+                        "the file's costs (sqrt; the paper's normaliser with the whole file as one batch, "
+                        "so line order never matters); 'reference': 1 - min(1, cost / --reference-cost-usd)")
+    s.add_argument("--reference-cost-usd", type=float, default=1e-4,
+                   help="the reference normaliser's scale (USD per episode)")
     s.set_defaults(func=_cmd_score)
 
     for name, module, help_ in (

@@ -1,5 +1,6 @@
 """Normalisation, EM and F1 edge cases, cost, and the reward with its normalisers."""
 import math
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,29 @@ def test_format_rules_reach_the_reward(paper_pool):
     (s2,) = score_episodes([ep], paper_pool, strict, make_normalizer(strict))
     assert s1.reward.reward == 1.0 and s1.violations == ()
     assert s2.reward.reward == -1.0 and s2.violations == ("no_think_after_information",)
+
+
+def test_score_does_not_depend_on_line_order():
+    """The same completion scores the same on any line, and shuffling a file changes no score
+    (window normaliser: the whole file is one batch)."""
+    import json
+    import random
+
+    from router_r1.env.reward import RewardConfig
+    from router_r1.evaluation.completions import score_lines
+    from router_r1.pool.descriptors import load_pool
+
+    pool = load_pool(Path(__file__).resolve().parents[1] / "configs" / "pool_router_r1.yaml")
+    lines = []
+    for i, ct in enumerate([12, 12, 300, 5, 40, 12]):
+        lines.append(json.dumps({"completion": "<think>x</think>\n<search>LLaMA-3.1-70B-Instruct: q</search>\n\n"
+                                 "<information>Paris</information>\n\n<think>y</think>\n<answer>Paris</answer>",
+                                 "golden_answers": ["Paris"],
+                                 "calls": [{"model": "LLaMA-3.1-70B-Instruct", "prompt_tokens": 40, "completion_tokens": ct}]}))
+    cfg = RewardConfig(alpha=0.5)
+    first = [r["reward"] for r in score_lines(lines, pool, cfg)]
+    assert first[0] == first[1] == first[5] and first[2] < first[0] < first[3]
+    order = list(range(len(lines)))
+    random.Random(0).shuffle(order)
+    shuffled = [r["reward"] for r in score_lines([lines[i] for i in order], pool, cfg)]
+    assert [shuffled[order.index(i)] for i in range(len(lines))] == first

@@ -52,12 +52,15 @@ def _check_line(line_no: int, rec: Any, pool: PoolSpec) -> tuple[str, list[str],
 
 
 def score_lines(lines: Iterable[str], pool: PoolSpec, cfg: RewardConfig) -> Iterator[dict[str, Any]]:
-    """One output record per non-blank input line; errors come as {"line", "error", "field"}.
+    """One output record per non-blank input line, in input order; errors come as
+    {"line", "error", "field"}.
 
-    With the window normaliser, each line's cost joins the window before it is scored, so a file
-    is scored as a stream, the way training sees episodes.
+    A line's score never depends on the other lines' order: with the window normaliser the whole
+    file is one batch (every valid line's cost enters the window before any line is scored, as
+    `reward.score_batch` scores a training batch), so shuffling the file shuffles the output and
+    changes no score. The reference normaliser is stateless.
     """
-    norm = make_normalizer(cfg)
+    checked: list[tuple[int, Any]] = []  # (line number, (completion, golds, cost) or LineError)
     for line_no, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -66,13 +69,19 @@ def score_lines(lines: Iterable[str], pool: PoolSpec, cfg: RewardConfig) -> Iter
                 rec = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise LineError(line_no, "<line>", f"not valid JSON: {e.msg}") from None
-            completion, golds, cost = _check_line(line_no, rec, pool)
+            checked.append((line_no, _check_line(line_no, rec, pool)))
         except LineError as e:
-            yield {"line": line_no, "error": str(e), "field": e.field}
+            checked.append((line_no, e))
+    costs = [c[2] for _, c in checked if not isinstance(c, LineError)]
+    norm = make_normalizer(cfg.model_copy(update={"window": max(len(costs), 1)}))
+    norm.update(costs)
+    for line_no, c in checked:
+        if isinstance(c, LineError):
+            yield {"line": line_no, "error": str(c), "field": c.field}
             continue
+        completion, golds, cost = c
         p = parse(completion, pool, cfg.format_rules)
         em, f1 = exact_match(p.answer, golds), f1_score(p.answer, golds)
-        norm.update([cost])
         r = compute_reward(p.format_ok, em if cfg.metric == "em" else f1, cost, norm.score(cost), cfg)
         yield {"line": line_no, "answer": p.answer, "format_ok": p.format_ok,
                "format_errors": [v.value for v in p.violations], "em": em, "f1": f1,
