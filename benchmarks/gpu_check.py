@@ -159,7 +159,7 @@ def run(smoke: bool, out: Path) -> dict:
     peak = matmul_peak_tflops(device, 512 if smoke else 8192)
     figures["grpo_step"] = {
         "sequences": len(keep), "tokens": tokens, "seconds": step_s, "tokens_per_s": tokens / step_s,
-        "achieved_tflops": flops / step_s / 1e12, "bf16_matmul_peak_tflops": peak,
+        "achieved_tflops": flops / step_s / 1e12, "matmul_peak_tflops": peak,
         "mfu": flops / step_s / 1e12 / peak,
         # this process's (the learner's): vLLM's engine runs in its own process
         "learner_peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
