@@ -32,10 +32,10 @@ from router_r1.env.episode import Episode, run_episodes
 from router_r1.env.prompt import render_prompt_ids
 from router_r1.infra.config import RunConfig
 from router_r1.rl.batch import TrajectoryBatch
-from router_r1.worlds.base import world_class
+from router_r1.worlds.base import Item, world_class
 
 log = logging.getLogger(__name__)
-Item = dict[str, Any]  # {"id": str, "question": str, "golden_answers": [str, ...]}
+
 
 
 def make_vllm_engine(cfg: RunConfig, tokenizer=None, seed: int = 0):
