@@ -28,11 +28,10 @@ from router_r1.env.protocol import parse, parse_route
 from router_r1.infra.config import ServeConfig
 from router_r1.pool.cost import call_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
-from router_r1.pool.types import CallResult, CallStatus
+from router_r1.pool.types import CallFn, CallResult, CallStatus
 
 GenParams = tuple[float, float, int]  # temperature, top_p, max_new_tokens: one batch group
 GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids
-PoolCall = Callable[..., Awaitable[CallResult]]  # (model, query, **context) -> CallResult
 EventSink = Callable[[dict[str, Any]], None]
 
 # A call that ended like this says the candidate could not answer (now).
@@ -133,7 +132,7 @@ class RouterService:
     """Turns a `ChatCompletionRequest` into an `Outcome` (or an `APIError`)."""
 
     def __init__(self, pool: PoolSpec, serve: ServeConfig, episode: EpisodeConfig, tokenizer,
-                 generate_one: GenerateOne, call: PoolCall, *, prompt_options: PromptOptions = PromptOptions(),
+                 generate_one: GenerateOne, call: CallFn, *, prompt_options: PromptOptions = PromptOptions(),
                  run_id: str = "serve", clock: Callable[[], float] = time.time,
                  max_context: int | None = None):
         """`prompt_options`: those the router was trained with (router_r1.env.prompt.load_prompt_options).
