@@ -34,6 +34,7 @@ from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
 
 api = FastAPI(title="Router-R1", docs_url=None, redoc_url=None)
+DROPPED_HEADER = "x-router-r1-dropped-params"  # fields left out under serve.drop_params
 
 
 @api.exception_handler(APIError)
@@ -88,18 +89,22 @@ def tenant_for(authorization: str | None, keys: dict[str, str]) -> str:
 
 async def generate_isolated(generate: Callable[..., list[Generation]],
                             items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
-    """One turn for each item, batched per sampling parameters, in a worker thread. A batch that
+    """One turn for each item, batched per sampling parameters, in a worker thread. A seeded turn
+    (its seed is not None) is generated alone, so its draws depend on its seed only. A batch that
     fails is retried item by item, so a poisoned request gets its own exception back (its
     caller answers 400) and the requests batched with it still get their turns. (Defined above
     the deployment: Serve pickles the class when it is decorated.)"""
-    groups: dict[GenParams, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     for i, (_, g) in enumerate(items):
-        groups.setdefault(g, []).append(i)
+        groups.setdefault(g if g[3] is None else (g, i), []).append(i)
     out: list[Generation | Exception] = [Generation() for _ in items]
-    for (temperature, top_p, max_new), idx in groups.items():
+    for idx in groups.values():
+        temperature, top_p, max_new, seed = items[idx[0]][1]
+
         def run(ids: list[int]) -> Any:
+            kw = {} if seed is None else {"seed": seed}
             return asyncio.to_thread(generate, [items[i][0] for i in ids], max_new_tokens=max_new,
-                                     temperature=temperature, top_p=top_p)
+                                     temperature=temperature, top_p=top_p, **kw)
         try:
             gens: list[Generation | Exception] = list(await run(idx))
         except Exception:
@@ -186,16 +191,17 @@ class RouterDeployment:
         "required": True, "content": {"application/json": {"schema": request_schema()}}}})
     async def chat_completions(self, request: Request):
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
-        req = parse_request(await request.body())
+        req = parse_request(await request.body(), drop_params=self.serve_cfg.drop_params)
         plan = self.service.plan(req, tenant)
         cid = completion_id()
+        headers = {DROPPED_HEADER: ",".join(plan.dropped)} if plan.dropped else {}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._stream(plan, cid, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+                                     headers={"Cache-Control": "no-cache", **headers})
         outcome = await self.service.run(plan)
-        return completion_body(cid, self.serve_cfg.model_name, outcome.answer, outcome.finish_reason,
-                               outcome.usage(), outcome.extra())
+        return JSONResponse(completion_body(cid, self.serve_cfg.model_name, outcome.answer, outcome.finish_reason,
+                                            outcome.usage(), outcome.extra()), headers=headers)
 
     async def _stream(self, plan: Plan, cid: str, include_usage: bool):
         """SSE in OpenAI's chunk format: the role, one chunk per route event (field `router_r1`,

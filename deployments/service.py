@@ -6,6 +6,12 @@ batched `generate_one` (one router turn; Serve groups concurrent turns into one 
 the shared ModelPool's `call`. Everything a client sees is decided here, so it is tested without
 Ray as well as through HTTP.
 
+The answer: the router's last `<answer>` block. On the final turn (after `max_turns` routed
+calls, so at once with `max_turns=0`) the router must answer; if it routes again or stops
+without an answer, the server appends `<answer>` to its context and lets it write the answer:
+what it writes up to its first tag (`router_r1.forced_answer: true`, `format_ok: false`). The OpenAI bounds then apply to the answer alone: cut before the
+first `stop` string (finish_reason "stop"), then to `max_tokens` tokens (finish_reason "length").
+
 Status of a finished episode (the router may answer on its own, so failures only matter when
 every routed call failed): all failures budget refusals by the pool -> 402; any candidate
 unavailable (down, timed out, circuit open, cut by the deadline) -> 503 naming them; calls refused
@@ -21,16 +27,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
-from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
-from router_r1.env.generation import Generation
+from router_r1.env.episode import Episode, EpisodeConfig, Segment, run_episodes
+from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
-from router_r1.env.protocol import parse, parse_route
+from router_r1.env.protocol import STOP_STRINGS, first_tag, neutralize, parse, parse_route
 from router_r1.infra.config import ServeConfig
 from router_r1.pool.cost import call_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallFn, CallResult, CallStatus
 
-GenParams = tuple[float, float, int]  # temperature, top_p, max_new_tokens: one batch group
+# temperature, top_p, max_new_tokens, seed (None: unseeded): one batch group. A seeded sampled
+# turn is generated alone, so its draws do not depend on what it was batched with.
+GenParams = tuple[float, float, int, "int | None"]
 GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -59,6 +67,17 @@ class Plan:
     started: float  # time.time()
     deadline: float  # time.time() by which the response must be complete
     call_deadline: float  # candidate calls end by then, leaving the router time to answer
+    answer_max_tokens: int | None = None  # the request's max_tokens / max_completion_tokens
+    stops: tuple[str, ...] = ()  # the request's stop strings, applied to the answer
+    seed: int | None = None  # the request's seed: each router turn's sampling is seeded from it
+    end_user: str | None = None  # the request's user (ledger: end_user)
+    dropped: tuple[str, ...] = ()  # fields left out under serve.drop_params
+
+    def gen_for(self, turn: int) -> GenParams:
+        """The sampling parameters of router turn `turn` (its own seed when the request has one)."""
+        t, p, n, _ = self.gen
+        seed = None if self.seed is None or t == 0 else (self.seed * 1_000_003 + turn) % (2 ** 63)
+        return (t, p, n, seed)
 
 
 @dataclass
@@ -66,10 +85,12 @@ class Outcome:
     plan: Plan
     episode: Episode
     answer: str
-    finish_reason: str  # "stop": the router answered; "length": turn or token limit hit
+    finish_reason: str  # "stop": the router answered; "length": cut at max_tokens, or no answer
     router_prompt_tokens: int
     router_completion_tokens: int
     latency_s: float
+    format_ok: bool = True  # the router's text follows the protocol
+    forced_answer: bool = False  # the answer was forced on the final turn
 
     @property
     def calls(self) -> list[CallResult]:
@@ -89,7 +110,11 @@ class Outcome:
         out: dict[str, Any] = {"cost_usd": self.cost_usd, "tenant": self.plan.tenant,
                                "turns": self.episode.turns, "latency_s": round(self.latency_s, 4),
                                "router_usage": usage_dict(self.router_prompt_tokens,
-                                                          self.router_completion_tokens)}
+                                                          self.router_completion_tokens),
+                               "format_ok": self.format_ok, "forced_answer": self.forced_answer,
+                               "models_called": [c.model for c in self.calls]}
+        if self.plan.end_user is not None:
+            out["end_user"] = self.plan.end_user
         if self.plan.return_trace:
             out["trace"] = [step_dict(c, q) for c, q in zip(self.calls, _queries(self.episode))]
             out["router_text"] = self.episode.response
@@ -165,10 +190,10 @@ class RouterService:
         if max_turns > cfg.max_turns_limit:
             raise APIError(400, f"max_turns={max_turns} is above this server's limit of "
                            f"{cfg.max_turns_limit}", param="max_turns", code="invalid_value")
-        max_new = req.max_tokens or req.max_completion_tokens or self.episode_cfg.max_new_tokens
+        max_new = req.max_turn_tokens or self.episode_cfg.max_new_tokens
         if max_new > cfg.max_new_tokens_limit:
-            raise APIError(400, f"max_tokens={max_new} per router turn is above this server's limit "
-                           f"of {cfg.max_new_tokens_limit}", param="max_tokens", code="invalid_value")
+            raise APIError(400, f"max_turn_tokens={max_new} per router turn is above this server's limit "
+                           f"of {cfg.max_new_tokens_limit}", param="max_turn_tokens", code="invalid_value")
         temperature = cfg.temperature if req.temperature is None else req.temperature
         top_p = self.episode_cfg.top_p if req.top_p is None else req.top_p
         now = self._clock()
@@ -184,9 +209,11 @@ class RouterService:
             prompt_ids=prompt_ids, pool=pool, allowed=allowed,
             episode=self.episode_cfg.model_copy(update={"max_turns": max_turns, "max_new_tokens": max_new,
                                                         "temperature": temperature, "top_p": top_p}),
-            gen=(float(temperature), float(top_p), int(max_new)), max_cost_usd=req.max_cost_usd,
+            gen=(float(temperature), float(top_p), int(max_new), None), max_cost_usd=req.max_cost_usd,
             return_trace=req.return_trace, started=now, deadline=now + timeout,
-            call_deadline=now + timeout * (1.0 - cfg.answer_reserve_fraction))
+            call_deadline=now + timeout * (1.0 - cfg.answer_reserve_fraction),
+            answer_max_tokens=req.answer_max_tokens, stops=tuple(req.stops), seed=req.seed,
+            end_user=req.end_user, dropped=tuple(req.dropped))
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, plan: Plan, on_event: EventSink | None = None) -> Outcome:
@@ -195,9 +222,12 @@ class RouterService:
                           prompt=plan.prompt, prompt_ids=list(plan.prompt_ids))
         spend = _Spend()
         emit = on_event or (lambda ev: None)
+        turn = [0]
 
         async def generate(contexts: list[list[int]]) -> list[Generation]:
-            return list(await asyncio.gather(*(self._generate_one(c, plan.gen) for c in contexts)))
+            gen = plan.gen_for(turn[0])
+            turn[0] += 1
+            return list(await asyncio.gather(*(self._generate_one(c, gen) for c in contexts)))
 
         async def call(model: str, query: str) -> CallResult:
             step = spend.calls
@@ -208,16 +238,43 @@ class RouterService:
             emit({"type": "call_result", "step": step, **step_dict(res, query)})
             return res
 
+        async def play() -> None:
+            await run_episodes([episode], generate, call, plan.episode, pool=plan.pool,
+                               tokenizer=self.tokenizer, max_context=self.max_context)
+            if valid_answer(parse(episode.response).answer) is None:
+                await self._force_answer(plan, episode, turn[0])
+
         remaining = plan.deadline - self._clock()
         try:
-            await asyncio.wait_for(run_episodes([episode], generate, call, plan.episode, pool=plan.pool,
-                                                tokenizer=self.tokenizer), remaining)
+            await asyncio.wait_for(play(), remaining)
         except asyncio.TimeoutError:
             raise APIError(504, f"the router did not finish within request_timeout_s="
                            f"{self.cfg.request_timeout_s:g}s", type="server_error", code="timeout") from None
         outcome = self._outcome(plan, episode)
         check_calls(outcome)
         return outcome
+
+    async def _force_answer(self, plan: Plan, episode: Episode, turn: int) -> None:
+        """The final turn did not answer: append `<answer>` (unless an answer block is already
+        open) and let the router write the answer, up to one turn's tokens."""
+        text = episode.response
+        open_answer = text.rfind("<answer>") > text.rfind("</answer>")
+        prefix = "" if open_answer else FORCE_PREFIX
+        ids = list(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else []
+        context = episode.context_ids + ids
+        if self.max_context is not None and len(context) + plan.gen[2] > self.max_context:
+            return  # no room left: the episode ends without an answer
+        out = await self._generate_one(context, plan.gen_for(turn))
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        g = cut_generation(out, self.tokenizer, STOP_STRINGS, {eos} if eos is not None else ())
+        if ids:
+            episode.segments.append(Segment(prefix, "information", ids, [0.0] * len(ids)))
+        episode.segments.append(Segment(g.text, "policy", list(g.ids), list(g.logprobs or [0.0] * len(g.ids))))
+        episode.turns += 1
+        # The answer is what the router wrote after <answer>, up to its first tag (it may close
+        # the block, or stop at another tag it was trained to end turns with).
+        cut = first_tag(g.text)
+        episode.meta["forced_answer"] = (g.text if cut < 0 else g.text[:cut]).strip()
 
     async def _guarded_call(self, plan: Plan, spend: _Spend, model: str, query: str) -> CallResult:
         """The pool call, refused when this request's cost cap would be passed and cut at the
@@ -238,10 +295,11 @@ class RouterService:
             return CallResult.failure(name, CallStatus.CANCELLED, "request deadline reached before the call")
         try:
             # The pool honours deadline_s itself; the extra second only covers the trip back.
+            who = {"end_user": plan.end_user} if plan.end_user is not None else {}
             return await asyncio.wait_for(
                 self._call(model, query, run_id=self.run_id, episode_id=plan.request_id,
                            tenant=plan.tenant, allowed_models=plan.allowed,
-                           deadline_s=plan.call_deadline), remaining + 1.0)
+                           deadline_s=plan.call_deadline, **who), remaining + 1.0)
         except asyncio.TimeoutError:
             return CallResult.failure(name, CallStatus.CANCELLED,
                                       "the candidate did not answer before the request deadline")
@@ -253,11 +311,39 @@ class RouterService:
         # Token mode: the router's own ids, as sampled (completion) and as read (prompt + information).
         generated = sum(len(s.ids) for s in episode.segments if s.origin == "policy")
         inserted = sum(len(s.ids) for s in episode.segments if s.origin != "policy")
-        answer = parse(episode.response).answer
-        return Outcome(plan=plan, episode=episode, answer=answer or "",
-                       finish_reason="stop" if answer is not None and not episode.truncated else "length",
+        parsed = parse(episode.response, plan.pool)
+        forced = episode.meta.get("forced_answer")
+        answer = valid_answer(parsed.answer if forced is None else forced)
+        text, finish = shape_answer(answer or "", plan.stops, plan.answer_max_tokens, self.tokenizer)
+        return Outcome(plan=plan, episode=episode, answer=text,
+                       finish_reason=finish if answer is not None else "length",
                        router_prompt_tokens=len(episode.prompt_ids) + inserted,
-                       router_completion_tokens=generated, latency_s=self._clock() - plan.started)
+                       router_completion_tokens=generated, latency_s=self._clock() - plan.started,
+                       format_ok=parsed.format_ok and forced is None, forced_answer=forced is not None)
+
+
+FORCE_PREFIX = "\n<answer>"  # appended to the router's context when its final turn did not answer
+
+
+def valid_answer(answer: str | None) -> str | None:
+    """The answer if it is one a client may see: non-empty and free of protocol markup."""
+    if answer is None or not answer.strip() or neutralize(answer) != answer:
+        return None
+    return answer
+
+
+def shape_answer(answer: str, stops: tuple[str, ...] | list[str], max_tokens: int | None,
+                 tokenizer) -> tuple[str, str]:
+    """The answer under the request's OpenAI bounds: cut before the first stop string, then to
+    `max_tokens` tokens of the router's tokenizer. Returns (text, finish_reason)."""
+    cut = min((i for i in (answer.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        answer = answer[:cut]
+    if max_tokens is not None:
+        ids = tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) > max_tokens:
+            return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True), "length"
+    return answer, "stop"
 
 
 def check_calls(outcome: Outcome) -> None:

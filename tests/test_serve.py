@@ -443,3 +443,70 @@ def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, 
                 if hits:
                     found[str(f)] = hits
     assert found == {}
+
+
+# -- issue 28 A: every OpenAI field honoured or refused -------------------------------------------
+def test_max_tokens_bounds_the_answer_not_the_router_turns(base):
+    c = client(base)
+    full = c.chat.completions.create(**ask())
+    one = c.chat.completions.create(**ask(), max_tokens=1)
+    assert full.choices[0].message.content and full.choices[0].finish_reason == "stop"
+    assert one.choices[0].message.content and one.choices[0].finish_reason == "length"
+    assert full.choices[0].message.content.startswith(one.choices[0].message.content)
+    assert one.model_extra["router_r1"]["trace"]  # the router still routed: its turns were not cut
+
+
+def test_stop_is_applied_to_the_answer(base):
+    full = client(base).chat.completions.create(**ask()).choices[0].message.content
+    assert len(full) >= 2
+    r = client(base).chat.completions.create(**ask(), stop=[full[1:]])
+    assert r.choices[0].message.content == full[:1] and r.choices[0].finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible(base):
+    def once(seed):
+        r = client(base).chat.completions.create(**ask(), temperature=1.0, seed=seed)
+        return r.model_extra["router_r1"]["router_text"]
+    assert once(5) == once(5)
+
+
+def test_user_is_recorded_as_the_end_user(served, base):
+    from router_r1.pool.ledger import read_records
+
+    _, _, ledger = served
+    r = client(base).chat.completions.create(**ask(), user="alice@example.com")
+    assert r.model_extra["router_r1"]["end_user"] == "alice@example.com"
+    recs = [x for x in read_records(ledger) if x.get("end_user") == "alice@example.com"]
+    assert len(recs) == len(r.model_extra["router_r1"]["trace"]) >= 1
+
+
+def test_max_turns_0_gives_the_forced_final_answer(fake, base):
+    r = client(base).chat.completions.create(**ask(), extra_body={"max_turns": 0})
+    extra = r.model_extra["router_r1"]
+    assert r.choices[0].message.content and extra["forced_answer"] and extra["trace"] == []
+    assert fake.count() == 0
+
+
+@pytest.mark.parametrize("kw", [{"logprobs": True}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                {"response_format": {"type": "json_object"}}, {"presence_penalty": 0.5}, {"n": 2}])
+def test_unsupported_parameters_are_refused_naming_them(fake, base, kw):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(base).chat.completions.create(**ask(), **kw)
+    assert e.value.status_code == 400 and e.value.body["code"] == "unsupported_parameter"
+    assert e.value.body["param"] == next(iter(kw))
+    assert fake.count() == 0
+
+
+def test_the_wire_format_is_the_sdk_types(base):
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    status, body = post(base, ask(logprobs=False, response_format={"type": "text"}))
+    assert status == 200, body
+    assert ChatCompletion.model_validate(body).choices[0].message.role == "assistant"
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(ask(stream=True)).encode(),
+                                 headers={"Authorization": "Bearer sk-rich", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        lines = [ln[6:] for ln in r.read().decode().splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    for ln in lines[:-1]:
+        ChatCompletionChunk.model_validate(json.loads(ln))

@@ -29,8 +29,8 @@ def body(**extra) -> bytes:
     (body(max_turns="2"), "max_turns"),
     (body(max_cost_usd="0.01"), "max_cost_usd"),
     (body(seed="7"), "seed"),
-    (body(n=2), "n"),
     (body(n="1"), "n"),
+    (body(n=1.5), "n"),
 ])
 def test_bad_bodies_are_400_naming_the_field(raw, param):
     with pytest.raises(APIError) as e:
@@ -52,7 +52,9 @@ def test_request_schema_is_published_self_contained():
     props = s["properties"]
     assert {"model", "messages", "temperature", "max_turns", "models", "max_cost_usd", "n"} <= set(props)
     assert set(s["required"]) == {"model", "messages"}
-    assert props["messages"]["items"]["properties"]["role"]["enum"][:3] == ["system", "developer", "user"]
+    roles = [alt["properties"]["role"]["const"] for alt in props["messages"]["items"]["oneOf"]]
+    assert roles == ["system", "developer", "user", "assistant", "tool"]
+    assert props["logprobs"]["enum"] == [None, False] and s["additionalProperties"] is False
     ChatCompletionRequest.model_validate({"model": "m", "messages": Q})
 
 
@@ -71,8 +73,8 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
             raise ValueError("token id -1 out of range")
         return [Generation(ids=[len(c)], text="ok") for c in contexts]
 
-    g = (0.0, 1.0, 8)
-    items = [([1, 2], g), ([3, -1], g), ([4], g), ([5], (0.7, 1.0, 8))]
+    g = (0.0, 1.0, 8, None)
+    items = [([1, 2], g), ([3, -1], g), ([4], g), ([5], (0.7, 1.0, 8, None))]
     out = asyncio.run(generate_isolated(generate, items))
     assert [type(x).__name__ for x in out] == ["Generation", "ValueError", "Generation", "Generation"]
     assert out[0].ids == [2] and out[2].ids == [1] and out[3].ids == [1]
@@ -103,3 +105,188 @@ def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
     with pytest.raises(APIError) as e:
         service.plan(long, "t")
     assert e.value.status == 413 and e.value.code == "context_length_exceeded" and "tokens" in e.value.message
+
+
+# -- issue 28 A: every OpenAI field honoured or refused -------------------------------------------
+def test_every_sdk_request_field_has_a_rule():
+    """The field list is the installed openai SDK's; each field is honoured or refused by rule."""
+    from deployments.openai_api import FIELDS, ROUTER_FIELDS, SDK_FIELDS
+
+    assert {"messages", "model", "logprobs", "tools", "seed", "stop", "user", "stream"} <= SDK_FIELDS
+    assert SDK_FIELDS <= set(FIELDS), sorted(SDK_FIELDS - set(FIELDS))
+    assert not set(ROUTER_FIELDS) & SDK_FIELDS
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "auto"), ("response_format", {"type": "json_object"}), ("presence_penalty", 0.5),
+    ("frequency_penalty", 1), ("logit_bias", {"12": 3}), ("n", 2), ("store", True),
+    ("modalities", ["text", "audio"]), ("reasoning_effort", "high"), ("parallel_tool_calls", True),
+])
+def test_unsupported_fields_are_refused_or_dropped(field, value):
+    with pytest.raises(APIError) as e:
+        parse_request(body(**{field: value}))
+    assert e.value.status == 400 and e.value.code == "unsupported_parameter" and e.value.param == field
+    assert field in e.value.message
+    req = parse_request(body(**{field: value}), drop_params=True)
+    assert req.dropped == [field]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", False), ("response_format", {"type": "text"}), ("presence_penalty", 0), ("n", 1),
+    ("tool_choice", "none"), ("store", False), ("logit_bias", {}), ("modalities", ["text"]),
+    ("service_tier", "auto"), ("tools", None),
+])
+def test_do_nothing_values_of_refused_fields_are_accepted(field, value):
+    assert parse_request(body(**{field: value})).dropped == []
+
+
+def test_unknown_fields_and_non_text_parts_are_refused():
+    with pytest.raises(APIError) as e:
+        parse_request(body(temprature=0.5))
+    assert e.value.code == "unknown_parameter" and e.value.param == "temprature"
+    assert parse_request(body(temprature=0.5), drop_params=True).dropped == ["temprature"]
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    raw = json.dumps({"model": "router-r1", "messages": image}).encode()
+    with pytest.raises(APIError) as e:
+        parse_request(raw)
+    assert e.value.code == "unsupported_parameter" and e.value.param == "messages.0.content.1.type"
+    req = parse_request(raw, drop_params=True)
+    assert req.dropped == ["messages.0.content.1"] and req.question() == "what is this?"
+
+
+def test_tool_message_needs_content_and_call_id():
+    for msg in ({"role": "tool", "content": "", "tool_call_id": "c1"}, {"role": "tool", "content": "r"}):
+        raw = json.dumps({"model": "router-r1", "messages": [msg, Q[0]]}).encode()
+        with pytest.raises(APIError) as e:
+            parse_request(raw)
+        assert e.value.status == 400 and e.value.param.startswith("messages.0."), e.value.param
+    parse_request(json.dumps({"model": "router-r1", "messages": [
+        {"role": "tool", "content": "r", "tool_call_id": "c1"}, Q[0]]}).encode())
+
+
+def test_honoured_fields_parse():
+    r = parse_request(body(stop=["\n", "END"], seed=7, user="alice", max_completion_tokens=5,
+                           max_tokens=9, stream_options=None, prompt_cache_key="k"))
+    assert r.stops == ["\n", "END"] and r.seed == 7 and r.end_user == "alice" and r.answer_max_tokens == 5
+    assert parse_request(body(stop="x")).stops == ["x"]
+    for bad in ({"stop": ["a"] * 5}, {"stop": [""]}, {"user": 3}):
+        with pytest.raises(APIError):
+            parse_request(body(**bad))
+
+
+class ScriptedRouter:
+    """A generate_one that writes, turn by turn, the texts it is given (the last one repeats),
+    recording the sampling parameters and contexts it was asked with."""
+
+    def __init__(self, tok, texts):
+        self.tok, self.texts, self.seen = tok, list(texts), []
+
+    async def __call__(self, context, gen):
+        from router_r1.env.generation import Generation
+
+        self.seen.append((list(context), gen))
+        text = self.texts[min(len(self.seen) - 1, len(self.texts) - 1)]
+        ids = self.tok.encode(text, add_special_tokens=False)
+        return Generation(ids=ids, logprobs=[0.0] * len(ids), text=self.tok.decode(ids, skip_special_tokens=True))
+
+
+ROUTE = "<think> ask </think><search> A: who wrote zelix </search>"
+ANSWER = "<think> got it </think><answer> the book zelix was written by kestrel velik </answer>"
+
+
+def make_service(texts, **serve):
+    from deployments.service import RouterService
+    from router_r1.engines.model import train_tokenizer
+    from router_r1.infra.config import RunConfig
+    from router_r1.pool.descriptors import PoolSpec
+    from router_r1.pool.types import CallResult
+
+    tok = train_tokenizer([ROUTE + ANSWER + " <answer> </answer> <information> </information> who wrote the book "
+                           "zelix and when"] * 20, vocab_size=300)
+    pool = PoolSpec.model_validate({"models": [{"name": "A", "price": 1.0, "backend": {"kind": "simulated"}}]})
+    cfg = RunConfig.model_validate({"serve": serve, "episode": {"max_turns": 2, "max_new_tokens": 48}})
+    router = ScriptedRouter(tok, texts)
+    calls = []
+
+    async def call(model, query, **context):
+        calls.append((model, query, context))
+        return CallResult(model, "kestrel velik", prompt_tokens=5, completion_tokens=3, cost_usd=8e-6)
+
+    service = RouterService(pool, cfg.serve, cfg.episode, tok, router, call)
+    return service, router, calls, tok
+
+
+def run(service, **extra):
+    import asyncio
+
+    req = parse_request(body(**extra), drop_params=service.cfg.drop_params)
+    return asyncio.run(service.run(service.plan(req, "t")))
+
+
+def test_max_tokens_bounds_the_answer_not_each_turn():
+    service, router, _, tok = make_service([ROUTE, ANSWER])
+    full = run(service)
+    assert full.answer == "the book zelix was written by kestrel velik" and full.finish_reason == "stop"
+    service, router, _, tok = make_service([ROUTE, ANSWER])
+    one = run(service, max_tokens=1)
+    assert one.answer and one.finish_reason == "length"
+    assert len(tok.encode(one.answer, add_special_tokens=False)) == 1 and full.answer.startswith(one.answer)
+    assert all(gen[2] == 48 for _, gen in router.seen)  # router turns keep their own budget
+    service, *_ = make_service([ROUTE, ANSWER])
+    assert run(service, max_completion_tokens=3, max_tokens=50).finish_reason == "length"
+
+
+def test_stop_is_applied_to_the_answer():
+    service, *_ = make_service([ROUTE, ANSWER])
+    out = run(service, stop=["written", "zzz"])
+    assert out.answer == "the book zelix was " and out.finish_reason == "stop"
+
+
+def test_seed_seeds_each_router_turn():
+    seeds = []
+    for _ in range(2):
+        service, router, *_ = make_service([ROUTE, ANSWER])
+        run(service, seed=11, temperature=0.8)
+        seeds.append([gen[3] for _, gen in router.seen])
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 2 and None not in seeds[0]
+    service, router, *_ = make_service([ROUTE, ANSWER])
+    run(service, seed=12, temperature=0.8)
+    assert [gen[3] for _, gen in router.seen] != seeds[0]
+    service, router, *_ = make_service([ROUTE, ANSWER])
+    run(service, seed=11)  # greedy: nothing to seed
+    assert [gen[3] for _, gen in router.seen] == [None, None]
+
+
+def test_user_is_the_end_user_of_every_call():
+    service, _, calls, _ = make_service([ROUTE, ANSWER])
+    out = run(service, user="alice@example.com")
+    assert calls and all(ctx["end_user"] == "alice@example.com" for _, _, ctx in calls)
+    assert out.extra()["end_user"] == "alice@example.com"
+
+
+def test_max_turns_0_forces_the_final_answer():
+    # The router routes on its only turn; the server appends <answer> and it answers.
+    service, router, calls, _ = make_service([ROUTE, "kestrel velik </answer>"])
+    out = run(service, max_turns=0)
+    assert calls == [] and out.answer == "kestrel velik" and out.forced_answer
+    assert router.seen[-1][0][-3:] != router.seen[0][0][-3:]  # the forced turn's context ends with <answer>
+    assert out.extra()["forced_answer"] and not out.extra()["format_ok"]
+
+
+def test_a_seeded_sampled_turn_is_generated_alone():
+    import asyncio
+
+    from deployments.router import generate_isolated
+    from router_r1.env.generation import Generation
+
+    calls = []
+
+    def generate(contexts, max_new_tokens, temperature, top_p, seed=None):
+        calls.append((len(contexts), seed))
+        return [Generation(ids=[1], text="x") for _ in contexts]
+
+    plain, seeded = (0.7, 1.0, 8, None), (0.7, 1.0, 8, 5)
+    asyncio.run(generate_isolated(generate, [([1], plain), ([2], seeded), ([3], plain), ([4], seeded)]))
+    assert sorted(calls, key=str) == sorted([(2, None), (1, 5), (1, 5)], key=str)

@@ -284,11 +284,15 @@ class ServeConfig(_Section):
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)  # vLLM: the replica's GPU share
     temperature: float = 0.0  # router sampling when the request gives none (greedy by default)
     max_turns_limit: int = 8  # largest per-request max_turns accepted
-    max_new_tokens_limit: int = 512  # largest per-request max_tokens (per router turn) accepted
+    max_new_tokens_limit: int = 512  # largest per-request max_turn_tokens (per router turn) accepted
     answer_reserve_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the deadline
     # kept for the router's final turn: candidate calls are cut at (1 - this) x request_timeout_s
     torch_threads: int | None = None  # intra-op threads for CPU generation; None = torch default
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+    # OpenAI fields the app does not implement (logprobs, tools, ...) are a 400 naming them; with
+    # drop_params (LiteLLM's convention) they are left out instead, and the response's
+    # x-router-r1-dropped-params header lists them.
+    drop_params: bool = False
 
 
 class EvalConfig(_Section):

@@ -410,7 +410,7 @@ class PoolCore:
                    prompt_tokens=pt, completion_tokens=ct, price_in=desc.price_in,
                    price_out=desc.price_out, cost_usd=cost, status=err.status.value,
                    attempts=attempt, error=self._redact(_with_detail(str(err), err.detail))[:500],
-                   idempotency_key=idem_key, anomaly=anomaly)
+                   idempotency_key=idem_key, anomaly=anomaly, end_user=req.ctx.end_user)
 
     def _finish(self, req: Request, res: CallResult, t0: float) -> CallResult:
         """Write the call's ledger record and update metrics. No await: nothing can interleave."""
@@ -430,7 +430,7 @@ class PoolCore:
                          attempts=res.attempts, cache_hit=res.cache_hit,
                          error=None if res.error is None else self._redact(_with_detail(res.error, detail))[:500],
                          idempotency_key=None if res.cache_hit else res.meta.get("idempotency_key"),
-                         anomaly=res.meta.get("anomaly"))
+                         anomaly=res.meta.get("anomaly"), end_user=req.ctx.end_user)
         res.meta["record_id"] = rec["record_id"]
         try:
             if req.desc is None:

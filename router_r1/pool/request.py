@@ -15,7 +15,7 @@ from router_r1.pool.descriptors import ModelDescriptor
 
 PARAM_KEYS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                         "frequency_penalty"})
-CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s"})
+CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s", "end_user"})
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_NAME = 200  # model names as written are kept (ledger, errors) up to this length
 
@@ -31,6 +31,7 @@ class CallContext:
     tenant: str = "default"
     allowed_models: frozenset[str] | None = None  # display names; None = every model
     deadline_s: float | None = None  # absolute time.time()
+    end_user: str | None = None  # the tenant's own end user (Serve: the request's `user`), for the ledger
 
     def allows(self, name: str) -> bool:
         return self.allowed_models is None or name in self.allowed_models
@@ -110,5 +111,9 @@ def _context(context: Any, resolve: Callable[[str], ModelDescriptor | None], run
     deadline = context.get("deadline_s")
     if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
         raise InvalidRequest("deadline_s must be a unix time in seconds")
+    end_user = context.get("end_user")
+    if end_user is not None and not isinstance(end_user, str):
+        raise InvalidRequest("end_user must be a string")
     return CallContext(str(context.get("run_id") or run_id), str(context.get("episode_id") or ""),
-                       str(context.get("tenant") or "default"), allowed, deadline)
+                       str(context.get("tenant") or "default"), allowed, deadline,
+                       end_user[:MAX_NAME] if end_user else None)
