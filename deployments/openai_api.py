@@ -439,7 +439,9 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
 ERROR_STATUSES = {400: "malformed or invalid request, or an unsupported parameter (unsupported_parameter)",
                   401: "missing or unknown API key", 402: "the tenant's budget is spent",
                   404: "unknown model or candidate model", 413: "prompt longer than the router's limits",
-                  500: "internal error", 503: "no candidate model could answer",
+                  500: "internal error",
+                  502: "the router gave no valid answer and no fallback model is configured (or it failed)",
+                  503: "no candidate model could answer",
                   504: "the router did not finish in time"}
 
 

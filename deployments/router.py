@@ -270,7 +270,10 @@ def build_app(args: dict[str, Any]) -> Application:
         raise ValueError("build_app needs checkpoint=DIR (or ROUTER_R1_CHECKPOINT)")
     config = args.pop("config", None) or os.environ.get("ROUTER_R1_CONFIG")
     cfg = load_config(config, overrides=args or None)
-    cfg.load_pool()  # a bad descriptor file fails here, not in every replica
+    pool = cfg.load_pool()  # a bad descriptor file fails here, not in every replica
+    if cfg.serve.fallback_model is not None and pool.resolve(cfg.serve.fallback_model) is None:
+        raise ValueError(f"serve.fallback_model {cfg.serve.fallback_model!r} is not in the pool "
+                         f"({', '.join(pool.names)})")
     if not cfg.serve.api_keys:  # likewise malformed tenant keys (the replicas read the same variable)
         parse_api_keys(os.environ.get("ROUTER_R1_API_KEYS"))
     # Replicas and the pool actor run in other working directories: anchor the ledger here.

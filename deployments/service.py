@@ -16,6 +16,12 @@ Status of a finished episode (the router may answer on its own, so failures only
 every routed call failed): all failures budget refusals by the pool -> 402; any candidate
 unavailable (down, timed out, circuit open, cut by the deadline) -> 503 naming them; calls refused
 by the request's own `max_cost_usd` are the client's choice and still give 200.
+
+No silent failure: an episode that ends without a valid answer (none, empty, or holding protocol
+markup, even after the forced final turn) is answered by `serve.fallback_model`, a pool model
+sent the conversation itself (`router_r1.fallback: true`, `format_ok: false`, the call in the
+trace and the cost); without one, or when the fallback fails too, it is a 502
+(`router_no_answer`). A 200 never carries empty content or the router's markup.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
 from router_r1.env.protocol import STOP_STRINGS, first_tag, neutralize, parse, parse_route
 from router_r1.infra.config import ServeConfig
-from router_r1.pool.cost import call_cost, estimate_prompt_tokens
+from router_r1.pool.cost import call_cost, episode_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallFn, CallResult, CallStatus
 
@@ -72,6 +78,7 @@ class Plan:
     seed: int | None = None  # the request's seed: each router turn's sampling is seeded from it
     end_user: str | None = None  # the request's user (ledger: end_user)
     dropped: tuple[str, ...] = ()  # fields left out under serve.drop_params
+    messages: list[dict[str, str]] | None = None  # the conversation, as a fallback model is sent it
 
     def gen_for(self, turn: int) -> GenParams:
         """The sampling parameters of router turn `turn` (its own seed when the request has one)."""
@@ -91,14 +98,16 @@ class Outcome:
     latency_s: float
     format_ok: bool = True  # the router's text follows the protocol
     forced_answer: bool = False  # the answer was forced on the final turn
+    fallback: CallResult | None = None  # the fallback model's call, when the router gave no answer
 
     @property
     def calls(self) -> list[CallResult]:
-        return self.episode.calls
+        """Every billed candidate call: the routed ones, then the fallback's."""
+        return self.episode.calls + ([self.fallback] if self.fallback is not None else [])
 
     @property
     def cost_usd(self) -> float:
-        return self.episode.cost_usd
+        return episode_cost(c.cost_usd for c in self.calls)
 
     def usage(self) -> dict[str, int]:
         """Router tokens plus every candidate call's billed tokens."""
@@ -112,11 +121,14 @@ class Outcome:
                                "router_usage": usage_dict(self.router_prompt_tokens,
                                                           self.router_completion_tokens),
                                "format_ok": self.format_ok, "forced_answer": self.forced_answer,
+                               "fallback": self.fallback is not None,
                                "models_called": [c.model for c in self.calls]}
         if self.plan.end_user is not None:
             out["end_user"] = self.plan.end_user
         if self.plan.return_trace:
-            out["trace"] = [step_dict(c, q) for c, q in zip(self.calls, _queries(self.episode))]
+            out["trace"] = [step_dict(c, q) for c, q in zip(self.episode.calls, _queries(self.episode))]
+            if self.fallback is not None:
+                out["trace"].append({**step_dict(self.fallback, FALLBACK_QUERY), "fallback": True})
             out["router_text"] = self.episode.response
         return out
 
@@ -213,7 +225,7 @@ class RouterService:
             return_trace=req.return_trace, started=now, deadline=now + timeout,
             call_deadline=now + timeout * (1.0 - cfg.answer_reserve_fraction),
             answer_max_tokens=req.answer_max_tokens, stops=tuple(req.stops), seed=req.seed,
-            end_user=req.end_user, dropped=tuple(req.dropped))
+            end_user=req.end_user, dropped=tuple(req.dropped), messages=conversation(req))
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, plan: Plan, on_event: EventSink | None = None) -> Outcome:
@@ -252,7 +264,35 @@ class RouterService:
                            f"{self.cfg.request_timeout_s:g}s", type="server_error", code="timeout") from None
         outcome = self._outcome(plan, episode)
         check_calls(outcome)
+        if not outcome.answer.strip():
+            await self._fall_back(outcome, spend, emit)
         return outcome
+
+    async def _fall_back(self, outcome: Outcome, spend: "_Spend", emit: EventSink) -> None:
+        """No valid answer: the configured fallback model answers the conversation itself
+        (`serve.fallback_model`), or the request is a 502. Never a 200 with empty content."""
+        plan, model = outcome.plan, self.cfg.fallback_model
+        if model is None:
+            raise APIError(502, "the router ended without a valid answer and no fallback model is "
+                           "configured (serve.fallback_model)", type="server_error", code="router_no_answer")
+        step = spend.calls
+        emit({"type": "fallback", "step": step, "model": model})
+        res = await self._guarded_call(plan, spend, model, plan.messages or [{"role": "user", "content": plan.question}])
+        spend.usd += res.cost_usd
+        emit({"type": "call_result", "step": step, "fallback": True, **step_dict(res, FALLBACK_QUERY)})
+        outcome.fallback = res
+        outcome.format_ok = False
+        if not res.ok:
+            raise_for_calls([res], plan.tenant)
+            raise APIError(502, f"the router ended without a valid answer and the fallback model "
+                           f"{res.model} failed: {res.status.value} ({res.error})", type="server_error",
+                           code="router_no_answer")
+        text, finish = shape_answer(res.text, plan.stops, plan.answer_max_tokens, self.tokenizer)
+        if not text.strip():
+            raise APIError(502, f"the router ended without a valid answer and the fallback model "
+                           f"{res.model} answered nothing", type="server_error", code="router_no_answer")
+        outcome.answer, outcome.finish_reason = text, finish
+        outcome.latency_s = self._clock() - plan.started
 
     async def _force_answer(self, plan: Plan, episode: Episode, turn: int) -> None:
         """The final turn did not answer: append `<answer>` (unless an answer block is already
@@ -276,14 +316,16 @@ class RouterService:
         cut = first_tag(g.text)
         episode.meta["forced_answer"] = (g.text if cut < 0 else g.text[:cut]).strip()
 
-    async def _guarded_call(self, plan: Plan, spend: _Spend, model: str, query: str) -> CallResult:
-        """The pool call, refused when this request's cost cap would be passed and cut at the
-        call deadline even if the pool were to ignore it."""
-        desc = plan.pool.resolve(model)
+    async def _guarded_call(self, plan: Plan, spend: _Spend, model: str,
+                            query: str | list[dict[str, str]]) -> CallResult:
+        """The pool call (a routed sub-question, or the conversation for the fallback), refused
+        when this request's cost cap would be passed and cut at the call deadline even if the
+        pool were to ignore it."""
+        desc = plan.pool.resolve(model) or self.pool.resolve(model)
         name = desc.name if desc else model
+        messages = [{"role": "user", "content": query}] if isinstance(query, str) else query
         if plan.max_cost_usd is not None and desc is not None:
-            estimate = call_cost(desc, estimate_prompt_tokens([{"role": "user", "content": query}]),
-                                 desc.backend.max_tokens)
+            estimate = call_cost(desc, estimate_prompt_tokens(messages), desc.backend.max_tokens)
             if spend.usd + estimate > plan.max_cost_usd:
                 return CallResult.failure(
                     name, CallStatus.BUDGET_EXCEEDED,
@@ -296,9 +338,10 @@ class RouterService:
         try:
             # The pool honours deadline_s itself; the extra second only covers the trip back.
             who = {"end_user": plan.end_user} if plan.end_user is not None else {}
+            allowed = plan.allowed if isinstance(query, str) else None  # the operator's fallback is always allowed
             return await asyncio.wait_for(
                 self._call(model, query, run_id=self.run_id, episode_id=plan.request_id,
-                           tenant=plan.tenant, allowed_models=plan.allowed,
+                           tenant=plan.tenant, allowed_models=allowed,
                            deadline_s=plan.call_deadline, **who), remaining + 1.0)
         except asyncio.TimeoutError:
             return CallResult.failure(name, CallStatus.CANCELLED,
@@ -322,7 +365,23 @@ class RouterService:
                        format_ok=parsed.format_ok and forced is None, forced_answer=forced is not None)
 
 
+FALLBACK_QUERY = "(the conversation)"  # the trace's query of the fallback call
 FORCE_PREFIX = "\n<answer>"  # appended to the router's context when its final turn did not answer
+
+
+def conversation(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The request's messages as a candidate model is sent them (text only; developer turns as
+    system turns, tool results as user turns)."""
+    out = []
+    for m in req.messages:
+        text = m.text()
+        if not text.strip():
+            continue
+        if m.role == "tool":
+            out.append({"role": "user", "content": f"[tool result] {text}"})
+        else:
+            out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    return out
 
 
 def valid_answer(answer: str | None) -> str | None:
@@ -348,7 +407,11 @@ def shape_answer(answer: str, stops: tuple[str, ...] | list[str], max_tokens: in
 
 def check_calls(outcome: Outcome) -> None:
     """Raise 402/503 when every routed call failed for budget or availability (module docstring)."""
-    calls = outcome.calls
+    raise_for_calls(outcome.calls, outcome.plan.tenant)
+
+
+def raise_for_calls(calls: list[CallResult], tenant: str) -> None:
+    """`check_calls` over a list of calls billed to `tenant`."""
     if not calls or any(c.ok for c in calls):
         return
     budget = [c for c in calls if c.status is CallStatus.BUDGET_EXCEEDED
@@ -360,5 +423,5 @@ def check_calls(outcome: Outcome) -> None:
         raise APIError(503, f"no candidate model could answer: {', '.join(names)} unavailable. {detail}",
                        type="service_unavailable", param=None, code="models_unavailable")
     if budget:
-        raise APIError(402, f"budget exhausted for tenant '{outcome.plan.tenant}': "
+        raise APIError(402, f"budget exhausted for tenant '{tenant}': "
                        f"{budget[0].error}", type="insufficient_quota", code="insufficient_quota")

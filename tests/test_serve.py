@@ -113,12 +113,9 @@ def fake():
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, fake, tmp_path_factory):
-    """Deploy the app once for the module; yields (base_url, fake server)."""
-    from ray import serve
-
+def app_files(fake, tmp_path_factory):
+    """(folder, checkpoint) of the module's apps: the pool file, the two configs, the router."""
     from benchmarks.tiny_router import build_scripted_router
-    from deployments.router import build_app
     from router_r1.pool.descriptors import load_pool
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -131,37 +128,72 @@ def served(ray_local, fake, tmp_path_factory):
          "backend": backend, "limits": limits},
         {"name": "Other-Model", "price": 3.0, "description": "Also echoes.", "backend": backend,
          "limits": limits}]}))
-    actor_name = f"serve_test_pool_{_free_port()}"
-    (tmp / "config.yaml").write_text(yaml.safe_dump({
+    config = {
         "name": "serve-test", "pool": "pool.yaml",
-        "pool_runtime": {"actor_name": actor_name, "ledger_dir": str(tmp / "ledger"), "cache": False,
-                         "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0}, "num_cpus": 0},
+        "pool_runtime": {"actor_name": f"serve_test_pool_{_free_port()}", "ledger_dir": str(tmp / "ledger"),
+                         "cache": False, "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0}, "num_cpus": 0},
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"api_keys": KEYS, "request_timeout_s": TIMEOUT_S, "max_prompt_chars": 2000,
-                  "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}))
+                  "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    # The lenient app (fixture `lenient`, same pool actor): drops unsupported fields, has a fallback.
+    config["serve"].update(drop_params=True, fallback_model="Other-Model", max_prompt_chars=8000)
+    (tmp / "lenient.yaml").write_text(yaml.safe_dump(config))
     ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=120)
+    return tmp, ckpt
+
+
+def wait_healthy(base: str) -> None:
+    deadline = time.time() + 60
+    while True:  # serve.run returns once RUNNING; the proxy may lag a moment behind
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=5).read()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, fake, app_files):
+    """Deploy the app once for the module; yields (base_url, fake server, ledger folder)."""
+    import ray
+    from ray import serve
+
+    from deployments.router import build_app
+
+    tmp, ckpt = app_files
     port = _free_port()
     serve.shutdown()  # a Serve left by another module would keep its own HTTP options
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "config.yaml")}),
               name="router_r1_test", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:  # serve.run returns once RUNNING; the proxy may lag a moment behind
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=5).read()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
+    wait_healthy(base)
     yield base, fake, tmp / "ledger"
     serve.shutdown()
-    import ray
     try:
-        ray.kill(ray.get_actor(actor_name, namespace="router_r1"))
+        actor = yaml.safe_load((tmp / "config.yaml").read_text())["pool_runtime"]["actor_name"]
+        ray.kill(ray.get_actor(actor, namespace="router_r1"))
     except ValueError:
         pass
+
+
+@pytest.fixture(scope="module")
+def lenient(served, app_files):
+    """A second app beside the first, under /lenient: serve.drop_params and a fallback model."""
+    from ray import serve
+
+    from deployments.router import build_app
+
+    tmp, ckpt = app_files
+    serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "lenient.yaml")}),
+              name="router_r1_lenient", route_prefix="/lenient", blocking=False)
+    url = served[0] + "/lenient"
+    wait_healthy(url)
+    yield url
+    serve.delete("router_r1_lenient")
 
 
 @pytest.fixture
@@ -510,3 +542,51 @@ def test_the_wire_format_is_the_sdk_types(base):
     assert lines[-1] == "[DONE]"
     for ln in lines[:-1]:
         ChatCompletionChunk.model_validate(json.loads(ln))
+
+
+# -- issue 28 B: no silent failure; A: drop_params ------------------------------------------------
+def question_filling_the_context(ckpt: Path, pool_file: Path, turn_tokens: int) -> str:
+    """A question whose prompt leaves room for the first router turn only (the tiny router's
+    context is 1024 tokens): the route is made, and no answer turn fits after its reply."""
+    from router_r1.engines.model import load_policy
+    from router_r1.env.prompt import load_prompt_options, render_prompt_ids
+    from router_r1.pool.descriptors import load_pool
+
+    _, tok = load_policy(ckpt)
+    pool, opts = load_pool(pool_file), load_prompt_options(ckpt)
+    lo, hi = 1, 2000
+    while lo < hi:  # the most words whose prompt still leaves one turn's room
+        mid = (lo + hi + 1) // 2
+        if len(render_prompt_ids(tok, pool, "zelix " * mid, opts)[1]) + turn_tokens <= 1024:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "zelix " * lo
+
+
+def test_no_valid_answer_is_a_502_without_a_fallback(app_files, base):
+    tmp, ckpt = app_files
+    q = question_filling_the_context(ckpt, tmp / "pool.yaml", 300)
+    status, body = post(base, ask(q, max_turn_tokens=300))
+    assert_error(status, body, 502, "router_no_answer")
+
+
+def test_no_valid_answer_runs_the_fallback_model(fake, app_files, lenient):
+    tmp, ckpt = app_files
+    q = question_filling_the_context(ckpt, tmp / "pool.yaml", 300)
+    before = fake.count("Other-Model")
+    r = client(lenient).chat.completions.create(
+        model="router-r1", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": q}],
+        extra_body={"max_turn_tokens": 300})
+    extra = r.model_extra["router_r1"]
+    assert extra["fallback"] is True and extra["format_ok"] is False
+    assert r.choices[0].message.content and "<" not in r.choices[0].message.content
+    assert extra["trace"][-1]["fallback"] and extra["trace"][-1]["model"] == "Other-Model"
+    assert fake.count("Other-Model") == before + 1
+
+
+def test_drop_params_drops_and_says_so(lenient):
+    raw = client(lenient).chat.completions.with_raw_response.create(
+        **ask(), logprobs=True, tools=[{"type": "function", "function": {"name": "f"}}])
+    assert raw.headers["x-router-r1-dropped-params"] == "logprobs,tools"
+    assert raw.parse().choices[0].message.content

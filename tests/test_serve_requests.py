@@ -290,3 +290,38 @@ def test_a_seeded_sampled_turn_is_generated_alone():
     plain, seeded = (0.7, 1.0, 8, None), (0.7, 1.0, 8, 5)
     asyncio.run(generate_isolated(generate, [([1], plain), ([2], seeded), ([3], plain), ([4], seeded)]))
     assert sorted(calls, key=str) == sorted([(2, None), (1, 5), (1, 5)], key=str)
+
+
+# -- issue 28 B: no silent failure ---------------------------------------------------------------
+def test_no_answer_without_a_fallback_is_a_502():
+    import asyncio
+
+    service, *_ = make_service([ROUTE])  # routes on every turn, and again when forced to answer
+    req = parse_request(body())
+    with pytest.raises(APIError) as e:
+        asyncio.run(service.run(service.plan(req, "t")))
+    assert e.value.status == 502 and e.value.code == "router_no_answer"
+    assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_no_answer_runs_the_fallback_model_on_the_conversation():
+    service, router, calls, _ = make_service([ROUTE], fallback_model="A")
+    convo = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "who wrote zelix"},
+             {"role": "assistant", "content": "a man"}, {"role": "user", "content": "which man?"}]
+    req = parse_request(json.dumps({"model": "router-r1", "messages": convo}).encode())
+    import asyncio
+    out = asyncio.run(service.run(service.plan(req, "t")))
+    extra = out.extra()
+    assert out.answer == "kestrel velik" and extra["fallback"] and not extra["format_ok"]
+    model, sent, _ = calls[-1]
+    assert model == "A" and sent == [{"role": "system", "content": "be brief"}, *convo[1:]]
+    assert extra["trace"][-1]["fallback"] and extra["cost_usd"] == pytest.approx(8e-6 * len(calls))
+    assert out.usage()["prompt_tokens"] >= 5 * len(calls)
+
+
+def test_markup_is_never_an_answer():
+    from deployments.service import valid_answer
+
+    assert valid_answer("Paris") == "Paris"
+    for bad in (None, "", "   ", "<search> A: q </search>", "x </think>"):
+        assert valid_answer(bad) is None

@@ -293,6 +293,9 @@ class ServeConfig(_Section):
     # drop_params (LiteLLM's convention) they are left out instead, and the response's
     # x-router-r1-dropped-params header lists them.
     drop_params: bool = False
+    # A pool model that answers the conversation itself when the router ends without a valid
+    # answer (the response says router_r1.fallback: true); None: such a request is a 502.
+    fallback_model: str | None = None
 
 
 class EvalConfig(_Section):
