@@ -166,7 +166,11 @@ def _json_int(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_int)]
+def json_int(ge: int | None = None, le: int | None = None) -> Any:
+    """A JSON integer with bounds, published as JSON Schema's `minimum`/`maximum`. The bounds go
+    on `int` before the validator: given after it (or to the field) they leak into the schema as
+    pydantic's own `ge`/`le`, which no JSON Schema tool reads."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_json_int)]
 
 
 class ContentPart(BaseModel):
@@ -245,23 +249,23 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
-    max_tokens: JsonInt | None = Field(default=None, ge=1)  # bounds the answer
-    max_completion_tokens: JsonInt | None = Field(default=None, ge=1)
+    max_tokens: json_int(ge=1) | None = None  # bounds the answer
+    max_completion_tokens: json_int(ge=1) | None = None
     stop: Annotated[StrictStr, Field(min_length=1)] | Annotated[
         list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=4)] | None = None
-    seed: JsonInt | None = None
-    n: JsonInt | None = Field(default=None, ge=1, le=1)  # one answer
+    seed: json_int() | None = None
+    n: json_int(ge=1, le=1) | None = None  # one answer
     user: StrictStr | None = Field(default=None, max_length=256)
     safety_identifier: StrictStr | None = Field(default=None, max_length=256)
     prompt_cache_key: StrictStr | None = None
     prompt_cache_retention: StrictStr | None = None
     prompt_cache_options: dict[str, Any] | None = None
     # Router controls.
-    max_turns: JsonInt | None = Field(default=None, ge=0)  # routed calls before the final turn
+    max_turns: json_int(ge=0) | None = None  # routed calls before the final turn
     models: list[StrictStr] | None = Field(default=None, min_length=1)  # allowed candidate subset (names or aliases)
     max_cost_usd: float | None = Field(default=None, ge=0.0, strict=True)  # cost cap for this request
     return_trace: StrictBool = True
-    max_turn_tokens: JsonInt | None = Field(default=None, ge=1)  # tokens per router turn
+    max_turn_tokens: json_int(ge=1) | None = None  # tokens per router turn
 
     _dropped: list[str] = PrivateAttr(default_factory=list)
 
@@ -436,9 +440,11 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
     "type": "object", "required": ["message", "type", "param", "code"],
     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
-ERROR_STATUSES = {400: "malformed or invalid request, or an unsupported parameter (unsupported_parameter)",
-                  401: "missing or unknown API key", 402: "the tenant's budget is spent",
-                  404: "unknown model or candidate model", 413: "prompt longer than the router's limits",
+ERROR_STATUSES = {400: "malformed or invalid request, an unsupported parameter (unsupported_parameter), or a "
+                       "prompt longer than the router's limits (context_length_exceeded)",
+                  401: "missing or unknown API key", 404: "unknown model or candidate model",
+                  413: "request body larger than serve.max_body_bytes",
+                  429: "the tenant's budget is spent (insufficient_quota)",
                   500: "internal error",
                   502: "the router gave no valid answer and no fallback model is configured (or it failed)",
                   503: "no candidate model could answer",

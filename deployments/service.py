@@ -13,7 +13,7 @@ what it writes up to its first tag (`router_r1.forced_answer: true`, `format_ok:
 first `stop` string (finish_reason "stop"), then to `max_tokens` tokens (finish_reason "length").
 
 Status of a finished episode (the router may answer on its own, so failures only matter when
-every routed call failed): all failures budget refusals by the pool -> 402; any candidate
+every routed call failed): all failures budget refusals by the pool -> 429 (`insufficient_quota`, as OpenAI's); any candidate
 unavailable (down, timed out, circuit open, cut by the deadline) -> 503 naming them; calls refused
 by the request's own `max_cost_usd` are the client's choice and still give 200.
 
@@ -171,24 +171,27 @@ class RouterService:
     def __init__(self, pool: PoolSpec, serve: ServeConfig, episode: EpisodeConfig, tokenizer,
                  generate_one: GenerateOne, call: CallFn, *, prompt_options: PromptOptions = PromptOptions(),
                  run_id: str = "serve", clock: Callable[[], float] = time.time,
-                 max_context: int | None = None):
+                 max_context: int | None = None, on_outcome: Callable[[Outcome], None] | None = None):
         """`prompt_options`: those the router was trained with (router_r1.env.prompt.load_prompt_options).
-        `max_context`: the engine's context window in tokens (a longer prompt is a 413)."""
+        `max_context`: the engine's context window in tokens (a longer prompt is a 400,
+        `context_length_exceeded`). `on_outcome`: told of every played episode, answered or
+        refused after playing (metrics: its calls were made and billed either way)."""
         self.pool, self.cfg, self.episode_cfg, self.tokenizer = pool, serve, episode, tokenizer
         self._generate_one, self._call = generate_one, call
         self.prompt_options, self.run_id, self._clock = prompt_options, run_id, clock
         self.max_context = max_context
+        self._on_outcome = on_outcome
 
     # -- checking ------------------------------------------------------------------------------
     def plan(self, req: ChatCompletionRequest, tenant: str) -> Plan:
-        """Every check that needs no model: raises `APIError` (400/404/413) or returns a Plan."""
+        """Every check that needs no model: raises `APIError` (400/404) or returns a Plan."""
         cfg = self.cfg
         if req.model.strip().casefold() != cfg.model_name.casefold():
             raise APIError(404, f"the model '{req.model}' does not exist; this server serves "
                            f"'{cfg.model_name}'", param="model", code="model_not_found")
         question = req.question()
         if len(question) > cfg.max_prompt_chars:
-            raise APIError(413, f"the last user message has {len(question)} characters; the limit is "
+            raise APIError(400, f"the last user message has {len(question)} characters; the limit is "
                            f"{cfg.max_prompt_chars}", param="messages", code="context_length_exceeded")
         pool, allowed = self.pool, None
         if req.models is not None:
@@ -213,7 +216,7 @@ class RouterService:
         prompt, prompt_ids = render_prompt_ids(self.tokenizer, pool, question, self.prompt_options)
         if self.max_context is not None and len(prompt_ids) + max_new > self.max_context:
             # Counted in tokens: a prompt the window cannot hold would be answered from garbage.
-            raise APIError(413, f"the prompt is {len(prompt_ids)} tokens and a router turn needs up to "
+            raise APIError(400, f"the prompt is {len(prompt_ids)} tokens and a router turn needs up to "
                            f"{max_new} more; the router's context window is {self.max_context} tokens",
                            param="messages", code="context_length_exceeded")
         return Plan(
@@ -229,7 +232,7 @@ class RouterService:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, plan: Plan, on_event: EventSink | None = None) -> Outcome:
-        """Play the episode within the request deadline; raises APIError 402/503/504."""
+        """Play the episode within the request deadline; raises APIError 429/502/503/504."""
         episode = Episode(uid=plan.request_id, question=plan.question, golden_answers=[],
                           prompt=plan.prompt, prompt_ids=list(plan.prompt_ids))
         spend = _Spend()
@@ -263,9 +266,16 @@ class RouterService:
             raise APIError(504, f"the router did not finish within request_timeout_s="
                            f"{self.cfg.request_timeout_s:g}s", type="server_error", code="timeout") from None
         outcome = self._outcome(plan, episode)
-        check_calls(outcome)
-        if not outcome.answer.strip():
-            await self._fall_back(outcome, spend, emit)
+        try:
+            check_calls(outcome)
+            if not outcome.answer.strip():
+                await self._fall_back(outcome, spend, emit)
+        finally:
+            if self._on_outcome is not None:
+                try:
+                    self._on_outcome(outcome)
+                except Exception:  # an observer must never fail a request
+                    pass
         return outcome
 
     async def _fall_back(self, outcome: Outcome, spend: "_Spend", emit: EventSink) -> None:
@@ -406,7 +416,7 @@ def shape_answer(answer: str, stops: tuple[str, ...] | list[str], max_tokens: in
 
 
 def check_calls(outcome: Outcome) -> None:
-    """Raise 402/503 when every routed call failed for budget or availability (module docstring)."""
+    """Raise 429/503 when every routed call failed for budget or availability (module docstring)."""
     raise_for_calls(outcome.calls, outcome.plan.tenant)
 
 
@@ -423,5 +433,5 @@ def raise_for_calls(calls: list[CallResult], tenant: str) -> None:
         raise APIError(503, f"no candidate model could answer: {', '.join(names)} unavailable. {detail}",
                        type="service_unavailable", param=None, code="models_unavailable")
     if budget:
-        raise APIError(402, f"budget exhausted for tenant '{tenant}': "
+        raise APIError(429, f"budget exhausted for tenant '{tenant}': "
                        f"{budget[0].error}", type="insufficient_quota", code="insufficient_quota")

@@ -70,7 +70,7 @@ def _outcome(*calls):
     return SimpleNamespace(calls=list(calls), plan=SimpleNamespace(tenant="t"))
 
 
-def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
+def test_failed_calls_map_to_429_or_503_only_when_none_succeeded():
     from deployments.service import REQUEST_CAP, check_calls
     from router_r1.pool.types import CallResult
     from router_r1.pool.types import CallStatus as S
@@ -88,7 +88,7 @@ def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
     assert e.value.status == 503 and "A" in e.value.message and "B" in e.value.message
     with pytest.raises(APIError) as e:
         check_calls(_outcome(broke_pool, capped))
-    assert e.value.status == 402 and e.value.code == "insufficient_quota"
+    assert e.value.status == 429 and e.value.code == "insufficient_quota"
 
 
 def test_serve_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
@@ -309,8 +309,14 @@ def test_raw_stream_ends_with_done(base):
 def test_models_and_health(base):
     models = client(base).models.list()
     assert [m.id for m in models.data] == ["router-r1"]
-    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
+    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())  # no key needed
     assert health["status"] == "ok" and health["candidates"] == ["Echo-Model", "Other-Model"]
+    assert "/" not in json.dumps(health), health  # no filesystem paths
+    card = client(base).models.retrieve("router-r1")
+    assert card.id == "router-r1" and card.model_extra["candidates"] == ["Echo-Model", "Other-Model"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client(base).models.retrieve("gpt-4o")
+    assert e.value.body["code"] == "model_not_found"
 
 
 def test_missing_or_wrong_key_is_401(fake, base):
@@ -345,8 +351,8 @@ def test_bad_requests_get_openai_errors(fake, base, body, status, param):
     assert fake.count() == 0
 
 
-def test_prompt_over_the_limit_is_413(base):
-    err = assert_error(*post(base, ask("x" * 2001)), 413, "context_length_exceeded")
+def test_prompt_over_the_limit_is_400_context_length_exceeded(base):
+    err = assert_error(*post(base, ask("x" * 2001)), 400, "context_length_exceeded")
     assert "2000" in err["message"]
 
 
@@ -362,9 +368,12 @@ def test_unknown_model_is_404(base):
     assert h.value.code == 404 and set(json.loads(h.value.read())["error"]) == {"message", "type", "param", "code"}
 
 
-def test_tenant_budget_exhausted_is_402(fake, base):
+def test_tenant_budget_exhausted_is_429_insufficient_quota(fake, base):
+    with pytest.raises(openai.RateLimitError) as e:
+        client(base, key="sk-poor").chat.completions.create(**ask())
+    assert e.value.status_code == 429 and e.value.body["code"] == "insufficient_quota"
     status, body = post(base, ask(), key="sk-poor")
-    err = assert_error(status, body, 402, "insufficient_quota")
+    err = assert_error(status, body, 429, "insufficient_quota")
     assert "poor" in err["message"]
     assert fake.count("Echo-Model") == 0  # refused before anything was sent
 
@@ -443,6 +452,22 @@ def test_openapi_publishes_the_request_body(base):
     schema = body["content"]["application/json"]["schema"]
     assert body["required"] and {"model", "messages"} <= set(schema["required"])
     assert schema["properties"]["temperature"]["anyOf"][0]["type"] == "number"
+    text = json.dumps(doc)
+    assert '"ge"' not in text and '"le"' not in text  # JSON Schema's minimum/maximum only
+    assert schema["properties"]["max_tokens"]["anyOf"][0]["minimum"] == 1
+    assert schema["properties"]["max_turns"]["anyOf"][0]["maximum"] == 8  # this server's own limit
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}
+    assert doc["paths"]["/v1/chat/completions"]["post"]["security"] == [{"bearer": []}]
+    responses = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "404", "413", "429", "502", "503", "504"} <= set(responses)
+    # A tool message with empty content: refused by the schema, and so by the server.
+    tool = next(alt for alt in schema["properties"]["messages"]["items"]["oneOf"]
+                if alt["properties"]["role"]["const"] == "tool")
+    assert tool["properties"]["content"]["anyOf"][0]["minLength"] == 1
+    status, err = post(base, {"model": "router-r1", "messages": [
+        {"role": "tool", "content": "", "tool_call_id": "c1"}, {"role": "user", "content": "q"}]})
+    assert status == 400 and err["error"]["param"].startswith("messages.0.content")
 
 
 def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, base):
@@ -590,3 +615,77 @@ def test_drop_params_drops_and_says_so(lenient):
         **ask(), logprobs=True, tools=[{"type": "function", "function": {"name": "f"}}])
     assert raw.headers["x-router-r1-dropped-params"] == "logprobs,tools"
     assert raw.parse().choices[0].message.content
+
+
+# -- issue 28 C: operations ----------------------------------------------------------------------
+def test_cost_and_route_headers(base):
+    raw = client(base).chat.completions.with_raw_response.create(**ask())
+    r = raw.parse()
+    extra = r.model_extra["router_r1"]
+    assert float(raw.headers["x-router-r1-cost-usd"]) == pytest.approx(extra["cost_usd"])
+    assert raw.headers["x-router-r1-models"] == ",".join(s["model"] for s in extra["trace"]) == "Echo-Model"
+    assert raw.headers["x-router-r1-fallback"] == "false" and raw.headers["x-request-id"]
+
+
+def post_large(base: str, size: int) -> tuple[int, dict]:
+    """POST a `size`-byte JSON body as curl does (`Expect: 100-continue`): the body is sent only
+    if the server asks for it; a server that refuses it first answers without reading it."""
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps(ask("x" * (size - 120))).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-rich\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head)
+        reply = sock.recv(65536)
+        if reply.startswith(b"HTTP/1.1 100"):
+            try:
+                sock.sendall(body)
+            except OSError:  # refused mid-body: the answer is already on its way
+                pass
+            reply = reply.split(b"\r\n\r\n", 1)[1]
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in headers.lower():
+        out, data = b"", payload
+        while data:
+            n, _, data = data.partition(b"\r\n")
+            if int(n, 16) == 0:
+                break
+            out, data = out + data[:int(n, 16)], data[int(n, 16) + 2:]
+        payload = out
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def test_a_50_mb_body_is_413(fake, base):
+    err = assert_error(*post_large(base, 50_000_000), 413, "request_too_large")
+    assert "max_body_bytes" in err["message"] and fake.count() == 0
+
+
+def test_prometheus_metrics_through_ray(base):
+    """Ray's own metrics export (ray.util.metrics in the replica), served at /metrics."""
+    client(base).chat.completions.create(**ask())
+    post(base, ask(), key="sk-poor")  # a budget refusal
+    deadline, text = time.time() + 60, ""
+    want = ("ray_router_r1_requests_total", "ray_router_r1_cost_usd_total", "ray_router_r1_budget_refusals_total",
+            "ray_router_r1_request_latency_s_bucket", "ray_router_r1_tokens_total")
+    while time.time() < deadline:  # Ray's agent exports every few seconds
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+        if all(w in text for w in want):
+            break
+        time.sleep(2)
+    lines = text.splitlines()
+    assert all(w in text for w in want), [w for w in want if w not in text]
+    assert any(ln.startswith("ray_router_r1_requests_total{") and 'tenant="rich"' in ln and 'status="200"' in ln
+               for ln in lines)
+    assert any(ln.startswith("ray_router_r1_requests_total{") and 'tenant="poor"' in ln and 'status="429"' in ln
+               for ln in lines)
+    assert any(ln.startswith("ray_router_r1_cost_usd_total{") and 'model="Echo-Model"' in ln for ln in lines)
+    assert "ray_serve_" in text  # Serve's own metrics, from the same exporter

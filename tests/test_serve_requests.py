@@ -81,7 +81,7 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
     assert calls == [3, 1, 1, 1, 1]  # the greedy group failed once, then went one by one
 
 
-def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
+def test_a_prompt_longer_than_the_context_window_is_400_from_token_counts():
     from deployments.service import RouterService
     from router_r1.engines.model import train_tokenizer
     from router_r1.infra.config import RunConfig
@@ -104,7 +104,7 @@ def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
     assert len(long.question()) < cfg.serve.max_prompt_chars
     with pytest.raises(APIError) as e:
         service.plan(long, "t")
-    assert e.value.status == 413 and e.value.code == "context_length_exceeded" and "tokens" in e.value.message
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and "tokens" in e.value.message
 
 
 # -- issue 28 A: every OpenAI field honoured or refused -------------------------------------------

@@ -296,6 +296,7 @@ class ServeConfig(_Section):
     # A pool model that answers the conversation itself when the router ends without a valid
     # answer (the response says router_r1.fallback: true); None: such a request is a 502.
     fallback_model: str | None = None
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)  # a larger request body is a 413
 
 
 class EvalConfig(_Section):
