@@ -287,7 +287,10 @@ class RouterService:
                            "configured (serve.fallback_model)", type="server_error", code="router_no_answer")
         step = spend.calls
         emit({"type": "fallback", "step": step, "model": model})
-        res = await self._guarded_call(plan, spend, model, plan.messages or [{"role": "user", "content": plan.question}])
+        # The request's own max_tokens bounds the fallback's answer, and so what the pool reserves for it.
+        params = {"max_tokens": plan.answer_max_tokens} if plan.answer_max_tokens is not None else None
+        res = await self._guarded_call(plan, spend, model, plan.messages or [{"role": "user", "content": plan.question}],
+                                       params)
         spend.usd += res.cost_usd
         emit({"type": "call_result", "step": step, "fallback": True, **step_dict(res, FALLBACK_QUERY)})
         outcome.fallback = res
@@ -327,7 +330,7 @@ class RouterService:
         episode.meta["forced_answer"] = (g.text if cut < 0 else g.text[:cut]).strip()
 
     async def _guarded_call(self, plan: Plan, spend: _Spend, model: str,
-                            query: str | list[dict[str, str]]) -> CallResult:
+                            query: str | list[dict[str, str]], params: dict[str, Any] | None = None) -> CallResult:
         """The pool call (a routed sub-question, or the conversation for the fallback), refused
         when this request's cost cap would be passed and cut at the call deadline even if the
         pool were to ignore it."""
@@ -335,7 +338,8 @@ class RouterService:
         name = desc.name if desc else model
         messages = [{"role": "user", "content": query}] if isinstance(query, str) else query
         if plan.max_cost_usd is not None and desc is not None:
-            estimate = call_cost(desc, estimate_prompt_tokens(messages), desc.backend.max_tokens)
+            estimate = call_cost(desc, estimate_prompt_tokens(messages),
+                                 (params or {}).get("max_tokens", desc.backend.max_tokens))
             if spend.usd + estimate > plan.max_cost_usd:
                 return CallResult.failure(
                     name, CallStatus.BUDGET_EXCEEDED,
@@ -350,7 +354,8 @@ class RouterService:
             who = {"end_user": plan.end_user} if plan.end_user is not None else {}
             allowed = plan.allowed if isinstance(query, str) else None  # the operator's fallback is always allowed
             return await asyncio.wait_for(
-                self._call(model, query, run_id=self.run_id, episode_id=plan.request_id,
+                self._call(model, query, **({"params": params} if params else {}), run_id=self.run_id,
+                           episode_id=plan.request_id,
                            tenant=plan.tenant, allowed_models=allowed,
                            deadline_s=plan.call_deadline, **who), remaining + 1.0)
         except asyncio.TimeoutError:

@@ -286,7 +286,9 @@ class PoolCore:
         messages = req.messages_for(desc)
         params = {"max_tokens": desc.backend.max_tokens, **req.params}
         est_prompt, bound = estimate_prompt_tokens(messages), max_prompt_tokens(messages)
-        reservation = await self.budget.reserve(call_cost(desc, est_prompt, params["max_tokens"]),
+        # Expected: the model's observed completion lengths (budget.py); worst: the call's max_tokens.
+        expected = self._state(desc).stats.expected_completion_tokens(params["max_tokens"])
+        reservation = await self.budget.reserve(call_cost(desc, est_prompt, expected),
                                                 req.ctx.run_id, req.ctx.tenant,
                                                 worst=call_cost(desc, bound, params["max_tokens"]))
         if reservation is None:
