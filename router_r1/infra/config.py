@@ -72,6 +72,14 @@ class PolicyConfig(_Section):
 class RolloutConfig(_Section):
     num_actors: int = 1
     episodes_per_actor: int = 16
+    # Rollouts ahead of the learner (pipelines/train.py): 0 is the synchronous step (sync, roll
+    # out, update); k > 0 keeps the rollouts of the next k steps running while the learner
+    # updates, so a step trains on episodes of weights at most k versions old, corrected by
+    # truncated importance weights (learner.behaviour_is_cap; router_r1.rl.algos).
+    max_staleness: int = Field(default=0, ge=0)
+    # Continuous batching over episodes (router_r1.env.episode.run_episodes): the longest a
+    # generation batch waits for routed calls about to return.
+    batch_wait_s: float = Field(default=0.05, ge=0.0)
     engine: Literal["transformers", "vllm"] = "transformers"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -238,6 +246,7 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = 10
+    log_every: int = Field(default=1, ge=1)  # without a progress bar: one log line every N RL steps
     checkpoint_every: int = 5
     # Complete checkpoints kept under output_dir/checkpoints (the newest N); None: all of them.
     keep_checkpoints: int | None = Field(default=None, ge=1)
