@@ -167,10 +167,7 @@ RECORDED = "recorded_world_tiny:TinyRecordedWorld"
 
 
 def _recorded_cfg(tmp_path, **data):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))  # the helper module, as a user's package on the path
-    from recorded_world_tiny import write_pool
+    from recorded_world_tiny import write_pool  # tests/ is on the path, as a user's package would be
 
     pool = write_pool(tmp_path / "pool.yaml")
     return load_config(None, {"pool": str(pool), "mlflow.enabled": False,
