@@ -147,3 +147,22 @@ def test_evaluate_a_world_from_its_config_alone(tmp_path, capsys):
     assert "Note: largest skipped" in (out / "results.md").read_text()
     rc = evaluate.main(["--config", str(cfg), "--policy", "largest", "--out", str(out), "--no-mlflow"])
     assert rc == 2 and "nothing to evaluate" in capsys.readouterr().err
+    rc = evaluate.main(["--policy", "cheapest", "--out", str(out), "--no-mlflow"])
+    assert rc == 2 and "no questions: give --data FILES, or --config" in capsys.readouterr().err
+
+
+def test_evaluate_the_simulated_world_from_its_config(tmp_path, capsys):
+    """The same `data:` section as `router-r1 train`, for a world without recorded answers: its
+    questions and gold answers, the pool's own (simulated) backend; the oracle is skipped."""
+    from pipelines import evaluate
+
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(f"pool: {ROOT / 'configs' / 'pool_simulated.yaml'}\nmlflow: {{enabled: false}}\n"
+                   "data: {sim: {train_size: 6, val_size: 3}}\n")
+    rc = evaluate.main(["--config", str(cfg), "--policy", "cheapest,oracle", "--split", "val",
+                        "--out", str(tmp_path / "o"), "--no-mlflow"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())["simulated[val]"]
+    (name,) = s
+    assert name.startswith("cheapest (") and s[name]["n"] == 3 and s[name]["em"] is not None
+    assert s[name]["failed_call_rate"] == 0.0
