@@ -236,8 +236,8 @@ def make_per_task_baseline(spec: str, pool: PoolSpec, train: Sequence[ReplaySamp
     if overall is None:
         raise ValueError(f"{spec}: no pool model has a recorded answer on the training split")
     name = f"per-task:{margin:g}"
+    notes: list[str] = []
     fallen: set[str] = set()
-    policy = DirectPolicy(name, lambda item: overall, concurrency)
 
     def choose(item: EvalItem) -> str:
         task = item.sample.eval_name if item.sample is not None else None
@@ -247,12 +247,11 @@ def make_per_task_baseline(spec: str, pool: PoolSpec, train: Sequence[ReplaySamp
         label = task if task is not None else "(none)"
         if label not in fallen:
             fallen.add(label)
-            policy.notes.append(f"{name}: task {label!r} has no training questions; its questions go to "
-                                f"{overall}, the route of the whole training split")
+            notes.append(f"{name}: task {label!r} has no training questions; its questions go to "
+                         f"{overall}, the route of the whole training split")
         return overall
 
-    policy.choose = choose
-    return policy
+    return DirectPolicy(name, choose, concurrency, notes=notes)
 
 
 class EpisodePolicy:
