@@ -40,6 +40,7 @@ from router_r1.env.reward import CostNormalizer, ReferenceCostNormalizer, make_n
 from router_r1.infra import checkpoint as ckpt
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.infra.tracking import make_tracker
+from router_r1.pool.descriptors import PoolSpec
 from router_r1.worlds.base import Item, QuestionStream, World, make_world
 
 log = logging.getLogger("router_r1.train")
@@ -84,6 +85,7 @@ class Trainer:
         # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
         self.spec = cfg.load_pool().seen()
         self.world = world if world is not None else make_world(cfg, self.spec)
+        self.backends = world_backends(self.spec, self.world)  # before Ray starts: a refusal is one line
         # data.val_size: the first N validation questions, whatever the world (None: all of them);
         # greedy validation bills the candidate endpoints for every question it plays.
         self.val_items = self.world.questions("val")[:cfg.data.val_size]
@@ -122,7 +124,8 @@ class Trainer:
     def create_pool(self) -> None:
         from actors.model_pool import get_or_create_pool
 
-        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name)
+        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
+                                       backends=self.backends)
 
     def create_learner(self) -> None:
         """`learner.num_learners` learner actors in one process group, behind a LearnerGroup."""
@@ -505,6 +508,20 @@ class Trainer:
 
         self._current_bar = tqdm(it, desc=desc, dynamic_ncols=True, **kw)
         return self._current_bar
+
+
+def world_backends(spec: PoolSpec, world: World) -> dict[str, Any] | None:
+    """The pool's `world` backend over the run's own world, when a pool model names it
+    (router_r1.worlds.backend): the world's recorded answers travel with the pool actor."""
+    if "world" not in spec.kinds():
+        return None
+    recorded = world.recorded()
+    if recorded is None:
+        raise ValueError(f"pool models with backend kind 'world' need recorded answers, and the "
+                         f"{type(world).__name__} world records none (World.recorded)")
+    from router_r1.worlds.backend import WorldBackend
+
+    return {"world": WorldBackend(spec, recorded=recorded)}
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

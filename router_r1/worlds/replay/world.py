@@ -84,6 +84,13 @@ class ReplayWorld(World):
         if not files:
             raise ValueError("data.kind 'replay' needs data.train: replay tables (RouterBench CSV, ...)")
         table = ReplayTable.from_files([resolve_data_path(p, pool) for p in files])
+        return cls.from_table(table, pool, val_fraction, seed, limit, val_size)
+
+    @classmethod
+    def from_table(cls, table: ReplayTable, pool: PoolSpec, val_fraction: float, seed: int = 0,
+                   limit: int | None = None, val_size: int | None = None) -> "ReplayWorld":
+        """The world over a loaded table (from files, or built in memory by a world of recorded
+        answers: router_r1.worlds.recorded)."""
         columns = model_ids(pool, table.models)
         if not columns:
             raise ValueError(f"no pool model ({', '.join(pool.names)}) has a column in the replay tables "
@@ -103,6 +110,9 @@ class ReplayWorld(World):
 
     def questions(self, split: Split) -> list[Item]:
         return self.items(self.train if split == "train" else self.val)
+
+    def recorded(self) -> ReplayTable:
+        return self.table
 
     def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
         return tokenizer_corpus(self, pool, compact, seed=self.cfg.seed)
