@@ -293,7 +293,6 @@ class ServeConfig(_Section):
 
 class EvalConfig(_Section):
     output_dir: str = "outputs/eval"
-    baselines: list[str] = Field(default_factory=list)
     concurrency: int = 32
 
 
