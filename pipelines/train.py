@@ -142,7 +142,7 @@ class Trainer:
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer, from the world."""
-        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.compact_prompt)
+        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.prompt_layout)
 
     # -- the named steps -------------------------------------------------------------------------
     def warmstart_traces(self) -> list[Episode]:
