@@ -72,14 +72,12 @@ class Trainer:
     """The driver. `run()` executes the steps of the module docstring and returns the report."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True, *,
-                 world: World | None = None, reward_fn: RewardFn | None = None,
-                 learner_cls: type | None = None, hooks: Sequence[Hooks] = ()):
+                 world: World | None = None, reward_fn: RewardFn | None = None, hooks: Sequence[Hooks] = ()):
         """`world`: the data source (default: the one `cfg.data` names, router_r1.worlds.base.make_world).
-        `reward_fn`: applied to each training batch's scores (default: none). `learner_cls`:
-        the learner class (default actors.learner.Learner). `hooks`: see `Hooks`."""
+        `reward_fn`: applied to each training batch's scores (default: none). `hooks`: see `Hooks`."""
         cfg.check_training()
         self.cfg, self.resume, self.progress = cfg, resume, progress
-        self.learner_cls, self.reward_fn, self.hooks = learner_cls, reward_fn, list(hooks)
+        self.reward_fn, self.hooks = reward_fn, list(hooks)
         self.run_dir = Path(cfg.output_dir).resolve()
         # The training view: models marked seen_in_training: false are neither shown (prompts,
         # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
@@ -131,12 +129,9 @@ class Trainer:
         """`learner.num_learners` learner actors in one process group, behind a LearnerGroup."""
         import ray
 
+        from actors.learner import Learner
         from actors.learner_group import LearnerGroup
 
-        if self.learner_cls is None:
-            from actors.learner import Learner
-        else:
-            Learner = self.learner_cls
         corpus = None if self.cfg.policy.checkpoint else self.tokenizer_corpus()
         self.learner = LearnerGroup(Learner, self.cfg, corpus)
         self.tokenizer_ref = self.learner.rank0.get_tokenizer.remote()
@@ -155,7 +150,7 @@ class Trainer:
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer, from the world."""
-        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.compact_prompt)
+        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.prompt_layout)
 
     # -- the named steps -------------------------------------------------------------------------
     def warmstart_traces(self) -> list[Episode]:

@@ -237,7 +237,7 @@ def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
 
     import pyarrow.parquet as pq
 
-    from pipelines import unseen
+    from experiments import unseen
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setattr(unseen, "RLLIB_TRAIN_QUESTIONS", 150)

@@ -26,7 +26,7 @@ def tiny_config(out: Path, **over) -> dict:
         "pool": str(ROOT / "configs" / "pool_simulated.yaml"),
         "pool_runtime": {"actor_name": f"pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
                          "cache": False, "num_cpus": 0},
-        "policy": {"compact_prompt": True, "tokenizer_vocab_size": 400, "tiny": TINY},
+        "policy": {"prompt_layout": "compact", "tokenizer_vocab_size": 400, "tiny": TINY},
         "episode": {"max_turns": 1, "max_new_tokens": 12, "max_obs_tokens": 16},
         "rollout": {"num_actors": 1, "episodes_per_actor": 8, "num_cpus": 0},
         "learner": {"algorithm": "grpo", "group_size": 4, "lr": 1e-3, "num_cpus": 0, "micro_batch_size": 8},

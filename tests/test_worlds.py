@@ -56,7 +56,7 @@ def test_custom_world_is_one_class_and_a_config_entry():
     world = make_world(cfg, cfg.load_pool().seen())
     assert type(world).__name__ == "CapitalsWorld" and len(world.questions("train")) == 3  # (imported by path)
     pool = cfg.load_pool().seen()
-    corpus = world.tokenizer_corpus(pool, compact=True)  # the defaults of World
+    corpus = world.tokenizer_corpus(pool, layout="compact")  # the defaults of World
     assert len(corpus) == 5 and corpus[0].endswith("Vorcity0")
     assert world.warmstart_traces(pool, None) == [] and world.reference([], cfg.reward) is None
 

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_r1.env.episode import EpisodeConfig
-from router_r1.env.prompt import PromptOptions
+from router_r1.env.prompt import PromptLayout, PromptOptions
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
@@ -45,18 +45,11 @@ class PolicyConfig(_Section):
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
-    # Short instructions and descriptors (router_r1.env.prompt, compact=True): for tiny routers whose
-    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
-    compact_prompt: bool = False
-    # Each compact model line ends with the model's name ("- $0.10/1M tokens. Strong on ... Name:
-    # Sim-Geo-Small") instead of starting with it. A causal router reads a name's tokens after its
-    # description, so writing a name it never saw in training is one lookup (router_r1.env.prompt).
-    name_last: bool = False
-    # List the models by what their descriptions name, one line per phrase with the models so
-    # described, cheapest first ("- strong on geography: Sim-Geo-Small ($0.10), ..."), instead of
-    # a line per model (router_r1.env.prompt.strength_index). With warmstart.think_need the think
-    # before a call then quotes that line's phrase and the model it calls.
-    by_strength: bool = False
+    # How the prompt lays out the instructions and the candidates (router_r1.env.prompt.PromptLayout):
+    # "full" (the paper's instructions; price, latency, size and description per model) or
+    # "compact" (short instructions and one short line per model: for tiny routers whose context
+    # is small). Rollouts, warm-start traces, serving and evaluation all render with it.
+    prompt_layout: PromptLayout = "full"
     # Keep only the last N tokens of the question in the prompt (None: the whole question). For
     # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
     # question itself last); the replayed call still receives the full question.
@@ -64,9 +57,8 @@ class PolicyConfig(_Section):
 
     def prompt_options(self) -> PromptOptions:
         """How this policy's prompt is rendered; saved with every checkpoint it writes."""
-        return PromptOptions(compact=self.compact_prompt, max_question_tokens=self.max_question_tokens,
-                             use_chat_template=self.use_chat_template, name_last=self.name_last,
-                             by_strength=self.by_strength)
+        return PromptOptions(layout=self.prompt_layout, max_question_tokens=self.max_question_tokens,
+                             use_chat_template=self.use_chat_template)
 
 
 class RolloutConfig(_Section):
@@ -171,9 +163,6 @@ class WarmStartConfig(_Section):
     # Replay `per_task` traces: per task, the cheapest model whose training-split accuracy is within
     # this margin of the task's best (router_r1.worlds.replay.routing.per_task_routes).
     task_margin: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Share of simulator traces whose replies' stated entities are renamed to random entities of
-    # the same kind (router_r1.worlds.sim.traces.swap_stated_names): the router then writes every name.
-    name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
     # Share of simulator traces whose question's subject is renamed to another entity of its kind
     # throughout (router_r1.worlds.sim.traces.swap_subject): fresh names in every trace, so names
     # can only be written by copying them out of the question.
@@ -182,13 +171,6 @@ class WarmStartConfig(_Section):
     # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so
     # that a model unseen in training is called where its description says it is strong.
     synthetic_pools: float = Field(default=0.0, ge=0.0, le=1.0)
-    # How many name heads (router_r1.worlds.sim.synthetic.HEADS, in order) synthetic names draw
-    # from: with few, a tiny router composes names from memorised pieces instead of copying one.
-    synthetic_heads: int = Field(default=16, ge=2, le=60)
-    # Simulator traces: the think before each call names the domain its (sub-)question needs ("I
-    # need a model strong on sports."), so choosing the model is reading one word off the lines
-    # (router_r1.worlds.sim.traces.make_trace).
-    think_need: bool = False
 
     @field_validator("trace_mix")
     @classmethod
@@ -302,7 +284,6 @@ class ServeConfig(_Section):
 
 class EvalConfig(_Section):
     output_dir: str = "outputs/eval"
-    baselines: list[str] = Field(default_factory=list)
     concurrency: int = 32
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
+    from router_r1.env.prompt import PromptLayout
     from router_r1.env.reward import RewardConfig
     from router_r1.infra.config import DataConfig, RunConfig
     from router_r1.pool.descriptors import PoolSpec
@@ -97,12 +98,13 @@ class World:
         at the start and end of training)."""
         raise NotImplementedError
 
-    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
-        """Text for a tiny router's locally trained tokenizer (not called with a checkpoint).
-        Default: every question's rendered prompt followed by its gold answers."""
+    def tokenizer_corpus(self, pool: PoolSpec, layout: PromptLayout) -> list[str]:
+        """Text for a tiny router's locally trained tokenizer (not called with a checkpoint), its
+        prompts in `layout` (`policy.prompt_layout`). Default: every question's rendered prompt
+        followed by its gold answers."""
         from router_r1.env.prompt import render_prompt
 
-        return [render_prompt(pool, it["question"], compact=compact) + " ".join(it["golden_answers"])
+        return [render_prompt(pool, it["question"], layout=layout) + " ".join(it["golden_answers"])
                 for it in self.questions("train") + self.questions("val")]
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
