@@ -194,7 +194,7 @@ def test_a_world_of_recorded_answers_is_one_class(tmp_path):
                 segments=[Segment("<think> t </think>\n<answer> Mid </answer>", "policy")],
                 calls=[CallResult(model="Mid", text=mid.response, cost_usd=0.001)])
     assert mid.correct == 0.5 and w.outcomes([e], pool) == [0.5]
-    assert w.warmstart_traces(pool, None) and w.tokenizer_corpus(pool, compact=True)
+    assert w.warmstart_traces(pool, None) and w.tokenizer_corpus(pool, "compact")
     with pytest.raises(ValueError, match="records no answers"):
         recorded_samples(CapitalsWorld(), "val")
 

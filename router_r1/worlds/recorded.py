@@ -29,6 +29,7 @@ from router_r1.worlds.replay.world import TRACE_POLICIES, ReplayWorld
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
+    from router_r1.env.prompt import PromptLayout
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
     from router_r1.pool.types import CallFn
@@ -69,8 +70,8 @@ class RecordedWorld(World):
     def recorded(self) -> ReplayTable:
         return self.replay.table
 
-    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
-        return self.replay.tokenizer_corpus(pool, compact)
+    def tokenizer_corpus(self, pool: PoolSpec, layout: PromptLayout) -> list[str]:
+        return self.replay.tokenizer_corpus(pool, layout)
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
         return self.replay.warmstart_traces(pool, tokenizer)
