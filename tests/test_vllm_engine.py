@@ -44,6 +44,19 @@ class _FakeModel:
                 own[k].copy_(v)
 
 
+def _msgpack_hop(x):
+    """What vLLM's engine-core hop (msgpack, untyped) does to collective_rpc arguments: a tensor
+    arrives as a bare [dtype, shape, buffer index] list with its data gone, tuples as lists
+    (benchmarks/vllm_api_check.py checks this against the real encoder and decoder)."""
+    if isinstance(x, torch.Tensor):
+        return [str(x.dtype).removeprefix("torch."), list(x.shape), 1]
+    if isinstance(x, dict):
+        return {k: _msgpack_hop(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_msgpack_hop(v) for v in x]
+    return x
+
+
 class _FakeLLM:
     instances: list[_FakeLLM] = []
 
@@ -84,7 +97,7 @@ class _FakeLLM:
 
     def collective_rpc(self, method: str, args=()):
         self.rpcs.append(method)
-        return [getattr(self.worker, method)(*args)]
+        return [getattr(self.worker, method)(*_msgpack_hop(args))]
 
     def reset_prefix_cache(self):  # vLLM answers whether it could reset
         self.prefix_resets += 1
@@ -157,6 +170,17 @@ def test_vllm_engine_for_a_checkpoint_reads_only_its_config_and_tokenizer(fake_v
     assert llm.kwargs["load_format"] == "dummy"  # the learner's weights come with the first sync
     assert worker.tokenizer.get_vocab() == tok.get_vocab()
     assert ckpt.exists()
+
+
+def test_weight_buckets_survive_the_rpc_hop_bit_exact():
+    from router_r1.engines.vllm import pack_bucket, unpack_bucket
+
+    state = {"bf16": torch.randn(7, 5).to(torch.bfloat16), "f32": torch.randn(3), "scalar": torch.tensor(2.5),
+             "empty": torch.zeros(0, 4, dtype=torch.bfloat16), "strided": torch.randn(4, 6).t()}
+    back = unpack_bucket(_msgpack_hop(pack_bucket(state)))
+    assert set(back) == set(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
 
 
 def test_row_seeds_are_distinct_across_rows_and_batches():

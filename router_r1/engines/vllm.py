@@ -12,6 +12,9 @@ token ids with the sampler's log-probs. Two engine settings make those the learn
 
 New weights are pushed into the running engine through `LLM.collective_rpc` and a worker
 extension class that calls the model's own `load_weights` (vLLM's RLHF weight-sync pattern).
+`collective_rpc` sends its arguments to vLLM's engine-core process as msgpack, which turns a
+tensor into a bare `[dtype, shape, buffer index]` list whose data is lost; so buckets travel as
+`(dtype, shape, bytes)` (`pack_bucket`) and the extension rebuilds the tensors (`unpack_bucket`).
 
 Every vLLM name used here is checked against the pinned vLLM (the `gpu` extra) by
 `benchmarks/vllm_api_check.py`; `tests/test_vllm_api_check.py` keeps that list complete.
@@ -26,12 +29,40 @@ from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 
+def pack_bucket(state: dict[str, Any]) -> dict[str, tuple[str, list[int], bytes]]:
+    """Tensors as (dtype name, shape, raw bytes): what survives `collective_rpc`'s msgpack hop."""
+    import torch
+
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = (str(t.dtype).removeprefix("torch."), list(t.shape),
+                     t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return out
+
+
+def unpack_bucket(wire: dict[str, Any]) -> dict[str, Any]:
+    """`pack_bucket`'s inverse, in the worker (tuples may arrive as lists)."""
+    import torch
+
+    out = {}
+    for name, (dtype, shape, data) in wire.items():
+        dt = getattr(torch, dtype)
+        if not data:
+            out[name] = torch.empty(shape, dtype=dt)
+        else:
+            out[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape)
+    return out
+
+
 class WeightLoaderExtension:
     """Mixed into every vLLM worker (`worker_extension_cls`); runs inside the worker process.
     vLLM refuses an extension whose attribute names the worker already has."""
 
     def load_hf_state_dict(self, state: dict[str, Any]) -> None:
-        self.model_runner.get_model().load_weights(weights=list(state.items()))  # type: ignore[attr-defined]
+        """`state`: a `pack_bucket` bucket."""
+        weights = list(unpack_bucket(state).items())
+        self.model_runner.get_model().load_weights(weights=weights)  # type: ignore[attr-defined]
 
 
 _SEED_BITS = 63  # vLLM keeps per-request seeds in an int64 tensor
@@ -138,7 +169,7 @@ class VLLMGenerator:
         worker's model loads them in place with its own `load_weights` (which also fuses qkv /
         gate-up and shards for tensor parallelism), so no message holds the whole model."""
         for bucket in buckets:
-            self.llm.collective_rpc("load_hf_state_dict", args=(bucket,))
+            self.llm.collective_rpc("load_hf_state_dict", args=(pack_bucket(bucket),))
         # Cached KV blocks were computed with the old weights. vLLM answers False when it could
         # not reset (requests running): sampling on would mix old and new weights.
         if self.llm.reset_prefix_cache() is False:
