@@ -2,10 +2,9 @@
 (PPO) a value head, and turns trajectory batches into optimizer steps with GRPO or PPO.
 
 A plain class; the driver applies Ray at the edge: `ray.remote(num_gpus=..., num_cpus=...)(Learner)`.
-The maths lives in Ray-free modules: losses and advantages in `router_r1.rl.algos`, log-probs in
-`router_r1.rl.logprobs`, the model in `router_r1.rl.policy_model`, the LR schedule in
-`router_r1.rl.schedule`, seeding in `router_r1.infra.seeding`. This file batches, schedules, wires
-the optimizers and the process group, moves weights and writes checkpoints.
+The rest is Ray-free: the model and its forward in `rl/policy_model.py`, float32 log-probs in
+`rl/logprobs.py`, losses in `rl/algos.py` and `rl/update.py`, the LR schedule in `rl/schedule.py`,
+seeding in `infra/seeding.py`. This file wires the optimizers, the process group and the steps.
 
 Design choices (why):
 - The reference for KL is the policy as it stands at the first RL `update` (after any supervised
@@ -16,14 +15,13 @@ Design choices (why):
   `learner.master_dtype: float32` the learner trains float32 master weights (AdamW state float32
   too) under autocast to the policy dtype, and publishes and saves them cast to the policy dtype;
   otherwise weights and optimizer state are in the policy dtype. The value head stays float32.
-  Log-probs and entropy are float32, computed `learner.logprob_chunk` tokens at a time: no
-  full-vocabulary float32 tensor is ever built (router_r1.rl.logprobs), and the entropy only
-  carries gradients when `entropy_coef` > 0 (else it is computed without them, for the metric).
+  Log-probs and entropy are float32, `learner.logprob_chunk` tokens at a time (no full-vocabulary
+  float32 tensor); the entropy carries a gradient only when `entropy_coef` > 0.
 - The LR schedule steps once per `update` (one driver step); `warmup_steps` and `train.steps`
   are in those units. An update makes ceil(B / (micro_batch_size * grad_accum)) optimizer steps
   per epoch over a random permutation of the rows; each step's loss aggregates its policy
   tokens per `learner.loss_agg` (algos.loss_weights), exactly however the step is cut. SFT and
-  RL share one micro-step (`_micro_steps`: forward, loss, backward, DDP all-reduce on the last).
+  RL share one micro-step (`_micro_steps`).
 - Sampled as scored: RL log-probs, the reference's and the entropy come from logits divided by
   `episode.temperature`, the temperature the rollouts sample with (`RunConfig.check_training`
   refuses top-p, which the learner cannot score). The old log-probs, recomputed before the first
@@ -32,24 +30,21 @@ Design choices (why):
   warm-start steps fit the plain (temperature 1) distribution.
 - Data parallel (`learner.num_learners`, actors/learner_group.py): with torch.distributed
   initialised and world_size > 1 the model is wrapped in DistributedDataParallel. Every learner
-  receives the whole batch and trains on a share of it, and the update is the one learner's:
-  each rank scores every world_size-th row and the scores are summed over ranks, so advantages
-  (GRPO groups, PPO's GAE and whitening) are computed on the whole batch on every rank; every
-  rank draws the same permutation and takes every world_size-th row of each optimizer step, in
-  the same number of micro-batches (a rank with no rows left runs a zero-weight row, so DDP's
-  all-reduce always pairs up); loss weights are the step's global ones, times world_size because
-  DDP averages gradients. Metrics are summed over ranks, so they are the one learner's too.
+  receives the whole batch and the update is the one learner's: each rank scores every
+  world_size-th row and the scores are summed over ranks, so advantages (GRPO groups, PPO's GAE
+  and whitening) are computed on the whole batch on every rank; every rank draws the same
+  permutation and trains on every world_size-th row of each optimizer step in the same number of
+  micro-batches (`rl/update.py:rank_micro_batches`; a rank with no row left runs a zero-loss pass,
+  so DDP's all-reduce pairs up), with the step's global loss weights times world_size, as DDP
+  averages gradients. Metrics are summed over ranks, so they are the one learner's too.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
-import math
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,19 +52,17 @@ import torch.distributed as dist
 from torch import nn
 
 from router_r1.engines import weights
-from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, resolve_dtype,
-                                     save_policy, train_tokenizer)
+from router_r1.engines.model import CheckpointError, resolve_dtype, save_policy
 from router_r1.infra import checkpoint
 from router_r1.infra.config import RunConfig
 from router_r1.infra.seeding import rng_state, seed_everything, set_rng_state
 from router_r1.rl import algos, logprobs
 from router_r1.rl.batch import TensorBatch, TrajectoryBatch
-from router_r1.rl.policy_model import PolicyWithValue, prepare_for_training
+from router_r1.rl.policy_model import (PolicyWithValue, autocast_for, frozen_reference, load_or_build_policy,
+                                      prepare_for_training, response_logprobs, zero_backward)
 from router_r1.rl.schedule import lr_lambda
-
-# loss_fn(rows, micro-batch, logp, entropy, values) -> (loss, float metrics); see `_micro_steps`
-LossFn = Callable[[torch.Tensor, TensorBatch, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
-                  tuple[torch.Tensor, dict[str, float]]]
+from router_r1.rl.update import (LossFn, StepTensors, UpdateMetrics, advantages, batch_metrics,
+                                    optimizer_steps, rank_micro_batches, rl_loss)
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str | None = None,
@@ -105,15 +98,9 @@ class Learner:
             torch.cuda.set_device(0)  # Ray exposes the actor's GPU(s) as cuda:0..
         self.dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)  # the policy's
         self.train_dtype = torch.float32 if lc.master_dtype == "float32" else self.dtype
-        if cfg.policy.checkpoint:
-            lm, tok = load_policy(cfg.policy.checkpoint, dtype=self.dtype)
-        else:
-            if not tokenizer_corpus:
-                raise ValueError("a tiny policy (no policy.checkpoint) needs tokenizer_corpus to train its tokenizer")
-            tok = train_tokenizer(tokenizer_corpus, cfg.policy.tokenizer_vocab_size)
-            lm = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=self.dtype)
+        self._autocast = autocast_for(self.device.type, lc.bf16, self.train_dtype, self.dtype)
+        lm, self.tokenizer = load_or_build_policy(cfg.policy, self.dtype, cfg.seed, tokenizer_corpus)
         lm = lm.to(self.train_dtype)  # master weights start as the policy's values, exactly
-        self.tokenizer = tok
         prepare_for_training(lm, activation_checkpointing=lc.gradient_checkpointing)
         torch.manual_seed(cfg.seed + 1)  # value head init, independent of how the LM was built
         self.model = PolicyWithValue(lm, with_value=lc.algorithm == "ppo",
@@ -200,16 +187,6 @@ class Learner:
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
-    def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """This rank's micro-batches of one optimizer step over `rows` (row indices of the whole
-        batch, the same on every rank): every world_size-th row from this rank's, cut into as many
-        micro-batches of at most micro_batch_size rows as the largest share needs. Every rank thus
-        runs the same number of forward/backward passes; a shorter share ends in empty ones."""
-        mbs = self.cfg.learner.micro_batch_size
-        mine = rows[self.rank::self.world_size]
-        n = max(1, math.ceil(math.ceil(len(rows) / self.world_size) / mbs))
-        return [mine[j * mbs:(j + 1) * mbs] for j in range(n)]
-
     def _shared_generator(self) -> torch.Generator:
         """A generator seeded from rank 0's torch RNG, the same on every rank. That RNG state is
         checkpointed, so a resumed run draws what the uninterrupted one would have."""
@@ -218,18 +195,6 @@ class Learner:
             seed = seed.to(self.device)
             dist.broadcast(seed, src=0)
         return torch.Generator().manual_seed(int(seed.item()))
-
-    def _zero_backward(self, module: nn.Module, tb: TensorBatch, with_values: bool) -> None:
-        """A pass with zero loss over one row, for a rank with no rows in this micro-batch: DDP's
-        gradient all-reduce still pairs up with the other ranks', adding nothing. It touches the
-        parameters a real pass would (the value head only in RL steps)."""
-        one = tb.select([0])
-        with self._autocast():
-            logits, values = module(one.input_ids, one.attention_mask, one.response_pos)
-        zero = 0.0 * logits.float().sum()
-        if with_values and values is not None:
-            zero = zero + 0.0 * values.sum()
-        zero.backward()
 
     # ------------------------------------------------------------------ tokenizer and weights
     def get_tokenizer(self):
@@ -279,33 +244,16 @@ class Learner:
         if self.cfg.learner.kl_coef == 0:
             self.reference = None
             return
-        ref = PolicyWithValue(copy.deepcopy(self.model.lm), with_value=False,
-                              share_prefix=self.cfg.learner.share_prefix)
-        ref.requires_grad_(False)
-        ref.eval()
-        self.reference = ref.to(device=self.device, dtype=self.dtype)
+        self.reference = frozen_reference(self.model.lm, self.dtype, self.device, self.cfg.learner.share_prefix)
 
     # ------------------------------------------------------------------ forward passes
-    def _autocast(self):
-        """bf16 autocast (`learner.bf16`), or, over float32 master weights of a half-precision
-        policy, autocast to the policy dtype: the forward computes as the rollouts do."""
-        if self.cfg.learner.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        if self.train_dtype != self.dtype:
-            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        return contextlib.nullcontext()
-
     def _forward(self, module: nn.Module, mb: TensorBatch, temperature: float = 1.0,
                  entropy: logprobs.EntropyMode = None,
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(logp (b, t), entropy (b, t) or None, values (b, t) or None) for a micro-batch, from
-        logits divided by `temperature` (RL: the sampling temperature; see the module docstring),
-        in float32 chunks (router_r1.rl.logprobs; `entropy`: "grad", "value" or None)."""
-        with self._autocast():
-            logits, values = module(mb.input_ids, mb.attention_mask, mb.response_pos)
-        logp, ent = logprobs.token_logprobs(logits, mb.response_ids, temperature, entropy=entropy,
-                                            chunk=self.cfg.learner.logprob_chunk)
-        return logp, ent, values
+        """(logp, entropy or None, values or None), each (b, t): policy_model.response_logprobs
+        at this learner's precision and `learner.logprob_chunk`."""
+        return response_logprobs(module, mb, temperature, entropy=entropy, chunk=self.cfg.learner.logprob_chunk,
+                                 autocast=self._autocast)
 
     @torch.no_grad()
     def _score(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
@@ -364,18 +312,19 @@ class Learner:
                      temperature: float = 1.0, entropy: logprobs.EntropyMode = None) -> list[dict[str, float]]:
         """The micro-step of SFT and RL alike, over one optimizer step's `rows` (row indices of
         the whole batch, the same on every rank): for each of this rank's micro-batches
-        (`_my_micro_batches`) a forward (`_forward`), `loss_fn(rows, mb, logp, entropy, values)
+        (`rank_micro_batches`) a forward (`_forward`), `loss_fn(rows, mb, logp, entropy, values)
         -> (loss, metrics)` with the loss already the step's global share, and a backward of
         loss x world_size (DDP averages gradients over ranks). Gradients are all-reduced on the
-        last micro-batch only; a rank with no row left in one runs a zero pass (`_zero_backward`,
+        last micro-batch only; a rank with no row left in one runs a zero pass (`zero_backward`,
         the value head included when `with_values`). Returns the real micro-batches' metrics."""
         module = self.ddp or self.model
-        chunks = self._my_micro_batches(rows)
+        chunks = rank_micro_batches(rows, self.rank, self.world_size, self.cfg.learner.micro_batch_size)
         out = []
         for j, mine in enumerate(chunks):
-            with self._no_sync(j < len(chunks) - 1):
+            skip_allreduce = self.ddp is not None and j < len(chunks) - 1
+            with self.ddp.no_sync() if skip_allreduce else contextlib.nullcontext():
                 if len(mine) == 0:
-                    self._zero_backward(module, tb, with_values)
+                    zero_backward(module, tb.select([0]), with_values, self._autocast)
                     continue
                 mb = tb.select(mine)
                 logp, ent, values = self._forward(module, mb, temperature, entropy)
@@ -388,31 +337,6 @@ class Learner:
         """The warm start's own AdamW (its lr is set per step from the schedule)."""
         return torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
 
-    def _no_sync(self, skip_allreduce: bool):
-        """DDP: all-reduce gradients only on the last micro-batch of an optimizer step."""
-        if self.ddp is not None and skip_allreduce:
-            return self.ddp.no_sync()
-        return contextlib.nullcontext()
-
-    def _advantages(self, tb: TensorBatch, scored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(advantages (B, T), returns (B, T) or None) for the whole batch, zero on non-policy
-        tokens. GRPO groups are whole only in the whole batch; PPO whitens over all of it."""
-        mask = tb.loss_mask.float()
-        lc = self.cfg.learner
-        if lc.algorithm == "grpo":
-            return algos.grpo_advantages(tb.rewards, tb.group_ids)[:, None] * mask, None
-        token_rewards = algos.last_token_rewards(tb.rewards, mask)
-        adv, returns = algos.gae_advantages(token_rewards, scored["old_values"], mask, lc.gamma, lc.gae_lambda)
-        return algos.masked_whiten(adv, mask), returns
-
-    # Metrics accumulated over micro-batches (and summed over ranks): the losses are each optimizer
-    # step's (its micro-batches' shares add up to it), averaged over steps; the others are
-    # token-means over every policy token trained on.
-    _STEP_LOSSES = ("actor/pg_loss", "learner/loss")
-    _TOKEN_MEANS = ("actor/clipfrac", "actor/approx_kl", "actor/ratio_mean", "actor/kl", "actor/entropy")
-    _CRITIC_LOSSES = ("critic/vf_loss",)
-    _CRITIC_MEANS = ("critic/vf_clipfrac", "critic/values_mean")
-
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One RL step on a batch of trajectories (GRPO or PPO, per `learner.algorithm`):
         score with the current policy and the reference, compute advantages, then `ppo_epochs`
@@ -421,98 +345,39 @@ class Learner:
         clipping; one scheduler step. Every rank is given the whole batch (module docstring)."""
         t0 = time.perf_counter()
         lc = self.cfg.learner
-        temp = self.cfg.episode.temperature
         if self.reference is None and lc.kl_coef != 0:
             self.reset_reference()
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
         scored = self._score(tb)
-        adv, returns = self._advantages(tb, scored)
-        mask = tb.loss_mask.float()
+        adv, returns = advantages(tb, scored["old_values"], lc)
+        st = StepTensors(scored["old_logp"], scored["ref_logp"] if self.reference is not None else None,
+                         scored["old_values"], adv, returns, tb.loss_mask.float())
         lr = self.optimizer.param_groups[0]["lr"]
+        acc = UpdateMetrics(with_kl=self.reference is not None, with_critic=returns is not None)
 
-        loss_keys = self._STEP_LOSSES + (self._CRITIC_LOSSES if returns is not None else ())
-        mean_keys = tuple(k for k in self._TOKEN_MEANS if k != "actor/kl" or self.reference is not None)
-        mean_keys += self._CRITIC_MEANS if returns is not None else ()
-        sums: dict[str, float] = dict.fromkeys(loss_keys + mean_keys + ("tokens",), 0.0)
-        grad_norms: list[float] = []
-        B = len(tb)
-        mini = lc.micro_batch_size * lc.grad_accum
+        def loss_fn(rows, mb, logp, entropy, values):
+            return rl_loss(rows, logp, entropy, values, st, lc)
+
         entropy = "grad" if lc.entropy_coef > 0 else "value"  # logged either way; a gradient only if used
-        gen = self._shared_generator()
-        for _ in range(lc.ppo_epochs):
-            perm = torch.randperm(B, generator=gen).to(self.device)
-            for start in range(0, B, mini):
-                rows_step = perm[start:start + mini]
-                if mask[rows_step].sum() == 0:
-                    continue
-                weights = torch.zeros_like(mask)  # this step's loss = sum(weights * per-token loss)
-                weights[rows_step] = algos.loss_weights(mask[rows_step], lc.loss_agg)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_fn = functools.partial(self._rl_loss, scored=scored, adv=adv, returns=returns,
-                                            mask=mask, weights=weights)
-                for metrics in self._micro_steps(tb, rows_step, loss_fn, with_values=True,
-                                                 temperature=temp, entropy=entropy):
-                    for k in loss_keys:
-                        sums[k] += metrics[k]
-                    for k in mean_keys:
-                        sums[k] += metrics[k] * metrics["tokens"]
-                    sums["tokens"] += metrics["tokens"]
-                grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
-                self.optimizer.step()
+        grad_norms: list[float] = []
+        for rows_step, weights in optimizer_steps(st.mask, lc, self._shared_generator()):
+            st.weights = weights  # loss_fn reads them
+            self.optimizer.zero_grad(set_to_none=True)
+            for metrics in self._micro_steps(tb, rows_step, loss_fn, with_values=True,
+                                             temperature=self.cfg.episode.temperature, entropy=entropy):
+                acc.add(metrics)
+            grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        sums = self._sum_over_ranks(sums)
+        sums = self._sum_over_ranks(acc.sums)
         dt = time.perf_counter() - t0
-
-        out = {k: sums[k] / max(len(grad_norms), 1) for k in loss_keys}
-        out |= {k: sums[k] / max(sums["tokens"], 1.0) for k in mean_keys}
         ntok = float(tb.attention_mask.sum()) * lc.ppo_epochs
-        out |= {
+        return acc.result(sums, len(grad_norms)) | {
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
             "learner/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/optimizer_steps": float(len(grad_norms)), "learner/step": float(self.step),
-            # Episodes behind the newest weights in the batch (0 when all came from one version).
-            "learner/staleness": float(tb.policy_version.max() - tb.policy_version.float().mean()),
-            "actor/advantages_mean": algos.masked_mean(adv, mask).item(),
-            "actor/response_tokens": float(tb.response_mask.sum(1).float().mean()),  # policy + inserted
-            "actor/policy_tokens": float(mask.sum(1).mean()),
-            "critic/score_mean": float(tb.rewards.mean()),
-        }
-        if returns is not None:
-            out["critic/returns_mean"] = algos.masked_mean(returns, mask).item()
-        if batch.sampler_logprobs and mask.sum() > 0:
-            # |sampler log-prob - learner log-prob| at the weights that sampled (old_logp is
-            # scored before any optimizer step): 0 up to numerics when rollouts and learner agree.
-            diff = (tb.sampler_logp - scored["old_logp"]).abs()[mask > 0]
-            out["rollout/logp_diff_mean"] = diff.mean().item()
-            out["rollout/logp_diff_max"] = diff.max().item()
-        return out
-
-    def _rl_loss(self, rows: torch.Tensor, mb: TensorBatch, logp: torch.Tensor, entropy: torch.Tensor,
-                 values: torch.Tensor | None, *, scored: dict[str, torch.Tensor], adv: torch.Tensor,
-                 returns: torch.Tensor | None, mask: torch.Tensor, weights: torch.Tensor,
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One micro-batch's share of an RL step's loss (a `LossFn`): clipped surrogate +
-        kl_coef * KL - entropy_coef * entropy (+ value_coef * value loss for PPO), each term
-        weighted per token by the step's `weights` (whole-batch (B, T) tensors, indexed by
-        `rows`); metrics include the loss and the micro-batch's policy-token count."""
-        lc = self.cfg.learner
-        t = mb.response_ids.shape[1]
-        m, w = mask[rows, :t], weights[rows, :t]
-        pg, metrics = algos.policy_loss(logp, scored["old_logp"][rows, :t], adv[rows, :t], m,
-                                        lc.clip_eps, weights=w)
-        kl, kl_metrics = torch.zeros((), device=self.device), {}
-        if self.reference is not None:
-            kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m, lc.kl_estimator, weights=w)
-        entropy_term = algos.agg_loss(entropy, m, weights=w)
-        loss = pg + lc.kl_coef * kl - lc.entropy_coef * entropy_term
-        metrics |= kl_metrics | {"actor/entropy": algos.masked_mean(entropy, m).item()}
-        if values is not None:
-            vf, vf_metrics = algos.value_loss(values, scored["old_values"][rows, :t], returns[rows, :t], m,
-                                              clip=lc.vf_clip, weights=w)
-            loss = loss + lc.value_coef * vf
-            metrics |= vf_metrics
-        return loss, metrics | {"learner/loss": loss.item(), "tokens": float(m.sum())}
+        } | batch_metrics(tb, adv, returns, scored["old_logp"], bool(batch.sampler_logprobs))
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:

@@ -17,11 +17,19 @@ Design choices (why):
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+from router_r1.engines.model import build_tiny_policy, load_policy, train_tokenizer
+from router_r1.infra.config import PolicyConfig
+from router_r1.rl import logprobs
+from router_r1.rl.batch import TensorBatch
 
 MIN_SHARED_PREFIX = 16  # below this, one plain forward is as cheap as two calls
 
@@ -97,6 +105,67 @@ def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     run = int(same.long().cumprod(0).sum())
     first = int(response_pos[:, 0].min()) - 1  # 0 - 1 on a row without response
     return max(0, min(run, first))
+
+
+def response_logprobs(module: nn.Module, mb: TensorBatch, temperature: float = 1.0, *,
+                      entropy: logprobs.EntropyMode = None, chunk: int = logprobs.DEFAULT_CHUNK,
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(logp (b, t), entropy (b, t) or None, values (b, t) or None) of a micro-batch's response
+    tokens under `module` (a PolicyWithValue, or DDP around one), the forward under `autocast()`,
+    the log-probs from logits / `temperature` in float32 chunks (router_r1.rl.logprobs;
+    `entropy`: "grad", "value" or None)."""
+    with autocast():
+        logits, values = module(mb.input_ids, mb.attention_mask, mb.response_pos)
+    logp, ent = logprobs.token_logprobs(logits, mb.response_ids, temperature, entropy=entropy, chunk=chunk)
+    return logp, ent, values
+
+
+def zero_backward(module: nn.Module, mb: TensorBatch, with_values: bool,
+                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+    """A backward of zero loss through a forward of `mb` (one row will do): for a data-parallel
+    rank with no rows in a micro-batch, so that DDP's gradient all-reduce still pairs up with the
+    other ranks', adding nothing. It touches the parameters a real pass would (the value head
+    only `with_values`)."""
+    with autocast():
+        logits, values = module(mb.input_ids, mb.attention_mask, mb.response_pos)
+    zero = 0.0 * logits.float().sum()
+    if with_values and values is not None:
+        zero = zero + 0.0 * values.sum()
+    zero.backward()
+
+
+def autocast_for(device_type: str, bf16: bool, train_dtype: torch.dtype,
+                 policy_dtype: torch.dtype) -> Callable[[], ContextManager]:
+    """The forward's autocast: bf16 (`learner.bf16`), or, over float32 master weights of a
+    half-precision policy, the policy dtype, so the forward computes as the rollouts do."""
+    if bf16:
+        return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    if train_dtype != policy_dtype:
+        return lambda: torch.autocast(device_type=device_type, dtype=policy_dtype)
+    return contextlib.nullcontext
+
+
+def load_or_build_policy(policy_cfg: PolicyConfig, dtype: torch.dtype, seed: int,
+                         tokenizer_corpus: list[str] | None = None) -> tuple[nn.Module, Any]:
+    """(causal LM in `dtype`, tokenizer): `policy.checkpoint` loaded, or else a tiny model built
+    from `policy.tiny` (seeded with `seed`) over a tokenizer trained on `tokenizer_corpus`."""
+    if policy_cfg.checkpoint:
+        return load_policy(policy_cfg.checkpoint, dtype=dtype)
+    if not tokenizer_corpus:
+        raise ValueError("a tiny policy (no policy.checkpoint) needs tokenizer_corpus to train its tokenizer")
+    tok = train_tokenizer(tokenizer_corpus, policy_cfg.tokenizer_vocab_size)
+    return build_tiny_policy(policy_cfg.tiny.model_dump(), tok, seed=seed, dtype=dtype), tok
+
+
+def frozen_reference(lm: nn.Module, dtype: torch.dtype, device: torch.device | str,
+                     share_prefix: bool) -> PolicyWithValue:
+    """A frozen copy of `lm` in `dtype` on `device`, for the KL reference: no value head, no
+    gradients, eval mode (and so never in an optimizer)."""
+    ref = PolicyWithValue(copy.deepcopy(lm), with_value=False, share_prefix=share_prefix)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref.to(device=device, dtype=dtype)
 
 
 def prepare_for_training(lm: nn.Module, activation_checkpointing: bool) -> None:
