@@ -10,11 +10,15 @@ its own, so a float32 tensor is never larger than chunk x V.
 
 Exact: every operation is row-wise over the vocabulary (gather, logsumexp, log_softmax and the
 entropy's sum), so a chunk's rows get the values the whole tensor's rows get, and the gradients
-too. With gradients, each chunk runs under `torch.utils.checkpoint` (non-reentrant): its float32
-intermediates are dropped after the forward and recomputed, chunk by chunk, in the backward, the
-same operations in the same order, so the backward holds one chunk's float32 tensors at a time
-instead of the autograd graph keeping all of them for the whole micro-batch. What stays is the
-logits in the model's dtype (and their gradient), which the LM head produces anyway.
+too (tests/test_logprobs.py checks bit equality). With gradients, each chunk but the last runs
+under `torch.utils.checkpoint` (non-reentrant): its float32 intermediates are dropped after the
+forward and recomputed in the backward, the same operations in the same order, so the backward
+holds one chunk's float32 tensors at a time instead of the autograd graph keeping all of them
+for the whole micro-batch. The price is that recomputation: about 1.4x the CPU time of the
+float32 part (benchmarks/bench_logprob_memory.py), small beside the model's own forward and
+backward, and nothing when the micro-batch fits in one chunk. What stays is the logits in the
+model's dtype and their gradient (the chunks' gradients, then their concatenation), which the
+one-tensor path holds too.
 
 The entropy is computed only when asked for: `entropy="grad"` when it is in the loss
 (`learner.entropy_coef` > 0), `"value"` (no gradient, no saved tensors) when it is only logged,
@@ -51,8 +55,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     flat, ids = logits.reshape(B * T, V), tokens.reshape(B * T)
     grad = torch.is_grad_enabled() and logits.requires_grad
     logps, ents = [], []
-    for x, t in zip(flat.split(chunk), ids.split(chunk)):
-        if grad:
+    pieces = list(zip(flat.split(chunk), ids.split(chunk)))
+    for i, (x, t) in enumerate(pieces):
+        # The last chunk's backward runs first and frees its tensors before the next one's
+        # starts: keeping them costs no peak memory and saves recomputing them.
+        if grad and i < len(pieces) - 1:
             lp, ent = checkpoint(_chunk, x, t, temperature, entropy, use_reentrant=False,
                                  preserve_rng_state=False)
         else:
