@@ -318,10 +318,10 @@ class Learner:
         last micro-batch only; a rank with no row left in one runs a zero pass (`zero_backward`,
         the value head included when `with_values`). Returns the real micro-batches' metrics."""
         module = self.ddp or self.model
-        chunks = rank_micro_batches(rows, self.rank, self.world_size, self.cfg.learner.micro_batch_size)
+        micro_batches = rank_micro_batches(rows, self.rank, self.world_size, self.cfg.learner.micro_batch_size)
         out = []
-        for j, mine in enumerate(chunks):
-            skip_allreduce = self.ddp is not None and j < len(chunks) - 1
+        for j, mine in enumerate(micro_batches):
+            skip_allreduce = self.ddp is not None and j < len(micro_batches) - 1
             with self.ddp.no_sync() if skip_allreduce else contextlib.nullcontext():
                 if len(mine) == 0:
                     zero_backward(module, tb.select([0]), with_values, self._autocast)
