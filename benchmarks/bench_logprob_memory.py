@@ -2,11 +2,12 @@
 
 `python -m benchmarks.bench_logprob_memory [--tokens 512] [--vocab 151936] [--chunk 128]`
 
-Each measurement runs in a fresh process (`one_process`, `--one full|chunked`): bf16 logits of `tokens` x `vocab`
-(the LM head's output for one micro-batch, flattened) are allocated, then log-probs of the taken
-tokens and the entropy are computed, weighted into a loss and back-propagated, as in an RL
-micro-step. Reported: the peak resident memory above what the process held just before
-(`ru_maxrss` after minus RSS before; CPU, one thread), and the CPU time of that pass.
+Each measurement runs in a fresh process (`one_process`, `--one full|chunked`): bf16 logits of
+`tokens` x `vocab` (the LM head's output for one micro-batch, flattened) are allocated, then
+log-probs of the taken tokens and the entropy are computed, weighted into a loss and
+back-propagated, as in an RL micro-step. Reported: the peak resident memory above what the process held just before (the
+high-water mark VmHWM, reset just before, minus VmRSS then; CPU, one thread), and the CPU time of
+that pass.
 
 - full: what the learner did before: logits.float() / temperature over the whole tensor,
   `algos.token_logprobs` and `algos.entropy_from_logits` on it.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,17 +30,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _status_mb(field: str) -> float:
+    """A kB field of /proc/self/status (VmRSS: resident now; VmHWM: its high-water mark) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _reset_peak() -> None:
+    """Set the high-water mark to the current resident size (Linux >= 4.0). Not `ru_maxrss`: a
+    child process's starts at its parent's resident size at fork (exec records the old mm's peak),
+    so a measurement started from a large pytest process would read the parent's memory."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def measure(mode: str, tokens: int, vocab: int, chunk: int, entropy: str | None, temperature: float = 0.7) -> dict:
-    """One forward + backward in this process; call it once per process (ru_maxrss only rises)."""
+    """One forward + backward in this process, in a fresh one (`one_process`): what malloc kept
+    from earlier work would hide part of the peak."""
     import torch
 
     from router_r1.rl import algos
@@ -58,8 +67,8 @@ def measure(mode: str, tokens: int, vocab: int, chunk: int, entropy: str | None,
     logits = torch.randn(1, tokens, vocab, generator=g, dtype=torch.bfloat16).requires_grad_()
     ids = torch.randint(0, vocab, (1, tokens), generator=g)
     a, b = torch.randn(1, tokens, generator=g), torch.randn(1, tokens, generator=g)
-    before = _rss_mb()
-    high_before = _maxrss_mb()
+    _reset_peak()
+    before = _status_mb("VmRSS")
     t0 = time.process_time()
     if mode == "full":
         x = logits.float() / temperature
@@ -76,8 +85,8 @@ def measure(mode: str, tokens: int, vocab: int, chunk: int, entropy: str | None,
     loss.backward()
     dt = time.process_time() - t0  # CPU seconds: robust to other load on the machine
     return {"mode": mode, "tokens": tokens, "vocab": vocab, "chunk": chunk, "entropy": entropy,
-            "peak_mb": round(_maxrss_mb() - before, 1), "rss_before_mb": round(before, 1),
-            "maxrss_before_mb": round(high_before, 1), "seconds": round(dt, 3), "entropy_mean": metric,
+            "peak_mb": round(_status_mb("VmHWM") - before, 1), "rss_before_mb": round(before, 1),
+            "seconds": round(dt, 3), "entropy_mean": metric,
             "fp32_logits_mb": round(tokens * vocab * 4 / 2 ** 20, 1)}
 
 

@@ -14,11 +14,11 @@ too (tests/test_logprobs.py checks bit equality). With gradients, each chunk but
 under `torch.utils.checkpoint` (non-reentrant): its float32 intermediates are dropped after the
 forward and recomputed in the backward, the same operations in the same order, so the backward
 holds one chunk's float32 tensors at a time instead of the autograd graph keeping all of them
-for the whole micro-batch. The price is that recomputation: 1.2-1.3x the CPU time of the
+for the whole micro-batch. The price is that recomputation: about 1.3x the CPU time of the
 float32 part (benchmarks/bench_logprob_memory.py), small beside the model's own forward and
 backward, and nothing when the micro-batch fits in one chunk. Measured there at 512 tokens x
-151,936 (bf16 logits, forward + backward): peak 1,187 -> 408 MiB for the log-probs alone,
-1,781 -> 557 MiB with the entropy in the loss. What stays is the logits in the
+151,936 (bf16 logits, forward + backward): peak 1,187 -> 407 MiB for the log-probs alone,
+1,781 -> 556 MiB with the entropy in the loss. What stays is the logits in the
 model's dtype and their gradient (the chunks' gradients, then their concatenation), which the
 one-tensor path holds too.
 
