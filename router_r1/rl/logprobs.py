@@ -18,9 +18,9 @@ for the whole micro-batch. The price is that recomputation: about 1.3x the CPU t
 float32 part (benchmarks/bench_logprob_memory.py), small beside the model's own forward and
 backward, and nothing when the micro-batch fits in one chunk. Measured there at 512 tokens x
 151,936 (bf16 logits, forward + backward): peak 1,187 -> 407 MiB for the log-probs alone,
-1,781 -> 556 MiB with the entropy in the loss. What stays is the logits in the
-model's dtype and their gradient (the chunks' gradients, then their concatenation), which the
-one-tensor path holds too.
+1,781 -> 556 MiB with the entropy in the loss. What stays is the logits in the model's dtype
+and their gradient, as in the one-tensor path, except that here the gradient briefly exists
+twice (the chunks' pieces, then their concatenation by the split's backward).
 
 The entropy is computed only when asked for: `entropy="grad"` when it is in the loss
 (`learner.entropy_coef` > 0), `"value"` (no gradient, no saved tensors) when it is only logged,
