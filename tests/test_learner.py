@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.learner import Learner, lr_lambda
+from actors.learner import Learner
 from router_r1.rl import algos
+from router_r1.rl.schedule import lr_lambda
 from tiny_learner import CORPUS, fixed_batch, tiny_config
 
 
