@@ -213,14 +213,14 @@ class Learner:
         """The version of the last published weights (0 before any publish)."""
         return self.policy_version
 
-    def publish_weights(self, version: int | None = None) -> list:
+    def publish_weights(self) -> list:
         """Put the policy's weights, in the policy dtype and in buckets of about
         `learner.sync_bucket_mb` (router_r1.engines.weights), into the Ray object store from here;
         return one ref per bucket. Tied tensors travel once.
 
         Weights go learner -> object store -> rollout actors, never through the driver (refs
-        nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one,
-        or sets it to `version` when the driver numbers versions itself; see `version()`.
+        nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one;
+        see `version()`.
         `last_publish()` gives the bytes, buckets and seconds of this publish."""
         import ray
 
@@ -229,7 +229,7 @@ class Learner:
                  for k, v in weights.unique_tensors(self.model.lm.state_dict()).items()}
         buckets = weights.bucket_state_dict(state, int(self.cfg.learner.sync_bucket_mb * weights.MB))
         refs = [ray.put(b) for b in buckets]
-        self.policy_version = self.policy_version + 1 if version is None else int(version)
+        self.policy_version += 1
         self._last_publish = {"sync/bytes": float(weights.nbytes(state)), "sync/buckets": float(len(buckets)),
                               "sync/publish_s": time.perf_counter() - t0}
         return refs
@@ -352,6 +352,13 @@ class Learner:
         adv, returns = advantages(tb, scored["old_values"], lc)
         st = StepTensors(scored["old_logp"], scored["ref_logp"] if self.reference is not None else None,
                          scored["old_values"], adv, returns, tb.loss_mask.float())
+        # Rows sampled by weights older than the ones this update starts from (rollouts ahead of the
+        # learner, rollout.max_staleness): decoupled PPO, weighted by pi_prox / mu (algos.behaviour_weights).
+        stale = tb.policy_version < self.policy_version
+        behaviour: dict[str, float] = {}
+        if bool(stale.any()) and batch.sampler_logprobs:
+            st.behaviour_w, behaviour = algos.behaviour_weights(scored["old_logp"], tb.sampler_logp, st.mask,
+                                                                stale, lc.behaviour_is_cap)
         lr = self.optimizer.param_groups[0]["lr"]
         acc = UpdateMetrics(with_kl=self.reference is not None, with_critic=returns is not None)
 
@@ -377,7 +384,7 @@ class Learner:
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
             "learner/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/optimizer_steps": float(len(grad_norms)), "learner/step": float(self.step),
-        } | batch_metrics(tb, adv, returns, scored["old_logp"], bool(batch.sampler_logprobs))
+        } | batch_metrics(tb, adv, returns, scored["old_logp"], bool(batch.sampler_logprobs)) | behaviour
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:

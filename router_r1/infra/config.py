@@ -101,6 +101,9 @@ class LearnerConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     group_size: int = 4  # GRPO: samples per question
     clip_eps: float = 0.2
+    # Rollouts ahead of the learner (rollout.max_staleness > 0): the cap of the truncated
+    # importance weights pi_prox / mu of rows sampled by older weights (router_r1.rl.algos.behaviour_weights).
+    behaviour_is_cap: float = Field(default=2.0, gt=0.0)
     kl_coef: float = 0.001
     entropy_coef: float = 0.0
     # How per-token losses become one loss per optimizer step (algos.loss_weights): "token-mean"

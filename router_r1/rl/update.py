@@ -90,6 +90,7 @@ class StepTensors:
     returns: torch.Tensor | None
     mask: torch.Tensor
     weights: torch.Tensor | None = None
+    behaviour_w: torch.Tensor | None = None  # decoupled-PPO importance weights of stale rows, or None
 
 
 def rl_loss(rows: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor | None,
@@ -99,7 +100,9 @@ def rl_loss(rows: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, value
     batch; logp, entropy: (b, t); values: (b, t) or None (GRPO)."""
     t = logp.shape[1]
     m, w = st.mask[rows, :t], st.weights[rows, :t]
-    pg, metrics = algos.policy_loss(logp, st.old_logp[rows, :t], st.adv[rows, :t], m, lc.clip_eps, weights=w)
+    bw = st.behaviour_w[rows, :t] if st.behaviour_w is not None else None
+    pg, metrics = algos.policy_loss(logp, st.old_logp[rows, :t], st.adv[rows, :t], m, lc.clip_eps, weights=w,
+                                    behaviour_w=bw)
     kl, kl_metrics = torch.zeros((), device=logp.device), {}
     if st.ref_logp is not None:
         kl, kl_metrics = algos.kl_penalty(logp, st.ref_logp[rows, :t], m, lc.kl_estimator, weights=w)
