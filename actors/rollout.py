@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,10 @@ class RolloutWorker:
             nonlocal turn
             turn += 1
             # softmax(logits / temperature): what the learner scores (RunConfig.check_training
-            # refuses top_p < 1 for training).
+            # refuses top_p < 1 for training). One seed per turn: distinct across the turns and
+            # the workers of a step (worker i plays `seed + i`; turns < 1009), and the vLLM
+            # engine derives a distinct seed per row from it (engines.vllm.row_seeds), so no two
+            # samples of a step share a seed.
             return self.engine.generate(contexts, max_new_tokens=ep_cfg.max_new_tokens,
                                         temperature=0.0 if greedy else ep_cfg.temperature,
                                         top_p=ep_cfg.top_p, seed=seed * 1009 + turn)
@@ -155,7 +159,8 @@ class RolloutWorker:
         call = self.route_calls(self.client.call, episodes)
         t0 = time.perf_counter()
         asyncio.run(run_episodes(episodes, generate, call, ep_cfg, self.spec, self.tokenizer,
-                                 pass_episode_id=True, max_context=self.engine.max_context))
+                                 pass_episode_id=True, max_context=self.engine.max_context,
+                                 batch_wait_s=self.cfg.rollout.batch_wait_s))
         wall = time.perf_counter() - t0
         for e in episodes:
             e.meta.update(worker=self.index, rollout_wall_s=wall)
@@ -200,6 +205,21 @@ def make_rollout_actor():
     return ray.remote(RolloutWorker)
 
 
+@dataclass
+class PendingRollout:
+    """A rollout in flight: what was asked, the weights it was submitted with (kept alive, so a
+    restarted worker can get them again) and the actor tasks still out."""
+
+    n_items: int
+    n_samples: int
+    seed: int
+    greedy: bool
+    chunks: list[list[Item]]
+    refs: list[Any]
+    version: int
+    tasks: dict[Any, int] = field(default_factory=dict)
+
+
 class RolloutGroup:
     """The driver's view of its rollout actors: one weight sync for all, one rollout spread over
     all, and recovery when an actor dies.
@@ -215,36 +235,54 @@ class RolloutGroup:
         self.workers = [make_worker(i) for i in range(size)]
         self.refs: list[Any] = []
         self.version = -1
+        self._loads: list[Any] = []  # weight loads sent without waiting (sync(wait=False))
         self.restarts = 0
         self._failures = [0] * size
 
-    def sync(self, refs: list[Any], version: int) -> None:
-        """Every worker loads the weights behind `refs` (one ray.put by the learner, many gets)."""
+    def sync(self, refs: list[Any], version: int, wait: bool = True) -> None:
+        """Every worker loads the weights behind `refs` (one ray.put by the learner, many gets).
+        `wait=False` (rollouts ahead of the learner): the loads queue behind each worker's
+        rollouts in flight, which keep the weights they were submitted with."""
         self.refs, self.version = refs, version
-        self._gather({w.set_weights.remote(refs, version): i for i, w in enumerate(self.workers)},
-                     lambda i: self.workers[i].set_weights.remote(self.refs, self.version))
+        if wait:
+            self._gather({w.set_weights.remote(refs, version): i for i, w in enumerate(self.workers)},
+                         lambda i: self.workers[i].set_weights.remote(self.refs, self.version))
+        else:  # a failed load shows as a dead or stale worker in the next `collect`
+            self._loads = [w.set_weights.remote(refs, version) for w in self.workers]
 
-    def rollout(self, items: Sequence[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
-        """`items` dealt round-robin over the workers (worker i: seed + i); episodes come back in
-        item order, each item's `n_samples` episodes adjacent."""
+    def submit(self, items: Sequence[Item], n_samples: int, seed: int, greedy: bool = False) -> PendingRollout:
+        """Start a rollout with the weights synced last: `items` dealt round-robin over the workers
+        (worker i: seed + i). `collect` waits for it."""
         k = len(self.workers)
         chunks = [list(items[i::k]) for i in range(k)]
+        p = PendingRollout(len(items), n_samples, seed, greedy, chunks, self.refs, self.version)
+        p.tasks = {self._submit_chunk(p, i): i for i in range(k) if chunks[i]}
+        return p
 
-        def submit(i: int):
-            return self.workers[i].rollout.remote(chunks[i], n_samples, seed + i, greedy)
+    def collect(self, p: PendingRollout) -> list[Episode]:
+        """The episodes of a submitted rollout in item order, each item's `n_samples` adjacent. A
+        dead or restarted worker gets the rollout's own weights again and its chunk re-issued, so
+        the episodes are those of the weights the rollout was submitted with."""
 
         def resubmit(i: int):
             # Calls to one actor run in order: the weights land before the re-issued rollout.
-            self.workers[i].set_weights.remote(self.refs, self.version)
-            return submit(i)
+            self.workers[i].set_weights.remote(p.refs, p.version)
+            return self._submit_chunk(p, i)
 
-        results = self._gather({submit(i): i for i in range(k) if chunks[i]}, resubmit,
-                               check=lambda eps: all(e.policy_version == self.version for e in eps))
+        results = self._gather(p.tasks, resubmit, check=lambda eps: all(e.policy_version == p.version for e in eps))
+        k = len(self.workers)
         out: list[Episode] = []
-        for j in range(len(items)):
-            start = (j // k) * n_samples
-            out.extend(results[j % k][start:start + n_samples])
+        for j in range(p.n_items):
+            start = (j // k) * p.n_samples
+            out.extend(results[j % k][start:start + p.n_samples])
         return out
+
+    def rollout(self, items: Sequence[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
+        """`submit` then `collect`: a rollout with the weights synced last."""
+        return self.collect(self.submit(items, n_samples, seed, greedy))
+
+    def _submit_chunk(self, p: PendingRollout, i: int):
+        return self.workers[i].rollout.remote(p.chunks[i], p.n_samples, p.seed + i, p.greedy)
 
     def _gather(self, pending: dict[Any, int], resubmit: Callable[[int], Any],
                 check: Callable[[Any], bool] | None = None) -> dict[int, Any]:

@@ -34,7 +34,7 @@ def make_config(checkpoint: Path, **over):
     from router_r1.infra.config import load_config
 
     base = {"name": "bench-rollout", "pool": str(POOL), "policy.checkpoint": str(checkpoint),
-            "policy.compact_prompt": True,  # as the demo: short instructions for a tiny router
+            "policy.prompt_layout": "compact",  # as the demo: short instructions for a tiny router
             "pool_runtime": {"actor_name": f"bench_pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
                              "cache": False, "num_cpus": 0},
             "episode": {"max_turns": 3, "max_new_tokens": 48, "temperature": 1.0},
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     ckpt = Path(args.router)
     if not (ckpt / "config.json").is_file():  # built once (a minute or two of SFT), then reused
-        build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200, prompt_options={"compact": True})
+        build_scripted_router(ckpt, load_pool(POOL), "Sim-Geo-Small", steps=200, prompt_options={"layout": "compact"})
     cfg = make_config(ckpt)
     n_a, n_b, repeats = (8, 16, 1) if args.quick else (64, 192, 3)
     sizes = [8] if args.quick else [8, 16, 32]

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.tiny_router import build_scripted_router
         pool = load_pool(pool_file)
         checkpoint = str(build_scripted_router(work / "router", pool, pool.names[0],
-                                               prompt_options={"compact": True}))
+                                               prompt_options={"layout": "compact"}))
         print(f"built a scripted tiny router at {checkpoint} (routes every question to {pool.names[0]})")
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",

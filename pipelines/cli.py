@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "pipelines.evaluate", "evaluate a router or baseline through the ModelPool"),
         ("train-rllib", "pipelines.train_rllib", "train the feature-based RLlib router on replay data"),
         ("sweep-alpha", "pipelines.sweep_alpha", "train one router per cost coefficient alpha: table and frontier"),
-        ("unseen", "pipelines.unseen", "train without a held-out model, then play the router with and without it"),
+        ("unseen", "experiments.unseen", "train without a held-out model, then play the router with and without it"),
         ("serve", "pipelines.serve", "serve a trained router with Ray Serve (OpenAI API)"),
     ):
         sp = sub.add_parser(name, help=help_, add_help=False)

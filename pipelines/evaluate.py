@@ -3,35 +3,44 @@
     router-r1 evaluate --policy baselines,rllib:outputs/rllib_router \\
         --data routerbench/arc_challenge_train.csv,routerbench/mbpp_train.csv --split val \\
         --pool configs/pool_routerbench.yaml --out outputs/eval_routerbench
+    router-r1 evaluate --config my_run.yaml --policy baselines,per-task,llm:outputs/my_run/policy --split val
 
-Policies (comma-separated): `single:<model>`, `singles` (every pool model), `random`, `cheapest`,
-`largest`, `most-expensive`, `oracle` (replay sets only: it picks by their labels; skipped on QA
-sets, with a note), `baselines` (all of those), `per-task[:margin]` (replay sets with --split val:
-one model per task, chosen from the labels of the train split), `rllib:<dir>` (RLlib router),
-`llm:<dir>` (an RL-trained router checkpoint), `prompt:<dir>` (an untrained LLM prompted with the
-descriptors), `openai:<model>@<base_url>` (prompt-only router behind an OpenAI-compatible
-completions endpoint). A bare directory is an RLlib router if it holds rllib_router.json, else an
-LLM checkpoint.
+Policies (comma-separated; POLICY_HELP): `single:<model>`, `singles` (every pool model), `random`,
+`cheapest`, `largest` (by known size; skipped, with a note, when no size is known),
+`most-expensive`, `oracle` (recorded answers only: it picks by their graded scores; skipped on
+QA sets, with a note), `baselines` (all of those), `per-task[:margin]` (recorded answers with
+--split val: one model per task, chosen from the scores of the train split), `rllib:<dir>` (RLlib
+router), `llm:<dir>` (an RL-trained router checkpoint), `prompt:<dir>` (an untrained LLM prompted
+with the descriptors), `openai:<model>@<base_url>` (prompt-only router behind an
+OpenAI-compatible completions endpoint). A bare directory is an RLlib router if it holds
+rllib_router.json, else an LLM checkpoint.
 
-Datasets: QA sets (FlashRAG/verl, router_r1.worlds.qa.load_qa) are scored with EM/F1 against gold
-answers; replay tables (RouterBench/RouteLLM CSV or long Parquet, router_r1.worlds.replay.tables) with accuracy
-under the adoption rule. `--split train|val|all` applies the deterministic hash split to replay
-sets (a held-out test file evaluates with `--split all`). Relative data paths also resolve
+Datasets: `--data FILES` (a shortcut), or without it the world of `--config`'s `data:` section,
+the same one `router-r1 train` builds (simulated, qa, replay or a custom class): its `--split`
+questions (train, val, or all = both, split as the world splits them), and its recorded answers
+when it has them (World.recorded: the pool's `world` and `replay` backends answer from them, and
+the oracle and per-task baselines read them). QA sets (FlashRAG/verl, router_r1.worlds.qa.load_qa)
+are scored with EM/F1 against gold answers; replay tables (RouterBench/RouteLLM CSV or long
+Parquet, router_r1.worlds.replay.tables) and recorded answers with accuracy (graded score) under
+the adoption rule. With `--data`, `--split train|val|all` applies the deterministic hash split to
+replay sets (a held-out test file evaluates with `--split all`). Relative data paths also resolve
 against the shared data folder.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, Policy,
-                                            make_direct_baseline, make_per_task_baseline)
+from pipelines.cli import error_line
+from router_r1.evaluation.baselines import (DIRECT_BASELINES, EpisodePolicy, EvalItem, NoKnownSize, Policy,
+                                            largest_model, make_direct_baseline, make_per_task_baseline)
 from router_r1.evaluation.report import aggregate, markdown_table, plot_frontier, quality, score_run
 from router_r1.infra.config import MlflowConfig, RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec, load_pool
@@ -41,21 +50,41 @@ from router_r1.worlds.replay.tables import (ReplaySample, ReplayTable, is_replay
                                             resolve_data_path, split_samples)
 
 DEFAULT_POOL = "configs/pool_routerbench.yaml"  # relative to the working directory, else the repo
+POLICY_HELP = (
+    "comma-separated policies: single:<model> (ask one model); singles (every pool model); random (a model "
+    "drawn per question); cheapest, most-expensive (by descriptor price); largest (by descriptor params_b; "
+    "skipped when no size is known); oracle (the cheapest model with the best recorded score per question: "
+    "an upper bound, recorded answers only); baselines (all of the above); per-task[:margin] (per task, the "
+    "cheapest model within margin of the best score on the train split; needs --split val); rllib:<dir> "
+    "(the RLlib router); llm:<dir> (an RL-trained LLM router); prompt:<dir> (an untrained LLM prompted with "
+    "the descriptors); openai:<model>@<base_url> (a prompt-only router behind a completions endpoint). "
+    "A bare <dir> is rllib: if it holds rllib_router.json, else llm:")
+
+
+class Dataset(NamedTuple):
+    name: str
+    items: list[EvalItem]
+    table: ReplayTable | None  # recorded answers (replay tables or a world's), else None
+    train: list[ReplaySample] | None  # the train split's recorded samples, for per-task (--split val)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router-r1 evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--policy", required=True, help="comma-separated policies (see module docstring)")
-    p.add_argument("--data", required=True,
-                   help="comma-separated dataset files; replay tables joined with '+' form one dataset")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
+    p.add_argument("--data", default=None,
+                   help="comma-separated dataset files; replay tables joined with '+' form one dataset "
+                        "(default: the questions of --config's data: section, the world `train` uses)")
     p.add_argument("--pool", default=None, help=f"model-descriptor YAML (default: config's pool or {DEFAULT_POOL})")
     p.add_argument("--exclude", default="",
                    help="comma-separated models to drop from the pool (e.g. a router's unseen models)")
     p.add_argument("--config", default=None, help="RunConfig YAML (episode, reward, eval, mlflow sections)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each dataset (after the split)")
-    p.add_argument("--split", choices=["train", "val", "all"], default="all", help="replay sets: hash split")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["train", "val", "all"], default="all",
+                   help="--data replay sets: hash split; --config: the world's own split (all: train and val)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="--data replay sets (a --config world splits by its data.val_fraction)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random baseline and --data hash split (a --config world splits by its own seed)")
     p.add_argument("--device", default="auto",
                    help="llm:/prompt: routers run on this torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
@@ -84,6 +113,29 @@ def load_dataset(paths: list[Path], split: str, val_fraction: float, seed: int, 
     path = paths[0]
     qa = load_qa(path, limit)
     return path.stem, [EvalItem(e.id, e.question, e.golden_answers, None, e.source) for e in qa], None
+
+
+def load_world_dataset(cfg: RunConfig, pool: PoolSpec, split: str, limit: int | None) -> Dataset:
+    """The questions of the world `cfg.data` names (router_r1.worlds.base.make_world, over the
+    pool's training view, as `router-r1 train` builds it), with its recorded answers if any."""
+    from router_r1.worlds.base import make_world, recorded_samples
+
+    world = make_world(cfg, pool.seen())
+    table = world.recorded()
+    splits = ("train", "val") if split == "all" else (split,)
+    questions = [q for s in splits for q in world.questions(s)][:limit]
+    items = []
+    for q in questions:
+        sample = table.lookup(q["question"]) if table is not None else None
+        if table is not None and sample is None:
+            raise ValueError(f"the {type(world).__name__} world has no recorded answers to question {q['id']!r}")
+        items.append(EvalItem(q["id"], q["question"], list(q.get("golden_answers") or []), sample,
+                              sample.eval_name if sample is not None else ""))
+    if not items:
+        raise ValueError(f"the {type(world).__name__} world has no {split} questions")
+    train = recorded_samples(world, "train")[1] if table is not None and split == "val" else None
+    kind = cfg.data.world.rpartition(":")[2] if cfg.data.kind == "custom" else cfg.data.kind
+    return Dataset(kind + ("" if split == "all" else f"[{split}]"), items, table, train)  # type: ignore[arg-type]
 
 
 # -- policies ---------------------------------------------------------------------------------
@@ -142,8 +194,13 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
         options = load_prompt_options(arg, default=cfg.policy.prompt_options())
 
+        batches = itertools.count(1)
+
         def generate(contexts: list[list[int]]):
-            return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
+            # Each generation batch its own seed (cfg.seed, batch): at temperature > 0 no two
+            # turns reuse one sampling stream.
+            return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p,
+                                seed=cfg.seed * 1_000_003 + next(batches))
 
         return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
                              render=lambda q: render_prompt_ids(tok, pool, q, options),
@@ -170,9 +227,12 @@ def pool_target(pool: PoolSpec, table: ReplayTable | None, use_ray: bool, run_id
                 actor_cpus: float = 0.5):
     """A fresh pool per policy: no cross-policy cache hits, per-policy totals. Cache off: a
     repeated question must be billed again, as a deployed policy would be."""
+    from router_r1.worlds.backend import WorldBackend
     from router_r1.worlds.replay.backend import ReplayBackend
 
-    backends = {"replay": ReplayBackend(pool, table=table)} if table is not None else None
+    # Recorded answers (replay tables, or a world's own) answer the models of either kind.
+    backends = ({"replay": ReplayBackend(pool, table=table), "world": WorldBackend(pool, recorded=table)}
+                if table is not None else None)
     runtime = PoolRuntimeConfig(ledger_dir=None, cache=False, actor_name=f"eval_pool_{run_id}",
                                 num_cpus=actor_cpus)
     if use_ray:
@@ -253,11 +313,22 @@ def main(argv: list[str] | None = None) -> int:
         drop = {pool[m.strip()].name for m in args.exclude.split(",") if m.strip()}
         if drop:
             pool = pool.subset([n for n in pool.names if n not in drop])
-        groups = [[resolve_data_path(f.strip(), None) for f in g.split("+")]
-                  for g in args.data.split(",") if g.strip()]
-        datasets = [load_dataset(g, args.split, args.val_fraction, args.seed, args.limit) for g in groups]
+        if args.data:
+            groups = [[resolve_data_path(f.strip(), None) for f in g.split("+")]
+                      for g in args.data.split(",") if g.strip()]
+            datasets = []
+            for g in groups:
+                name, items, table = load_dataset(g, args.split, args.val_fraction, args.seed, args.limit)
+                # per-task routing learns from the train split's labels: none when the whole file is evaluated
+                train = (split_samples(table.samples, "train", args.val_fraction, args.seed)
+                         if table is not None and args.split == "val" else None)
+                datasets.append(Dataset(name, items, table, train))
+        elif args.config:
+            datasets = [load_world_dataset(cfg, pool, args.split, args.limit)]
+        else:
+            raise ValueError("no questions: give --data FILES, or --config with the run's data: section")
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"router-r1 evaluate: {e}", file=sys.stderr)
+        print(f"router-r1 evaluate: {error_line(e)}", file=sys.stderr)
         return 2
     cfg = cfg.model_copy(update={"seed": args.seed})
     out = Path(args.out or cfg.eval.output_dir)
@@ -285,11 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     all_failed: list[str] = []  # policies whose every call failed
     run_calls = run_failed = 0
     # The oracle picks by replay labels; a QA set has none, so it is skipped there, with a note.
-    notes = [f"oracle skipped on {name}: it chooses by replay labels and a QA set has none"
-             for name, _, table in datasets if table is None and "oracle" in specs]
+    notes = [f"oracle skipped on {d.name}: it chooses by replay labels and a QA set has none"
+             for d in datasets if d.table is None and "oracle" in specs]
+    if "largest" in specs:  # no model of known size: unknown, never guessed (e.g. by price)
+        try:
+            largest_model(pool)
+        except NoKnownSize as e:
+            notes.append(f"largest skipped: {str(e).removeprefix('largest: ')}")
+            specs.remove("largest")
     for note in notes:
         print(f"router-r1 evaluate: {note}", file=sys.stderr)
-    if specs == ["oracle"] and len(notes) == len(datasets):  # checked before anything is spent
+    runnable = [s for s in specs if s != "oracle"] or ("oracle" in specs and any(d.table is not None
+                                                                              for d in datasets))
+    if not runnable:  # checked before anything is spent
         print("router-r1 evaluate: nothing to evaluate", file=sys.stderr)
         return 2
 
@@ -298,11 +377,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
-    for ds_name, items, table in datasets:
+    for ds_name, items, table, train in datasets:
         table_models = table.models if table is not None else []
-        # per-task routing learns from the train split's labels: none when the whole file is evaluated
-        train = (split_samples(table.samples, "train", args.val_fraction, args.seed)
-                 if table is not None and args.split == "val" else None)
         for spec in specs:
             if spec == "oracle" and table is None:
                 continue
@@ -331,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                 all_failed.append(f"{policy.name} on {ds_name}: all {n_calls} calls failed "
                                   f"(e.g. {first.status.value}: {first.error})")
                 print(f"router-r1 evaluate: WARNING: {all_failed[-1]}", file=sys.stderr, flush=True)
+            for note in getattr(policy, "notes", []):
+                if note not in notes:
+                    notes.append(note)
+                    print(f"router-r1 evaluate: {note}", file=sys.stderr)
             s = aggregate(ds_rows)
             s["wall_s"] = wall
             summaries.setdefault(ds_name, {})[policy.name] = s
@@ -354,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_frontier(by_policy, str(out / f"frontier_{safe}.png"), f"{ds_name}: cost vs quality ({pool.name})")
     print(table_md)
     if not args.no_mlflow and cfg.mlflow.enabled:
-        params = {"policies": ",".join(specs), "data": args.data, "pool": str(pool_path),
+        params = {"policies": ",".join(specs), "data": args.data or f"config:{args.config}", "pool": str(pool_path),
                   "split": args.split, "limit": args.limit, "seed": args.seed,
                   "exclude": args.exclude}
         run_id = log_mlflow(cfg.mlflow, args.mlflow_uri, params, summaries, out)

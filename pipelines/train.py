@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from router_r1.env.reward import CostNormalizer, ReferenceCostNormalizer, make_n
 from router_r1.infra import checkpoint as ckpt
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.infra.tracking import make_tracker
+from router_r1.pool.descriptors import PoolSpec
 from router_r1.worlds.base import Item, QuestionStream, World, make_world
 
 log = logging.getLogger("router_r1.train")
@@ -70,19 +72,18 @@ class Trainer:
     """The driver. `run()` executes the steps of the module docstring and returns the report."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True, *,
-                 world: World | None = None, reward_fn: RewardFn | None = None,
-                 learner_cls: type | None = None, hooks: Sequence[Hooks] = ()):
+                 world: World | None = None, reward_fn: RewardFn | None = None, hooks: Sequence[Hooks] = ()):
         """`world`: the data source (default: the one `cfg.data` names, router_r1.worlds.base.make_world).
-        `reward_fn`: applied to each training batch's scores (default: none). `learner_cls`:
-        the learner class (default actors.learner.Learner). `hooks`: see `Hooks`."""
+        `reward_fn`: applied to each training batch's scores (default: none). `hooks`: see `Hooks`."""
         cfg.check_training()
         self.cfg, self.resume, self.progress = cfg, resume, progress
-        self.learner_cls, self.reward_fn, self.hooks = learner_cls, reward_fn, list(hooks)
+        self.reward_fn, self.hooks = reward_fn, list(hooks)
         self.run_dir = Path(cfg.output_dir).resolve()
         # The training view: models marked seen_in_training: false are neither shown (prompts,
         # warm-start traces, tokenizer corpus) nor callable (rollouts, the pool actor) in training.
         self.spec = cfg.load_pool().seen()
         self.world = world if world is not None else make_world(cfg, self.spec)
+        self.backends = world_backends(self.spec, self.world)  # before Ray starts: a refusal is one line
         # data.val_size: the first N validation questions, whatever the world (None: all of them);
         # greedy validation bills the candidate endpoints for every question it plays.
         self.val_items = self.world.questions("val")[:cfg.data.val_size]
@@ -94,6 +95,10 @@ class Trainer:
         self.eval_rows: dict[str, list[dict[str, Any]]] = {}  # label -> one row per greedy episode
         self.extra_evals = self.world.extra_evals()  # name -> items, played at the start and end
         self.step, self.version, self._restarts_before = 0, 0, 0
+        self.sft_losses: list[float] = []  # the warm start's loss per step
+        self.inflight: deque = deque()  # (step, PendingRollout): rollouts submitted ahead (train_loop)
+        self._launched = 0  # the last step whose rollouts were submitted
+        self._current_bar = None
         self._owns_ray = False
 
     # -- setup ---------------------------------------------------------------------------------
@@ -117,18 +122,16 @@ class Trainer:
     def create_pool(self) -> None:
         from actors.model_pool import get_or_create_pool
 
-        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name)
+        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
+                                       backends=self.backends)
 
     def create_learner(self) -> None:
         """`learner.num_learners` learner actors in one process group, behind a LearnerGroup."""
         import ray
 
+        from actors.learner import Learner
         from actors.learner_group import LearnerGroup
 
-        if self.learner_cls is None:
-            from actors.learner import Learner
-        else:
-            Learner = self.learner_cls
         corpus = None if self.cfg.policy.checkpoint else self.tokenizer_corpus()
         self.learner = LearnerGroup(Learner, self.cfg, corpus)
         self.tokenizer_ref = self.learner.rank0.get_tokenizer.remote()
@@ -147,7 +150,7 @@ class Trainer:
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer, from the world."""
-        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.compact_prompt)
+        return self.world.tokenizer_corpus(self.spec, self.cfg.policy.prompt_layout)
 
     # -- the named steps -------------------------------------------------------------------------
     def warmstart_traces(self) -> list[Episode]:
@@ -158,24 +161,32 @@ class Trainer:
 
     def warm_start(self, traces: list[Episode]) -> dict[str, float]:
         """Supervised steps on the world's traces, so a tiny model learns the format. A rollout
-        worker encodes the traces once (the driver never tokenises)."""
+        worker encodes the traces once (the driver never tokenises). Each step's loss goes to
+        MLflow (`sft/nll`, by warm-start step), the progress bar, or a log line every tenth."""
         import ray
 
         ws = self.cfg.warmstart
         encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.max_response_tokens))
-        losses = []
-        for s in self._bar(range(ws.steps), "warm start"):
+        every = max(1, ws.steps // 10)
+        bar = self._bar(range(ws.steps), "warm start")
+        for s in bar:
             batch = encoded.select([(s * ws.batch_size + j) % len(traces) for j in range(ws.batch_size)])
-            m = self.learner.sft_step(batch)
-            losses.append(float(m["sft/nll"]))
-        return {"warmstart/loss_first": losses[0], "warmstart/loss_last": losses[-1]}
+            nll = float(self.learner.sft_step(batch)["sft/nll"])
+            self.sft_losses.append(nll)
+            self.tracker.log_metrics({"sft/nll": nll}, step=s + 1)
+            if self._current_bar is not None:
+                self._current_bar.set_postfix(nll=f"{nll:.3f}")
+            elif (s + 1) % every == 0 or s + 1 == ws.steps:
+                log.info("warm start %d/%d: nll %.3f", s + 1, ws.steps, nll)
+        return {"warmstart/loss_first": self.sft_losses[0], "warmstart/loss_last": self.sft_losses[-1]}
 
-    def sync_weights(self) -> float:
-        """The learner puts its weights once; every rollout worker gets the same refs."""
+    def sync_weights(self, wait: bool = True) -> float:
+        """The learner puts its weights once; every rollout worker gets the same refs (without
+        `wait`, after the rollouts it is running: see `train_loop`)."""
         t0 = time.perf_counter()
         refs = self.learner.publish_weights()
         self.version = self.learner.version()  # the learner numbers its weights
-        self.workers.sync(refs, self.version)
+        self.workers.sync(refs, self.version, wait=wait)
         seconds = time.perf_counter() - t0
         self.last_sync = {**self.learner.last_publish(), "sync/seconds": seconds}
         return seconds
@@ -248,7 +259,7 @@ class Trainer:
         if newer:
             log.warning("skipping incomplete checkpoints %s; resuming from %s", ", ".join(sorted(newer)), path.name)
         extra = self.learner.load_checkpoint(str(path))
-        self.step = int(extra["step"])
+        self.step = self._launched = int(extra["step"])
         self.normalizer.load_state_dict(extra["normalizer"])
         self.stream.load_state_dict(extra["stream"])
         self.history, self.evals = list(extra.get("history", [])), dict(extra.get("evals", {}))
@@ -321,50 +332,90 @@ class Trainer:
             self.shutdown()
 
     def train_loop(self) -> None:
+        """sync -> rollout -> reward -> update -> log -> checkpoint, `train.steps` times. With
+        `rollout.max_staleness` k > 0 the rollouts of the next k steps are submitted before a
+        step's update and run while the learner works (AReaL's bounded staleness, Fu et al. 2025):
+        step s trains on episodes of weights at most k versions old."""
         cfg = self.cfg
-        group = cfg.learner.group_size if cfg.learner.algorithm == "grpo" else 1
-        n_questions = max(1, cfg.rollout.num_actors * cfg.rollout.episodes_per_actor // group)
-        bar = self._bar(range(self.step, cfg.train.steps), "train", total=cfg.train.steps, initial=self.step)
-        for _ in bar:
+        k = cfg.rollout.max_staleness
+        for _ in self._bar(range(self.step, cfg.train.steps), "train", total=cfg.train.steps, initial=self.step):
             self.step += 1
-            self.sync_weights()
+            self.sync_weights(wait=k == 0)
             t0 = time.perf_counter()
-            items = self.stream.next_batch(n_questions)
-            episodes = self.rollouts(items, group, seed=cfg.seed * 100_003 + self.step * 101)
-            rollout_s = time.perf_counter() - t0
+            while len(self.inflight) < 1 + k and self._launched < self._launch_limit():
+                self.launch_rollout()
+            step_launched, pending = self.inflight.popleft()
+            episodes = pending if isinstance(pending, list) else self.workers.collect(pending)
+            rollout_s = time.perf_counter() - t0  # the learner waited this long for its episodes
             scores = self.rewards(episodes)
             t1 = time.perf_counter()
             m = self.update(episodes, scores)
             learner_s = time.perf_counter() - t1
+            staleness = [self.version - e.policy_version for e in episodes]
             metrics = {**summarize(episodes, scores, self.spec), **_numeric(m),
                        **self.last_sync, "time/rollout_s": rollout_s, "time/learner_s": learner_s,
+                       "time/step_s": time.perf_counter() - t0,
                        "rollout/tokens_per_s": m["batch/policy_tokens"] / max(rollout_s, 1e-9),
                        "rollout/policy_tokens_per_episode": m["batch/policy_tokens"] / len(episodes),
+                       "rollout/staleness_mean": sum(staleness) / len(staleness),
+                       "rollout/staleness_max": float(max(staleness)),
                        "rollout/restarts": float(self.restarts)}
-            self.history.append({"step": self.step, **metrics})
-            self.tracker.log_metrics(metrics, step=self.step)
-            for h in self.hooks:
-                h.after_step(self, metrics)
-            if not hasattr(bar, "set_postfix"):  # no progress bar: one log line per step
-                log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f, "
-                         "logp diff mean %.1e max %.1e (rollout %.1f s, update %.1f s)",
-                         self.step, metrics["reward/mean"], metrics["outcome/em"], metrics["format/ok_rate"],
-                         metrics["cost/mean_usd"], metrics["calls/per_episode"],
-                         metrics.get("rollout/logp_diff_mean", float("nan")),
-                         metrics.get("rollout/logp_diff_max", float("nan")), rollout_s, learner_s)
-            else:
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", em=f"{metrics['outcome/em']:.2f}",
-                                fmt=f"{metrics['format/ok_rate']:.2f}", cost=f"{metrics['cost/mean_usd']:.1e}",
-                                calls=f"{metrics['calls/per_episode']:.2f}",
-                                dlogp=f"{metrics.get('rollout/logp_diff_max', float('nan')):.1e}")
-            if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
-                self.tracker.log_jsonl([trajectory_record(e, s, self.step) for e, s in
-                                        list(zip(episodes, scores))[:8]], f"samples/step_{self.step:06d}.jsonl")
-            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-                self.tracker.log_metrics(_prefixed(self.evaluate(f"step_{self.step}"), "eval/"), step=self.step)
-            if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) \
-                    or self.step == cfg.train.steps:
-                self.save_checkpoint()
+            self.after_step(episodes, scores, metrics, rollout_s, learner_s)
+
+    def _launch_limit(self) -> int:
+        """The last step whose rollouts may be launched now: never past the next checkpoint, so a
+        checkpoint is taken with no rollout in flight and a resumed run launches exactly what an
+        uninterrupted one does (one pipeline bubble per checkpoint)."""
+        ce, steps = self.cfg.train.checkpoint_every, self.cfg.train.steps
+        return min(steps, -(-self.step // ce) * ce) if ce else steps
+
+    def launch_rollout(self) -> None:
+        """Submit the rollouts of the next step to be launched, with the weights synced last."""
+        cfg = self.cfg
+        self._launched += 1
+        group = cfg.learner.group_size if cfg.learner.algorithm == "grpo" else 1
+        n_questions = max(1, cfg.rollout.num_actors * cfg.rollout.episodes_per_actor // group)
+        items = self.stream.next_batch(n_questions)
+        for h in self.hooks:
+            h.before_rollouts(self, items, False)
+        seed = cfg.seed * 100_003 + self._launched * 101
+        self.inflight.append((self._launched, self.workers.submit(items, group, seed)))
+
+    def after_step(self, episodes: list[Episode], scores: list[EpisodeScore], metrics: dict[str, float],
+                   rollout_s: float, learner_s: float) -> None:
+        """Log the step, show it, sample trajectories, evaluate and checkpoint when due."""
+        cfg = self.cfg
+        self.history.append({"step": self.step, **metrics})
+        self.tracker.log_metrics(metrics, step=self.step)
+        for h in self.hooks:
+            h.after_step(self, metrics)
+        self._show_step(metrics, rollout_s, learner_s)
+        if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+            self.tracker.log_samples([trajectory_record(e, s, self.step) for e, s in
+                                      list(zip(episodes, scores))[:8]], f"samples/step_{self.step:06d}.json")
+        if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
+            self.tracker.log_metrics(_prefixed(self.evaluate(f"step_{self.step}"), "eval/"), step=self.step)
+        if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) \
+                or self.step == cfg.train.steps:
+            self.save_checkpoint()
+
+    def _show_step(self, metrics: dict[str, float], rollout_s: float, learner_s: float) -> None:
+        bar = self._current_bar
+        if bar is None:  # no progress bar: one log line every train.log_every steps
+            if self.step % self.cfg.train.log_every and self.step != self.cfg.train.steps:
+                return
+            log.info("step %d: reward %.3f, EM %.3f, format-ok %.3f, cost %.2e, calls/episode %.2f, "
+                     "logp diff mean %.1e max %.1e, staleness %.1f (rollout %.1f s, update %.1f s)",
+                     self.step, metrics["reward/mean"], metrics["outcome/em"], metrics["format/ok_rate"],
+                     metrics["cost/mean_usd"], metrics["calls/per_episode"],
+                     metrics.get("rollout/logp_diff_mean", float("nan")),
+                     metrics.get("rollout/logp_diff_max", float("nan")), metrics["rollout/staleness_mean"],
+                     rollout_s, learner_s)
+        else:
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", em=f"{metrics['outcome/em']:.2f}",
+                            fmt=f"{metrics['format/ok_rate']:.2f}", cost=f"{metrics['cost/mean_usd']:.1e}",
+                            calls=f"{metrics['calls/per_episode']:.2f}",
+                            dlogp=f"{metrics.get('rollout/logp_diff_max', float('nan')):.1e}")
 
     # -- the end ---------------------------------------------------------------------------------
     def report(self, wall_s: float) -> dict[str, Any]:
@@ -375,7 +426,10 @@ class Trainer:
         rep: dict[str, Any] = {"steps": self.step, "wall_s": wall_s, "restarts": self.restarts,
                                "train": {k: [_mean(first, k), _mean(last, k)] for k, _ in REPORT_KEYS},
                                "eval": {label: {k: m.get(k) for k, _ in REPORT_KEYS}
-                                        for label, m in self.evals.items()}}
+                                        for label, m in self.evals.items()},
+                               "shares": {label: {k.removeprefix("calls/share/"): v for k, v in m.items()
+                                                  if k.startswith("calls/share/")}
+                                          for label, m in self.evals.items()}}
         if "end" not in self.evals:
             return rep
         if self.world.held_out():
@@ -415,7 +469,8 @@ class Trainer:
             t.log_metrics({f"report/{k}": v for k, v in _numeric(report.get("reference", {})).items()},
                           step=self.step)
             t.log_dict(report, "report.json")
-            t.log_curves(self.history)
+            t.log_curves(self.history, self.sft_losses)
+            t.describe_run(run_summary(report, self.sft_losses))
             last = ckpt.latest(self.run_dir)
             if last is not None:
                 t.log_dir(last, f"checkpoint/{last.name}")
@@ -441,11 +496,27 @@ class Trainer:
             ray.shutdown()
 
     def _bar(self, it, desc: str, **kw):
+        self._current_bar = None
         if not self.progress:
             return it
         from tqdm import tqdm
 
-        return tqdm(it, desc=desc, dynamic_ncols=True, **kw)
+        self._current_bar = tqdm(it, desc=desc, dynamic_ncols=True, **kw)
+        return self._current_bar
+
+
+def world_backends(spec: PoolSpec, world: World) -> dict[str, Any] | None:
+    """The pool's `world` backend over the run's own world, when a pool model names it
+    (router_r1.worlds.backend): the world's recorded answers travel with the pool actor."""
+    if "world" not in spec.kinds():
+        return None
+    recorded = world.recorded()
+    if recorded is None:
+        raise ValueError(f"pool models with backend kind 'world' need recorded answers, and the "
+                         f"{type(world).__name__} world records none (World.recorded)")
+    from router_r1.worlds.backend import WorldBackend
+
+    return {"world": WorldBackend(spec, recorded=recorded)}
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -481,6 +552,10 @@ def format_report(rep: dict[str, Any]) -> str:
         path = [("start", ev.get("start")), *steps, ("end", ev.get("end"))]
         lines.append("  greedy val reward by step: " + ", ".join(
             f"{label} {_f(m.get('reward/mean'))}" for label, m in path if m))
+    shares = rep.get("shares") or {}
+    if shares.get("start") and shares.get("end"):
+        lines.append("  greedy val calls by model, start -> end: " + ", ".join(
+            f"{m} {shares['start'][m]:.2f} -> {shares['end'].get(m, 0.0):.2f}" for m in shares["start"]))
     if "untrained" in ev:
         lines.append(f"  before warm start: format-ok {_f(ev['untrained'].get('format/ok_rate'))}, "
                      f"reward {_f(ev['untrained'].get('reward/mean'))}")
@@ -510,6 +585,24 @@ def format_report(rep: dict[str, Any]) -> str:
                          f"best per question {_f(p['oracle (one call)']['em'])}; expert {_f(p['expert']['em'])} / "
                          f"{_f(p['expert']['calls'])}; oracle {_f(p['oracle']['em'])} / {_f(p['oracle']['calls'])}")
     return "\n".join(lines)
+
+
+def run_summary(rep: dict[str, Any], sft_losses: list[float]) -> str:
+    """The run page's description (Markdown): what the warm start and RL changed, at a glance."""
+    ev = rep["eval"]
+    rows = ["| greedy validation | start of RL | end of RL |", "|---|---:|---:|"]
+    for key, name in REPORT_KEYS:
+        rows.append(f"| {name} | {_f((ev.get('start') or {}).get(key))} | {_f((ev.get('end') or {}).get(key))} |")
+    for name, x in rep.get("extra", {}).items():
+        rows.append(f"| {name.replace('_', ' ')}: reward | {_f(x['reward'][0])} | {_f(x['reward'][1])} |")
+    ref = rep.get("reference")
+    head = [f"**router-r1 train**: {rep['steps']} RL steps in {rep['wall_s']:.0f} s."]
+    if sft_losses:
+        head.append(f"Warm start: {len(sft_losses)} supervised steps, loss {sft_losses[0]:.3f} -> {sft_losses[-1]:.3f}.")
+    if ref:
+        head.append(f"End: {_f(ref['fraction_of_oracle'])} of the oracle ({_f(ref['oracle'])}); best single model "
+                    f"{ref['best_single'][0]} {_f(ref['best_single'][1])}, random {_f(ref['random'])}.")
+    return " ".join(head) + "\n\n" + "\n".join(rows) + "\n\nCurves: `training_curves.png`; sample episodes: `samples/`."
 
 
 def _f(x: Any) -> str:

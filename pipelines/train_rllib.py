@@ -4,8 +4,12 @@
         --data routerbench/arc_challenge_train.csv+routerbench/mbpp_train.csv+routerbench/winograde_train.csv \\
         --split train --alpha 0.2 --iterations 40 --out outputs/rllib_router
 
-Trains on the replay world's train split (router_r1.rl_router.env), then writes a self-contained
-router folder: the RLModule (loadable without an Algorithm) and rllib_router.json. `--holdout`
+    router-r1 train-rllib --config my_run.yaml --split train --iterations 40 --out outputs/rllib_router
+
+Trains on the recorded answers of a world's train split (router_r1.rl_router.env): the world of
+`--config`'s `data:` section, the one `router-r1 train` builds (replay tables, or a custom class
+with recorded answers: World.recorded), or replay tables given as `--data` files (a shortcut).
+Then writes a self-contained router folder: the RLModule (loadable without an Algorithm) and rllib_router.json. `--holdout`
 leaves models out of training (they are unseen models at evaluation time). For models unseen in
 training: `--arch slots` (one network scores every slot from its descriptor:
 router_r1.rl_router.slot_module), `--desc-dim` (hashed description terms per slot) and `--catalog`
@@ -28,15 +32,24 @@ from router_r1.rl_router.features import FeatureSpec
 from router_r1.rl_router.router import META_FILE, MODULE_DIR
 
 
+DEFAULT_POOL = "configs/pool_routerbench.yaml"
+DEFAULT_ALPHA = 0.2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router-r1 train-rllib", description=__doc__.splitlines()[0])
-    p.add_argument("--pool", default="configs/pool_routerbench.yaml")
-    p.add_argument("--data", required=True, help="replay tables joined with '+' (or ',')")
-    p.add_argument("--split", choices=["train", "val", "all"], default="train")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--pool", default=None, help=f"model-descriptor YAML (default: --config's pool, else {DEFAULT_POOL})")
+    p.add_argument("--config", default=None,
+                   help="run config YAML: train on the recorded answers of its data: section's world")
+    p.add_argument("--data", default=None, help="replay tables joined with '+' (or ','), instead of --config")
+    p.add_argument("--split", choices=["train", "val", "all"], default="train",
+                   help="--data: hash split; --config: the world's own split (all: train and val)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="--data only")
     p.add_argument("--holdout", default="", help="comma-separated models left out of training")
-    p.add_argument("--alpha", type=float, default=0.2, help="cost coefficient of the reward")
-    p.add_argument("--normalizer", choices=["window", "reference"], default="window")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"cost coefficient of the reward (default: --config's reward.alpha, else {DEFAULT_ALPHA})")
+    p.add_argument("--normalizer", choices=["window", "reference"], default=None,
+                   help="cost normaliser (default: --config's reward.normalizer, else window)")
     p.add_argument("--max-calls", type=int, default=2)
     p.add_argument("--shuffle-slots", action="store_true",
                    help="random model-to-slot placement per episode (generalises to unseen models)")
@@ -70,7 +83,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    pool_path = str(Path(args.pool).resolve())
+    if bool(args.data) == bool(args.config):
+        raise ValueError("give the questions either as --config (the run's data: section) or as --data files")
+    reward: dict[str, Any] = {"alpha": DEFAULT_ALPHA, "normalizer": "window"}
+    cfg_pool = None
+    if args.config:
+        from router_r1.infra.config import load_config
+
+        cfg = load_config(args.config)
+        reward = cfg.reward.model_dump(mode="json")
+        cfg_pool = cfg.pool
+    reward |= {k: v for k, v in (("alpha", args.alpha), ("normalizer", args.normalizer)) if v is not None}
+    args.alpha, args.normalizer = reward["alpha"], reward["normalizer"]
+    pool_path = str(Path(args.pool or cfg_pool or DEFAULT_POOL).resolve())
     pool = load_pool(pool_path)
     holdout = [h.strip() for h in args.holdout.split(",") if h.strip()]
     tpool = training_pool(pool, holdout)
@@ -85,10 +110,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if len(sizes) != 2:
         raise ValueError(f"--catalog-sizes must be min,max (e.g. 2,5), got {args.catalog_sizes!r}")
     features = FeatureSpec(question_dim=args.question_dim, desc_dim=args.desc_dim)
+    data: Any = ({"config": str(Path(args.config).resolve())} if args.config
+                 else [str(p) for g in args.data.split(",") for p in g.split("+") if p.strip()])
     env_config = {
         "pool_path": pool_path, "holdout": holdout, "split": args.split, "val_fraction": args.val_fraction,
-        "data": [str(p) for g in args.data.split(",") for p in g.split("+") if p.strip()],
-        "reward": {"alpha": args.alpha, "normalizer": args.normalizer},
+        **({"run_config": data["config"]} if args.config else {"data": data}),
+        "reward": reward,
         "max_calls": args.max_calls, "features": features.to_dict(), "seed": args.seed,
         "shuffle_slots": args.shuffle_slots,
     }
@@ -130,7 +157,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     meta = {
         "features": features.to_dict(), "max_calls": args.max_calls,
         "slots": [m.name for m in tpool.models], "pool": tpool.model_dump(mode="json"),
-        "reward": env_config["reward"], "data": env_config["data"], "split": args.split,
+        "reward": env_config["reward"], "data": data, "split": args.split,
         "val_fraction": args.val_fraction, "holdout": holdout, "iterations": args.iterations,
         "shuffle_slots": args.shuffle_slots, "arch": args.arch,
         "catalog": env_config.get("catalog_path"), "catalog_share": args.catalog_share if args.catalog else 0.0,

@@ -67,7 +67,7 @@ def scenario_train() -> dict:
     out_dir = tempfile.mkdtemp(prefix="router_r1_multinode_")
     cfg = load_config(None, {
         "name": "multinode", "output_dir": out_dir, "pool": str(ROOT / "configs" / "pool_simulated.yaml"),
-        "policy.compact_prompt": True, "policy.tiny": TINY, "policy.tokenizer_vocab_size": 400,
+        "policy.prompt_layout": "compact", "policy.tiny": TINY, "policy.tokenizer_vocab_size": 400,
         "pool_runtime": {"actor_name": f"pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None, "cache": False,
                          "num_cpus": 0, "resources": {"model_pool": 1}},
         "rollout": {"num_actors": 2, "episodes_per_actor": 4, "num_cpus": 1, "max_restarts": 2,
@@ -212,7 +212,7 @@ def scenario_serve() -> dict:
         "serve": {"num_cpus": 0, "min_replicas": 2, "max_replicas": 2, "resources": {"rollout": 1},
                   "request_timeout_s": 20, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}}))
     ckpt = build_scripted_router(tmp / "router", load_pool(pool_path), "Sim-Geo-Small", steps=100,
-                                 prompt_options={"compact": True})
+                                 prompt_options={"layout": "compact"})
     log("scripted router built")
     ray.init(address=cluster.address, namespace="router_r1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(

@@ -250,3 +250,31 @@ def test_value_loss_uses_its_own_clip_and_aggregation():
     assert loss.item() == pytest.approx(0.5 * (0.25 + 0.01 + 0.25) / 3)
     loss, _ = algos.value_loss(values, old, returns, mask, clip=0.5, loss_agg="seq-mean-token-mean")
     assert loss.item() == pytest.approx(0.5 * ((0.25 + 0.01) / 2 + 0.25) / 2)
+
+
+def test_decoupled_ppo_with_one_stale_row_by_hand():
+    """Staleness 1: row 0 was sampled by older weights (mu), row 1 by the current ones.
+    Row 0, token 0: pi_prox/mu = e^0.5 = 1.6487 (under the cap 2); token 1: e^1.0 = 2.718 -> 2.
+    Row 1 keeps w = 1 although its mu and pi_prox differ. Loss by hand (token-mean over 4 tokens,
+    ratio pi/pi_prox = 1 everywhere, so each surrogate is its advantage):
+        -(1.6487 * 1.0 + 2.0 * (-0.5) + 1 * 2.0 + 1 * 0.25) / 4 = -0.72468"""
+    import math
+
+    from router_r1.rl.algos import behaviour_weights, policy_loss
+
+    mask = torch.ones(2, 2)
+    prox = torch.tensor([[-1.0, -0.5], [-2.0, -1.0]])
+    mu = torch.tensor([[-1.5, -1.5], [-2.3, -1.0]])
+    stale = torch.tensor([True, False])
+    w, m = behaviour_weights(prox, mu, mask, stale, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[math.exp(0.5), 2.0], [1.0, 1.0]]))
+    assert m["actor/behaviour_is_clipfrac"] == 0.5 and m["actor/stale_token_frac"] == 0.5
+    assert m["actor/behaviour_is_max"] == pytest.approx(math.e)
+    adv = torch.tensor([[1.0, -0.5], [2.0, 0.25]])
+    loss, _ = policy_loss(prox.clone(), prox, adv, mask, behaviour_w=w)
+    expected = -(math.exp(0.5) * 1.0 + 2.0 * (-0.5) + 2.0 + 0.25) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6) and expected == pytest.approx(-0.72468, abs=1e-5)
+    # No stale row: every weight is exactly 1 and the loss is the on-policy one.
+    w0, _ = behaviour_weights(prox, mu, mask, torch.tensor([False, False]))
+    assert torch.equal(w0, torch.ones(2, 2))
+    assert policy_loss(prox.clone(), prox, adv, mask, behaviour_w=w0)[0].item() == policy_loss(prox.clone(), prox, adv, mask)[0].item()

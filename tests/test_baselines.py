@@ -73,6 +73,40 @@ def test_oracle_needs_labels(world):
         make_direct_baseline("smartest", pool)
 
 
+def test_oracle_takes_the_best_graded_score(world):
+    """Issue 27: with graded scores the oracle takes the cheapest model of the question's best
+    score, not the cheapest with any score above 0."""
+    from router_r1.evaluation.baselines import oracle_choice
+    from router_r1.worlds.replay.tables import Answer, ReplaySample, model_ids
+
+    pool, _, table = world
+    cols = model_ids(pool, table.models)
+    s = ReplaySample("g", "graded", "q", {"m-big": Answer("a", 0.9, 0.01), "m-mid": Answer("b", 0.9, 0.001),
+                                           "m-small": Answer("c", 0.2, 0.0001)})
+    assert oracle_choice(pool, s, cols) == "Mid"  # 0.9 twice: the cheaper; not Small's 0.2
+    s.answers["m-big"] = Answer("a", 1.0, 0.01)
+    assert oracle_choice(pool, s, cols) == "Big"
+    for m in s.answers:
+        s.answers[m] = Answer("x", 0.0, s.answers[m].cost)
+    assert oracle_choice(pool, s, cols) == "Small"  # nothing scores: the cheapest
+
+
+def test_largest_refuses_unknown_sizes_and_says_which_are_unknown(world):
+    """Issue 27: `largest` with no size known used to become `most-expensive` silently."""
+    from router_r1.evaluation.baselines import NoKnownSize, make_direct_baseline
+
+    pool = world[0]
+    unsized = pool.model_copy(update={"models": [m.model_copy(update={"params_b": None}) for m in pool.models]})
+    with pytest.raises(NoKnownSize, match="no model of pool 'tiny' has a known size"):
+        make_direct_baseline("largest", unsized)
+    some = pool.model_copy(update={"models": [m.model_copy(update={"params_b": None}) if m.name == "Big" else m
+                                              for m in pool.models]})
+    policy = make_direct_baseline("largest", some)
+    assert policy.name == "largest (Mid)"
+    assert policy.notes == ["largest: unknown size for Big; Mid is the largest of the 2 models of known size"]
+    assert make_direct_baseline("largest", pool).notes == []
+
+
 def test_pareto_frontier_excludes_dominated_and_oracle():
     pts = [Point("a", 1.0, 0.5), Point("b", 2.0, 0.7), Point("c", 3.0, 0.6), Point("d", 0.5, 0.4),
            Point("oracle", 0.1, 1.0), Point("e", 2.0, 0.7)]

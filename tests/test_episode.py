@@ -121,3 +121,74 @@ def test_trace_loss_mask_on_real_tokenizer(paper_pool, calls):
     assert t.loss_mask[0] == 1 and t.loss_mask[-1] == 1 and 0 in t.loss_mask
     short = tokenize_trace(e, tok, max_response_tokens=5)
     assert len(short.response_ids) == len(short.loss_mask) == 5
+
+
+def test_episodes_do_not_wait_for_each_others_calls(paper_pool):
+    """Continuous batching over episodes: the episode whose call returns fast generates its next
+    turn (and finishes) while the slow call is still out; the slow one is generated alone later."""
+    gen = Scripted({
+        "fast": ["<think>t</think><search>Qwen2.5-7B-Instruct: quick?</search>", "<think>x</think><answer>a</answer>"],
+        "slow": ["<think>t</think><search>LLaMA-3.1-70B-Instruct: slow?</search>", "<think>x</think><answer>b</answer>"],
+    })
+    timeline = []
+
+    async def call(model, query):
+        await asyncio.sleep(0.01 if "quick" in query else 0.5)
+        timeline.append(("returned", query))
+        return CallResult(model=model, text="r", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+
+    def generate(prompts):
+        timeline.append(("generate", len(prompts)))
+        return gen(prompts)
+
+    eps = [episode("fast"), episode("slow")]
+    asyncio.run(run_episodes(eps, generate, call, EpisodeConfig(max_turns=2), paper_pool, batch_wait_s=0.02))
+    assert timeline == [("generate", 2), ("returned", "quick?"), ("generate", 1), ("returned", "slow?"),
+                        ("generate", 1)]
+    assert [e.parsed().answer for e in eps] == ["a", "b"]
+
+
+def test_calls_returning_together_are_generated_together(paper_pool):
+    """Calls that return within the batching window make one batch: every batch is one turn of
+    every live episode, as a turn-synchronous loop makes them."""
+    scripts = {u: ["<think>t</think><search>Qwen2.5-7B-Instruct: q?</search>"] * 2 + ["<think>x</think><answer>a</answer>"]
+               for u in "abcdef"}
+    gen = Scripted(scripts)
+
+    async def call(model, query):
+        await asyncio.sleep(0.001)
+        return CallResult(model=model, text="r", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+
+    asyncio.run(run_episodes([episode(u) for u in "abcdef"], gen, call, EpisodeConfig(max_turns=3), paper_pool))
+    assert gen.batches == [6, 6, 6]
+
+
+def test_an_engine_error_cancels_the_calls_in_flight(paper_pool):
+    """b's call returns first and its next generation fails: the error ends the batch, and a's
+    call, still out, is cancelled rather than left running."""
+    cancelled = []
+
+    async def call(model, query):
+        try:
+            await asyncio.sleep(5 if query == "slow" else 0.01)
+        except asyncio.CancelledError:
+            cancelled.append(query)
+            raise
+        return CallResult(model=model, text="r", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+
+    batches = iter([["<think>t</think><search>Qwen2.5-7B-Instruct: slow</search>",
+                     "<think>t</think><search>Qwen2.5-7B-Instruct: fast</search>"]])
+
+    def generate(prompts):
+        try:
+            return next(batches)
+        except StopIteration:
+            raise RuntimeError("engine died") from None
+
+    async def play():
+        with pytest.raises(RuntimeError, match="engine died"):
+            await run_episodes([episode("a"), episode("b")], generate, call, EpisodeConfig(), paper_pool)
+        await asyncio.sleep(0)  # let the cancellation land
+
+    asyncio.run(asyncio.wait_for(play(), 2))
+    assert cancelled == ["slow"]

@@ -116,3 +116,53 @@ def test_evaluate_excluding_models(tmp_path):
     assert s["cheapest (Mid)"]["accuracy"] == pytest.approx(0.25)
     assert s["oracle"]["accuracy"] == pytest.approx(0.75)
     assert s["oracle"]["cost_usd"] == pytest.approx((0.001 + 0.02 + 0.003 + 0.04) / 4)
+
+
+def test_evaluate_a_world_from_its_config_alone(tmp_path, capsys):
+    """Issue 27: no --data; the questions and recorded answers come from the config's world (a
+    class, nothing on disk but the descriptors). The oracle reads graded scores (Mid's 0.5 on
+    `triple` questions is not "correct"); `largest` on a pool with no size is skipped, saying so."""
+    from recorded_world_tiny import write_pool as write_recorded_pool
+
+    from pipelines import evaluate
+
+    pool = write_recorded_pool(tmp_path / "pool.yaml")
+    pool.write_text("\n".join(ln for ln in pool.read_text().splitlines() if "params_b" not in ln) + "\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("pool: pool.yaml\nmlflow: {enabled: false}\n"
+                   "data: {kind: custom, world: 'recorded_world_tiny:TinyRecordedWorld', options: {n: 12}, "
+                   "val_fraction: 0.3}\n")
+    out = tmp_path / "out"
+    rc = evaluate.main(["--config", str(cfg), "--policy", "baselines,per-task", "--split", "val",
+                        "--out", str(out), "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "largest skipped: no model of pool 'tiny-recorded' has a known size (params_b); unknown size" in err
+    s = json.loads((out / "summary.json").read_text())["TinyRecordedWorld[val]"]
+    assert set(s) == {"single:Big", "single:Mid", "single:Small", "random", "cheapest (Small)",
+                      "most-expensive (Big)", "oracle", "per-task:0"}
+    assert s["oracle"]["accuracy"] == pytest.approx(1.0) and s["single:Big"]["accuracy"] == pytest.approx(1.0)
+    assert s["oracle"]["cost_usd"] < s["single:Big"]["cost_usd"]
+    assert s["per-task:0"]["accuracy"] == pytest.approx(1.0)  # Big or Mid per task, from the train split
+    assert "Note: largest skipped" in (out / "results.md").read_text()
+    rc = evaluate.main(["--config", str(cfg), "--policy", "largest", "--out", str(out), "--no-mlflow"])
+    assert rc == 2 and "nothing to evaluate" in capsys.readouterr().err
+    rc = evaluate.main(["--policy", "cheapest", "--out", str(out), "--no-mlflow"])
+    assert rc == 2 and "no questions: give --data FILES, or --config" in capsys.readouterr().err
+
+
+def test_evaluate_the_simulated_world_from_its_config(tmp_path, capsys):
+    """The same `data:` section as `router-r1 train`, for a world without recorded answers: its
+    questions and gold answers, the pool's own (simulated) backend; the oracle is skipped."""
+    from pipelines import evaluate
+
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(f"pool: {ROOT / 'configs' / 'pool_simulated.yaml'}\nmlflow: {{enabled: false}}\n"
+                   "data: {sim: {train_size: 6, val_size: 3}}\n")
+    rc = evaluate.main(["--config", str(cfg), "--policy", "cheapest,oracle", "--split", "val",
+                        "--out", str(tmp_path / "o"), "--no-mlflow"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())["simulated[val]"]
+    (name,) = s
+    assert name.startswith("cheapest (") and s[name]["n"] == 3 and s[name]["em"] is not None
+    assert s[name]["failed_call_rate"] == 0.0

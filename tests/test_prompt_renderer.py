@@ -28,7 +28,7 @@ QUESTION = ("Example: the capital of Orvium is Kestrel. Example: the founder of 
             "Now the real question: who discovered the element Zelix?")
 # What the router is trained with. The evaluate and serve configs below leave the policy section
 # at its defaults (full prompt, whole question), so they only match by reading the checkpoint.
-TRAINED = {"policy.compact_prompt": True, "policy.max_question_tokens": 6, "policy.use_chat_template": True}
+TRAINED = {"policy.prompt_layout": "compact", "policy.max_question_tokens": 6, "policy.use_chat_template": True}
 UNSEEN = "Sim-General-Large"
 
 
@@ -51,7 +51,7 @@ def train_cfg(pool: Path, **over):
 
 
 def corpus(pool) -> list[str]:
-    return [render_prompt(pool, QUESTION, compact=c) for c in (True, False)] * 4
+    return [render_prompt(pool, QUESTION, layout=layout) for layout in ("compact", "full")] * 4
 
 
 # -- the renderer and the saved options ---------------------------------------------------------
@@ -60,7 +60,7 @@ def test_chat_template_ids_are_the_templates_own_and_the_tail_is_cut():
 
     tok = build_bpe_tokenizer()
     pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
-    opts = PromptOptions(compact=True, max_question_tokens=6)
+    opts = PromptOptions(layout="compact", max_question_tokens=6)
     text, ids = render_prompt_ids(tok, pool, QUESTION, opts)
     turn = user_turn(pool, QUESTION, opts, tok)
     msgs = [{"role": "user", "content": turn}]
@@ -81,7 +81,7 @@ def test_options_round_trip_and_old_checkpoints(tmp_path):
     pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
     tok = train_tokenizer(corpus(pool), 300)
     model = build_tiny_policy(TINY, tok)
-    opts = PromptOptions(compact=True, max_question_tokens=12, use_chat_template=False, name_last=True)
+    opts = PromptOptions(layout="compact", max_question_tokens=12, use_chat_template=False)
     save_policy(model, tok, tmp_path / "new", extra={"step": 3}, prompt_options=opts)
     assert load_prompt_options(tmp_path / "new") == opts
     assert json.loads((tmp_path / "new" / "router_r1.json").read_text())["step"] == 3
@@ -89,64 +89,62 @@ def test_options_round_trip_and_old_checkpoints(tmp_path):
     save_policy(model, tok, tmp_path / "old", extra={"step": 3})  # written before options were saved
     with pytest.raises(ValueError, match="records no prompt options"):
         load_prompt_options(tmp_path / "old")
-    fallback = PromptOptions(compact=True)
+    fallback = PromptOptions(layout="compact")
     assert load_prompt_options(tmp_path / "old", default=fallback) == fallback
-    (tmp_path / "old" / "router_r1.json").write_text(json.dumps({"prompt": {"compact": True, "tail": 3}}))
+    (tmp_path / "old" / "router_r1.json").write_text(json.dumps({"prompt": {"layout": "compact", "tail": 3}}))
     with pytest.raises(ValueError, match="invalid prompt options"):
         load_prompt_options(tmp_path / "old", default=fallback)
 
 
-def test_name_last_lines_end_with_the_name():
+def test_old_records_load_and_removed_layouts_are_refused(tmp_path):
+    """Records saved before `layout` (bd566f4 and earlier: `compact`, later `name_last` and
+    `by_strength` beside it) load as today's options; one trained with a removed layout is refused
+    in one line that names the commit still having it."""
+    meta = tmp_path / "router_r1.json"
+
+    def load(prompt):
+        meta.write_text(json.dumps({"step": 3, "prompt": prompt}))
+        return load_prompt_options(tmp_path)
+
+    old = {"compact": True, "max_question_tokens": 40, "use_chat_template": False, "name_last": False,
+           "by_strength": False}
+    assert load(old) == PromptOptions(layout="compact", max_question_tokens=40, use_chat_template=False)
+    assert load({"compact": False, "max_question_tokens": None, "use_chat_template": True}) == PromptOptions()
+    assert load({"compact": True}) == PromptOptions(layout="compact")
+    for removed in ("name_last", "by_strength"):
+        with pytest.raises(ValueError) as e:
+            load({**old, removed: True})
+        msg = str(e.value)
+        assert len(msg.splitlines()) == 1 and f"'{removed}'" in msg and "bd566f4" in msg and str(meta) in msg
+    with pytest.raises(ValueError, match="invalid prompt options"):  # both spellings at once: not an old record
+        load({"layout": "compact", "compact": True})
+    with pytest.raises(ValueError, match="invalid prompt options"):
+        load({"layout": "name_last"})
+
+
+def test_the_layouts_render_as_before():
+    """The two layouts, pinned (the demo renders "compact"; the text is the one it was trained on)."""
     pool = load_pool(ROOT / "configs" / "pool_simulated.yaml")
-    text = render_prompt(pool, "Who coaches Drithus Wolves?", compact=True, name_last=True)
-    assert ("- $0.10/1M tokens. Strong on geography and sports; weak on people, science and arts. "
-            "Name: Sim-Geo-Small\n") in text
-    lines = [ln for ln in text.splitlines() if ln.startswith("- ")]
-    assert [ln.rsplit("Name: ", 1)[1] for ln in lines] == pool.names
-    # Without it (and in the full prompt, which has no short lines) the name comes first.
-    assert "- Sim-Geo-Small: $0.10/1M tokens. Strong on" in render_prompt(pool, "q", compact=True)
-    assert render_prompt(pool, "q", name_last=True) == render_prompt(pool, "q")
-    cfg = load_config(None, {"policy.compact_prompt": True, "policy.name_last": True})
-    opts = cfg.policy.prompt_options()
-    assert opts.name_last and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
-
-
-def test_description_strengths_and_the_strength_index():
-    from router_r1.env.prompt import index_key, strength_index
-    from router_r1.pool.description_words import description_strengths
-    from router_r1.pool.descriptors import ModelDescriptor
-
-    assert description_strengths("Strong on geography and sports; weak on people, science and arts.") == [
-        ("strong on", "geography"), ("strong on", "sports"), ("weak on", "people"), ("weak on", "science"),
-        ("weak on", "arts")]
-    assert description_strengths("Good on every topic, and on two-hop questions in one call.") == [
-        ("good on", "every topic"), ("good on", "two-hop questions in one call")]
-    assert description_strengths("Cheap chat model; good at code and multiple choice, weaker on hard "
-                                 "commonsense.") == [("good at", "code"), ("good at", "multiple choice"),
-                                                     ("weaker on", "hard commonsense")]
-    assert description_strengths("") == [] and description_strengths("Strong model.") == []
-    pool = load_pool(ROOT / "configs" / "pool_simulated_unseen.yaml")
-    # one line per phrase, weaknesses left out, cheapest first within a line
-    assert strength_index(pool) == [
-        "- strong on geography: Sim-Geo-Small ($0.10)", "- strong on sports: Sim-Geo-Small ($0.10)",
-        "- strong on people: Sim-Bio-Small ($0.20)", "- strong on arts: Sim-Bio-Small ($0.20)",
-        "- strong on science: Sim-Sci-Medium ($0.60)", "- fair on people: Sim-Sci-Medium ($0.60)",
-        "- fair on geography: Sim-Sci-Medium ($0.60)", "- good on every topic: Sim-General-Large ($2.00)",
-        "- good on two-hop questions in one call: Sim-General-Large ($2.00)"]
-    cheap = ModelDescriptor(name="Cheap", price_in=0.05, price_out=0.1, description="Fair on geography.")
-    bare = ModelDescriptor(name="Bare", price=0.3)
-    both = pool.model_copy(update={"models": [*pool.models, cheap, bare]})
-    lines = strength_index(both)
-    assert "- fair on geography: Cheap ($0.05 in, $0.10 out), Sim-Sci-Medium ($0.60)" in lines
-    assert lines[-1] == "- other: Bare ($0.30)"
-    geo, gen = pool["Sim-Geo-Small"], pool["Sim-General-Large"]
-    assert (index_key(geo, "geography"), index_key(geo, "arts")) == ("strong on geography", None)
-    assert index_key(gen, "arts") == "good on every topic" and index_key(cheap, "geography") == "fair on geography"
-    text = render_prompt(pool, "Who coaches Drithus Wolves?", compact=True, by_strength=True)
-    assert "Candidate LLMs:\n- strong on geography: Sim-Geo-Small ($0.10)\n" in text and "Name: Sim" not in text
-    cfg = load_config(None, {"policy.compact_prompt": True, "policy.by_strength": True})
-    opts = cfg.policy.prompt_options()
-    assert opts.by_strength and user_turn(pool, "Who coaches Drithus Wolves?", opts) == text
+    compact = render_prompt(pool, " Who coaches Drithus Wolves? ", layout="compact")
+    assert compact == (
+        "Answer the question. Think inside <think> </think>. To ask a model, write <search> Model-Name: "
+        "question </search>; its reply comes inside <information> </information>. Each call costs its "
+        "tokens times the model's price. Give the final answer inside <answer> </answer>.\n\n"
+        "Candidate LLMs:\n"
+        "- Sim-Geo-Small: $0.10/1M tokens. Strong on geography and sports; weak on people, science and arts.\n"
+        "- Sim-Bio-Small: $0.20/1M tokens. Strong on people and arts; weak on geography, science and sports.\n"
+        "- Sim-Sci-Medium: $0.60/1M tokens. Strong on science; fair on people and geography; weak on arts and sports.\n"
+        "- Sim-General-Large: $2.00/1M tokens. Good on every topic, and on two-hop questions in one call.\n\n"
+        "Question: Who coaches Drithus Wolves?\n")
+    full = render_prompt(pool, "Who coaches Drithus Wolves?")
+    assert full.startswith("Answer the given question. Every time you receive new information")
+    assert ("\n- Sim-Geo-Small: $0.10/1M tokens; ~0.3s latency; 1B parameters. Strong on geography and sports; "
+            "weak on people, science and arts.\n") in full
+    cfg = load_config(None, {"policy.prompt_layout": "compact"})
+    assert cfg.policy.prompt_options() == PromptOptions(layout="compact")
+    assert user_turn(pool, "Who coaches Drithus Wolves?", cfg.policy.prompt_options()) == compact
+    with pytest.raises(ValueError, match="prompt_layout"):
+        load_config(None, {"policy.prompt_layout": "name_last"})
 
 
 # -- the four consumers render the same ids -----------------------------------------------------

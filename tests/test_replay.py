@@ -18,8 +18,9 @@ from router_r1.worlds.replay.tables import (ReplayTable, adopted_call, adopted_o
 
 def test_routerbench_long_table(tmp_path):
     t = load_routerbench(write_routerbench(tmp_path / "tiny.csv"))
-    assert t.num_rows == 12 and t.schema.names == ["sample_id", "eval_name", "prompt", "model",
-                                                    "response", "correct", "cost"]
+    assert t.num_rows == 12 and t.schema.names == ["sample_id", "eval_name", "prompt", "model", "response",
+                                                    "correct", "cost", "prompt_tokens", "completion_tokens"]
+    assert set(t.column("prompt_tokens").to_pylist()) == {None}  # RouterBench records no token counts
     rows = {(r["sample_id"], r["model"]): r for r in t.to_pylist()}
     assert rows[("t.1", "m-mid")]["response"] == response("m-mid", "t.1")
     assert rows[("t.1", "m-mid")]["cost"] == 0.001 and rows[("t.1", "m-small")]["correct"] == 0.0
@@ -46,6 +47,58 @@ def test_routellm_table_has_no_cost(tmp_path):
     rows = load_long(p).to_pylist()
     assert [(r["model"], r["correct"], r["cost"], r["response"]) for r in rows] == [
         ("a", 1.0, None, "7"), ("b", 0.0, None, "8")]
+
+
+def test_long_parquet_is_an_input_format_with_optional_token_counts(tmp_path):
+    """The long table as a user's own file: the seven columns, token counts optional."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"sample_id": "1", "eval_name": "math", "prompt": "What is 3+4?", "model": "m-big",
+             "response": "7", "correct": 1.0, "cost": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "plain.parquet")
+    pq.write_table(pa.Table.from_pylist([rows[0] | {"prompt_tokens": 12, "completion_tokens": 3}]),
+                   tmp_path / "tokens.parquet")
+    plain, tokens = (ReplayTable.from_files([tmp_path / f"{n}.parquet"]) for n in ("plain", "tokens"))
+    assert plain.samples[0].answers["m-big"].prompt_tokens is None
+    a = tokens.samples[0].answers["m-big"]
+    assert (a.response, a.correct, a.cost, a.prompt_tokens, a.completion_tokens) == ("7", 1.0, None, 12, 3)
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[0].items() if k != "correct"}]),
+                   tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: missing columns \['correct'\]"):
+        load_long(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"eval_name": "e", "prompt": "q", "model": "m", "correct": 1}, "row 0: field 'sample_id' is empty"),
+    ({"sample_id": "1", "eval_name": "e", "prompt": "q", "model": "m", "correct": 1.5}, "graded score in \\[0, 1\\]"),
+    ({"sample_id": "1", "eval_name": "e", "prompt": "q", "model": "m", "correct": 1, "cost": -1}, "non-negative USD"),
+    ({"sample_id": "1", "eval_name": "e", "prompt": "q", "model": "m", "correct": 1, "prompt_tokens": 2.5},
+     "'prompt_tokens' must be a non-negative integer"),
+    ({"sample_id": "1", "eval_name": "e", "prompt": "q", "model": "m", "score": 1}, "unknown fields \\['score'\\]"),
+])
+def test_table_from_rows_refuses_what_does_not_fit(row, message):
+    with pytest.raises(DataError, match=message):
+        ReplayTable.from_rows([row], where="MyWorld")
+
+
+def test_recorded_token_counts_price_a_call_without_cost(tmp_path):
+    """A recorded answer with token counts and no cost is billed from the descriptor's prices
+    and those counts, by the backend and by the baselines' cost estimate alike."""
+    from router_r1.pool.core import PoolCore
+    from router_r1.pool.cost import call_cost
+    from router_r1.worlds.replay.backend import ReplayBackend
+    from router_r1.worlds.replay.routing import sample_cost
+
+    pool = load_pool(write_pool(tmp_path / "pool.yaml", []))
+    table = ReplayTable.from_rows([{"sample_id": "1", "eval_name": "e", "prompt": "What is 3+4?", "model": "m-mid",
+                                    "response": "7", "correct": 0.5, "prompt_tokens": 1000, "completion_tokens": 10}])
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None, cache=False),
+                    backends={"replay": ReplayBackend(pool, table=table)})
+    res = asyncio.run(core.call("Mid", "What is 3+4?"))
+    want = call_cost(pool["Mid"], 1000, 10)
+    assert res.ok and (res.prompt_tokens, res.completion_tokens) == (1000, 10) and res.cost_usd == pytest.approx(want)
+    assert sample_cost(pool, pool["Mid"], table.samples[0], "m-mid") == pytest.approx(want)
 
 
 def _pool_core(tmp_path, csv):

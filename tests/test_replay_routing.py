@@ -142,8 +142,22 @@ def test_per_task_baseline_routes_by_task_from_train_labels(pool):
     assert make_per_task_baseline("per-task", pool, samples(), MODELS).choose(items[0]) == "Big"
     with pytest.raises(ValueError, match="training split"):
         make_per_task_baseline("per-task", pool, [], MODELS)
-    with pytest.raises(ValueError, match="no training questions"):
-        policy.choose(EvalItem("z:1", "q", [], ReplaySample("1", "z", "q"), "z"))
+
+
+
+def test_per_task_baseline_sends_a_task_absent_from_training_to_the_overall_route(pool):
+    """Issue 27: a task of the evaluated split that the train split lacks used to be a traceback.
+    Overall on train: Big 5/6, Mid 4/6, Small 2/5 (its missing reply not counted); mean costs
+    Big .01333, Mid .00133 -> margin 0: Big; margin .25: Mid (within .25 of 5/6, cheaper)."""
+    unseen = EvalItem("z:1", "q", [], ReplaySample("1", "z", "q"), "z")
+    for spec, route in (("per-task", "Big"), ("per-task:0.25", "Mid")):
+        policy = make_per_task_baseline(spec, pool, samples(), MODELS)
+        assert policy.notes == []
+        assert policy.choose(unseen) == route and policy.choose(EvalItem("z:2", "q2", [], ReplaySample("2", "z", "q2"), "z")) == route
+        assert policy.notes == [f"{policy.name}: task 'z' has no training questions; its questions go to "
+                                f"{route}, the route of the whole training split"]  # once per task
+    with pytest.raises(ValueError, match="margin must be a number"):
+        make_per_task_baseline("per-task:wide", pool, samples(), MODELS)
 
 
 def test_aggregate_call_share_hand_checked():

@@ -53,7 +53,7 @@ def test_traces_are_well_formed_and_adopt_the_called_reply(world_files):
     csv, pool_file = world_files
     pool = load_pool(pool_file)
     w = ReplayWorld.load([str(csv)], pool, val_fraction=0.3, seed=0)
-    traces = make_traces(w, pool, 40, seed=1, options=PromptOptions(compact=True, max_question_tokens=8))
+    traces = make_traces(w, pool, 40, seed=1, options=PromptOptions(layout="compact", max_question_tokens=8))
     assert len(traces) == 40
     for e in traces:
         p = e.parsed(pool)
@@ -88,7 +88,7 @@ def test_replay_training_step_end_to_end(world_files, tmp_path, ray_local):
         "name": "replay_tiny", "seed": 0, "output_dir": str(tmp_path / "run"), "pool": str(pool_file),
         "pool_runtime": {"actor_name": f"pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None, "cache": False,
                          "num_cpus": 0},
-        "policy": {"compact_prompt": True, "max_question_tokens": 8, "tokenizer_vocab_size": 300, "tiny": TINY},
+        "policy": {"prompt_layout": "compact", "max_question_tokens": 8, "tokenizer_vocab_size": 300, "tiny": TINY},
         "episode": {"max_turns": 1, "max_new_tokens": 40, "max_obs_tokens": 8},
         "rollout": {"num_actors": 1, "episodes_per_actor": 8, "num_cpus": 0},
         "learner": {"algorithm": "grpo", "group_size": 4, "lr": 1e-3, "num_cpus": 0, "micro_batch_size": 8},

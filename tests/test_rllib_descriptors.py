@@ -3,6 +3,8 @@
 costs by hand), and a short training run with both that loads and routes by descriptor."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -208,6 +210,24 @@ def test_train_rllib_bad_options_are_one_line(tiny, tmp_path, capsys, args, mess
     assert rc == 2 and len(err) == 1 and message in err[0] and not (tmp_path / "r").exists()
 
 
+def test_train_rllib_takes_a_config_or_files_and_needs_recorded_answers(tiny, tmp_path, capsys):
+    """`--config`: the world of its data: section (here the simulator, which records no answers:
+    one line); `--data` and `--config` together, or neither, is one line too."""
+    from pipelines import train_rllib
+
+    csv, _, _ = tiny
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(f"pool: {Path(__file__).resolve().parents[1] / 'configs' / 'pool_simulated.yaml'}\n"
+                   "data: {sim: {train_size: 4, val_size: 2}}\n")
+    for args, message in ((["--config", str(sim)], "the SimulatedWorld world records no answers"),
+                          (["--config", str(sim), "--data", str(csv)], "either as --config"),
+                          ([], "either as --config")):
+        rc = train_rllib.main([*args, "--no-mlflow", "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
     """`router-r1 unseen --rllib-only` at toy size: the catalog never uses the pool file's names,
     its models answer the training table, and the report carries the RLlib router's rows, shares
@@ -217,7 +237,7 @@ def test_unseen_rllib_only_end_to_end(tmp_path, monkeypatch, ray_local, capsys):
 
     import pyarrow.parquet as pq
 
-    from pipelines import unseen
+    from experiments import unseen
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setattr(unseen, "RLLIB_TRAIN_QUESTIONS", 150)

@@ -16,7 +16,7 @@ TINY = {"architecture": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num
 
 
 def _cfg(**over):
-    base = {"pool": str(ROOT / "configs" / "pool_simulated.yaml"), "policy.compact_prompt": True,
+    base = {"pool": str(ROOT / "configs" / "pool_simulated.yaml"), "policy.prompt_layout": "compact",
             "policy.tiny": TINY, "pool_runtime.ledger_dir": None, "pool_runtime.cache": False,
             "pool_runtime.num_cpus": 0, "pool_runtime.actor_name": f"pool_{uuid.uuid4().hex[:8]}",
             "rollout.num_cpus": 0, "episode.max_turns": 2, "episode.max_new_tokens": 12,

@@ -1,5 +1,5 @@
-"""Synthetic pools (router_r1.worlds.sim.synthetic) and the unseen-model measurement
-(router_r1.worlds.sim.unseen): descriptions in the pool file's words, routing by descriptors
+"""Synthetic pools (router_r1.worlds.sim.synthetic) and the unseen-model experiment's measurements
+(experiments/unseen_measures.py): descriptions in the pool file's words, routing by descriptors
 alone, held-out names never in training text, per-domain call shares."""
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from experiments.unseen_measures import domain_shares, expert_routes
 from router_r1.env.protocol import validate
 from router_r1.infra.config import load_config
 from router_r1.pool.descriptors import load_pool
 from router_r1.worlds.base import make_world
 from router_r1.worlds.sim import Simulation
+from router_r1.worlds.sim.knowledge import NOT_UNDERSTOOD, WHOLE_TWO_HOP
 from router_r1.worlds.sim.language import RELATIONS
 from router_r1.worlds.sim.synthetic import HEADS, describe, random_pool, synthetic_traces
-from router_r1.worlds.sim.unseen import NOT_UNDERSTOOD, WHOLE_TWO_HOP, domain_shares, expert_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSEEN_POOL = ROOT / "configs" / "pool_simulated_unseen.yaml"
@@ -53,8 +54,8 @@ def test_random_pools_never_use_reserved_names():
     assert "Sim-Geo-Medium" in seen and "Sim-Bio-Small" in seen  # the parts do combine
 
 
-def test_synthetic_heads_widen_the_name_space():
-    """The first 16 heads by default (the draws of runs made before the option); `heads` more."""
+def test_heads_widen_the_name_space():
+    """The first 16 heads by default (the warm-start traces'); `heads` more (the RLlib catalog's 60)."""
     def heads_drawn(n_heads):
         rng = random.Random(1)
         return {m.split("-")[1] for _ in range(300) for m in random_pool(rng, heads=n_heads).names}
@@ -78,7 +79,7 @@ def test_synthetic_traces_route_by_the_descriptions_alone(sim):
     """Each trace's first call goes to the cheapest model whose description says it is strong
     on the question's first domain (read from the prompt's text, not the simulator's numbers)."""
     qs = sim.world.questions("train", 200, seed=3)
-    traces = synthetic_traces(sim, qs, seed=1, reserved=sim.names, compact=True)
+    traces = synthetic_traces(sim, qs, seed=1, reserved=sim.names, layout="compact")
     checked = 0
     for q, e in zip(qs, traces):
         assert e.pool is not None and e.meta["synthetic_pool"]
@@ -121,7 +122,7 @@ def test_the_held_out_model_is_nowhere_in_training_text(unseen_cfg):
     assert [e.pool is None for e in traces[:20]] != [True] * 20  # shuffled in, not appended
     texts = [e.question + e.prompt + e.response + " ".join(m for m, _ in e.routes) for e in traces]
     texts += [m.name + " " + m.description for e in synth for m in e.pool.models]
-    texts += world.tokenizer_corpus(world.sim.pool, True)
+    texts += world.tokenizer_corpus(world.sim.pool, "compact")
     assert any("Sim-Nova" in t or "Sim-Geo-" in t for t in texts)  # name parts are fine
     assert not [t for t in texts if "sim-geo-small" in t.lower()]
     assert all(world.sim.pool.resolve(m) is not None for e in traces if e.pool is None for m, _ in e.routes)
@@ -145,7 +146,7 @@ def test_encode_traces_renders_a_trace_over_its_own_pool(unseen_cfg):
     cfg = unseen_cfg.model_copy(update={"policy": unseen_cfg.policy.model_copy(update={"tiny": unseen_cfg.policy.tiny.model_copy(update=tiny)})})
     world = make_world(cfg, cfg.load_pool().seen())
     traces = world.warmstart_traces(world.sim.pool, None)[:12]
-    tok = train_tokenizer(world.tokenizer_corpus(world.sim.pool, True)[:2000], 500)
+    tok = train_tokenizer(world.tokenizer_corpus(world.sim.pool, "compact")[:2000], 500)
     w = RolloutWorker(cfg, tok)
     w.encode_traces(traces)
     options = cfg.policy.prompt_options()
@@ -186,7 +187,7 @@ def test_the_expert_calls_the_cheap_specialist_on_its_domains(sim):
 
 
 def test_cli_refuses_a_pool_without_held_out_models(capsys, tmp_path):
-    from pipelines.unseen import main
+    from experiments.unseen import main
 
     rc = main(["--config", str(ROOT / "configs" / "demo.yaml"), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -226,8 +227,8 @@ def test_one_call_rows_are_the_simulators_replies(sim, tmp_path):
 def test_choice_cases_say_what_the_descriptors_ask_for(sim):
     """Each case's expert is the cheapest model strong on the first hop's domain (the most skilled
     one where none is), and `strong` lists every model at or above STRONG there."""
+    from experiments.unseen_measures import choice_cases
     from router_r1.worlds.sim.plans import STRONG
-    from router_r1.worlds.sim.synthetic import choice_cases
 
     qs = sim.world.questions("val", 80, seed=3)
     cases = choice_cases(sim, qs, seed=1, reserved=sim.pool.names, heads=60)
@@ -246,7 +247,7 @@ def test_choice_cases_say_what_the_descriptors_ask_for(sim):
 
 
 def test_choice_rates_by_hand(sim):
-    from router_r1.worlds.sim.synthetic import ChoiceCase, choice_rates
+    from experiments.unseen_measures import ChoiceCase, choice_rates
 
     q = sim.world.questions("val", 1, seed=0)[0]
     three = next(p for p in (random_pool(random.Random(i), heads=60) for i in range(100)) if len(p.models) == 3)
@@ -270,10 +271,10 @@ def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monke
     model, its generation replaced by one that always calls the first model line of its prompt:
     every choice is a pool name, and the expert's rate is the share of cases whose expert is listed
     first."""
-    from pipelines.unseen import route_choice
+    from experiments.unseen import route_choice
+    from experiments.unseen_measures import choice_cases
     from router_r1.engines.hf import HFGenerator
     from router_r1.env.generation import Generation
-    from router_r1.worlds.sim.synthetic import choice_cases
 
     def first_line(self, prompts, **_):
         texts = [self.tokenizer.decode(p) for p in prompts]
@@ -285,7 +286,7 @@ def test_route_choice_reads_the_first_route_of_each_prompt(bpe_checkpoint, monke
     world = make_world(cfg, cfg.load_pool().seen())
     qs = [world.sim.world.question(it["id"]) for it in world.questions("val")[:40]]
     r = route_choice(cfg, bpe_checkpoint, world, qs)
-    cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=world.reserved_names(), heads=cfg.warmstart.synthetic_heads)
+    cases = choice_cases(world.sim, qs, seed=cfg.seed, reserved=world.reserved_names())
     assert r["n"] == 40 and r["in_pool"] == 1.0
     assert r["expert"] == sum(c.expert == c.pool.names[0] for c in cases) / 40
     assert r["strong"] == sum(c.pool.names[0] in c.strong for c in cases) / 40

@@ -3,6 +3,7 @@ kill-and-resume determinism, refusal of a corrupt checkpoint, and a rollout acto
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def tiny_config(out: Path, **over) -> dict:
         "pool": str(ROOT / "configs" / "pool_simulated.yaml"),
         "pool_runtime": {"actor_name": f"pool_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
                          "cache": False, "num_cpus": 0},
-        "policy": {"compact_prompt": True, "tokenizer_vocab_size": 400, "tiny": TINY},
+        "policy": {"prompt_layout": "compact", "tokenizer_vocab_size": 400, "tiny": TINY},
         "episode": {"max_turns": 1, "max_new_tokens": 12, "max_obs_tokens": 16},
         "rollout": {"num_actors": 1, "episodes_per_actor": 8, "num_cpus": 0},
         "learner": {"algorithm": "grpo", "group_size": 4, "lr": 1e-3, "num_cpus": 0, "micro_batch_size": 8},
@@ -90,6 +91,13 @@ def test_cli_run_writes_checkpoint_and_mlflow_run(tmp_path):
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "training_curves.png", "samples", "checkpoint"} <= names
+    # What a person sees: a training experiment, the run's summary first, samples as a table,
+    # the warm start's loss per step.
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "| reward |" in run.data.tags["mlflow.note.content"] and "Warm start: 2" in run.data.tags["mlflow.note.content"]
+    assert len(client.get_metric_history(run.info.run_id, "sft.nll")) == 2
+    table = json.loads((Path(client.download_artifacts(run.info.run_id, "samples/step_000001.json"))).read_text())
+    assert {"question", "response", "reward"} <= set(table["columns"]) and len(table["data"]) == 8
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
     assert [m.name for m in models] == ["router"] and models[0].source_run_id == run.info.run_id
@@ -123,6 +131,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, ray_local):
     a, b = comparable(full.history[-1]), comparable(resumed.history[-1])
     assert a == b
     assert a["actor/kl"] > 0  # the steps really trained
+    assert all(h["rollout/staleness_max"] == 0 for h in full.history)  # max_staleness 0: synchronous
 
     # A checkpoint edited after it was written is refused, naming the file.
     ckpt_dir = Path(cut["output_dir"]) / "checkpoints" / "step_00000003"
@@ -137,7 +146,29 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, ray_local):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_rollout_actor_does_not_stop_training(tmp_path, ray_local):
+def test_rollouts_ahead_of_the_learner_resume_exactly(tmp_path, ray_local):
+    """rollout.max_staleness 1: steps train on episodes one version old (between checkpoints),
+    and a run cut at a checkpoint and resumed repeats the uninterrupted one exactly."""
+    from functools import partial
+
+    from pipelines.train import Trainer
+
+    T = partial(Trainer, reward_fn=synthetic_reward)
+    over = {"rollout.max_staleness": 1, "train.checkpoint_every": 2}
+    full = T(as_run_config(tiny_config(tmp_path / "a", **over, **{"train.steps": 4})), progress=False)
+    full.run()
+    assert [h["rollout/staleness_max"] for h in full.history] == [0.0, 1.0, 0.0, 1.0]
+    cut = tiny_config(tmp_path / "b", **over, **{"train.steps": 2})
+    T(as_run_config(cut), progress=False).run()
+    resumed = T(as_run_config({**cut, "train": {**cut["train"], "steps": 4}}), resume=True, progress=False)
+    resumed.run()
+    assert [comparable(h) for h in resumed.history] == [comparable(h) for h in full.history]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_killed_rollout_actor_does_not_stop_training(tmp_path, ray_local, staleness):
     import ray
 
     from pipelines.train import Hooks, Trainer
@@ -150,7 +181,8 @@ def test_killed_rollout_actor_does_not_stop_training(tmp_path, ray_local):
                 self.killed = True
                 ray.kill(trainer.workers.workers[0], no_restart=False)
 
-    cfg = tiny_config(tmp_path, **{"train.steps": 3, "rollout.num_actors": 2, "rollout.episodes_per_actor": 4})
+    cfg = tiny_config(tmp_path, **{"train.steps": 3, "rollout.num_actors": 2, "rollout.episodes_per_actor": 4,
+                                   "rollout.max_staleness": staleness, "train.checkpoint_every": 3})
     kill = KillOnce()
     t = Trainer(as_run_config(cfg), progress=False, hooks=[kill])
     report = t.run()

@@ -59,6 +59,7 @@ def test_training_curves_png(tmp_path):
     path = plot_curves(hist, tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert plot_curves([{"step": 1}], tmp_path / "none.png") is None
+    assert plot_curves([{"step": 1}], tmp_path / "sft.png", sft_losses=[2.0, 1.5]).stat().st_size > 0
 
 
 def test_report_lists_greedy_validation_along_the_way():
@@ -108,3 +109,14 @@ def test_alpha_sweep_table_and_frontier(tmp_path):
     assert "| oracle | 1.000 | 1.00e-06 | 1.20 |" in table
     plot(rows, refs, tmp_path / "f.png", "t (simulator)")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_and_run_summary_show_what_rl_changed():
+    from pipelines.train import REPORT_KEYS, format_report, run_summary
+
+    ev = {"start": {k: 0.5 for k, _ in REPORT_KEYS}, "end": {k: 0.8 for k, _ in REPORT_KEYS}}
+    rep = {"steps": 20, "wall_s": 1.0, "restarts": 0, "eval": ev, "train": {k: [0.1, 0.2] for k, _ in REPORT_KEYS},
+           "shares": {"start": {"Big": 0.75, "Small": 0.25}, "end": {"Big": 0.125, "Small": 0.875}}}
+    assert "calls by model, start -> end: Big 0.75 -> 0.12, Small 0.25 -> 0.88" in format_report(rep)
+    md = run_summary(rep, [2.5, 0.75])
+    assert "| reward | 0.500 | 0.800 |" in md and "loss 2.500 -> 0.750" in md

@@ -42,7 +42,7 @@ def test_no_part_of_the_key_in_any_artifact_of_a_train_run(tmp_path, fake_openai
             "name": "secrets", "seed": 1, "output_dir": str(tmp_path / "run"), "pool": str(pool),
             "pool_runtime": {"actor_name": f"pool_{uuid.uuid4().hex[:8]}", "ledger_dir": str(tmp_path / "ledger"),
                              "cache": False, "num_cpus": 0},
-            "policy": {"compact_prompt": True, "tokenizer_vocab_size": 500, "tiny": TINY},
+            "policy": {"prompt_layout": "compact", "tokenizer_vocab_size": 500, "tiny": TINY},
             "episode": {"max_turns": 1, "max_new_tokens": 32, "max_obs_tokens": 48, "temperature": 0.3},
             "rollout": {"num_actors": 1, "episodes_per_actor": 4, "num_cpus": 0},
             "learner": {"algorithm": "grpo", "group_size": 2, "lr": 1e-3, "num_cpus": 0, "micro_batch_size": 8},

@@ -56,7 +56,7 @@ def test_custom_world_is_one_class_and_a_config_entry():
     world = make_world(cfg, cfg.load_pool().seen())
     assert type(world).__name__ == "CapitalsWorld" and len(world.questions("train")) == 3  # (imported by path)
     pool = cfg.load_pool().seen()
-    corpus = world.tokenizer_corpus(pool, compact=True)  # the defaults of World
+    corpus = world.tokenizer_corpus(pool, layout="compact")  # the defaults of World
     assert len(corpus) == 5 and corpus[0].endswith("Vorcity0")
     assert world.warmstart_traces(pool, None) == [] and world.reference([], cfg.reward) is None
 
@@ -161,3 +161,81 @@ def test_split_seed_holds_the_simulated_questions_fixed_across_run_seeds():
 
     assert splits(0) != splits(1)
     assert splits(1, split_seed=0) == splits(0) and splits(0, split_seed=1) == splits(1)
+
+
+RECORDED = "recorded_world_tiny:TinyRecordedWorld"
+
+
+def _recorded_cfg(tmp_path, **data):
+    from recorded_world_tiny import write_pool  # tests/ is on the path, as a user's package would be
+
+    pool = write_pool(tmp_path / "pool.yaml")
+    return load_config(None, {"pool": str(pool), "mlflow.enabled": False,
+                              "data": {"kind": "custom", "world": RECORDED, "val_fraction": 0.3, **data}})
+
+
+def test_a_world_of_recorded_answers_is_one_class(tmp_path):
+    """Issue 27: a user's routing data set (recorded answers, graded scores, costs) is one class
+    given in the config; its questions split like the replay world's, its answers serve the pool."""
+    from router_r1.worlds.base import recorded_samples
+
+    cfg = _recorded_cfg(tmp_path, options={"n": 6})
+    pool = cfg.load_pool().seen()
+    w = make_world(cfg, pool)
+    train, val = w.questions("train"), w.questions("val")
+    assert len(train) + len(val) == 12 and not {q["id"] for q in train} & {q["id"] for q in val}
+    table, samples = recorded_samples(w, "val")
+    assert table is w.recorded() and [s.prompt for s in samples] == [q["question"] for q in val]
+    assert len(recorded_samples(w, "all")[1]) == 12
+    # The outcome: the graded score of the adopted reply (Mid half right on `triple` questions).
+    q = next(q for q in train + val if q["id"].startswith("triple:"))
+    mid = table.lookup(q["question"]).answers["mid-1"]
+    e = Episode(uid=q["id"] + "#0", question=q["question"], golden_answers=[], prompt="p",
+                segments=[Segment("<think> t </think>\n<answer> Mid </answer>", "policy")],
+                calls=[CallResult(model="Mid", text=mid.response, cost_usd=0.001)])
+    assert mid.correct == 0.5 and w.outcomes([e], pool) == [0.5]
+    assert w.warmstart_traces(pool, None) and w.tokenizer_corpus(pool, "compact")
+    with pytest.raises(ValueError, match="records no answers"):
+        recorded_samples(CapitalsWorld(), "val")
+
+
+def test_world_backend_answers_from_the_worlds_recorded_answers(tmp_path):
+    from router_r1.pool.core import PoolCore
+    from router_r1.pool.cost import call_cost
+    from router_r1.pool.runtime import PoolRuntimeConfig
+    from router_r1.worlds.backend import WorldBackend
+
+    cfg = _recorded_cfg(tmp_path, options={"n": 4})
+    pool = cfg.load_pool()
+    world = make_world(cfg, pool.seen())
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None, cache=False),
+                    backends={"world": WorldBackend(pool, recorded=world.recorded())})
+    calls = {m: core.call(m, "What is 3 + 3?") for m in ("Big", "Small")}
+
+    async def go():
+        return {m: await c for m, c in calls.items()} | {"miss": await core.call("Big", "What is 99 + 1?")}
+
+    got = asyncio.run(go())
+    assert got["Big"].ok and got["Big"].text == "6" and got["Big"].cost_usd == pytest.approx(0.01)
+    # Small records token counts and no cost: priced from its descriptor.
+    assert got["Small"].text == "about 7" and got["Small"].cost_usd == pytest.approx(call_cost(pool["Small"], 20, 5))
+    assert not got["miss"].ok and "not in the world's recorded answers" in got["miss"].error
+    # Built from the pool file alone (serve): the run config names the world.
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"pool: pool.yaml\ndata: {{kind: custom, world: '{RECORDED}', options: {{n: 4}}}}\n")
+    assert WorldBackend(pool, config="run.yaml").table.lookup("What is 3 + 3?") is not None
+    with pytest.raises(ValueError, match="no recorded answers"):
+        WorldBackend(pool)
+
+
+def test_trainer_hands_the_world_backend_its_worlds_answers(tmp_path):
+    from pipelines.train import Trainer, world_backends
+    from router_r1.worlds.backend import WorldBackend
+
+    cfg = _recorded_cfg(tmp_path, options={"n": 4})
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "run")})
+    t = Trainer(cfg, progress=False)
+    assert isinstance(t.backends["world"], WorldBackend) and t.backends["world"].table is t.world.recorded()
+    with pytest.raises(ValueError, match="CapitalsWorld world records none"):
+        world_backends(t.spec, CapitalsWorld())
+    assert world_backends(load_config(None, {"pool": POOL}).load_pool(), CapitalsWorld()) is None

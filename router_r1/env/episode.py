@@ -4,8 +4,8 @@ Ray-free. Given a batched `generate(contexts) -> [Generation]` (router_r1.env.ge
 stop at </search> or </answer>) and an async `call(model, query) -> CallResult`, `run_episodes`
 plays a batch of episodes to the end:
 
-    generate for every live episode -> cut at stop -> answer? done : route? call all in parallel
-    -> insert <information> -> next turn
+    generate for every episode ready -> cut at stop -> answer? done : route? call (in parallel)
+    -> insert <information> when the reply returns -> ready again
 
 After `max_turns` routed turns one last turn is generated; an episode that still does not
 answer ends without an answer (a format violation, scored as such).
@@ -142,8 +142,17 @@ async def _maybe_await(x):
 async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: CallFn,
                        cfg: EpisodeConfig, pool: PoolSpec | None = None,
                        tokenizer: Tokenizer | None = None,
-                       pass_episode_id: bool = False, max_context: int | None = None) -> list[Episode]:
+                       pass_episode_id: bool = False, max_context: int | None = None,
+                       batch_wait_s: float = 0.05) -> list[Episode]:
     """Play every episode to the end (see module docstring). Mutates and returns `episodes`.
+
+    Episodes do not wait for each other: an episode whose routed call has returned joins the next
+    generation batch while slower calls are still out (continuous batching over episodes). Each
+    batch takes every episode ready to generate, after waiting at most `batch_wait_s` for calls
+    about to return (so calls that return together are generated together: with instant calls
+    every batch is one turn of every live episode, as a turn-synchronous loop would make it). A
+    synchronous `generate` runs in a worker thread while calls are out, so they can return
+    meanwhile, and inline otherwise.
 
     Token mode needs `tokenizer` (to decode, and to encode inserted information once). With
     `max_context`, an episode whose context leaves no room for another `max_new_tokens` ends
@@ -154,42 +163,72 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
     if token_mode and tokenizer is None:
         raise ValueError("token-mode episodes need the tokenizer")
     eos = _eos_ids(tokenizer) if token_mode else set()
-    for turn in range(cfg.max_turns + 1):
-        live = [e for e in episodes if not e.done]
-        if token_mode and max_context is not None:
-            for e in live:
-                if len(e.context_ids) + cfg.max_new_tokens > max_context:
-                    e.done = e.truncated = True
-                    e.meta["context_full"] = True
-            live = [e for e in live if not e.done]
-        if not live:
-            break
-        t0 = time.perf_counter()
-        contexts = [e.context_ids if token_mode else e.context for e in live]
-        outs = await _maybe_await(generate(contexts))
-        if len(outs) != len(live):
-            raise RuntimeError(f"generate returned {len(outs)} generations for {len(live)} prompts")
-        gen_s = time.perf_counter() - t0
-        pending: list[tuple[Episode, Awaitable[CallResult]]] = []
-        for e, out in zip(live, outs):
-            e.meta["generate_s"] = e.meta.get("generate_s", 0.0) + gen_s
-            seg, stop = _policy_segment(out, token_mode, tokenizer, eos)
-            e.segments.append(seg)
-            e.turns += 1
-            if stop == "</search>" and turn < cfg.max_turns:
-                pending.append((e, _route(e, cut_at_stop(seg.text)[0], call, pool, pass_episode_id)))
-            else:
-                # An answer, a route past the turn limit, or a generation that never stopped.
-                e.done = True
-                e.truncated = stop != "</answer>"
-        results = await asyncio.gather(*(c for _, c in pending))
-        for (e, _), res in zip(pending, results):
-            e.calls.append(res)
-            body = res.text if res.ok else error_information(res)
-            text = information_block(truncate_tokens(body, cfg.max_obs_tokens, tokenizer))
-            ids = tokenizer.encode(text, add_special_tokens=False) if token_mode else []
-            e.segments.append(Segment(text, "information", ids, [0.0] * len(ids)))
+    order = {id(e): i for i, e in enumerate(episodes)}
+    ready = [e for e in episodes if not e.done]  # waiting for a generation
+    out: dict[asyncio.Task, Episode] = {}  # routed calls in flight
+    try:
+        while ready or out:
+            if out:
+                # Collect the calls that have returned: wait for the first one when nothing is ready,
+                # then up to `batch_wait_s` for the rest (no longer, when episodes already wait).
+                if not ready:
+                    await asyncio.wait(out, return_when=asyncio.FIRST_COMPLETED)
+                pending = [t for t in out if not t.done()]
+                if pending and batch_wait_s > 0:
+                    await asyncio.wait(pending, timeout=batch_wait_s)
+                for t in [t for t in out if t.done()]:
+                    e = out.pop(t)
+                    _insert(e, t.result(), cfg, tokenizer, token_mode)
+                    ready.append(e)
+                ready.sort(key=lambda e: order[id(e)])
+            if token_mode and max_context is not None:
+                for e in ready:
+                    if len(e.context_ids) + cfg.max_new_tokens > max_context:
+                        e.done = e.truncated = True
+                        e.meta["context_full"] = True
+                ready = [e for e in ready if not e.done]
+            if not ready:
+                continue
+            batch, ready = ready, []
+            t0 = time.perf_counter()
+            contexts = [e.context_ids if token_mode else e.context for e in batch]
+            outs = await _generate(generate, contexts, in_thread=bool(out))
+            if len(outs) != len(batch):
+                raise RuntimeError(f"generate returned {len(outs)} generations for {len(batch)} prompts")
+            gen_s = time.perf_counter() - t0
+            for e, g in zip(batch, outs):
+                e.meta["generate_s"] = e.meta.get("generate_s", 0.0) + gen_s
+                seg, stop = _policy_segment(g, token_mode, tokenizer, eos)
+                e.segments.append(seg)
+                e.turns += 1
+                if stop == "</search>" and e.turns <= cfg.max_turns:
+                    route = _route(e, cut_at_stop(seg.text)[0], call, pool, pass_episode_id)
+                    out[asyncio.ensure_future(route)] = e
+                else:
+                    # An answer, a route past the turn limit, or a generation that never stopped.
+                    e.done = True
+                    e.truncated = stop != "</answer>"
+    finally:
+        for t in out:  # an engine error ends the batch: no call is left running behind it
+            t.cancel()
     return episodes
+
+
+async def _generate(generate: GenerateFn, contexts: list, in_thread: bool) -> list:
+    """One batched generation. A synchronous engine runs in a worker thread while calls are in
+    flight (they return meanwhile), inline otherwise (the same thread as ever: same numerics)."""
+    if in_thread and not inspect.iscoroutinefunction(generate):
+        return await _maybe_await(await asyncio.to_thread(generate, contexts))
+    return await _maybe_await(generate(contexts))
+
+
+def _insert(e: Episode, res: CallResult, cfg: EpisodeConfig, tokenizer: Tokenizer | None, token_mode: bool) -> None:
+    """A returned call: its reply (or its failure, as text) inserted as an <information> block."""
+    e.calls.append(res)
+    body = res.text if res.ok else error_information(res)
+    text = information_block(truncate_tokens(body, cfg.max_obs_tokens, tokenizer))
+    ids = tokenizer.encode(text, add_special_tokens=False) if token_mode else []
+    e.segments.append(Segment(text, "information", ids, [0.0] * len(ids)))
 
 
 def _eos_ids(tokenizer) -> set[int]:

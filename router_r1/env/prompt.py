@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_r1.pool.description_words import description_positives
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 
 if TYPE_CHECKING:
@@ -25,6 +24,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 POLICY_META = "router_r1.json"  # beside a saved policy (router_r1.engines.model.save_policy)
+
+# The prompt layouts (`policy.prompt_layout`): "full", the paper's instructions and one line per
+# model with price, latency, size and description; "compact", for tiny routers built from scratch
+# (the demo), the same protocol in about a third of the tokens and one short line per model.
+# Two more, measured for models unseen in training and not enough, were removed
+# (docs/results_simulator.md, "A model unseen in training"); their code is at REMOVED_LAYOUTS_COMMIT.
+PromptLayout = Literal["full", "compact"]
+REMOVED_LAYOUTS = ("name_last", "by_strength")
+REMOVED_LAYOUTS_COMMIT = "bd566f4"
 
 INSTRUCTIONS = (
     "Answer the given question. Every time you receive new information, you must first reason "
@@ -50,17 +58,11 @@ def compact_price(m: ModelDescriptor) -> str:
     return f"${m.price_in:.2f}" if m.price_in == m.price_out else f"${m.price_in:.2f} in, ${m.price_out:.2f} out"
 
 
-def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = False) -> str:
-    """One model's line. Compact: price and description only; `name_last` puts the name at the
-    end of a compact line. A causal LM sees a token's left context only, so there every token of a
-    name has read its model's price and description, and a router choosing a model it has never
-    seen copies the name whose tokens match what the question needs (one attention lookup, then
-    copying), instead of first finding the right description and then going back for its name."""
-    if compact:
-        price = compact_price(m)
-        if name_last:
-            return f"- {price}/1M tokens. {m.description.strip()} Name: {m.name}".replace("  ", " ")
-        return f"- {m.name}: {price}/1M tokens. {m.description.strip()}".rstrip()
+def describe_model(m: ModelDescriptor, layout: PromptLayout = "full") -> str:
+    """One model's line: name, price, latency, size and description ("full"), or name, price and
+    description ("compact")."""
+    if layout == "compact":
+        return f"- {m.name}: {compact_price(m)}/1M tokens. {m.description.strip()}".rstrip()
     size = f"{m.params_b:g}B parameters" if m.params_b is not None else "size unknown"
     price = (f"${m.price_in:.2f}/1M tokens" if m.price_in == m.price_out
              else f"${m.price_in:.2f}/1M input tokens, ${m.price_out:.2f}/1M output tokens")
@@ -68,44 +70,14 @@ def describe_model(m: ModelDescriptor, compact: bool = False, name_last: bool = 
     return f"{line} {m.description.strip()}" if m.description.strip() else line
 
 
-def strength_index(pool: PoolSpec) -> list[str]:
-    """The pool as one line per thing its descriptions say models are good at, each listing the
-    models described so, cheapest first: "- strong on geography: Sim-Geo-Small ($0.10)", "- fair on
-    people: ...". Weaknesses are left out (a model not listed for a topic is not recommended
-    for it); models with nothing listed get one "- other:" line. For a tiny router: the
-    phrase its think names ("strong on geography") is followed, in exactly one line, by the names
-    that fit, so choosing a model it never saw is one copy after a matching phrase."""
-    groups: dict[str, list[ModelDescriptor]] = {}
-    for m in pool.models:
-        keys = dict.fromkeys(f"{q} {item}" for q, item in description_positives(m.description))
-        for k in keys or ["other"]:
-            groups.setdefault(k, []).append(m)
-    return [f"- {k}: " + ", ".join(f"{m.name} ({compact_price(m)})"
-                                   for m in sorted(ms, key=lambda m: (m.price_in + m.price_out, m.name)))
-            for k, ms in groups.items()]
-
-
-def index_key(m: ModelDescriptor, topic: str) -> str | None:
-    """The `strength_index` line under which `m` is listed for `topic`: the one naming the topic,
-    else one naming "every topic"; None if it is listed under neither."""
-    listed = description_positives(m.description)
-    for want in (topic, "every topic"):
-        for q, item in listed:
-            if item.lower() == want:
-                return f"{q} {item}"
-    return None
-
-
 def render_prompt(pool: PoolSpec, question: str, instructions: str | None = None,
-                  compact: bool = False, name_last: bool = False, by_strength: bool = False) -> str:
+                  layout: PromptLayout = "full") -> str:
     """The full user turn for one question. Chat templates, if any, are applied by the policy.
-    `compact` uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short model lines
-    (with `name_last`, each ending with the model's name); `by_strength` lists the models as
-    `strength_index` lines instead of one line each."""
+    The "compact" layout uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short
+    model lines."""
     if instructions is None:
-        instructions = COMPACT_INSTRUCTIONS if compact else INSTRUCTIONS
-    lines = strength_index(pool) if by_strength else [describe_model(m, compact, name_last) for m in pool.models]
-    models = "\n".join(lines)
+        instructions = COMPACT_INSTRUCTIONS if layout == "compact" else INSTRUCTIONS
+    models = "\n".join(describe_model(m, layout) for m in pool.models)
     return f"{instructions}\n\nCandidate LLMs:\n{models}\n\nQuestion: {question.strip()}\n"
 
 
@@ -115,12 +87,9 @@ class PromptOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    compact: bool = False  # COMPACT_INSTRUCTIONS and one short line per model
+    layout: PromptLayout = "full"  # see PromptLayout
     max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
     use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
-    name_last: bool = False  # compact model lines end with the name (describe_model)
-    by_strength: bool = False  # models listed by what their descriptions name (strength_index)
-
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
@@ -143,7 +112,7 @@ def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: 
     """The user turn under `options`, before any chat template (the question tail is counted in
     `tokenizer`'s tokens, or in words without one: tokenizer corpora, before it exists)."""
     return render_prompt(pool, question_tail(question, options.max_question_tokens, tokenizer),
-                         compact=options.compact, name_last=options.name_last, by_strength=options.by_strength)
+                         layout=options.layout)
 
 
 def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions) -> tuple[str, list[int]]:
@@ -167,8 +136,9 @@ def load_prompt_options(checkpoint: str | Path, default: PromptOptions | None = 
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta}: unreadable ({e})") from None
     if isinstance(record, dict) and "prompt" in record:
+        saved = _from_old_record(record["prompt"], meta)
         try:
-            return PromptOptions.model_validate(record["prompt"])
+            return PromptOptions.model_validate(saved)
         except ValueError as e:
             raise ValueError(f"{meta}: invalid prompt options: {e}") from None
     if default is None:
@@ -176,3 +146,17 @@ def load_prompt_options(checkpoint: str | Path, default: PromptOptions | None = 
                          f"has no 'prompt'); it was saved before they were recorded or not trained here")
     log.warning("%s records no prompt options; rendering with %s", checkpoint, default)
     return default
+
+
+def _from_old_record(saved: Any, meta: Path) -> Any:
+    """A record saved before `layout` (`compact`, and in later ones `name_last` and `by_strength`)
+    as today's fields: `compact` becomes the layout; one asking for a removed layout is refused in
+    one line."""
+    if not isinstance(saved, dict) or "layout" in saved or not {"compact", *REMOVED_LAYOUTS} & set(saved):
+        return saved
+    removed = [k for k in REMOVED_LAYOUTS if saved.get(k)]
+    if removed:
+        raise ValueError(f"{meta}: the router was trained with the prompt layout {removed[0]!r}, since removed; "
+                         f"render it with commit {REMOVED_LAYOUTS_COMMIT} of router-r1")
+    rest = {k: v for k, v in saved.items() if k not in ("compact", *REMOVED_LAYOUTS)}
+    return {"layout": "compact" if saved.get("compact") else "full", **rest}

@@ -6,10 +6,12 @@ billed alike):
 
 - direct baselines (send the question to one model; on QA sets in the paper's answer format,
   DIRECT_PROMPT, with the short answer taken out of the reply): `single:<model>`,
-  `random`, `cheapest`, `largest`, `most-expensive`, and `oracle` (best per question from the
-  replay labels: the cheapest model that answered correctly, else the cheapest; RouterBench's
-  "Oracle" and the upper bound of any one-call router), and `per-task[:margin]` (one model per task,
-  chosen from the labels of a *training* split: router_r1.worlds.replay.routing);
+  `random`, `cheapest`, `largest` (by known size only: with no size known it refuses, never
+  guesses), `most-expensive`, and `oracle` (best per question from the recorded graded scores:
+  the cheapest of the models with the question's best score; RouterBench's "Oracle" and the upper
+  bound of any one-call router), and `per-task[:margin]` (one model per task, chosen from the
+  scores of a *training* split: router_r1.worlds.replay.routing; a task the training split lacks
+  goes to the overall route of the training split);
 - `EpisodePolicy`: an LLM router (RL-trained checkpoint, or prompt-only: an untrained checkpoint or
   an OpenAI-compatible endpoint prompted with the descriptors) played by the episode machine;
 - the RLlib router lives in router_r1.rl_router and plugs in through `RLlibPolicy` there.
@@ -128,8 +130,11 @@ class DirectPolicy:
     """
 
     def __init__(self, name: str, choose: Callable[[EvalItem], str], concurrency: int = 32,
-                 prompt: str = DIRECT_PROMPT):
+                 prompt: str = DIRECT_PROMPT, notes: list[str] | None = None):
         self.name, self.choose, self.concurrency, self.prompt = name, choose, concurrency, prompt
+        # What the report should say about how this policy chose (e.g. sizes it did not know),
+        # one line each; `choose` may add to it while the policy runs.
+        self.notes: list[str] = notes if notes is not None else []
 
     async def run(self, items: Sequence[EvalItem], call: CallFn) -> list[PolicyRun]:
         sem = asyncio.Semaphore(self.concurrency)
@@ -154,14 +159,30 @@ def _stable_rng(seed: int, uid: str) -> random.Random:
 
 
 def oracle_choice(pool: PoolSpec, sample: ReplaySample, columns: dict[str, str]) -> str:
-    """The cheapest model whose recorded answer is correct, else the cheapest model (ties: pool
-    order). Only models the replay tables know are candidates."""
+    """The cheapest of the models with the question's best recorded graded score (0/1 labels:
+    the cheapest correct model, else the cheapest model; ties: pool order). Only models the
+    recorded answers know are candidates; a missing score counts 0."""
     cands = [m for m in pool.models if m.name in columns]
     if not cands:
         raise ValueError("oracle: no pool model has a column in the replay tables")
-    priced = [(sample_cost(pool, m, sample, columns[m.name]), i, m) for i, m in enumerate(cands)]
-    correct = [p for p in priced if sample.label(columns[p[2].name]) > 0]
-    return min(correct or priced, key=lambda p: (p[0], p[1]))[2].name
+    scored = [(sample.label(columns[m.name]), sample_cost(pool, m, sample, columns[m.name]), i, m)
+              for i, m in enumerate(cands)]
+    best = max(p[0] for p in scored)
+    return min((p for p in scored if p[0] >= best - 1e-12), key=lambda p: (p[1], p[2]))[3].name
+
+
+class NoKnownSize(ValueError):
+    """`largest` over a pool whose descriptors give no model's size (params_b)."""
+
+
+def largest_model(pool: PoolSpec) -> tuple[ModelDescriptor, list[str]]:
+    """(the largest model of known size, the names of models of unknown size). No size known:
+    NoKnownSize, never a guess (price is not size)."""
+    sized = [m for m in pool.models if m.params_b is not None]
+    if not sized:
+        raise NoKnownSize(f"largest: no model of pool {pool.name!r} has a known size (params_b); "
+                          "unknown size, so there is no largest model (most-expensive ranks by price)")
+    return max(sized, key=lambda d: d.params_b), [m.name for m in pool.models if m.params_b is None]
 
 
 def make_direct_baseline(spec: str, pool: PoolSpec, seed: int = 0, concurrency: int = 32,
@@ -180,9 +201,10 @@ def make_direct_baseline(spec: str, pool: PoolSpec, seed: int = 0, concurrency: 
         m = max(pool.models, key=total_price)
         return DirectPolicy(f"most-expensive ({m.name})", lambda item, n=m.name: n, concurrency)
     if spec == "largest":
-        sized = [m for m in pool.models if m.params_b is not None]
-        m = max(sized, key=lambda d: d.params_b) if sized else max(pool.models, key=total_price)
-        return DirectPolicy(f"largest ({m.name})", lambda item, n=m.name: n, concurrency)
+        m, unknown = largest_model(pool)
+        notes = [f"largest: unknown size for {', '.join(unknown)}; {m.name} is the largest of the "
+                 f"{len(pool.models) - len(unknown)} models of known size"] if unknown else []
+        return DirectPolicy(f"largest ({m.name})", lambda item, n=m.name: n, concurrency, notes=notes)
     if spec == "oracle":
         columns = model_ids(pool, table_models)
 
@@ -199,19 +221,37 @@ def make_per_task_baseline(spec: str, pool: PoolSpec, train: Sequence[ReplaySamp
                            table_models: Sequence[str], concurrency: int = 32) -> DirectPolicy:
     """`per-task[:margin]`: each question goes to its task's model, the cheapest whose accuracy on
     the `train` samples is within `margin` (default 0: the most accurate) of the task's best
-    (router_r1.worlds.replay.routing.per_task_routes). Only `train`'s labels are read."""
+    (router_r1.worlds.replay.routing.per_task_routes). Only `train`'s labels are read. A task
+    with no training questions (or an item without a task) goes to the overall route: the same
+    rule over the whole training split; the policy's `notes` say which tasks did."""
     _, _, arg = spec.partition(":")
-    margin = float(arg) if arg else 0.0
+    try:
+        margin = float(arg) if arg else 0.0
+    except ValueError:
+        raise ValueError(f"{spec}: the margin must be a number, e.g. per-task:0.05") from None
     if not train:
         raise ValueError(f"{spec}: needs the labels of a training split (router-r1 evaluate --split val)")
     routes = per_task_routes(*task_stats(train, pool, table_models), margin)
+    overall = per_task_routes(*task_stats(train, pool, table_models, key=lambda s: "*"), margin).get("*")
+    if overall is None:
+        raise ValueError(f"{spec}: no pool model has a recorded answer on the training split")
+    name = f"per-task:{margin:g}"
+    notes: list[str] = []
+    fallen: set[str] = set()
 
     def choose(item: EvalItem) -> str:
-        if item.sample is None or item.sample.eval_name not in routes:
-            raise ValueError(f"{spec}: no training questions of the task of {item.uid!r}")
-        return routes[item.sample.eval_name]
+        task = item.sample.eval_name if item.sample is not None else None
+        route = routes.get(task) if task is not None else None
+        if route is not None:
+            return route
+        label = task if task is not None else "(none)"
+        if label not in fallen:
+            fallen.add(label)
+            notes.append(f"{name}: task {label!r} has no training questions; its questions go to "
+                         f"{overall}, the route of the whole training split")
+        return overall
 
-    return DirectPolicy(f"per-task:{margin:g}", choose, concurrency)
+    return DirectPolicy(name, choose, concurrency, notes=notes)
 
 
 class EpisodePolicy:

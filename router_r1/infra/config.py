@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_r1.env.episode import EpisodeConfig
-from router_r1.env.prompt import PromptOptions
+from router_r1.env.prompt import PromptLayout, PromptOptions
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
@@ -45,18 +45,11 @@ class PolicyConfig(_Section):
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     tokenizer_vocab_size: int = 2000  # locally trained tokenizer for tiny models
     use_chat_template: bool = True  # when the checkpoint's tokenizer has one
-    # Short instructions and descriptors (router_r1.env.prompt, compact=True): for tiny routers whose
-    # context is small. Rollouts, warm-start traces, serving and evaluation all read this flag.
-    compact_prompt: bool = False
-    # Each compact model line ends with the model's name ("- $0.10/1M tokens. Strong on ... Name:
-    # Sim-Geo-Small") instead of starting with it. A causal router reads a name's tokens after its
-    # description, so writing a name it never saw in training is one lookup (router_r1.env.prompt).
-    name_last: bool = False
-    # List the models by what their descriptions name, one line per phrase with the models so
-    # described, cheapest first ("- strong on geography: Sim-Geo-Small ($0.10), ..."), instead of
-    # a line per model (router_r1.env.prompt.strength_index). With warmstart.think_need the think
-    # before a call then quotes that line's phrase and the model it calls.
-    by_strength: bool = False
+    # How the prompt lays out the instructions and the candidates (router_r1.env.prompt.PromptLayout):
+    # "full" (the paper's instructions; price, latency, size and description per model) or
+    # "compact" (short instructions and one short line per model: for tiny routers whose context
+    # is small). Rollouts, warm-start traces, serving and evaluation all render with it.
+    prompt_layout: PromptLayout = "full"
     # Keep only the last N tokens of the question in the prompt (None: the whole question). For
     # tiny routers on long benchmark prompts (RouterBench's few-shot examples come first, the
     # question itself last); the replayed call still receives the full question.
@@ -64,14 +57,21 @@ class PolicyConfig(_Section):
 
     def prompt_options(self) -> PromptOptions:
         """How this policy's prompt is rendered; saved with every checkpoint it writes."""
-        return PromptOptions(compact=self.compact_prompt, max_question_tokens=self.max_question_tokens,
-                             use_chat_template=self.use_chat_template, name_last=self.name_last,
-                             by_strength=self.by_strength)
+        return PromptOptions(layout=self.prompt_layout, max_question_tokens=self.max_question_tokens,
+                             use_chat_template=self.use_chat_template)
 
 
 class RolloutConfig(_Section):
     num_actors: int = 1
     episodes_per_actor: int = 16
+    # Rollouts ahead of the learner (pipelines/train.py): 0 is the synchronous step (sync, roll
+    # out, update); k > 0 keeps the rollouts of the next k steps running while the learner
+    # updates, so a step trains on episodes of weights at most k versions old, corrected by
+    # truncated importance weights (learner.behaviour_is_cap; router_r1.rl.algos).
+    max_staleness: int = Field(default=0, ge=0)
+    # Continuous batching over episodes (router_r1.env.episode.run_episodes): the longest a
+    # generation batch waits for routed calls about to return.
+    batch_wait_s: float = Field(default=0.05, ge=0.0)
     engine: Literal["transformers", "vllm"] = "transformers"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -101,6 +101,9 @@ class LearnerConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     group_size: int = 4  # GRPO: samples per question
     clip_eps: float = 0.2
+    # Rollouts ahead of the learner (rollout.max_staleness > 0): the cap of the truncated
+    # importance weights pi_prox / mu of rows sampled by older weights (router_r1.rl.algos.behaviour_weights).
+    behaviour_is_cap: float = Field(default=2.0, gt=0.0)
     kl_coef: float = 0.001
     entropy_coef: float = 0.0
     # How per-token losses become one loss per optimizer step (algos.loss_weights): "token-mean"
@@ -123,8 +126,11 @@ class LearnerConfig(_Section):
     # policy.dtype. None: the learner's weights and optimizer state are in policy.dtype.
     master_dtype: Literal["float32"] | None = None
     gradient_checkpointing: bool = False
+    # Tokens per float32 chunk when the learner takes log-probs and entropy (router_r1.rl.logprobs):
+    # no full-vocabulary float32 tensor is built; the result is the same for any value.
+    logprob_chunk: int = Field(default=1024, ge=1)
     # Rows that begin alike (the prompt's instructions and descriptors) run that shared prefix
-    # through the trunk once per micro-batch (actors/learner.PolicyWithValue): same logits and
+    # through the trunk once per micro-batch (router_r1.rl.policy_model.PolicyWithValue): same logits and
     # gradients, about half the compute on the demo. Off: every row runs whole.
     share_prefix: bool = True
     # Published weights are cut into buckets of about this many MB, one object-store ref each.
@@ -150,7 +156,7 @@ class WarmStartConfig(_Section):
 
     steps: int = 0
     lr: float = 1e-3
-    # The multiplier of `lr` at SFT step k (learner.lr_lambda): warmup, then constant or decay to 0.
+    # The multiplier of `lr` at SFT step k (router_r1.rl.schedule.lr_lambda): warmup, then constant or decay to 0.
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = 16
@@ -163,9 +169,6 @@ class WarmStartConfig(_Section):
     # Replay `per_task` traces: per task, the cheapest model whose training-split accuracy is within
     # this margin of the task's best (router_r1.worlds.replay.routing.per_task_routes).
     task_margin: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Share of simulator traces whose replies' stated entities are renamed to random entities of
-    # the same kind (router_r1.worlds.sim.traces.swap_stated_names): the router then writes every name.
-    name_swap: float = Field(default=0.0, ge=0.0, le=1.0)
     # Share of simulator traces whose question's subject is renamed to another entity of its kind
     # throughout (router_r1.worlds.sim.traces.swap_subject): fresh names in every trace, so names
     # can only be written by copying them out of the question.
@@ -174,13 +177,6 @@ class WarmStartConfig(_Section):
     # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so
     # that a model unseen in training is called where its description says it is strong.
     synthetic_pools: float = Field(default=0.0, ge=0.0, le=1.0)
-    # How many name heads (router_r1.worlds.sim.synthetic.HEADS, in order) synthetic names draw
-    # from: with few, a tiny router composes names from memorised pieces instead of copying one.
-    synthetic_heads: int = Field(default=16, ge=2, le=60)
-    # Simulator traces: the think before each call names the domain its (sub-)question needs ("I
-    # need a model strong on sports."), so choosing the model is reading one word off the lines
-    # (router_r1.worlds.sim.traces.make_trace).
-    think_need: bool = False
 
     @field_validator("trace_mix")
     @classmethod
@@ -238,6 +234,7 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = 10
+    log_every: int = Field(default=1, ge=1)  # without a progress bar: one log line every N RL steps
     checkpoint_every: int = 5
     # Complete checkpoints kept under output_dir/checkpoints (the newest N); None: all of them.
     keep_checkpoints: int | None = Field(default=None, ge=1)
@@ -301,7 +298,6 @@ class ServeConfig(_Section):
 
 class EvalConfig(_Section):
     output_dir: str = "outputs/eval"
-    baselines: list[str] = Field(default_factory=list)
     concurrency: int = 32
 
 

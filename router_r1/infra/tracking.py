@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 CURVES = {"reward/mean": "reward", "outcome/em": "EM", "format/ok_rate": "format ok",
           "cost/mean_usd": "cost per episode (USD)", "calls/per_episode": "calls per episode",
           "actor/kl": "KL to reference"}
+
+
+# The experiment's kind as MLflow's UI reads it (`mlflow.experimentKind`).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
@@ -56,8 +60,10 @@ class NullTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def log_jsonl(self, records: Iterable[dict], name: str) -> None: ...
-    def log_curves(self, history: list[dict[str, float]], name: str = "training_curves.png") -> None: ...
+    def log_samples(self, records: list[dict], name: str) -> None: ...
+    def log_curves(self, history: list[dict[str, float]], sft_losses: list[float] = (),
+                   name: str = "training_curves.png") -> None: ...
+    def describe_run(self, markdown: str) -> None: ...
     def log_dir(self, path: str | Path, artifact_path: str) -> None: ...
     def log_dict(self, d: dict, name: str) -> None: ...
     def log_router(self, policy_dir: str | Path, pool_file: str | Path, router_cfg: dict) -> None: ...
@@ -75,6 +81,9 @@ class MlflowTracker(NullTracker):
         exp = client.get_experiment_by_name(cfg.experiment)
         self.experiment_id = exp.experiment_id if exp is not None else client.create_experiment(
             cfg.experiment, artifact_location=artifact_root(self.uri))
+        # A model-training experiment: the UI opens on runs and their charts, not the GenAI overview.
+        if (exp is None or EXPERIMENT_KIND[0] not in exp.tags):
+            client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.run_id = None
 
     def start(self, run_id: str | None = None, run_name: str | None = None) -> str:
@@ -98,16 +107,25 @@ class MlflowTracker(NullTracker):
         if clean:
             self.mlflow.log_metrics(clean, step=step)
 
-    def log_jsonl(self, records: Iterable[dict], name: str) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-        self.mlflow.log_text(text, name)
+    def log_samples(self, records: list[dict], name: str) -> None:
+        """Sample trajectories as an MLflow table (one row per episode, one column per field; the
+        UI shows it as a table), nested fields as JSON text."""
+        cols = list(dict.fromkeys(k for r in records for k in r))
+        data = {c: [r.get(c) if isinstance(r.get(c), (str, int, float, bool, type(None)))
+                    else json.dumps(r.get(c), ensure_ascii=False, default=str) for r in records] for c in cols}
+        self.mlflow.log_table(data=data, artifact_file=name)
 
     def log_dict(self, d: dict, name: str) -> None:
         self.mlflow.log_dict(d, name)
 
-    def log_curves(self, history: list[dict[str, float]], name: str = "training_curves.png") -> None:
+    def describe_run(self, markdown: str) -> None:
+        """The run page's description, shown first when the run opens."""
+        self.mlflow.set_tag("mlflow.note.content", markdown)
+
+    def log_curves(self, history: list[dict[str, float]], sft_losses: list[float] = (),
+                   name: str = "training_curves.png") -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            path = plot_curves(history, Path(tmp) / name)
+            path = plot_curves(history, Path(tmp) / name, sft_losses)
             if path is not None:
                 self.mlflow.log_artifact(str(path))
 
@@ -138,26 +156,33 @@ def _param(v: Any) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
-def plot_curves(history: list[dict[str, float]], path: str | Path) -> Path | None:
-    """A PNG grid of the training curves in CURVES (matplotlib, Agg backend); None if no data."""
+def plot_curves(history: list[dict[str, float]], path: str | Path, sft_losses: list[float] = ()) -> Path | None:
+    """A PNG grid (matplotlib, Agg backend): the warm start's loss by supervised step, then the
+    RL curves in CURVES by RL step; None if there is nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [k for k in CURVES if any(k in h for h in history)]
-    if not keys:
+    panels = (["sft"] if sft_losses else []) + keys
+    if not panels:
         return None
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
-        pts = [(h["step"], h[k]) for h in history if k in h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1)
-        ax.set_title(CURVES[k])
-        ax.set_xlabel("step")
+    for ax, k in zip(axes.flat, panels):
+        if k == "sft":
+            ax.plot(range(1, len(sft_losses) + 1), list(sft_losses), linewidth=1)
+            ax.set_title("warm start: loss (nll)")
+            ax.set_xlabel("supervised step")
+        else:
+            pts = [(h["step"], h[k]) for h in history if k in h]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1)
+            ax.set_title(f"RL: {CURVES[k]}")
+            ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)

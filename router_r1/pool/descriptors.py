@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from router_r1.util.redact import mask
 
-BackendKind = Literal["openai", "vllm", "transformers", "replay", "simulated"]
+BackendKind = Literal["openai", "vllm", "transformers", "replay", "simulated", "world"]
 # Every descriptor model: unknown fields, inf/NaN numbers refused; a refused value is never echoed
 # in the error (a key pasted into the wrong field must not reach the terminal or a log).
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
@@ -55,7 +55,7 @@ class Backend(BaseModel):
     api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
     checkpoint: str | None = None  # transformers / vllm: local checkpoint directory
     replay_source: str | None = None  # replay: table name or file the answers come from
-    replay_column: str | None = None  # replay: the model's column in that table
+    replay_column: str | None = None  # replay, world: the model's id in the recorded answers
     max_tokens: int = Field(default=256, ge=1)  # completion cap per call
     system_prompt: str | None = None  # prepended when the call is a bare query
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific extras

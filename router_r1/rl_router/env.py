@@ -1,7 +1,9 @@
 """The routing environment: one question per episode, real recorded answers, the Router-R1 reward.
 
-Actions: `k < max_models` calls the pool's k-th model (its recorded reply and cost, from the replay
-tables); `max_models` answers with the last reply. The episode ends on an answer, on an invalid
+Actions: `k < max_models` calls the pool's k-th model (its recorded reply and cost); `max_models`
+answers with the last reply. The recorded answers are a world's (World.recorded: `run_config`
+names a run config whose `data:` section builds it, as `router-r1 train` does; the replay tables
+are one such world) or replay tables given directly (`data`: files; `samples`: loaded ones). The episode ends on an answer, on an invalid
 slot (a model the pool does not have: scored like a format violation, as when the LLM router names
 an unknown model), or after `max_calls` calls (the last reply is the answer). Reward at the end only,
 the same core reward as the LLM router (router_r1.env.reward; Router-R1 eq. 2-5): format is always
@@ -38,6 +40,18 @@ def _load_split(paths: tuple[str, ...], split: str, val_fraction: float, seed: i
     return split_samples(table.samples, split, val_fraction, seed), table.models
 
 
+@functools.lru_cache(maxsize=4)
+def _load_world_split(run_config: str, split: str) -> tuple[list[ReplaySample], list[str]]:
+    """The recorded samples of `split` (train, val or all) of the world `run_config` names, built
+    as `router-r1 train` builds it (over the config's pool, training view). Once per process."""
+    from router_r1.infra.config import load_config
+    from router_r1.worlds.base import make_world, recorded_samples
+
+    cfg = load_config(run_config)
+    table, samples = recorded_samples(make_world(cfg, cfg.load_pool().seen()), split)
+    return samples, list(table.models)
+
+
 _QVEC_CACHE: dict[tuple[int, int], tuple[list[ReplaySample], list[np.ndarray]]] = {}
 
 
@@ -61,7 +75,8 @@ def training_pool(pool: PoolSpec, holdout: Sequence[str] = ()) -> PoolSpec:
 
 class RouterEnv(gym.Env):
     """See module docstring. `config` (an RLlib EnvContext is a dict) holds either live objects
-    (`samples`, `pool`: tests, evaluation) or what to load (`data`, `pool_path`, `split`, ...)."""
+    (`samples`, `pool`: tests, evaluation) or what to load (`run_config` or `data`, `pool_path`,
+    `split`, ...)."""
 
     metadata: dict[str, Any] = {}
 
@@ -76,7 +91,9 @@ class RouterEnv(gym.Env):
         held_out = pool.subset([m.name for m in pool.models if m.name not in trained])
         samples = config.get("samples")
         table_models = config.get("table_models")
-        if samples is None:
+        if samples is None and config.get("run_config"):
+            samples, table_models = _load_world_split(str(config["run_config"]), config.get("split", "train"))
+        elif samples is None:
             samples, table_models = _load_split(
                 tuple(str(resolve_data_path(p, pool)) for p in config["data"]), config.get("split", "train"),
                 float(config.get("val_fraction", 0.2)), int(config.get("split_seed", 0)))

@@ -15,6 +15,13 @@ A user's own world is one class (subclass `World` for the defaults, or write eve
 in the config: `data: {kind: custom, world: "my_pkg.my_module:MyWorld", options: {...}}`; it is
 built with `MyWorld.from_config(cfg, pool)`, by default `MyWorld(**options)` (docs/training.md).
 
+A world may also offer recorded answers (`recorded()`: every candidate model's reply to each of
+its questions, with a graded score and a cost or token counts). Then every command runs on it
+from the config alone: `train` (the pool's `world` backend answers routed calls from them:
+router_r1.worlds.backend), `evaluate --config` (the baselines that read per-model outcomes:
+oracle, per-task) and `train-rllib --config` (the RLlib router's environment). The replay world's
+tables are one such world; router_r1.worlds.recorded.RecordedWorld makes one from rows.
+
 The question stream is here too: it reshuffles each epoch from (seed, epoch), so its whole state
 is two integers, kept in checkpoints: a resumed run sees exactly the questions an uninterrupted
 one would. Ray-free.
@@ -25,10 +32,11 @@ import importlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
+    from router_r1.env.prompt import PromptLayout
     from router_r1.env.reward import RewardConfig
     from router_r1.infra.config import DataConfig, RunConfig
     from router_r1.pool.descriptors import PoolSpec
@@ -57,6 +65,20 @@ WORLDS: dict[str, str] = {
 }
 
 
+class RecordedAnswers(Protocol):
+    """Every candidate model's recorded reply to a world's questions: what
+    router_r1.worlds.replay.tables.ReplayTable is (build one from rows with
+    `ReplayTable.from_rows`). `samples` hold per question its `prompt`, task (`eval_name`) and
+    `answers` by model id (`response`, graded score `correct` in [0, 1], `cost` in USD or None,
+    recorded token counts or None); `models` are the model ids, matched to pool models by
+    display name, alias or `backend.replay_column`."""
+
+    samples: list[Any]
+    models: list[str]
+
+    def lookup(self, question: str) -> Any | None: ...
+
+
 def item(id_: str, question: str, golds: Sequence[str]) -> Item:
     return {"id": id_, "question": question, "golden_answers": list(golds)}
 
@@ -76,12 +98,13 @@ class World:
         at the start and end of training)."""
         raise NotImplementedError
 
-    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
-        """Text for a tiny router's locally trained tokenizer (not called with a checkpoint).
-        Default: every question's rendered prompt followed by its gold answers."""
+    def tokenizer_corpus(self, pool: PoolSpec, layout: PromptLayout) -> list[str]:
+        """Text for a tiny router's locally trained tokenizer (not called with a checkpoint), its
+        prompts in `layout` (`policy.prompt_layout`). Default: every question's rendered prompt
+        followed by its gold answers."""
         from router_r1.env.prompt import render_prompt
 
-        return [render_prompt(pool, it["question"], compact=compact) + " ".join(it["golden_answers"])
+        return [render_prompt(pool, it["question"], layout=layout) + " ".join(it["golden_answers"])
                 for it in self.questions("train") + self.questions("val")]
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
@@ -119,6 +142,33 @@ class World:
         """The call function the episodes' routed calls go through. Default: the pool's, as is.
         Per class, not per instance: a rollout actor uses it without loading the world's data."""
         return call
+
+    def recorded(self) -> RecordedAnswers | None:
+        """Every candidate model's recorded answer to this world's questions (`RecordedAnswers`),
+        looked up by question text; None (the default): the world has none, and the pool's models
+        are called for real. With them, the pool's `world` backend answers routed calls, and the
+        oracle and per-task baselines and the RLlib router read per-model outcomes from them."""
+        return None
+
+
+def recorded_samples(world: World, split: str) -> tuple[RecordedAnswers, list[Any]]:
+    """(recorded answers, one recorded sample per question of `split`: train, val, or all =
+    train then val). One line of error when the world records no answers or misses a question."""
+    table = world.recorded()
+    if table is None:
+        raise ValueError(f"the {type(world).__name__} world records no answers (World.recorded); "
+                         "this needs every model's recorded answer to each question")
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"unknown split {split!r}; want train, val or all")
+    items = [q for s in (("train", "val") if split == "all" else (split,)) for q in world.questions(s)]
+    out = []
+    for it in items:
+        s = table.lookup(it["question"])
+        if s is None:
+            raise ValueError(f"the {type(world).__name__} world has no recorded answers to question "
+                             f"{it['id']!r} of its {split} split")
+        out.append(s)
+    return table, out
 
 
 def check_trace_mix(mix: dict[str, float] | None, known: Sequence[str], world: str) -> None:

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "transformers": "router_r1.pool.backends.hf_local:TransformersBackend",
     "replay": "router_r1.worlds.replay.backend:ReplayBackend",
     "simulated": "router_r1.worlds.sim.backend:SimulatedBackend",
+    "world": "router_r1.worlds.backend:WorldBackend",
 }
 
 

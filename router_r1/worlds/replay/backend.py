@@ -25,6 +25,7 @@ from router_r1.worlds.replay.tables import ReplayTable, model_ids, resolve_data_
 
 class ReplayBackend(ModelBackend):
     recorded_usage = True  # recorded answers and costs: replayed as they were, never capped
+    kind, source = "replay", "the replay tables"  # what its errors name (world: router_r1.worlds.backend)
 
     def __init__(self, pool: PoolSpec, *, sources: Sequence[str] | str = (),
                  table: ReplayTable | None = None):
@@ -46,23 +47,26 @@ class ReplayBackend(ModelBackend):
         column = self.columns.get(model.name)
         if column is None:
             raise BackendError(CallStatus.INVALID_REQUEST,
-                               f"replay: model {model.name!r} has no column in the replay tables "
+                               f"{self.kind}: model {model.name!r} has no column in {self.source} "
                                f"(known: {', '.join(self.table.models)})", retryable=False)
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
         sample = None if question is None else self.table.lookup(question)
         if sample is None:
             head = (question or "")[:80].replace("\n", " ")
             raise BackendError(CallStatus.INVALID_REQUEST,
-                               f"replay: question not in the replay tables: {head!r}", retryable=False)
+                               f"{self.kind}: question not in {self.source}: {head!r}", retryable=False)
         ans = sample.answers.get(column)
         if ans is None or ans.response is None:
             raise BackendError(CallStatus.INVALID_REQUEST,
-                               f"replay: {column!r} has no recorded answer to sample "
+                               f"{self.kind}: {column!r} has no recorded answer to sample "
                                f"{sample.sample_id!r}", retryable=False)
         text = ans.response
-        # Token counts are estimates (the tables record none); the recorded reply is never cut.
-        return BackendReply(text=text, prompt_tokens=estimate_prompt_tokens(messages),
-                            completion_tokens=estimate_tokens(text),
+        # Token counts are the recorded ones, else estimates; the recorded reply is never cut.
+        return BackendReply(text=text,
+                            prompt_tokens=(ans.prompt_tokens if ans.prompt_tokens is not None
+                                           else estimate_prompt_tokens(messages)),
+                            completion_tokens=(ans.completion_tokens if ans.completion_tokens is not None
+                                               else estimate_tokens(text)),
                             cost_usd=ans.cost,
                             meta={"sample_id": sample.sample_id, "correct": ans.correct,
                                   "replay_model": column})

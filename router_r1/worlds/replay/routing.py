@@ -11,7 +11,7 @@ label of the questions it is compared on.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from router_r1.pool.cost import call_cost, estimate_tokens
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
@@ -19,21 +19,25 @@ from router_r1.worlds.replay.tables import ReplaySample, model_ids
 
 
 def sample_cost(pool: PoolSpec, model: ModelDescriptor, sample: ReplaySample, column: str) -> float:
-    """What calling `model` on `sample` costs: the recorded cost, else priced from the descriptor."""
+    """What calling `model` on `sample` costs: the recorded cost, else priced from the descriptor
+    with the recorded token counts, else with token estimates."""
     a = sample.answers.get(column)
     if a is not None and a.cost is not None:
         return a.cost
-    completion = estimate_tokens(a.response) if a is not None and a.response else 0
-    return call_cost(model, estimate_tokens(sample.prompt) + 6, completion)
+    prompt = a.prompt_tokens if a is not None and a.prompt_tokens is not None else estimate_tokens(sample.prompt) + 6
+    completion = (a.completion_tokens if a is not None and a.completion_tokens is not None
+                  else estimate_tokens(a.response) if a is not None and a.response else 0)
+    return call_cost(model, prompt, completion)
 
 
 TaskTable = dict[str, dict[str, float]]  # eval_name -> pool model (display name) -> value
 
 
-def task_stats(samples: Sequence[ReplaySample], pool: PoolSpec, table_models: Sequence[str]
-               ) -> tuple[TaskTable, TaskTable]:
-    """(accuracy, mean cost) per task and pool model over `samples`, counting only questions
-    the model has a recorded reply to (a missing reply is no evidence either way)."""
+def task_stats(samples: Sequence[ReplaySample], pool: PoolSpec, table_models: Sequence[str],
+               key: Callable[[ReplaySample], str] = lambda s: s.eval_name) -> tuple[TaskTable, TaskTable]:
+    """(accuracy, mean cost) per task (`key`: by default the sample's `eval_name`) and pool model
+    over `samples`, counting only questions the model has a recorded reply to (a missing reply is
+    no evidence either way). Accuracy is the mean graded score."""
     columns = model_ids(pool, table_models)
     hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     costs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -41,8 +45,8 @@ def task_stats(samples: Sequence[ReplaySample], pool: PoolSpec, table_models: Se
         for name, col in columns.items():
             a = s.answers.get(col)
             if a is not None and a.response is not None:
-                hits[s.eval_name][name].append(s.label(col))
-                costs[s.eval_name][name].append(sample_cost(pool, pool[name], s, col))
+                hits[key(s)][name].append(s.label(col))
+                costs[key(s)][name].append(sample_cost(pool, pool[name], s, col))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return ({t: {m: mean(v) for m, v in per.items()} for t, per in hits.items()},
             {t: {m: mean(v) for m, v in per.items()} for t, per in costs.items()})

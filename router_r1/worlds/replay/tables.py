@@ -8,8 +8,11 @@ Two public sources (see ../shared/data/README.md):
   (cost is priced later from the model descriptors and token estimates).
 
 Both are turned into one long table, one row per (question, model):
-`sample_id, eval_name, prompt, model, response, correct, cost` (cost null when not recorded), which
-is what the replay backend, the baselines and the RLlib environment read. Ray-free.
+`sample_id, eval_name, prompt, model, response, correct, cost` (cost null when not recorded), plus
+optional `prompt_tokens, completion_tokens`, which is what the replay backend, the baselines and the
+RLlib environment read. The long table is also an input format of its own (a Parquet file with
+these columns; docs/evaluation.md), and a world builds one in memory from rows
+(`ReplayTable.from_rows`; router_r1.worlds.recorded). Ray-free.
 
 Outcome rule (docs/evaluation.md): RouterBench has correctness labels, not gold answers, so an
 episode's outcome is the label of the called model's reply that its final answer adopts.
@@ -38,8 +41,11 @@ from router_r1.worlds.base import DataError
 LONG_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("eval_name", pa.string()), ("prompt", pa.string()),
     ("model", pa.string()), ("response", pa.string()), ("correct", pa.float64()),
-    ("cost", pa.float64()),
+    ("cost", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
 ])
+# Columns a long table may leave out (null when absent): the recorded token counts of the call.
+OPTIONAL_COLUMNS = ("prompt_tokens", "completion_tokens")
+REQUIRED_COLUMNS = tuple(n for n in LONG_SCHEMA.names if n not in OPTIONAL_COLUMNS)
 _ROUTERBENCH_META = {"", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"}
 
 
@@ -139,7 +145,7 @@ def load_routerbench(path: str | Path) -> pa.Table:
             out["response"].append(response)
             out["correct"].append(correct)
             out["cost"].append(cost)
-    return pa.table(out, schema=LONG_SCHEMA)
+    return _long_table(out)
 
 
 def load_routellm(path: str | Path) -> pa.Table:
@@ -167,18 +173,33 @@ def load_routellm(path: str | Path) -> pa.Table:
             out["response"].append(r[m + "_response"])
             out["correct"].append(_float_or_none(r[m], f"{where}: column {m!r}"))
             out["cost"].append(None)
-    return pa.table(out, schema=LONG_SCHEMA)
+    return _long_table(out)
+
+
+def _long_table(columns: dict[str, list]) -> pa.Table:
+    """The long table of `columns` (LONG_SCHEMA names), optional columns left empty as nulls."""
+    n = len(columns["sample_id"])
+    return pa.table({f.name: columns[f.name] if columns.get(f.name) or f.name not in OPTIONAL_COLUMNS
+                     else [None] * n for f in LONG_SCHEMA}, schema=LONG_SCHEMA)
 
 
 def load_long(path: str | Path) -> pa.Table:
     """Any replay table: a long Parquet file, a RouterBench CSV or a RouteLLM CSV (by header)."""
     path = Path(path)
     if path.suffix == ".parquet":
+        if not path.exists():
+            raise FileNotFoundError(f"replay table not found: {path}")
         tab = pq.read_table(path)
-        missing = set(LONG_SCHEMA.names) - set(tab.column_names)
+        missing = set(REQUIRED_COLUMNS) - set(tab.column_names)
         if missing:
             raise DataError(f"{path}: missing columns {sorted(missing)} of the long replay schema")
-        return tab.select(LONG_SCHEMA.names).cast(LONG_SCHEMA)
+        for c in OPTIONAL_COLUMNS:
+            if c not in tab.column_names:
+                tab = tab.append_column(c, pa.nulls(len(tab), pa.int64()))
+        try:
+            return tab.select(LONG_SCHEMA.names).cast(LONG_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataError(f"{path}: a column does not fit the long replay schema ({e})") from None
     if path.suffix != ".csv":
         raise DataError(f"{path}: unsupported replay table {path.suffix!r} (want .csv or .parquet)")
     if not path.exists():
@@ -201,15 +222,17 @@ def is_replay_file(path: str | Path) -> bool:
         with path.open(encoding="utf-8") as f:
             return "_response" in f.readline()
     if path.suffix == ".parquet":
-        return set(LONG_SCHEMA.names) <= set(pq.read_schema(path).names)
+        return set(REQUIRED_COLUMNS) <= set(pq.read_schema(path).names)
     return False
 
 
 @dataclass(frozen=True)
 class Answer:
     response: str | None
-    correct: float | None
+    correct: float | None  # the graded score in [0, 1] (RouterBench: a 0/1 label)
     cost: float | None  # recorded USD; None when the source has no cost
+    prompt_tokens: int | None = None  # recorded token counts of the call; None: estimated
+    completion_tokens: int | None = None
 
 
 @dataclass
@@ -240,13 +263,54 @@ class ReplayTable:
                 if s is None:
                     s = self._by_key[key] = ReplaySample(r["sample_id"], r["eval_name"], r["prompt"])
                     self.samples.append(s)
-                s.answers[r["model"]] = Answer(r["response"], r["correct"], r["cost"])
+                s.answers[r["model"]] = Answer(r["response"], r["correct"], r["cost"],
+                                               r.get("prompt_tokens"), r.get("completion_tokens"))
                 if r["model"] not in self.models:
                     self.models.append(r["model"])
 
     @classmethod
     def from_files(cls, paths: Sequence[str | Path]) -> "ReplayTable":
         return cls(load_long(p) for p in paths)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]], where: str = "recorded rows") -> "ReplayTable":
+        """A table from long-table rows in memory (dicts with the LONG_SCHEMA keys; `cost`,
+        `response` and the token counts may be missing or None), e.g. a world's own data set.
+        A row that does not fit is a DataError naming the row and the field."""
+        cols: dict[str, list] = {f.name: [] for f in LONG_SCHEMA}
+        for i, r in enumerate(rows):
+            at = f"{where}: row {i}"
+            if not isinstance(r, dict):
+                raise DataError(f"{at}: expected a dict of the long table's columns, got {type(r).__name__}")
+            unknown = sorted(set(r) - set(LONG_SCHEMA.names))
+            if unknown:
+                raise DataError(f"{at}: unknown fields {unknown}; the long table has {LONG_SCHEMA.names}")
+            for k in ("sample_id", "eval_name", "prompt", "model"):
+                v = r.get(k)
+                if v is None or not str(v).strip():
+                    raise DataError(f"{at}: field {k!r} is empty")
+                cols[k].append(str(v))
+            resp = r.get("response")
+            if resp is not None and not isinstance(resp, str):
+                raise DataError(f"{at}: field 'response' must be text or None, got {type(resp).__name__}")
+            cols["response"].append(resp)
+            score = _float_or_none(r.get("correct"), f"{at}: field 'correct'")
+            if score is not None and not 0.0 <= score <= 1.0:
+                raise DataError(f"{at}: field 'correct' is a graded score in [0, 1], got {score}")
+            cols["correct"].append(score)
+            cost = _float_or_none(r.get("cost"), f"{at}: field 'cost'")
+            if cost is not None and not 0.0 <= cost < float("inf"):
+                raise DataError(f"{at}: field 'cost' must be a non-negative USD amount, got {cost}")
+            cols["cost"].append(cost)
+            for k in OPTIONAL_COLUMNS:
+                v = r.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                    raise DataError(f"{at}: field {k!r} must be a non-negative integer or None, got {v!r}")
+                cols[k].append(v)
+        table = cls([pa.table(cols, schema=LONG_SCHEMA)])
+        if not table.samples:
+            raise DataError(f"{where}: no rows")
+        return table
 
     def lookup(self, question: str) -> ReplaySample | None:
         return self._by_key.get(prompt_key(question))

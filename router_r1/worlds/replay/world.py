@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from router_r1.env.episode import Episode, Segment, Tokenizer, truncate_tokens
-from router_r1.env.prompt import PromptOptions, render_prompt, render_prompt_ids, user_turn
+from router_r1.env.prompt import PromptLayout, PromptOptions, render_prompt, render_prompt_ids, user_turn
 from router_r1.env.protocol import information_block
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallFn, CallResult
@@ -84,6 +84,13 @@ class ReplayWorld(World):
         if not files:
             raise ValueError("data.kind 'replay' needs data.train: replay tables (RouterBench CSV, ...)")
         table = ReplayTable.from_files([resolve_data_path(p, pool) for p in files])
+        return cls.from_table(table, pool, val_fraction, seed, limit, val_size)
+
+    @classmethod
+    def from_table(cls, table: ReplayTable, pool: PoolSpec, val_fraction: float, seed: int = 0,
+                   limit: int | None = None, val_size: int | None = None) -> "ReplayWorld":
+        """The world over a loaded table (from files, or built in memory by a world of recorded
+        answers: router_r1.worlds.recorded)."""
         columns = model_ids(pool, table.models)
         if not columns:
             raise ValueError(f"no pool model ({', '.join(pool.names)}) has a column in the replay tables "
@@ -104,8 +111,11 @@ class ReplayWorld(World):
     def questions(self, split: Split) -> list[Item]:
         return self.items(self.train if split == "train" else self.val)
 
-    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
-        return tokenizer_corpus(self, pool, compact, seed=self.cfg.seed)
+    def recorded(self) -> ReplayTable:
+        return self.table
+
+    def tokenizer_corpus(self, pool: PoolSpec, layout: PromptLayout) -> list[str]:
+        return tokenizer_corpus(self, pool, layout, seed=self.cfg.seed)
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
         cfg = self.cfg
@@ -174,7 +184,7 @@ def make_trace(world: ReplayWorld, s: ReplaySample, model: str, pool: PoolSpec, 
 
 
 def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
-                options: PromptOptions = PromptOptions(compact=True), max_obs_tokens: int = 32,
+                options: PromptOptions = PromptOptions(layout="compact"), max_obs_tokens: int = 32,
                 tokenizer: Tokenizer | None = None, temperature: float = 0.1,
                 mix: dict[str, float] | None = None, margin: float = 0.0) -> list[Episode]:
     """`n` traces over training questions (cycled in a seeded order). Each trace's policy is drawn
@@ -210,11 +220,11 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
     return traces
 
 
-def tokenizer_corpus(world: ReplayWorld, pool: PoolSpec, compact: bool = True, n_traces: int = 512,
+def tokenizer_corpus(world: ReplayWorld, pool: PoolSpec, layout: PromptLayout = "compact", n_traces: int = 512,
                      tail_chars: int = 600, seed: int = 0) -> list[str]:
     """Texts for the tiny router's tokenizer: the question tails it will read (by characters,
     since the tokenizer does not exist yet), the rendered prompt and traces with replies."""
     texts = [s.prompt[-tail_chars:] for s in world.train + world.val]
-    for e in make_traces(world, pool, n_traces, seed, PromptOptions(compact=compact), 10_000, None):
-        texts.append(render_prompt(pool, e.question[-tail_chars:], compact=compact) + e.response[:2000])
+    for e in make_traces(world, pool, n_traces, seed, PromptOptions(layout=layout), 10_000, None):
+        texts.append(render_prompt(pool, e.question[-tail_chars:], layout=layout) + e.response[:2000])
     return texts

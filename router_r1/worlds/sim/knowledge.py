@@ -372,6 +372,21 @@ class SimWorld:
         return list(self._kinds.get(kind, []))
 
 
+WHOLE_TWO_HOP = "two-hop, asked whole"
+NOT_UNDERSTOOD = "not understood"
+
+
+def call_domain(world: SimWorld, query: str) -> str:
+    """The domain of the fact a query asks (`SimWorld.interpret`); `WHOLE_TWO_HOP` for a two-hop
+    question asked whole, `NOT_UNDERSTOOD` for a query the simulator does not understand."""
+    it = world.interpret(query)
+    if it is None:
+        return NOT_UNDERSTOOD
+    if len(it.relations) > 1:
+        return WHOLE_TWO_HOP
+    return RELATIONS[it.relations[0]].domain
+
+
 def _num(eid: str) -> int:
     return int(eid.rsplit(":", 1)[1])
 

@@ -6,7 +6,7 @@ answer it states is the gold one (EM), and what the call costs as the `simulated
 The replay world then answers every call from these rows (`router_r1.worlds.replay`). A two-hop
 question can only be asked whole here: replay has no sub-questions, so this is the simulator
 restricted to one call per model and question. `eval_name` is the domain of the question's fact
-(`unseen.call_domain`), so results can be broken down per domain.
+(`knowledge.call_domain`), so results can be broken down per domain.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from pathlib import Path
 
 from router_r1.env.answer_metrics import exact_match
 from router_r1.pool.descriptors import Backend, PoolSpec
-from router_r1.worlds.sim.knowledge import SimQuestion
+from router_r1.worlds.sim.knowledge import SimQuestion, call_domain
 from router_r1.worlds.sim.models import Simulation
-from router_r1.worlds.sim.unseen import call_domain
 
 
 def one_call_rows(sim: Simulation, questions: Sequence[SimQuestion]) -> list[dict]:

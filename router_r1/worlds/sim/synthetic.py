@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from router_r1.env.episode import Episode
+from router_r1.env.prompt import PromptLayout
 from router_r1.pool.descriptors import Backend, ModelDescriptor, PoolSpec
 from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import DOMAINS
 from router_r1.worlds.sim.models import Simulation
-from router_r1.worlds.sim.plans import STRONG, expert_for, strong_for
+from router_r1.worlds.sim.plans import STRONG
 from router_r1.worlds.sim.traces import make_trace, swap_subject
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
 # Name parts: the real pool's pieces and others, combined at random (a name says nothing about
-# its model: it is drawn independently of the profile). Names use the first `heads` of HEADS
-# (`warmstart.synthetic_heads`); each is a single token of the tokenizer trained on these traces
-# (checked with all 60).
+# its model: it is drawn independently of the profile). Warm-start traces draw from the first 16
+# heads; the RLlib router's catalog (experiments/unseen.py) from all 60.
 HEADS = ("Geo", "Bio", "Sci", "General", "Art", "Sport", "Nova", "Omni", "Lex", "Atlas", "Core",
          "Quant", "Sage", "Vox", "Terra", "Poly", "Ark", "Bolt", "Cedar", "Delta", "Echo", "Flux", "Gale",
          "Helix", "Ion", "Jade", "Kite", "Lumen", "Mesa", "Nimbus", "Onyx", "Pike", "Quill", "Raven",
@@ -114,18 +113,17 @@ def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[i
 
 
 def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
-                     reserved: Iterable[str] = (), compact: bool = False,
-                     subject_swap: float = 0.0, heads: int = 16, think_need: bool = False,
-                     by_strength: bool = False) -> list[Episode]:
+                     reserved: Iterable[str] = (), layout: PromptLayout = "full",
+                     subject_swap: float = 0.0) -> list[Episode]:
     """One expert trace per question, each over its own random pool (on `sim`'s world), carrying
     that pool (`Episode.pool`); a `subject_swap` share get a fresh subject (`traces.swap_subject`)."""
     reserved = list(reserved)
     rng, subject_rng = random.Random(f"{seed}-synthetic"), random.Random(f"{seed}-synthetic-subject")
     out = []
     for q in questions:
-        pool = random_pool(rng, reserved, heads=heads)
+        pool = random_pool(rng, reserved)
         synth = Simulation(pool, sim.world)
-        ep = make_trace(synth, q, "expert", rng, compact=compact, think_need=think_need, by_strength=by_strength)
+        ep = make_trace(synth, q, "expert", rng, layout=layout)
         ep.pool = pool
         ep.meta["synthetic_pool"] = True
         if subject_swap and subject_rng.random() < subject_swap:
@@ -133,50 +131,3 @@ def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: in
             ep = swap_subject(ep, subject.name, subject.kind, synth, subject_rng)
         out.append(ep)
     return out
-
-
-@dataclass(frozen=True)
-class ChoiceCase:
-    """One question over a fresh synthetic pool, and what the descriptors say its first call should
-    be: the descriptor-only expert's model (`plans.expert_for` the first hop's domain) and every
-    model rated strong on that domain."""
-
-    question: SimQuestion
-    pool: PoolSpec
-    expert: str
-    strong: tuple[str, ...]
-
-
-def choice_cases(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
-                 reserved: Iterable[str] = (), heads: int = 16) -> list[ChoiceCase]:
-    """Each question over its own fresh random pool (as in `synthetic_traces`, another draw)."""
-    reserved = list(reserved)
-    rng = random.Random(f"{seed}-choice")
-    out = []
-    for q in questions:
-        pool = random_pool(rng, reserved, heads=heads)
-        synth = Simulation(pool, sim.world)
-        domain = q.domains[0]
-        out.append(ChoiceCase(q, pool, expert_for(synth, domain), tuple(strong_for(synth, domain))))
-    return out
-
-
-def choice_rates(cases: Sequence[ChoiceCase], chosen: Sequence[str | None]) -> dict[str, float | int]:
-    """How a router's first calls (`chosen`, the model as written, None for no call) over
-    `choice_cases` read the descriptors: the share naming a model of the pool (`in_pool`, by the
-    pool's name resolution), one strong on the question's domain (`strong`) and the expert's
-    model (`expert`), beside what picking a line uniformly at random gives (`uniform_strong`,
-    `uniform_expert`). A router that copies names without reading descriptions sits at the
-    uniform figures times `in_pool`."""
-    if len(cases) != len(chosen) or not cases:
-        raise ValueError(f"need one choice per case, got {len(chosen)} for {len(cases)} cases")
-    in_pool = strong = expert = 0
-    for c, written in zip(cases, chosen):
-        d = c.pool.resolve(written) if written else None
-        in_pool += d is not None
-        strong += d is not None and d.name in c.strong
-        expert += d is not None and d.name == c.expert
-    n = len(cases)
-    return {"n": n, "in_pool": in_pool / n, "strong": strong / n, "expert": expert / n,
-            "uniform_strong": sum(len(c.strong) / len(c.pool.models) for c in cases) / n,
-            "uniform_expert": sum(1 / len(c.pool.models) for c in cases) / n}

@@ -25,16 +25,15 @@ from typing import Literal
 
 from router_r1.env.answer_metrics import exact_match
 from router_r1.env.episode import Episode, Segment
-from router_r1.env.prompt import index_key, render_prompt
+from router_r1.env.prompt import PromptLayout, render_prompt
 from router_r1.env.protocol import information_block
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.types import CallResult
 from router_r1.worlds.sim.knowledge import SimQuestion
-from router_r1.worlds.sim.language import DOMAINS, RELATIONS
+from router_r1.worlds.sim.language import RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
 from router_r1.worlds.sim.oracle import oracle_plan
 from router_r1.worlds.sim.plans import Plan, expert_plan, generalist_plan, random_plan
-from router_r1.worlds.sim.unseen import call_domain
 
 TracePolicy = Literal["oracle", "expert", "random", "generalist"]
 TRACE_POLICIES = ("oracle", "expert", "random", "generalist")
@@ -60,20 +59,15 @@ def _plan_oracle(sim: Simulation, q: SimQuestion, cfg: RewardConfig) -> Plan:
 
 def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
                rng: random.Random | None = None, reward_cfg: RewardConfig | None = None,
-               instructions: str | None = None, compact: bool = False, decompose_p: float = 0.5,
-               retry: bool = True, think_need: bool = False, by_strength: bool = False) -> Episode:
+               instructions: str | None = None, layout: PromptLayout = "full", decompose_p: float = 0.5,
+               retry: bool = True) -> Episode:
     """One complete, well-formed trajectory for `q`, as a finished `Episode`.
 
     policy 'oracle': the oracle's plan under `reward_cfg` (cheapest path to the gold answer);
     'expert': the cheapest model strong on each hop's domain, retrying a hedge with the
     strongest; 'random': models drawn at random, so traces also show wrong answers, hedges and
     retries; 'generalist': one call to the model best over all domains (see `plans.py`).
-    `think_need`: each think before a call ends with the domain its query asks about
-    (`unseen.call_domain`: "I need a model strong on sports."; none for a two-hop question asked
-    whole), whatever model the policy then calls. With `by_strength` (prompts listing models by
-    `prompt.strength_index`) it goes on to quote the index line the called model is listed under
-    for that domain, and the model ("strong on sports: Sim-Geo-Small."), so the name follows the
-    same phrase as in the prompt.
+    The prompt is rendered in `layout`.
     """
     rng = rng or random.Random(0)
     if policy == "oracle":
@@ -93,11 +87,6 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     if moves[0][0] == "hop1":
         think += f" First I need {RELATIONS[q.relations[0]].noun_phrase(subject)}."
     for i, (_, call) in enumerate(moves):
-        if think_need and (domain := call_domain(sim.world, call.query)) in DOMAINS:
-            think += f" I need a model strong on {domain}."
-            if by_strength:
-                key = index_key(sim.descriptor(call.model), domain)
-                think += f" {key}: {call.model}." if key else f" {call.model}."
         segments.append(Segment(f"<think> {think} </think>\n{_search(call.model, call.query)}",
                                 "policy"))
         segments.append(Segment(information_block(call.reply.text), "information"))
@@ -115,41 +104,17 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
                             "policy"))
     return Episode(
         uid=q.id, question=q.text, golden_answers=q.golden_answers,
-        prompt=render_prompt(sim.pool, q.text, instructions, compact), segments=segments,
+        prompt=render_prompt(sim.pool, q.text, instructions, layout), segments=segments,
         calls=[_call_result(sim, c) for _, c in moves],
         routes=[(c.model, c.query) for _, c in moves],
         turns=sum(s.origin == "policy" for s in segments), done=True,
-        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers),
-              "stated": [(c.reply.stated.name, c.reply.stated.kind) if c.reply.stated else None
-                         for _, c in moves]})
+        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers)})
 
 
 def _call_result(sim: Simulation, c: SimCall) -> CallResult:
     return CallResult(model=c.model, text=c.reply.text, prompt_tokens=c.prompt_tokens,
                       completion_tokens=c.completion_tokens, cost_usd=c.cost_usd,
                       latency_s=sim.descriptor(c.model).latency_s, attempts=1)
-
-
-def swap_stated_names(ep: Episode, sim: Simulation, rng: random.Random) -> Episode:
-    """The same trace with each reply's stated entity renamed to a random entity of the same
-    kind, from the information block that states it onwards (so later sub-questions and the
-    answer copy the new name). The facts become false; the text stays consistent. This is how
-    the tiny router gets to read and write every entity name of the world, held-out ones
-    included (as answers, never as the held-out questions or their facts): a name it never
-    produced in training is one it cannot copy out of a question (docs/training.md)."""
-    segments = [Segment(x.text, x.origin) for x in ep.segments]
-    routes = list(ep.routes)
-    for i, stated in enumerate(ep.meta["stated"]):
-        if stated is None:
-            continue
-        name, kind = stated
-        new = rng.choice(sim.world.by_kind(kind)).name
-        for j in range(2 * i + 1, len(segments)):  # segment 2i+1 is call i's information
-            segments[j] = Segment(segments[j].text.replace(name, new), segments[j].origin)
-        routes[i + 1:] = [(m, q.replace(name, new)) for m, q in routes[i + 1:]]
-    return Episode(uid=ep.uid, question=ep.question, golden_answers=ep.golden_answers, prompt=ep.prompt,
-                   segments=segments, calls=ep.calls, routes=routes, turns=ep.turns, done=True,
-                   meta={**ep.meta, "name_swap": True, "em": 0.0}, pool=ep.pool)
 
 
 def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random) -> Episode:
@@ -175,31 +140,26 @@ DEFAULT_MIX = {"expert": 0.6, "random": 0.4}
 def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
-                instructions: str | None = None, compact: bool = False,
-                name_swap: float = 0.0, subject_swap: float = 0.0, think_need: bool = False,
-                by_strength: bool = False) -> list[Episode]:
+                instructions: str | None = None, layout: PromptLayout = "full",
+                subject_swap: float = 0.0) -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
     40% random: the format and sensible routing, plus enough variety for RL to explore from).
-    A `name_swap` share of them have their stated names swapped (`swap_stated_names`), and a
-    `subject_swap` share their subject renamed (`swap_subject`): fresh names in every trace.
-    `think_need`, `by_strength`: see `make_trace`.
-    A swapped trace keeps no prompt: the rollout worker renders it from the renamed question."""
+    A `subject_swap` share of them have their subject renamed (`swap_subject`): fresh names in
+    every trace. A swapped trace keeps no prompt: the rollout worker renders it from the renamed
+    question."""
     mix = mix or DEFAULT_MIX
     bad = sorted(set(mix) - set(TRACE_POLICIES))
     if bad:
         raise ValueError(f"unknown trace policies {bad}; choose from {TRACE_POLICIES}")
-    if not (0.0 <= name_swap <= 1.0 and 0.0 <= subject_swap <= 1.0):
-        raise ValueError(f"name_swap and subject_swap must be in [0, 1], got {name_swap}, {subject_swap}")
+    if not 0.0 <= subject_swap <= 1.0:
+        raise ValueError(f"subject_swap must be in [0, 1], got {subject_swap}")
     subject_rng = random.Random(f"{seed}-subject-swap")
-    rng, swap_rng = random.Random(seed), random.Random(f"{seed}-name-swap")
+    rng = random.Random(seed)
     names, weights = list(mix), list(mix.values())
     out = []
     for q in questions:
         ep = make_trace(sim, q, rng.choices(names, weights)[0], rng, reward_cfg,
-                        instructions=instructions, compact=compact, think_need=think_need,
-                        by_strength=by_strength)
-        if name_swap and swap_rng.random() < name_swap:
-            ep = swap_stated_names(ep, sim, swap_rng)
+                        instructions=instructions, layout=layout)
         if subject_swap and subject_rng.random() < subject_swap:
             subject = sim.world.entities[q.subject]
             ep = swap_subject(ep, subject.name, subject.kind, sim, subject_rng)
@@ -208,7 +168,7 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
 
 
 def tokenizer_corpus(sim: Simulation, n_traces: int = 1000, seed: int = 0,
-                     instructions: str | None = None, compact: bool = False) -> list[str]:
+                     instructions: str | None = None, layout: PromptLayout = "full") -> list[str]:
     """Texts to train the tiny router's tokenizer on locally: every entity name, every question
     of every split, and full prompts + traces over training questions (mixed policies), so
     every word the router will read or write in the simulator is in its vocabulary."""
@@ -216,6 +176,6 @@ def tokenizer_corpus(sim: Simulation, n_traces: int = 1000, seed: int = 0,
     texts = [e.name for e in w.entities.values()]
     texts += [q.text for split in ("train", "val", "test") for q in w.all_questions(split)]
     for ep in make_traces(sim, w.questions("train", n_traces, seed=seed), seed=seed,
-                          instructions=instructions, compact=compact):
+                          instructions=instructions, layout=layout):
         texts.append(ep.prompt + ep.response)
     return texts

@@ -25,6 +25,7 @@ from router_r1.worlds.sim.traces import TRACE_POLICIES, make_traces, tokenizer_c
 
 if TYPE_CHECKING:
     from router_r1.env.episode import Episode, Tokenizer
+    from router_r1.env.prompt import PromptLayout
     from router_r1.env.reward import RewardConfig
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
@@ -73,18 +74,17 @@ class SimulatedWorld(World):
         no training question asks about), the harder test beside validation."""
         return {"held_out_entities": self.heldout} if self.heldout else {}
 
-    def tokenizer_corpus(self, pool: PoolSpec, compact: bool) -> list[str]:
+    def tokenizer_corpus(self, pool: PoolSpec, layout: PromptLayout) -> list[str]:
         """Every name and question, and prompts + traces over the training pool; with
         `warmstart.synthetic_pools`, prompts + traces over synthetic pools too (their names'
         parts), never a name of the pool file outside the training view."""
         n = max(256, self.cfg.warmstart.num_traces)
-        texts = tokenizer_corpus(self.sim, n_traces=n, seed=self.cfg.seed, compact=compact)
+        texts = tokenizer_corpus(self.sim, n_traces=n, seed=self.cfg.seed, layout=layout)
         share = self.cfg.warmstart.synthetic_pools
         if share:
             qs = self.sim.world.questions("train", max(64, round(share * n)), seed=self.cfg.seed)
             texts += [ep.prompt + ep.response for ep in synthetic_traces(
-                self.sim, qs, seed=self.cfg.seed, reserved=self.reserved_names(), compact=compact,
-                heads=self.cfg.warmstart.synthetic_heads)]
+                self.sim, qs, seed=self.cfg.seed, reserved=self.reserved_names(), layout=layout)]
         return texts
 
     def warmstart_traces(self, pool: PoolSpec, tokenizer: Tokenizer) -> list[Episode]:
@@ -95,14 +95,10 @@ class SimulatedWorld(World):
         qs = self.sim.world.questions("train", ws.num_traces, seed=cfg.seed + 1)
         n_synth = round(ws.synthetic_pools * len(qs))
         traces = make_traces(self.sim, qs[n_synth:], mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
-                             compact=cfg.policy.compact_prompt, name_swap=ws.name_swap,
-                             subject_swap=ws.subject_swap, think_need=ws.think_need,
-                             by_strength=cfg.policy.by_strength)
+                             layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self.reserved_names(),
-                                       compact=cfg.policy.compact_prompt, subject_swap=ws.subject_swap,
-                                       heads=ws.synthetic_heads, think_need=ws.think_need,
-                                       by_strength=cfg.policy.by_strength)
+                                       layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 

@@ -2,6 +2,11 @@
 
     router-r1 unseen --config configs/unseen_sim.yaml --out outputs/unseen_sim
 
+An experiment (experiments/): its results are in docs/results_simulator.md, "A model unseen in
+training". The levers its later attempts added to the core (`policy.name_last`,
+`policy.by_strength`, `warmstart.synthetic_heads`, `warmstart.think_need`) measured not enough and
+were removed; they are at commit bd566f4.
+
 1. Trains a router on the config's pool file, whose held-out models (`seen_in_training: false`)
    training never shows or calls (`router-r1 train`, in `--out/train`; a finished run is reused
    unless `--retrain`).
@@ -11,7 +16,7 @@
    the descriptor file only; the weights are the same). Same prompt renderer and options as
    training, same reward (stateless reference cost normaliser, as the trainer's evaluation).
 3. Reports reward, EM, format-ok, cost and calls per episode for both, each held-out model's
-   share of calls per domain of the sub-question asked (router_r1.worlds.sim.unseen), and the
+   share of calls per domain of the sub-question asked (experiments/unseen_measures.py), and the
    descriptor-only expert and the oracle over both pools on the same questions.
    And whether the router reads descriptors at all (`route_choice`): its first call over fresh
    synthetic pools (invented names, random profiles), against the expert's and a uniform pick.
@@ -35,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.unseen_measures import choice_cases, choice_rates, domain_shares, expert_routes
 from pipelines.cli import add_overrides_argument, error_line, parse_overrides
 from router_r1.infra.config import RunConfig, load_config
 from router_r1.pool.descriptors import PoolSpec
@@ -117,7 +123,6 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
     from router_r1.worlds.base import make_world
     from router_r1.worlds.sim.models import Simulation
     from router_r1.worlds.sim.oracle import reference_policies
-    from router_r1.worlds.sim.unseen import domain_shares, expert_routes
 
     if cfg.learner.torch_threads:
         torch.set_num_threads(cfg.learner.torch_threads)
@@ -150,17 +155,15 @@ def measure(cfg: RunConfig, policy_dir: Path) -> dict[str, Any]:
 
 def route_choice(cfg: RunConfig, policy_dir: Path, world, questions: list) -> dict[str, Any]:
     """The router's greedy first call on `questions` (of the run's simulated `world`), each over its own fresh
-    synthetic pool (`synthetic.choice_cases`, names from the config's `warmstart.synthetic_heads`),
-    scored by `synthetic.choice_rates`: whether it names a pool model, one strong on the
+    synthetic pool (`unseen_measures.choice_cases`, names drawn as in the warm-start traces),
+    scored by `unseen_measures.choice_rates`: whether it names a pool model, one strong on the
     question's domain, the expert's. Only the first turn is generated (no model is called)."""
     from router_r1.engines.hf import HFGenerator
     from router_r1.engines.model import load_policy
     from router_r1.env.prompt import load_prompt_options, render_prompt_ids
     from router_r1.env.protocol import parse
-    from router_r1.worlds.sim.synthetic import choice_cases, choice_rates
 
-    cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=world.reserved_names(),
-                         heads=cfg.warmstart.synthetic_heads)
+    cases = choice_cases(world.sim, questions, seed=cfg.seed, reserved=world.reserved_names())
     model, tok = load_policy(policy_dir)
     options = load_prompt_options(policy_dir, cfg.policy.prompt_options())
     gen = HFGenerator(model, tok)
@@ -170,7 +173,7 @@ def route_choice(cfg: RunConfig, policy_dir: Path, world, questions: list) -> di
         for g in gen.generate(prompts[i:i + 32], max_new_tokens=cfg.episode.max_new_tokens, temperature=0.0):
             routes = parse(g.text).routes
             chosen.append(routes[0].model if routes else None)
-    return {**choice_rates(cases, chosen), "heads": cfg.warmstart.synthetic_heads,
+    return {**choice_rates(cases, chosen),
             "samples": [{"pool": c.pool.names, "expert": c.expert, "strong": list(c.strong), "chosen": w}
                         for c, w in zip(cases[:6], chosen)]}
 
@@ -198,8 +201,7 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
     from router_r1.worlds.base import make_world
     from router_r1.worlds.sim.models import Simulation
     from router_r1.worlds.sim.replay_export import one_call_rows, replay_pool, write_table
-    from router_r1.worlds.sim.synthetic import HEADS, choice_cases, choice_rates, random_pool
-    from router_r1.worlds.sim.unseen import domain_shares
+    from router_r1.worlds.sim.synthetic import HEADS, random_pool
 
     whole = cfg.load_pool()
     held = unseen_models(whole)
@@ -276,8 +278,7 @@ def rllib_slot_swap(cfg: RunConfig, out: Path, iterations: int, retrain: bool, a
             # oracle (reads the labels: the cheapest right model)
             "references": {f"best single model ({best})": singles[best], "one-call oracle": play("oracle", pool)[0]}}
     played = RLlibRouter.load(router)
-    cases = choice_cases(world.sim, questions(val_items), seed=cfg.seed, reserved=reserved,
-                         heads=cfg.warmstart.synthetic_heads)
+    cases = choice_cases(world.sim, questions(val_items), seed=cfg.seed, reserved=reserved)
     chosen = []
     for c in cases:
         played.set_pool(c.pool)
