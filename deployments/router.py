@@ -9,7 +9,7 @@ Each replica holds the policy (transformers on CPU, vLLM on GPU) and answers
 the shared named ModelPool actor (budgets, rate limits and the ledger are shared by every replica).
 Concurrent requests share generation: every router turn goes through `_generate_batch`
 (`@serve.batch`), so 32 requests in flight cost a few batched generations per turn, not 32.
-The request logic itself is `deployments.service.RouterService` (Ray-free).
+The request logic itself is `router_r1.serving.service.RouterService` (Ray-free).
 """
 # No `from __future__ import annotations`: FastAPI must see real classes (Request) in the
 # route signatures of a class that Serve ships to replicas by value.
@@ -26,10 +26,11 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
+from router_r1.serving.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
-from deployments.service import GenParams, Plan, RouterService
+from router_r1.serving.generation import GenParams, generate_isolated
+from router_r1.serving.service import Plan, RouterService
 from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
 
@@ -89,38 +90,6 @@ def tenant_for(authorization: str | None, keys: dict[str, str]) -> str:
     return tenant
 
 
-async def generate_isolated(generate: Callable[..., list[Generation]],
-                            items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
-    """One turn for each item, batched per sampling parameters, in a worker thread. A seeded turn
-    (its seed is not None) is generated alone, so its draws depend on its seed only. A batch that
-    fails is retried item by item, so a poisoned request gets its own exception back (its
-    caller answers 400) and the requests batched with it still get their turns. (Defined above
-    the deployment: Serve pickles the class when it is decorated.)"""
-    groups: dict[Any, list[int]] = {}
-    for i, (_, g) in enumerate(items):
-        groups.setdefault(g if g[3] is None else (g, i), []).append(i)
-    out: list[Generation | Exception] = [Generation() for _ in items]
-    for idx in groups.values():
-        temperature, top_p, max_new, seed = items[idx[0]][1]
-
-        def run(ids: list[int]) -> Any:
-            kw = {} if seed is None else {"seed": seed}
-            return asyncio.to_thread(generate, [items[i][0] for i in ids], max_new_tokens=max_new,
-                                     temperature=temperature, top_p=top_p, **kw)
-        try:
-            gens: list[Generation | Exception] = list(await run(idx))
-        except Exception:
-            gens = []
-            for i in idx:
-                try:
-                    gens.extend(await run([i]))
-                except Exception as e:
-                    gens.append(e)
-        for i, g in zip(idx, gens):
-            out[i] = g
-    return out
-
-
 def route_headers(outcome: Any) -> dict[str, str]:
     """What a request cost and which models it called, for proxies and logs that read headers."""
     return {"x-router-r1-cost-usd": f"{outcome.cost_usd:.10f}".rstrip("0").rstrip(".") or "0",
@@ -169,7 +138,7 @@ class RouterDeployment:
 
     def __init__(self, checkpoint: str, config: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
-        from deployments.engines import make_generator
+        from router_r1.serving.engines import make_generator
         from deployments.metrics import ServeMetrics
         from router_r1.env.prompt import load_prompt_options
 

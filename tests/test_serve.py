@@ -23,14 +23,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
-from deployments.openai_api import APIError, parse_request  # noqa: E402
+from router_r1.serving.openai_api import APIError, parse_request  # noqa: E402
 from deployments.router import parse_api_keys, tenant_for  # noqa: E402
 
 openai = pytest.importorskip("openai")
 
 ECHO_PRICE = 1.0  # USD per 1M tokens, both directions
 TIMEOUT_S = 6.0  # serve.request_timeout_s of the test app
-KEYS = {"sk-rich": "rich", "sk-poor": "poor"}
+KEYS = {"sk-rich": "rich", "sk-poor": "poor", "sk-capped": "capped"}
+CAPPED_USD = 3e-4  # the "capped" tenant's budget: ~10 of the echo calls, ~1 reservation of 256 tokens
 
 
 # -- Ray-free ------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def _outcome(*calls):
 
 
 def test_failed_calls_map_to_429_or_503_only_when_none_succeeded():
-    from deployments.service import REQUEST_CAP, check_calls
+    from router_r1.serving.service import REQUEST_CAP, check_calls
     from router_r1.pool.types import CallResult
     from router_r1.pool.types import CallStatus as S
 
@@ -131,7 +132,7 @@ def app_files(fake, tmp_path_factory):
     config = {
         "name": "serve-test", "pool": "pool.yaml",
         "pool_runtime": {"actor_name": f"serve_test_pool_{_free_port()}", "ledger_dir": str(tmp / "ledger"),
-                         "cache": False, "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0}, "num_cpus": 0},
+                         "cache": False, "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0, "capped": CAPPED_USD}, "num_cpus": 0},
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"api_keys": KEYS, "request_timeout_s": TIMEOUT_S, "max_prompt_chars": 2000,
                   "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}
@@ -689,3 +690,26 @@ def test_prometheus_metrics_through_ray(base):
                for ln in lines)
     assert any(ln.startswith("ray_router_r1_cost_usd_total{") and 'model="Echo-Model"' in ln for ln in lines)
     assert "ray_serve_" in text  # Serve's own metrics, from the same exporter
+
+
+# -- issue 28 D: reservations from observed completion lengths -----------------------------------
+def test_a_capped_tenant_spends_up_to_its_cap(base):
+    """Echo-Model answers in a few tokens but its backend allows 256: reserving 256 completion
+    tokens per call refused a tenant after one call. Once the pool has seen Echo-Model answer,
+    the tenant gets close to its cap, and never past it by more than one call's capped cost."""
+    c = client(base)
+    for i in range(8):  # the pool learns Echo-Model's completion lengths (any tenant's calls)
+        c.chat.completions.create(**ask(f"warm up {i}?"))
+    capped, spent, one = client(base, key="sk-capped"), 0.0, 0.0
+    for i in range(40):
+        try:
+            r = capped.chat.completions.create(**ask(f"question {i}?"))
+        except openai.RateLimitError as e:
+            assert e.body["code"] == "insufficient_quota"
+            break
+        cost = r.model_extra["router_r1"]["cost_usd"]
+        spent, one = spent + cost, max(one, cost)
+    else:
+        pytest.fail("the capped tenant was never refused")
+    assert one > 0 and spent > CAPPED_USD - 3 * one, (spent, one)
+    assert spent <= CAPPED_USD + 256 * ECHO_PRICE / 1e6 + one

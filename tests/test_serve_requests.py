@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deployments.openai_api import MAX_DEPTH, APIError, ChatCompletionRequest, parse_request, request_schema
+from router_r1.serving.openai_api import MAX_DEPTH, APIError, ChatCompletionRequest, parse_request, request_schema
 
 Q = [{"role": "user", "content": "q"}]
 
@@ -62,7 +62,7 @@ def test_request_schema_is_published_self_contained():
 def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
     import asyncio
 
-    from deployments.router import generate_isolated
+    from router_r1.serving.generation import generate_isolated
     from router_r1.env.generation import Generation
 
     calls = []
@@ -82,7 +82,7 @@ def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fails():
 
 
 def test_a_prompt_longer_than_the_context_window_is_400_from_token_counts():
-    from deployments.service import RouterService
+    from router_r1.serving.service import RouterService
     from router_r1.engines.model import train_tokenizer
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
@@ -110,7 +110,7 @@ def test_a_prompt_longer_than_the_context_window_is_400_from_token_counts():
 # -- issue 28 A: every OpenAI field honoured or refused -------------------------------------------
 def test_every_sdk_request_field_has_a_rule():
     """The field list is the installed openai SDK's; each field is honoured or refused by rule."""
-    from deployments.openai_api import FIELDS, ROUTER_FIELDS, SDK_FIELDS
+    from router_r1.serving.openai_api import FIELDS, ROUTER_FIELDS, SDK_FIELDS
 
     assert {"messages", "model", "logprobs", "tools", "seed", "stop", "user", "stream"} <= SDK_FIELDS
     assert SDK_FIELDS <= set(FIELDS), sorted(SDK_FIELDS - set(FIELDS))
@@ -197,7 +197,7 @@ ANSWER = "<think> got it </think><answer> the book zelix was written by kestrel 
 
 
 def make_service(texts, **serve):
-    from deployments.service import RouterService
+    from router_r1.serving.service import RouterService
     from router_r1.engines.model import train_tokenizer
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
@@ -278,7 +278,7 @@ def test_max_turns_0_forces_the_final_answer():
 def test_a_seeded_sampled_turn_is_generated_alone():
     import asyncio
 
-    from deployments.router import generate_isolated
+    from router_r1.serving.generation import generate_isolated
     from router_r1.env.generation import Generation
 
     calls = []
@@ -320,7 +320,7 @@ def test_no_answer_runs_the_fallback_model_on_the_conversation():
 
 
 def test_markup_is_never_an_answer():
-    from deployments.service import valid_answer
+    from router_r1.serving.service import valid_answer
 
     assert valid_answer("Paris") == "Paris"
     for bad in (None, "", "   ", "<search> A: q </search>", "x </think>"):

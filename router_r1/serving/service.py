@@ -32,7 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.openai_api import APIError, ChatCompletionRequest, usage_dict
+from router_r1.serving.generation import GenParams
+from router_r1.serving.openai_api import APIError, ChatCompletionRequest, usage_dict
 from router_r1.env.episode import Episode, EpisodeConfig, Segment, run_episodes
 from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
@@ -42,9 +43,6 @@ from router_r1.pool.cost import call_cost, episode_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallFn, CallResult, CallStatus
 
-# temperature, top_p, max_new_tokens, seed (None: unseeded): one batch group. A seeded sampled
-# turn is generated alone, so its draws do not depend on what it was batched with.
-GenParams = tuple[float, float, int, "int | None"]
 GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids
 EventSink = Callable[[dict[str, Any]], None]
 
