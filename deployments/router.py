@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router_r1.serving.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
-from router_r1.serving.generation import GenParams, generate_isolated
+from router_r1.serving.generation import GenParams, TokenSink, generate_isolated
 from router_r1.serving.service import Plan, RouterService
 from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
@@ -170,15 +170,15 @@ class RouterDeployment:
             max_context=getattr(self.generator, "max_context", None), on_outcome=self.metrics.outcome)
 
     # -- batched generation ----------------------------------------------------------------------
-    async def _generate_turn(self, context: list[int], gen: GenParams) -> Generation:
-        res = await self._generate_batch((context, gen))
+    async def _generate_turn(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
+        res = await self._generate_batch((context, gen, on_token))
         if isinstance(res, Exception):  # this request's own turn failed, alone (generate_isolated)
             raise APIError(400, f"the router cannot process this request: {type(res).__name__}: "
                            f"{str(res)[:200]}", param="messages", code="invalid_value")
         return res
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
+    async def _generate_batch(self, items: list[tuple]) -> list[Generation | Exception]:
         """One router turn for every episode waiting now (context ids), grouped by sampling parameters."""
         out = await generate_isolated(self.generator.generate, items)
         self.batches += 1
@@ -271,21 +271,30 @@ class RouterDeployment:
             pass
 
     async def _stream(self, plan: Plan, cid: str, include_usage: bool, t0: float):
-        """SSE in OpenAI's chunk format: the role, one chunk per route event (field `router_r1`,
-        as it happens), the answer, the finish chunk with the trace, usage if asked, [DONE]."""
+        """SSE in OpenAI's chunk format: the role; as they happen, one chunk per route event (field
+        `router_r1.event`) and the answer's text as the router writes it (content deltas); the
+        finish chunk with the trace (and the whole answer in `router_r1.answer`); usage if asked;
+        [DONE]."""
         model, created = self.serve_cfg.model_name, int(time.time())
         events: asyncio.Queue = asyncio.Queue()
         task = asyncio.create_task(self.service.run(plan, on_event=events.put_nowait))
-        status, outcome = 200, None
+        status, outcome, first_token = 200, None, None
         try:
             yield sse(chunk_body(cid, model, created, {"role": "assistant", "content": ""}))
             while not (task.done() and events.empty()):
                 getter = asyncio.ensure_future(events.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield sse(chunk_body(cid, model, created, {}, extra={"event": getter.result()}))
-                else:
+                if not getter.done():
                     getter.cancel()
+                    continue
+                event = getter.result()
+                if event["type"] == "answer_delta":  # the answer's text, as the router writes it
+                    if first_token is None:
+                        first_token = time.perf_counter() - t0
+                        self.metrics.first_answer_token(plan.tenant, first_token)
+                    yield sse(chunk_body(cid, model, created, {"content": event["text"]}))
+                else:  # route steps, call results, the fallback: as they happen
+                    yield sse(chunk_body(cid, model, created, {}, extra={"event": event}))
             try:
                 outcome = task.result()
             except Exception as e:  # headers are gone: the error travels as an event, as OpenAI's does
@@ -295,10 +304,8 @@ class RouterDeployment:
                 yield sse(err.body())
                 yield sse("[DONE]")
                 return
-            self.metrics.first_answer_token(plan.tenant, time.perf_counter() - t0)
-            yield sse(chunk_body(cid, model, created, {"content": outcome.answer}))
             yield sse(chunk_body(cid, model, created, {}, finish_reason=outcome.finish_reason,
-                                 extra=outcome.extra()))
+                                 extra={**outcome.extra(), "answer": outcome.answer}))
             if include_usage:
                 yield sse(chunk_body(cid, model, created, None, usage=outcome.usage()))
             yield sse("[DONE]")

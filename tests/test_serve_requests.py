@@ -322,6 +322,64 @@ def test_no_answer_runs_the_fallback_model_on_the_conversation():
 def test_markup_is_never_an_answer():
     from router_r1.serving.service import valid_answer
 
-    assert valid_answer("Paris") == "Paris"
-    for bad in (None, "", "   ", "<search> A: q </search>", "x </think>"):
+    assert valid_answer("Paris") == "Paris" and valid_answer(" x </think> more") == "x"
+    assert valid_answer("a < b") == "a < b"  # not a tag
+    for bad in (None, "", "   ", "<search> A: q </search>", " <think> x"):
         assert valid_answer(bad) is None
+
+
+# -- issue 28 F: the answer streams as the router writes it ----------------------------------------
+class StreamingRouter(ScriptedRouter):
+    """A ScriptedRouter whose engine samples in a thread, one token every few ms, telling on_token."""
+
+    async def __call__(self, context, gen, on_token=None):
+        import time as _time
+
+        out = await super().__call__(context, gen)
+
+        def sample():
+            for t in out.ids:
+                if on_token is not None:
+                    on_token(t)
+                _time.sleep(0.005)
+            self.turn_ends.append(_time.perf_counter())
+        await asyncio.to_thread(sample)
+        return out
+
+
+import asyncio  # noqa: E402
+
+
+def stream_run(texts, **extra):
+    import time as _time
+
+    service, _, _, tok = make_service(texts)
+    router = StreamingRouter(tok, texts)
+    router.turn_ends = []
+    service._generate_one = router
+    events = []
+    req = parse_request(body(**extra))
+    out = asyncio.run(service.run(service.plan(req, "t"),
+                                  on_event=lambda e: events.append((_time.perf_counter(), e))))
+    return out, events, router.turn_ends
+
+
+def test_answer_deltas_arrive_while_the_router_writes_them():
+    out, events, turn_ends = stream_run([ROUTE, ANSWER])
+    deltas = [(t, e["text"]) for t, e in events if e["type"] == "answer_delta"]
+    assert "".join(d for _, d in deltas) == out.answer == "the book zelix was written by kestrel velik"
+    assert len(deltas) > 3 and deltas[0][0] < turn_ends[-1]  # the first words came before the turn ended
+    kinds = [e["type"] for _, e in events]
+    assert kinds.index("route") < kinds.index("call_result") < kinds.index("answer_delta")
+
+
+@pytest.mark.parametrize("extra", [{"stop": ["written"]}, {"max_tokens": 3}, {"stop": ["kestrel v"], "max_tokens": 30}])
+def test_streamed_deltas_add_up_to_the_bounded_answer(extra):
+    out, events, _ = stream_run([ROUTE, ANSWER], **extra)
+    deltas = "".join(e["text"] for _, e in events if e["type"] == "answer_delta")
+    assert deltas == out.answer and out.answer and not any(e["type"] == "answer_replaced" for _, e in events)
+
+
+def test_a_forced_answer_streams_too():
+    out, events, _ = stream_run([ROUTE, "kestrel velik </answer>"], max_turns=0)
+    assert out.forced_answer and "".join(e["text"] for _, e in events if e["type"] == "answer_delta") == out.answer

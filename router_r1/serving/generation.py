@@ -18,21 +18,44 @@ from router_r1.env.generation import Generation
 GenParams = tuple[float, float, int, "int | None"]
 
 
+TokenSink = Callable[[int], None]  # told of each sampled token id of one turn (from the generating thread)
+
+
+def _takes_on_token(generate: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return "on_token" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 async def generate_isolated(generate: Callable[..., list[Generation]],
-                            items: list[tuple[list[int], GenParams]]) -> list[Generation | Exception]:
-    """One turn for each item, batched per sampling parameters, in a worker thread. A seeded turn
+                            items: list[tuple]) -> list[Generation | Exception]:
+    """One turn for each item (context ids, GenParams[, TokenSink]), batched per sampling
+    parameters, in a worker thread; an item's sink hears its tokens as they are sampled (engines
+    whose `generate` takes `on_token`; others return the turn whole). A seeded turn
     (its seed is not None) is generated alone, so its draws depend on its seed only. A batch that
     fails is retried item by item, so a poisoned request gets its own exception back (its
     caller answers 400) and the requests batched with it still get their turns."""
     groups: dict[Any, list[int]] = {}
-    for i, (_, g) in enumerate(items):
+    for i, item in enumerate(items):
+        g = item[1]
         groups.setdefault(g if g[3] is None else (g, i), []).append(i)
+    sinks = [item[2] if len(item) > 2 else None for item in items]
+    streams = any(sinks) and _takes_on_token(generate)
     out: list[Generation | Exception] = [Generation() for _ in items]
     for idx in groups.values():
         temperature, top_p, max_new, seed = items[idx[0]][1]
 
         def run(ids: list[int]) -> Any:
-            kw = {} if seed is None else {"seed": seed}
+            kw: dict[str, Any] = {} if seed is None else {"seed": seed}
+            if streams and any(sinks[i] for i in ids):
+                def on_token(row: int, token: int, ids: list[int] = ids) -> None:
+                    sink = sinks[ids[row]]
+                    if sink is not None:
+                        sink(token)
+                kw["on_token"] = on_token
             return asyncio.to_thread(generate, [items[i][0] for i in ids], max_new_tokens=max_new,
                                      temperature=temperature, top_p=top_p, **kw)
         try:
@@ -56,13 +79,13 @@ class TurnBatcher:
 
     def __init__(self, generate: Callable[..., list[Generation]], max_batch_size: int = 32):
         self._generate, self.max_batch_size = generate, max_batch_size
-        self._pending: list[tuple[list[int], GenParams, asyncio.Future]] = []
+        self._pending: list[tuple[list[int], GenParams, TokenSink | None, asyncio.Future]] = []
         self._lock: asyncio.Lock | None = None
         self.batches = self.turns = 0
 
-    async def __call__(self, context: list[int], gen: GenParams) -> Generation:
+    async def __call__(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((list(context), gen, fut))
+        self._pending.append((list(context), gen, on_token, fut))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
         res = await fut
@@ -77,11 +100,11 @@ class TurnBatcher:
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]
                 try:
-                    outs: list[Any] = await generate_isolated(self._generate, [(c, g) for c, g, _ in batch])
+                    outs: list[Any] = await generate_isolated(self._generate, [(c, g, k) for c, g, k, _ in batch])
                 except Exception as e:  # the engine itself broke: every waiting turn hears of it
                     outs = [e] * len(batch)
                 self.batches += 1
                 self.turns += len(batch)
-                for (_, _, fut), out in zip(batch, outs):
+                for (_, _, _, fut), out in zip(batch, outs):
                     if not fut.done():
                         fut.set_result(out)

@@ -37,13 +37,15 @@ from router_r1.serving.openai_api import APIError, ChatCompletionRequest, usage_
 from router_r1.env.episode import Episode, EpisodeConfig, Segment, run_episodes
 from router_r1.env.generation import Generation, cut_generation
 from router_r1.env.prompt import PromptOptions, render_prompt_ids
-from router_r1.env.protocol import STOP_STRINGS, first_tag, neutralize, parse, parse_route
+from router_r1.env.protocol import STOP_STRINGS, first_tag, parse, parse_route
 from router_r1.infra.config import ServeConfig
 from router_r1.pool.cost import call_cost, episode_cost, estimate_prompt_tokens
 from router_r1.pool.descriptors import PoolSpec
 from router_r1.pool.types import CallFn, CallResult, CallStatus
 
-GenerateOne = Callable[[list[int], GenParams], Awaitable[Generation]]  # one turn from context ids
+# One turn from context ids: (context, gen) or, when streaming, (context, gen, on_token) where
+# on_token(token_id) hears each sampled token (router_r1.serving.generation.TokenSink).
+GenerateOne = Callable[..., Awaitable[Generation]]
 EventSink = Callable[[dict[str, Any]], None]
 
 # A call that ended like this says the candidate could not answer (now).
@@ -236,11 +238,16 @@ class RouterService:
         spend = _Spend()
         emit = on_event or (lambda ev: None)
         turn = [0]
+        # Streaming: the answer's text as the router writes it (answer_delta events).
+        stream = None if on_event is None else AnswerStream(self.tokenizer, plan, emit)
 
         async def generate(contexts: list[list[int]]) -> list[Generation]:
             gen = plan.gen_for(turn[0])
             turn[0] += 1
-            return list(await asyncio.gather(*(self._generate_one(c, gen) for c in contexts)))
+            if stream is None:
+                return list(await asyncio.gather(*(self._generate_one(c, gen) for c in contexts)))
+            stream.new_turn()
+            return [await self._generate_one(contexts[0], gen, stream.sink())]
 
         async def call(model: str, query: str) -> CallResult:
             step = spend.calls
@@ -255,7 +262,7 @@ class RouterService:
             await run_episodes([episode], generate, call, plan.episode, pool=plan.pool,
                                tokenizer=self.tokenizer, max_context=self.max_context)
             if valid_answer(parse(episode.response).answer) is None:
-                await self._force_answer(plan, episode, turn[0])
+                await self._force_answer(plan, episode, turn[0], stream)
 
         remaining = plan.deadline - self._clock()
         try:
@@ -268,6 +275,8 @@ class RouterService:
             check_calls(outcome)
             if not outcome.answer.strip():
                 await self._fall_back(outcome, spend, emit)
+            if stream is not None:
+                stream.finish(outcome.answer)
         finally:
             if self._on_outcome is not None:
                 try:
@@ -305,27 +314,31 @@ class RouterService:
         outcome.answer, outcome.finish_reason = text, finish
         outcome.latency_s = self._clock() - plan.started
 
-    async def _force_answer(self, plan: Plan, episode: Episode, turn: int) -> None:
+    async def _force_answer(self, plan: Plan, episode: Episode, turn: int,
+                            stream: AnswerStream | None = None) -> None:
         """The final turn did not answer: append `<answer>` (unless an answer block is already
-        open) and let the router write the answer, up to one turn's tokens."""
+        open, whose text so far then starts the answer) and let the router write the answer, up
+        to one turn's tokens. The answer is what it wrote up to its first tag."""
         text = episode.response
         open_answer = text.rfind("<answer>") > text.rfind("</answer>")
+        carried = text[text.rfind("<answer>") + len("<answer>"):] if open_answer else ""
         prefix = "" if open_answer else FORCE_PREFIX
         ids = list(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else []
         context = episode.context_ids + ids
         if self.max_context is not None and len(context) + plan.gen[2] > self.max_context:
             return  # no room left: the episode ends without an answer
-        out = await self._generate_one(context, plan.gen_for(turn))
+        if stream is None:
+            out = await self._generate_one(context, plan.gen_for(turn))
+        else:
+            stream.new_turn(forced=True, carried=carried)
+            out = await self._generate_one(context, plan.gen_for(turn), stream.sink())
         eos = getattr(self.tokenizer, "eos_token_id", None)
         g = cut_generation(out, self.tokenizer, STOP_STRINGS, {eos} if eos is not None else ())
         if ids:
             episode.segments.append(Segment(prefix, "information", ids, [0.0] * len(ids)))
         episode.segments.append(Segment(g.text, "policy", list(g.ids), list(g.logprobs or [0.0] * len(g.ids))))
         episode.turns += 1
-        # The answer is what the router wrote after <answer>, up to its first tag (it may close
-        # the block, or stop at another tag it was trained to end turns with).
-        cut = first_tag(g.text)
-        episode.meta["forced_answer"] = (g.text if cut < 0 else g.text[:cut]).strip()
+        episode.meta["forced_answer"] = carried + g.text
 
     async def _guarded_call(self, plan: Plan, spend: _Spend, model: str,
                             query: str | list[dict[str, str]], params: dict[str, Any] | None = None) -> CallResult:
@@ -398,10 +411,84 @@ def conversation(req: ChatCompletionRequest) -> list[dict[str, str]]:
 
 
 def valid_answer(answer: str | None) -> str | None:
-    """The answer if it is one a client may see: non-empty and free of protocol markup."""
-    if answer is None or not answer.strip() or neutralize(answer) != answer:
+    """The answer a client may see: its text up to the first protocol tag (or anything a lenient
+    reader would take for one), stripped; None when that is empty."""
+    if answer is None:
         return None
-    return answer
+    cut = first_tag(answer)
+    answer = (answer if cut < 0 else answer[:cut]).strip()
+    return answer or None
+
+
+class AnswerStream:
+    """The answer's text as the router writes it, as `answer_delta` events: each turn's tokens are
+    decoded as they are sampled, and the text after `<answer>` (all of a forced turn's) is sent
+    as far as it can no longer change: held back are leading and trailing space, everything from
+    a `<` on (a tag may start there), a tail that may begin a stop string, and, under
+    `max_tokens`, the last token. `finish` sends the rest of the final answer, so the deltas add
+    up to the response's content; should the final answer not extend what was sent (a fallback,
+    a retokenised cut), an `answer_replaced` event carries it whole."""
+
+    def __init__(self, tokenizer, plan: Plan, emit: EventSink):
+        self.tokenizer, self.plan, self.emit = tokenizer, plan, emit
+        self.sent, self.done, self.forced, self.carried = "", False, False, ""
+        self.ids: list[int] = []
+        self._loop = asyncio.get_running_loop()
+
+    def new_turn(self, forced: bool = False, carried: str = "") -> None:
+        self.ids, self.forced, self.carried = [], forced, carried
+
+    def sink(self) -> Callable[[int], None]:
+        """For the engine: called from the generating thread with each sampled token id."""
+        return lambda token: self._loop.call_soon_threadsafe(self._token, token)
+
+    def _token(self, token: int) -> None:
+        if self.done:
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.forced:
+            body = self.carried + text
+        else:
+            at = text.find("<answer>")
+            if at < 0:
+                return
+            body = text[at + len("<answer>"):]
+        ready = self._settled(body)
+        if len(ready) > len(self.sent) and ready.startswith(self.sent):
+            self.emit({"type": "answer_delta", "text": ready[len(self.sent):]})
+            self.sent = ready
+
+    def _settled(self, body: str) -> str:
+        s = body.lstrip()
+        lt = s.find("<")
+        if lt >= 0:
+            s = s[:lt]
+        stops = [x for x in self.plan.stops if x]
+        hits = [i for i in (s.find(x) for x in stops) if i >= 0]
+        if hits:
+            s, self.done = s[:min(hits)], True
+        else:
+            for x in stops:  # a tail that may be the start of a stop string waits
+                for n in range(min(len(x) - 1, len(s)), 0, -1):
+                    if s.endswith(x[:n]):
+                        s = s[:-n]
+                        break
+        s = s.rstrip()
+        if self.plan.answer_max_tokens is not None and s:
+            ids = self.tokenizer.encode(s, add_special_tokens=False)
+            if len(ids) > self.plan.answer_max_tokens:
+                self.done = True
+            s = self.tokenizer.decode(ids[:min(len(ids) - 1, self.plan.answer_max_tokens)], skip_special_tokens=True)
+        return s
+
+    def finish(self, answer: str) -> None:
+        if answer.startswith(self.sent):
+            if len(answer) > len(self.sent):
+                self.emit({"type": "answer_delta", "text": answer[len(self.sent):]})
+        else:
+            self.emit({"type": "answer_replaced", "answer": answer})
+        self.sent, self.done = answer, True
 
 
 def shape_answer(answer: str, stops: tuple[str, ...] | list[str], max_tokens: int | None,
