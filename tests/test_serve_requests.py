@@ -383,3 +383,55 @@ def test_streamed_deltas_add_up_to_the_bounded_answer(extra):
 def test_a_forced_answer_streams_too():
     out, events, _ = stream_run([ROUTE, "kestrel velik </answer>"], max_turns=0)
     assert out.forced_answer and "".join(e["text"] for _, e in events if e["type"] == "answer_delta") == out.answer
+
+
+# -- issue 28 G: the conversation is the input ---------------------------------------------------
+CONVO = [{"role": "system", "content": "answer in one word"},
+         {"role": "user", "content": "who wrote the book zelix"},
+         {"role": "assistant", "content": "kestrel velik"},
+         {"role": "user", "content": "and when"}]
+
+
+def plan_of(service, messages):
+    return service.plan(parse_request(json.dumps({"model": "router-r1", "messages": messages}).encode()), "t")
+
+
+def test_the_router_reads_the_system_prompt_and_earlier_turns():
+    service, *_ = make_service([ROUTE, ANSWER])
+    plan = plan_of(service, CONVO)
+    assert "Conversation so far:\nSystem: answer in one word\nUser: who wrote the book zelix\n" \
+           "Assistant: kestrel velik\n\nQuestion: and when\n" in plan.prompt
+    single = plan_of(service, CONVO[-1:])
+    assert "Conversation so far" not in single.prompt  # no history: the single-question prompt, as trained
+    from router_r1.env.prompt import render_prompt_ids
+    assert (single.prompt, single.prompt_ids) == render_prompt_ids(service.tokenizer, service.pool, "and when",
+                                                                   service.prompt_options)
+    service.cfg = service.cfg.model_copy(update={"conversation": False})
+    assert plan_of(service, CONVO).prompt == single.prompt
+
+
+def test_the_oldest_turns_are_cut_first_and_the_system_prompt_last():
+    service, *_ = make_service([ROUTE, ANSWER])
+    long = [CONVO[0]] + [{"role": r, "content": f"turn {i} " + "zelix " * 20}
+                         for i, r in enumerate(["user", "assistant"] * 4)] + [CONVO[-1]]
+    service.cfg = service.cfg.model_copy(update={"max_history_tokens": 150})
+    plan = plan_of(service, long)
+    kept = [t["content"].split()[1] for t in plan.history if t["role"] != "system"]
+    assert plan.history[0] == CONVO[0] and kept and kept == sorted(kept)[-len(kept):] and "7" in kept
+    assert "turn 0" not in plan.prompt
+    service.cfg = service.cfg.model_copy(update={"max_history_tokens": 0})
+    assert plan_of(service, long).history == []
+
+
+def test_a_candidate_sees_the_sub_question_or_the_conversation():
+    import asyncio
+
+    service, _, calls, _ = make_service([ROUTE, ANSWER])
+    asyncio.run(service.run(plan_of(service, CONVO)))
+    assert calls[0][1] == "who wrote zelix"  # default: the router's sub-question alone
+    service, _, calls, _ = make_service([ROUTE, ANSWER], candidate_context="conversation")
+    asyncio.run(service.run(plan_of(service, CONVO)))
+    assert calls[0][1] == [{"role": "system", "content": "answer in one word"},
+                           {"role": "user", "content": "who wrote the book zelix"},
+                           {"role": "assistant", "content": "kestrel velik"},
+                           {"role": "user", "content": "who wrote zelix"}]

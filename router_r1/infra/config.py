@@ -294,6 +294,16 @@ class ServeConfig(_Section):
     # answer (the response says router_r1.fallback: true); None: such a request is a 502.
     fallback_model: str | None = None
     max_body_bytes: int = Field(default=2_000_000, ge=1024)  # a larger request body is a 413
+    # The conversation is the input: the router's prompt holds the system prompt and the turns
+    # before the last user message, within max_history_tokens and the context window (oldest
+    # user/assistant turns cut first, system turns last; docs/serving.md). False: the last user
+    # message only.
+    conversation: bool = True
+    max_history_tokens: int = Field(default=1024, ge=0)
+    # What a candidate model is sent for a routed call: "query", the router's sub-question alone
+    # (the router must make it self-contained); "conversation", the turns the router's prompt
+    # holds, then the sub-question.
+    candidate_context: Literal["query", "conversation"] = "query"
 
 
 class EvalConfig(_Section):

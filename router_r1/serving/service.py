@@ -36,7 +36,7 @@ from router_r1.serving.generation import GenParams
 from router_r1.serving.openai_api import APIError, ChatCompletionRequest, usage_dict
 from router_r1.env.episode import Episode, EpisodeConfig, Segment, run_episodes
 from router_r1.env.generation import Generation, cut_generation
-from router_r1.env.prompt import PromptOptions, render_prompt_ids
+from router_r1.env.prompt import PromptOptions, conversation_block, fit_history, render_prompt_ids
 from router_r1.env.protocol import STOP_STRINGS, first_tag, parse, parse_route
 from router_r1.infra.config import ServeConfig
 from router_r1.pool.cost import call_cost, episode_cost, estimate_prompt_tokens
@@ -79,6 +79,7 @@ class Plan:
     end_user: str | None = None  # the request's user (ledger: end_user)
     dropped: tuple[str, ...] = ()  # fields left out under serve.drop_params
     messages: list[dict[str, str]] | None = None  # the conversation, as a fallback model is sent it
+    history: list[dict[str, str]] | None = None  # the earlier turns the router's prompt holds
 
     def gen_for(self, turn: int) -> GenParams:
         """The sampling parameters of router turn `turn` (its own seed when the request has one)."""
@@ -213,7 +214,7 @@ class RouterService:
         top_p = self.episode_cfg.top_p if req.top_p is None else req.top_p
         now = self._clock()
         timeout = cfg.request_timeout_s
-        prompt, prompt_ids = render_prompt_ids(self.tokenizer, pool, question, self.prompt_options)
+        prompt, prompt_ids, history = self._render(pool, question, history_of(req) if cfg.conversation else [], max_new)
         if self.max_context is not None and len(prompt_ids) + max_new > self.max_context:
             # Counted in tokens: a prompt the window cannot hold would be answered from garbage.
             raise APIError(400, f"the prompt is {len(prompt_ids)} tokens and a router turn needs up to "
@@ -228,7 +229,27 @@ class RouterService:
             return_trace=req.return_trace, started=now, deadline=now + timeout,
             call_deadline=now + timeout * (1.0 - cfg.answer_reserve_fraction),
             answer_max_tokens=req.answer_max_tokens, stops=tuple(req.stops), seed=req.seed,
-            end_user=req.end_user, dropped=tuple(req.dropped), messages=conversation(req))
+            end_user=req.end_user, dropped=tuple(req.dropped), messages=conversation(req), history=history)
+
+    def _render(self, pool: PoolSpec, question: str, history: list[dict[str, str]],
+                max_new: int) -> tuple[str, list[int], list[dict[str, str]]]:
+        """The prompt over as much of the conversation as fits (router_r1.env.prompt.fit_history:
+        oldest user/assistant turns cut first, system turns last): the history's own tokens
+        within `serve.max_history_tokens`, and the whole prompt leaving one router turn of room
+        in the context window."""
+        cap, window = self.cfg.max_history_tokens, self.max_context
+
+        def fits(turns: list[dict[str, str]]) -> bool:
+            block = conversation_block(turns)
+            if len(self.tokenizer.encode(block, add_special_tokens=False)) > cap:
+                return False
+            if window is None:
+                return True
+            return len(render_prompt_ids(self.tokenizer, pool, question, self.prompt_options, turns)[1]) + max_new <= window
+
+        kept = fit_history(history[-MAX_HISTORY_TURNS:], fits) if history else []
+        prompt, ids = render_prompt_ids(self.tokenizer, pool, question, self.prompt_options, kept)
+        return prompt, ids, kept
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, plan: Plan, on_event: EventSink | None = None) -> Outcome:
@@ -347,6 +368,11 @@ class RouterService:
         pool were to ignore it."""
         desc = plan.pool.resolve(model) or self.pool.resolve(model)
         name = desc.name if desc else model
+        if isinstance(query, str) and self.cfg.candidate_context == "conversation" and plan.history:
+            query = [*plan.history, {"role": "user", "content": query}]  # earlier turns, then the sub-question
+            routed = True
+        else:
+            routed = isinstance(query, str)
         messages = [{"role": "user", "content": query}] if isinstance(query, str) else query
         if plan.max_cost_usd is not None and desc is not None:
             estimate = call_cost(desc, estimate_prompt_tokens(messages),
@@ -363,7 +389,7 @@ class RouterService:
         try:
             # The pool honours deadline_s itself; the extra second only covers the trip back.
             who = {"end_user": plan.end_user} if plan.end_user is not None else {}
-            allowed = plan.allowed if isinstance(query, str) else None  # the operator's fallback is always allowed
+            allowed = plan.allowed if routed else None  # the operator's fallback is always allowed
             return await asyncio.wait_for(
                 self._call(model, query, **({"params": params} if params else {}), run_id=self.run_id,
                            episode_id=plan.request_id,
@@ -395,11 +421,25 @@ FALLBACK_QUERY = "(the conversation)"  # the trace's query of the fallback call
 FORCE_PREFIX = "\n<answer>"  # appended to the router's context when its final turn did not answer
 
 
+MAX_HISTORY_TURNS = 64  # the most recent turns considered for the router's prompt
+
+
+def history_of(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The turns before the last user message (the question), as the router's prompt holds them."""
+    last = max(i for i, m in enumerate(req.messages) if m.role == "user")
+    return conversation_for(req.messages[:last])
+
+
 def conversation(req: ChatCompletionRequest) -> list[dict[str, str]]:
-    """The request's messages as a candidate model is sent them (text only; developer turns as
-    system turns, tool results as user turns)."""
+    """The whole conversation as a candidate model is sent it."""
+    return conversation_for(req.messages)
+
+
+def conversation_for(messages: list) -> list[dict[str, str]]:
+    """Messages as a candidate model is sent them (text only; developer turns as system turns,
+    tool results as user turns)."""
     out = []
-    for m in req.messages:
+    for m in messages:
         text = m.text()
         if not text.strip():
             continue
