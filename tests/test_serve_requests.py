@@ -435,3 +435,17 @@ def test_a_candidate_sees_the_sub_question_or_the_conversation():
                            {"role": "user", "content": "who wrote the book zelix"},
                            {"role": "assistant", "content": "kestrel velik"},
                            {"role": "user", "content": "who wrote zelix"}]
+
+
+# -- issue 28 H: the conformance table lists every field ------------------------------------------
+def test_the_conformance_table_lists_every_sdk_field_with_its_rule():
+    from pathlib import Path
+
+    from router_r1.serving.openai_api import FIELDS, SDK_FIELDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    table = doc[doc.index("## Conformance"):doc.index("## Tenants and keys")]
+    rows = {ln.split("|")[1].strip().strip("`"): ln for ln in table.splitlines() if ln.startswith("| `")}
+    assert set(rows) == set(SDK_FIELDS), sorted(set(rows) ^ set(SDK_FIELDS))
+    for name, row in rows.items():
+        assert ("**honoured**" in row) == FIELDS[name].honoured, row
