@@ -16,7 +16,6 @@ The request logic itself is `router_r1.serving.service.RouterService` (Ray-free)
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
