@@ -138,7 +138,8 @@ def app_files(fake, tmp_path_factory):
                   "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     # The lenient app (fixture `lenient`, same pool actor): drops unsupported fields, has a fallback.
-    config["serve"].update(drop_params=True, fallback_model="Other-Model", max_prompt_chars=8000)
+    config["serve"].update(drop_params=True, fallback_model="Other-Model", max_prompt_chars=8000, conversation="on",
+                           max_history_tokens=200)
     (tmp / "lenient.yaml").write_text(yaml.safe_dump(config))
     ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=120)
     return tmp, ckpt
@@ -713,3 +714,21 @@ def test_a_capped_tenant_spends_up_to_its_cap(base):
         pytest.fail("the capped tenant was never refused")
     assert one > 0 and spent > CAPPED_USD - 3 * one, (spent, one)
     assert spent <= CAPPED_USD + 256 * ECHO_PRICE / 1e6 + one
+
+
+# -- issue 28 G: the conversation is the input ---------------------------------------------------
+def test_the_router_reads_the_conversation_within_its_budget(lenient, base):
+    convo = [{"role": "system", "content": "answer in one word"},
+             {"role": "user", "content": "Who wrote the book Zelix?"},
+             {"role": "assistant", "content": "Kestrel Velik"},
+             {"role": "user", "content": "And when?"}]
+    r = client(lenient).chat.completions.create(model="router-r1", messages=convo)
+    assert r.choices[0].message.content and r.model_extra["router_r1"]["history_turns"] == 3
+    long = convo[:1] + [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "zelix " * 40}
+                        for i in range(8)] + convo[-1:]
+    r = client(lenient).chat.completions.create(model="router-r1", messages=long)
+    kept = r.model_extra["router_r1"]["history_turns"]
+    assert 1 <= kept < 9  # the oldest turns were cut to fit serve.max_history_tokens
+    # The module's main app ("auto"): the scripted router was trained on single questions.
+    r = client(base).chat.completions.create(model="router-r1", messages=convo)
+    assert r.model_extra["router_r1"]["history_turns"] == 0

@@ -398,6 +398,8 @@ def plan_of(service, messages):
 
 def test_the_router_reads_the_system_prompt_and_earlier_turns():
     service, *_ = make_service([ROUTE, ANSWER])
+    assert "Conversation so far" not in plan_of(service, CONVO).prompt  # "auto": trained on single questions
+    service.prompt_options = service.prompt_options.model_copy(update={"conversation": True})  # trained on them
     plan = plan_of(service, CONVO)
     assert "Conversation so far:\nSystem: answer in one word\nUser: who wrote the book zelix\n" \
            "Assistant: kestrel velik\n\nQuestion: and when\n" in plan.prompt
@@ -406,12 +408,12 @@ def test_the_router_reads_the_system_prompt_and_earlier_turns():
     from router_r1.env.prompt import render_prompt_ids
     assert (single.prompt, single.prompt_ids) == render_prompt_ids(service.tokenizer, service.pool, "and when",
                                                                    service.prompt_options)
-    service.cfg = service.cfg.model_copy(update={"conversation": False})
+    service.cfg = service.cfg.model_copy(update={"conversation": "off"})
     assert plan_of(service, CONVO).prompt == single.prompt
 
 
 def test_the_oldest_turns_are_cut_first_and_the_system_prompt_last():
-    service, *_ = make_service([ROUTE, ANSWER])
+    service, *_ = make_service([ROUTE, ANSWER], conversation="on")
     long = [CONVO[0]] + [{"role": r, "content": f"turn {i} " + "zelix " * 20}
                          for i, r in enumerate(["user", "assistant"] * 4)] + [CONVO[-1]]
     service.cfg = service.cfg.model_copy(update={"max_history_tokens": 150})
@@ -426,10 +428,10 @@ def test_the_oldest_turns_are_cut_first_and_the_system_prompt_last():
 def test_a_candidate_sees_the_sub_question_or_the_conversation():
     import asyncio
 
-    service, _, calls, _ = make_service([ROUTE, ANSWER])
+    service, _, calls, _ = make_service([ROUTE, ANSWER], conversation="on")
     asyncio.run(service.run(plan_of(service, CONVO)))
     assert calls[0][1] == "who wrote zelix"  # default: the router's sub-question alone
-    service, _, calls, _ = make_service([ROUTE, ANSWER], candidate_context="conversation")
+    service, _, calls, _ = make_service([ROUTE, ANSWER], candidate_context="conversation", conversation="on")
     asyncio.run(service.run(plan_of(service, CONVO)))
     assert calls[0][1] == [{"role": "system", "content": "answer in one word"},
                            {"role": "user", "content": "who wrote the book zelix"},

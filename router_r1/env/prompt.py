@@ -117,6 +117,9 @@ class PromptOptions(BaseModel):
     layout: PromptLayout = "full"  # see PromptLayout
     max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
     use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
+    # Trained with earlier turns in its prompt (`render_prompt_ids(history=...)`); Serve renders a
+    # request's conversation for such a router (serve.conversation "auto"), the last message otherwise.
+    conversation: bool = False
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:

@@ -296,9 +296,10 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)  # a larger request body is a 413
     # The conversation is the input: the router's prompt holds the system prompt and the turns
     # before the last user message, within max_history_tokens and the context window (oldest
-    # user/assistant turns cut first, system turns last; docs/serving.md). False: the last user
-    # message only.
-    conversation: bool = True
+    # user/assistant turns cut first, system turns last; docs/serving.md). "auto": when the
+    # checkpoint's prompt options say it was trained so (PromptOptions.conversation), else the
+    # last user message only, the prompt it was trained on; "on"/"off" force it.
+    conversation: Literal["auto", "on", "off"] = "auto"
     max_history_tokens: int = Field(default=1024, ge=0)
     # What a candidate model is sent for a routed call: "query", the router's sub-question alone
     # (the router must make it self-contained); "conversation", the turns the router's prompt

@@ -123,7 +123,8 @@ class Outcome:
                                                           self.router_completion_tokens),
                                "format_ok": self.format_ok, "forced_answer": self.forced_answer,
                                "fallback": self.fallback is not None,
-                               "models_called": [c.model for c in self.calls]}
+                               "models_called": [c.model for c in self.calls],
+                               "history_turns": len(self.plan.history or [])}
         if self.plan.end_user is not None:
             out["end_user"] = self.plan.end_user
         if self.plan.return_trace:
@@ -214,7 +215,8 @@ class RouterService:
         top_p = self.episode_cfg.top_p if req.top_p is None else req.top_p
         now = self._clock()
         timeout = cfg.request_timeout_s
-        prompt, prompt_ids, history = self._render(pool, question, history_of(req) if cfg.conversation else [], max_new)
+        reads_history = cfg.conversation == "on" or (cfg.conversation == "auto" and self.prompt_options.conversation)
+        prompt, prompt_ids, history = self._render(pool, question, history_of(req) if reads_history else [], max_new)
         if self.max_context is not None and len(prompt_ids) + max_new > self.max_context:
             # Counted in tokens: a prompt the window cannot hold would be answered from garbage.
             raise APIError(400, f"the prompt is {len(prompt_ids)} tokens and a router turn needs up to "
