@@ -482,7 +482,7 @@ def test_a_key_echoed_in_a_successful_reply_is_redacted_everywhere(tmp_path, mon
 
 def test_a_key_that_passes_for_a_variable_name_is_refused_and_never_printed(tmp_path, caplog):
     from router_r1.infra.redact import leaks
-    from router_r1.pool.descriptors import env_label, load_pool
+    from router_r1.pool.descriptors import load_pool
 
     secret = "AKIAIOSFODNN7EXAMPLE"  # matches [A-Z_][A-Z0-9_]*: it passes for a variable name
     f = tmp_path / "pool.yaml"
@@ -491,6 +491,8 @@ def test_a_key_that_passes_for_a_variable_name_is_refused_and_never_printed(tmp_
     with pytest.raises(ValueError) as e:
         load_pool(f)
     assert "looks like a key" in str(e.value) and leaks(str(e.value), secret) == []
+    from router_r1.pool.descriptors import env_label
+
     assert leaks(env_label(secret), secret) == [] and env_label("ROUTER_R1_API_KEY") == "ROUTER_R1_API_KEY"
     # Even if one slipped past load (set afterwards), the pool's own report masks it.
     pool = make_pool()
