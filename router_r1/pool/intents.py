@@ -208,6 +208,12 @@ class IntentJournal:
         fd = os.open(journal_path(self.dir, self.writer, seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fds[seq] = fd
+        if self.fsync:  # the new file's name is durable too, not only what is written into it
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def _run_ops(self, ops: list[Any], sync: bool) -> None:
         buf: list[bytes] = []
