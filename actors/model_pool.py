@@ -316,13 +316,18 @@ async def settle_lost(handle: Any, requests: list[Any], error: BaseException, si
 
 
 async def _ask_until_back(handle: Any, ids: list[str], since: float) -> dict[str, dict[str, Any]]:
-    delay = 0.1
+    delay, died = 0.1, 0
     while True:
         try:
             return await handle.settle_lost.remote(ids, since)
+        except ray.exceptions.ActorDiedError:  # after Ray's own retries: probably gone for good
+            died += 1
+            if died >= 3:
+                raise
         except ray.exceptions.RayActorError:  # dead, not yet restarted
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+            pass
+        await asyncio.sleep(delay)
+        delay = min(2.0, delay * 2)
 
 
 def _call_id(r: Any) -> str | None:

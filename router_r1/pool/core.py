@@ -432,8 +432,6 @@ class PoolCore:
                                   completion_tokens=ct + billed_tokens[1],
                                   cost_usd=reservation.charged, attempts=attempt, meta=meta)
             last = outcome
-            if journal is not None:  # a billed attempt's outcome is its record, below
-                journal.resolve(ikey, attempt, None if _billed(last) else last.status.value)
             if last.status in _CIRCUIT_FAILURES and (last.retryable or last.status is CallStatus.BAD_RESPONSE):
                 st.circuit.record_failure()
             else:
@@ -442,6 +440,8 @@ class PoolCore:
             if _billed(last):
                 self._bill_attempt(desc, req, last, attempt, reservation, billed_tokens, bound,
                                    params["max_tokens"], idem["idempotency_key"])
+            if journal is not None:  # after its record, if billed; else a line in the journal
+                journal.resolve(ikey, attempt, None if _billed(last) else last.status.value)
             if not last.retryable or attempt >= lim.max_attempts:
                 break
             delay = self._rng.uniform(0.0, min(lim.backoff_max_s, lim.backoff_base_s * 2 ** (attempt - 1)))

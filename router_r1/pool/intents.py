@@ -78,8 +78,8 @@ class IntentJournal:
     # -- the event loop's side ---------------------------------------------------------------
     async def intend(self, key: str, attempt: int, fields: dict[str, Any]) -> None:
         """Append this attempt's intent; return once it is on disk (fsync'd)."""
-        if self._closed:
-            raise RuntimeError("intent journal is closed")
+        if self._closed:  # the pool is closing: the attempt is not sent
+            raise OSError("intent journal is closed")
         line = json.dumps({"k": key, "n": attempt, **fields}, separators=(",", ":")) + "\n"
         self._queue(line.encode())  # first: it may start a new segment, which this intent is in
         self._open[(key, attempt)] = self._seq
