@@ -5,9 +5,8 @@ Before an attempt is sent, the pool appends one *intent* line to its writer's jo
 the accounts it draws on, the model and its *capped cost* (what the attempt can cost at most:
 the sent text's byte bound and `max_tokens`, priced). The attempt waits until its line is
 fsync'd. The intents of one event-loop tick share one append and one fsync (group commit, as a
-database commits): the first intent of a tick schedules a commit for the end of the tick, on a
-helper thread, so the event loop keeps serving replies during the fsync; intents that arrive
-during a commit go out together in the next one.
+database commits): the first intent of a tick leads, yields once so that the tick's other
+intents join, then writes and fsyncs them all (see `IntentJournal`).
 
 An attempt's *outcome* is the ledger record it ends in: the call's record (kind "call", same
 idempotency key: the call ended, every attempt of that key is accounted for) or a billed
@@ -34,7 +33,6 @@ import json
 import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +49,18 @@ def journal_path(directory: Path, writer: str, seq: int) -> Path:
 
 class IntentJournal:
     """One writer's journal. `intend` (awaited before an attempt leaves) is durable on return;
-    `resolve` / `resolve_key` say an attempt has an outcome. Every file operation runs on one
-    helper thread, in submission order, so the event loop never blocks on the disk."""
+    `resolve` / `resolve_key` say an attempt has an outcome.
+
+    Group commit without a thread: the first intent of a tick becomes the *leader*: it yields
+    once (`sleep(0)`), so that every intent queued in this tick (and in the next, up to its turn)
+    joins, then appends them all with one `os.write` and one `fdatasync`, on the event loop.
+    The others, resumed right after it in the same loop iteration, find their line on disk and
+    go on: each intent costs one loop iteration plus its share of one fsync, and the loop is
+    blocked during that fsync (~0.3 ms on this machine's disk when it is quiet, several ms when
+    other jobs load it; `intent_fsync: false` skips it). A helper thread would not block the
+    loop, but it must take the GIL from the busy loop to start and to report each commit (up to
+    the 5 ms switch interval each): in-process at 64 in flight an intent then waited 11 ms at
+    p50, against 7 ms (one loop iteration of that busy loop) this way."""
 
     def __init__(self, directory: str | Path, writer: str, *, fsync: bool = True,
                  segment_bytes: int = 4 << 20, before_drop: Callable[[], None] | None = None):
@@ -61,19 +69,19 @@ class IntentJournal:
         self._before_drop = before_drop  # makes the ledger's outcome records durable
         self._seq = 0
         self._size = 0  # bytes queued for the current segment
-        self._fds: dict[int, int] = {}  # open (locked) segments; touched on the helper thread only
+        self._fds: dict[int, int] = {}  # open (locked) segments
         self._open: dict[tuple[str, int], int] = {}  # unresolved intent -> its segment
         self._by_key: dict[str, list[int]] = {}  # idempotency key -> its unresolved attempt numbers
         self._unresolved: dict[int, int] = {0: 0}  # per segment
         self._ops: list[Any] = []  # bytes to append, or ("rotate", seq) / ("drop", seq)
-        self._waiters: list[asyncio.Future] = []
-        self._durable = False  # whether the queued ops include intents (need an fsync)
-        self._busy = False
-        self._scheduled = False
+        self._queued = 0  # intents queued so far (a counter: intent i is durable once _durable >= i)
+        self._durable = 0
+        self._failed: list[tuple[int, int, BaseException]] = []  # (first, last, error) of failed commits
+        self._leader = False  # an intent is waiting to commit this tick's group
+        self._flush_scheduled = False
         self._closed = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="intent-journal")
         self.commits = 0  # group commits done (for tests and benchmarks)
-        self._executor.submit(self._open_segment, 0).result()
+        self._open_segment(0)
 
     # -- the event loop's side ---------------------------------------------------------------
     async def intend(self, key: str, attempt: int, fields: dict[str, Any]) -> None:
@@ -85,14 +93,22 @@ class IntentJournal:
         self._open[(key, attempt)] = self._seq
         self._by_key.setdefault(key, []).append(attempt)
         self._unresolved[self._seq] += 1
-        self._durable = True
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._waiters.append(fut)
-        if not self._busy and not self._scheduled:  # the first intent of this tick: commit at its end
-            self._scheduled = True
-            loop.call_soon(self._start)
-        await fut
+        self._queued += 1
+        mine = self._queued
+        while self._durable < mine:
+            if self._leader:  # the group's leader commits before we run again
+                await asyncio.sleep(0)
+                continue
+            self._leader = True
+            try:
+                await asyncio.sleep(0)  # this tick's other intents join the group
+            finally:
+                self._leader = False
+            if self._durable < mine:
+                self._commit(sync=True)
+        for first, last, err in self._failed:
+            if first <= mine <= last:
+                raise OSError(f"intent journal write failed: {err}")
 
     def resolve(self, key: str, attempt: int, how: str | None) -> None:
         """An attempt ended. `how` None: its ledger record is written (a billed attempt);
@@ -143,67 +159,55 @@ class IntentJournal:
         self._ops.append(data)
 
     def _kick(self) -> None:
-        """Ops without a waiter (resolved lines, drops) go out soon, without an fsync of their own."""
-        if self._busy or self._scheduled or self._closed:
+        """Lines without a waiter (resolved lines, drops) go out at the end of the tick, unsynced."""
+        if self._flush_scheduled or self._closed:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a synchronous caller): write now, on the helper thread
-            self._executor.submit(self._run_ops, self._take()[0], False).result()
+        except RuntimeError:  # no loop (a synchronous caller): write now
+            self._commit(sync=False)
             return
-        self._scheduled = True
-        loop.call_soon(self._start)
+        self._flush_scheduled = True
+        loop.call_soon(self._deferred)
 
-    def _take(self) -> tuple[list[Any], list[asyncio.Future], bool]:
-        ops, waiters, durable = self._ops, self._waiters, self._durable
-        self._ops, self._waiters, self._durable = [], [], False
-        return ops, waiters, durable
+    def _deferred(self) -> None:
+        self._flush_scheduled = False
+        if self._ops and not self._leader and not self._closed:  # a leader will write them anyway
+            # Intents still queued here lost their leader (cancelled): they are fsync'd all the same.
+            self._commit(sync=self._queued > self._durable)
 
-    def _start(self) -> None:
-        self._scheduled = False
-        if self._busy or self._closed or not (self._ops or self._waiters):
-            return
-        ops, waiters, durable = self._take()
-        self._busy = True
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self._run_ops, ops, durable and self.fsync)
-        fut.add_done_callback(lambda f: self._done(f, waiters))
-
-    def _done(self, f: asyncio.Future, waiters: list[asyncio.Future]) -> None:
-        self._busy = False
+    def _commit(self, sync: bool) -> None:
+        """Write every queued op; fsync when asked. Marks the queued intents durable (or failed)."""
+        ops, upto = self._ops, self._queued
+        self._ops = []
+        try:
+            self._run_ops(ops, sync and self.fsync)
+        except OSError as e:  # those intents are not on disk: their attempts are not sent
+            self._failed = [f for f in self._failed if f[1] > upto - 10_000] + [(self._durable + 1, upto, e)]
+        self._durable = upto
         self.commits += 1
-        err = RuntimeError("cancelled") if f.cancelled() else f.exception()
-        for w in waiters:
-            if not w.done():  # an attempt cancelled while waiting has resolved itself
-                if err is None:
-                    w.set_result(None)
-                else:
-                    w.set_exception(OSError(f"intent journal write failed: {err}"))
-        if (self._ops or self._waiters) and not self._closed:  # arrived meanwhile: the next group
-            self._start()
 
     async def aclose(self) -> None:
-        """Write what is queued, then close; the journal is deleted once nothing is open."""
-        while self._busy or self._scheduled or self._ops or self._waiters:
-            if not self._busy:
-                self._start()
-            await asyncio.sleep(0.001)
+        """Write what is queued, then close."""
+        while self._leader:
+            await asyncio.sleep(0)
         self.close()
 
     def close(self) -> None:
+        """Write what is queued; delete the journal if every intent has an outcome, else leave it
+        for the next rebuild to bill."""
         if self._closed:
             return
         self._closed = True
-        ops, waiters, _ = self._take()
-        drop_all = not self._open  # every intent has an outcome: the journal is no longer needed
-        self._executor.submit(self._run_ops, ops, False).result()
-        self._executor.submit(self._close_all, drop_all).result()
-        self._executor.shutdown(wait=True)
-        for w in waiters:
-            if not w.done():
-                w.set_exception(RuntimeError("intent journal closed"))
+        self._commit(sync=self._queued > self._durable)
+        drop_all = not self._open
+        for seq in sorted(self._fds):
+            if drop_all:
+                self._drop(seq)
+            else:
+                os.close(self._fds.pop(seq))
 
-    # -- the helper thread's side --------------------------------------------------------------
+    # -- files -----------------------------------------------------------------------------------
     def _open_segment(self, seq: int) -> None:
         fd = os.open(journal_path(self.dir, self.writer, seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -248,13 +252,6 @@ class IntentJournal:
             self._before_drop()
         journal_path(self.dir, self.writer, seq).unlink(missing_ok=True)
         os.close(fd)
-
-    def _close_all(self, drop_all: bool) -> None:
-        for seq in sorted(self._fds):
-            if drop_all:
-                self._drop(seq)
-            else:
-                os.close(self._fds.pop(seq))
 
 
 # -- after a crash -----------------------------------------------------------------------------

@@ -148,7 +148,7 @@ class Ledger:
             self._open_wal()
             pa.Table.from_pylist([], schema=SCHEMA)  # pyarrow's lazy setup (~0.1 s) now, not mid-run
             self.journal = _intents.IntentJournal(self.dir, self.writer, fsync=fsync_intents,
-                                                  before_drop=self._sync_wal_files)
+                                                  before_drop=self.sync)
 
     @classmethod
     def rebuild(cls, directory: str | Path, flush_every: int = 256, **kw: Any) -> "Ledger":
@@ -220,19 +220,6 @@ class Ledger:
         process, not against the machine losing power)."""
         if self._wal_fd is not None:
             os.fsync(self._wal_fd)
-
-    def _sync_wal_files(self) -> None:
-        """`sync` from the journal's helper thread: by path, since the loop may rotate the fd."""
-        assert self.dir is not None
-        for p in self.dir.glob(f"wal-{self.writer}-*.jsonl"):
-            try:
-                fd = os.open(p, os.O_RDONLY)
-            except FileNotFoundError:  # rotated meanwhile: its records are in an fsync'd part
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     def find_calls(self, call_ids: list[str], since: float) -> dict[str, list[dict[str, Any]]] | None:
         """Records whose idempotency key belongs to one of `call_ids` ("<call_id>.<n>"), from
