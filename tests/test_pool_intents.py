@@ -46,6 +46,8 @@ def journal_lines(directory: Path) -> list[dict]:
 class JournalCheckingBackend(ScriptedBackend):
     """Notes, as each attempt is sent, whether its intent is already in a journal file on disk."""
 
+    billed_remotely = True  # as a provider behind HTTP: the pool writes intents ahead for it
+
     def __init__(self, directory: Path, scripts=None):
         super().__init__(scripts)
         self.directory, self.on_disk = directory, []
@@ -75,6 +77,15 @@ def test_every_attempt_is_on_disk_before_it_is_sent_and_a_tick_shares_one_fsync(
     assert not list(tmp_path.glob("intent-*"))  # every intent has an outcome: the journal is gone
     keys = {r.meta["idempotency_key"] for r in rs}
     assert len(keys) == 65 and all(k.endswith(".0") for k in keys)
+
+
+def test_in_process_backends_write_no_intents(tmp_path):
+    """Nothing outside the process bills the simulator, replay or a local engine: no intents."""
+    be = ScriptedBackend()
+    core = make_core(be, tmp_path)
+    run(core.call("B", "q"))
+    assert journal_lines(tmp_path) == [] and core.journal.commits == 0
+    run(core.close())
 
 
 def test_journal_segments_rotate_and_go_once_resolved(tmp_path):

@@ -382,7 +382,8 @@ class PoolCore:
         billed_tokens = [0, 0]
         attempt = 0
         idem = {"idempotency_key": IDEMPOTENCY_KEY.get()}
-        ikey, journal = idem["idempotency_key"], self.journal
+        ikey = idem["idempotency_key"]
+        journal = self.journal if getattr(backend, "billed_remotely", False) else None
         intent = None if journal is None else {  # what the attempt can cost at most, and who pays
             "run_id": req.ctx.run_id, "episode_id": req.ctx.episode_id, "tenant": req.ctx.tenant,
             "model": desc.name, "requested_model": req.asked, "prompt_tokens": bound,

@@ -33,6 +33,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,15 @@ class IntentJournal:
     """One writer's journal. `intend` (awaited before an attempt leaves) is durable on return;
     `resolve` / `resolve_key` say an attempt has an outcome.
 
-    Group commit without a thread: the first intent of a tick becomes the *leader*: it yields
-    once (`sleep(0)`), so that every intent queued in this tick (and in the next, up to its turn)
-    joins, then appends them all with one `os.write` and one `fdatasync`, on the event loop.
-    The others, resumed right after it in the same loop iteration, find their line on disk and
-    go on: each intent costs one loop iteration plus its share of one fsync, and the loop is
-    blocked during that fsync (~0.3 ms on this machine's disk when it is quiet, several ms when
-    other jobs load it; `intent_fsync: false` skips it). A helper thread would not block the
-    loop, but it must take the GIL from the busy loop to start and to report each commit (up to
-    the 5 ms switch interval each): in-process at 64 in flight an intent then waited 11 ms at
-    p50, against 7 ms (one loop iteration of that busy loop) this way."""
+    Group commit: the first intent of a tick becomes the *leader*: it yields once (`sleep(0)`),
+    so that every intent queued in this tick joins, appends them all with one `os.write` on the
+    event loop (the page cache: a killed process loses nothing from here on), then waits for one
+    `fdatasync` on a helper thread, so that a slow disk never blocks the loop. Intents queued
+    meanwhile go out together in the next commit, as soon as this one is done: at most one fsync
+    is in flight, and there are never more fsyncs per second than the disk can do.
+    (`intent_fsync: false` skips the fsync: intents then survive a killed process, not a power
+    loss.) All file work but the fsync runs on the loop, so no descriptor is closed under the
+    helper thread: a segment is dropped only while no fsync is in flight."""
 
     def __init__(self, directory: str | Path, writer: str, *, fsync: bool = True,
                  segment_bytes: int = 4 << 20, before_drop: Callable[[], None] | None = None):
@@ -78,9 +78,13 @@ class IntentJournal:
         self._durable = 0
         self._failed: list[tuple[int, int, BaseException]] = []  # (first, last, error) of failed commits
         self._leader = False  # an intent is waiting to commit this tick's group
+        self._syncing = False  # an fsync is in flight on the helper thread
+        self._unsynced: set[int] = set()  # segments written since their last fsync
+        self._waiters: list[asyncio.Future] = []  # intents waiting for the commit in flight
         self._flush_scheduled = False
         self._closed = False
         self.commits = 0  # group commits done (for tests and benchmarks)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="intent-fsync") if fsync else None
         self._open_segment(0)
 
     # -- the event loop's side ---------------------------------------------------------------
@@ -95,17 +99,25 @@ class IntentJournal:
         self._unresolved[self._seq] += 1
         self._queued += 1
         mine = self._queued
+        waited = False
         while self._durable < mine:
-            if self._leader:  # the group's leader commits before we run again
-                await asyncio.sleep(0)
+            if self._leader or self._syncing:  # wait for the group in the making, or in flight
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                await fut
+                waited = True
                 continue
-            self._leader = True
-            try:
-                await asyncio.sleep(0)  # this tick's other intents join the group
-            finally:
+            if not waited:  # (a group that formed during the last fsync goes at once)
+                self._leader = True
+                try:
+                    await asyncio.sleep(0)  # this tick's other intents join the group
+                except BaseException:  # cancelled: another waiter leads instead
+                    self._leader = False
+                    self._wake()
+                    raise
                 self._leader = False
-            if self._durable < mine:
-                self._commit(sync=True)
+            if self._durable < mine and not self._syncing:
+                await self._commit_durable()
         for first, last, err in self._failed:
             if first <= mine <= last:
                 raise OSError(f"intent journal write failed: {err}")
@@ -165,32 +177,73 @@ class IntentJournal:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): write now
-            self._commit(sync=False)
+            if not self._syncing:
+                self._write(self._ops)
+                self._ops = []
             return
         self._flush_scheduled = True
         loop.call_soon(self._deferred)
 
     def _deferred(self) -> None:
         self._flush_scheduled = False
-        if self._ops and not self._leader and not self._closed:  # a leader will write them anyway
-            # Intents still queued here lost their leader (cancelled): they are fsync'd all the same.
-            self._commit(sync=self._queued > self._durable)
+        if not self._ops or self._closed or self._leader or self._syncing:
+            return  # the next commit writes them
+        if self._queued > self._durable:  # intents whose leader was cancelled: commit them properly
+            asyncio.ensure_future(self._commit_durable())
+        else:
+            self._write(self._ops)
+            self._ops = []
 
-    def _commit(self, sync: bool) -> None:
-        """Write every queued op; fsync when asked. Marks the queued intents durable (or failed)."""
+    def _write(self, ops: list[Any]) -> None:
+        try:
+            self._run_ops(ops)
+        except OSError:  # resolved lines or a drop lost: at worst an attempt billed at its cap
+            pass
+
+    async def _commit_durable(self) -> None:
+        """Write every queued op on the loop, then fsync the written segments on the helper
+        thread; the intents queued so far are then durable (or failed, and not sent). The fsync
+        finishes (and `_finish` runs) even if the leader waiting for it is cancelled."""
+        self._syncing = True
         ops, upto = self._ops, self._queued
         self._ops = []
         try:
-            self._run_ops(ops, sync and self.fsync)
+            self._run_ops(ops)
         except OSError as e:  # those intents are not on disk: their attempts are not sent
-            self._failed = [f for f in self._failed if f[1] > upto - 10_000] + [(self._durable + 1, upto, e)]
-        self._durable = upto
+            self._finish(upto, e)
+            return
+        if self._executor is None or not self._unsynced:
+            self._unsynced.clear()
+            self._finish(upto, None)
+            return
+        fds = [self._fds[seq] for seq in sorted(self._unsynced)]
+        self._unsynced.clear()
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, _fdatasync_all, fds)
+        fut.add_done_callback(lambda f: self._finish(
+            upto, OSError("fsync cancelled") if f.cancelled() else f.exception()))
+        await asyncio.shield(fut)
+
+    def _finish(self, upto: int, err: BaseException | None) -> None:
+        self._syncing = False
         self.commits += 1
+        if err is not None:
+            self._failed = [f for f in self._failed if f[1] > upto - 10_000] + [(self._durable + 1, upto, err)]
+        self._durable = max(self._durable, upto)
+        self._wake()
+        if self._ops and not self._closed:
+            self._kick()
+
+    def _wake(self) -> None:
+        """Every waiting intent looks again: done, or the next group's leader."""
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     async def aclose(self) -> None:
         """Write what is queued, then close."""
-        while self._leader:
-            await asyncio.sleep(0)
+        while self._leader or self._syncing:
+            await asyncio.sleep(0.001)
         self.close()
 
     def close(self) -> None:
@@ -199,7 +252,17 @@ class IntentJournal:
         if self._closed:
             return
         self._closed = True
-        self._commit(sync=self._queued > self._durable)
+        self._write(self._ops)
+        self._ops = []
+        if self._executor is not None:
+            if self._syncing:  # an fsync in flight (a synchronous close from a running loop)
+                self._executor.submit(lambda: None).result()
+            _fdatasync_all([self._fds[s] for s in self._unsynced if s in self._fds])
+            self._executor.shutdown(wait=True)
+        self._durable = self._queued
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
         drop_all = not self._open
         for seq in sorted(self._fds):
             if drop_all:
@@ -219,7 +282,8 @@ class IntentJournal:
             finally:
                 os.close(dfd)
 
-    def _run_ops(self, ops: list[Any], sync: bool) -> None:
+    def _run_ops(self, ops: list[Any]) -> None:
+        """Append, rotate, drop: on the loop, never while an fsync is in flight (but `close`)."""
         buf: list[bytes] = []
         cur = max(self._fds) if self._fds else None
         for op in ops:
@@ -227,7 +291,7 @@ class IntentJournal:
                 buf.append(op)
                 continue
             if buf and cur is not None:
-                self._append(cur, b"".join(buf), sync)
+                self._append(cur, b"".join(buf))
                 buf = []
             what, seq = op
             if what == "rotate":
@@ -236,22 +300,26 @@ class IntentJournal:
             elif what == "drop":
                 self._drop(seq)
         if buf and cur is not None:
-            self._append(cur, b"".join(buf), sync)
+            self._append(cur, b"".join(buf))
 
-    def _append(self, seq: int, data: bytes, sync: bool) -> None:
-        fd = self._fds[seq]
-        os.write(fd, data)
-        if sync:
-            os.fdatasync(fd)
+    def _append(self, seq: int, data: bytes) -> None:
+        os.write(self._fds[seq], data)
+        self._unsynced.add(seq)
 
     def _drop(self, seq: int) -> None:
         fd = self._fds.pop(seq, None)
+        self._unsynced.discard(seq)
         if fd is None:
             return
         if self._before_drop is not None:
             self._before_drop()
         journal_path(self.dir, self.writer, seq).unlink(missing_ok=True)
         os.close(fd)
+
+
+def _fdatasync_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
 
 
 # -- after a crash -----------------------------------------------------------------------------

@@ -65,6 +65,10 @@ class ModelBackend(ABC):
     # False: token counts come from a provider the pool does not trust blindly (it caps them at
     # what the sent text and max_tokens allow). True: they are replayed records (replay backend).
     recorded_usage = False
+    # True: an attempt reaches a provider outside this process, which may bill it even if the
+    # pool dies before the reply: the pool writes each attempt's intent ahead (`intents.py`).
+    # False (in-process engines, replay, the simulator): nothing outside the process bills.
+    billed_remotely = False
 
     @abstractmethod
     async def complete(self, model: ModelDescriptor, messages: list[Message],

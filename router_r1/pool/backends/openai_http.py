@@ -67,6 +67,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class OpenAIBackend(ModelBackend):
+    billed_remotely = True  # a provider bills what it answered, whether or not we read it
+
     def __init__(self, pool: PoolSpec, *, max_connections: int = 256, connect_timeout_s: float = 10.0,
                  headers: dict[str, str] | None = None, max_reply_bytes: int = MAX_REPLY_BYTES):
         if not isinstance(max_reply_bytes, int) or isinstance(max_reply_bytes, bool) or max_reply_bytes < 1:
