@@ -6,7 +6,10 @@ policy's generation batched across requests and with batching off (max_batch_siz
 
 Each phase deploys the app on a local Ray, warms it up, then sends `--requests` chat completions
 with `--concurrency` in flight over real HTTP, and reports p50/p90/p99 latency, requests/s, the
-mean generation batch (from /healthz) and every failed request (a phase with failures exits 1).
+mean generation batch (from /healthz), the machine's load average (`uptime`) before and after,
+and every failed request (a phase with failures exits 1). Phases: batched; the same deployment
+streamed (`stream: true`: also the time to the first answer token, the first content delta);
+unbatched (`max_batch_size` 1).
 Simulated candidates wait `latency_s x --latency-scale` per call, so routed calls overlap the way
 real ones do. Results go to `--out` as JSON.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
@@ -60,31 +64,53 @@ def questions(pool_file: Path, n: int) -> list[str]:
 
 
 async def _load(url: str, prompts: list[str], concurrency: int, model: str,
-                timeout_s: float) -> dict[str, Any]:
+                timeout_s: float, stream: bool = False) -> dict[str, Any]:
+    """Send `prompts` with `concurrency` in flight. Streamed (`stream`): also the time to the first
+    answer token (the first content delta) of each request."""
     import aiohttp
 
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
+    ttft: list[float] = []
     failures: list[str] = []
     calls = cost = 0.0
 
     async def one(session: aiohttp.ClientSession, q: str) -> None:
         nonlocal calls, cost
-        body = {"model": model, "messages": [{"role": "user", "content": q}]}
+        body = {"model": model, "messages": [{"role": "user", "content": q}], "stream": stream}
         async with sem:
             t0 = time.perf_counter()
             try:
                 async with session.post(url + "/v1/chat/completions", json=body) as r:
-                    data = await r.json(content_type=None)
                     if r.status != 200:
-                        failures.append(f"{r.status}: {data}")
+                        failures.append(f"{r.status}: {await r.text()}")
                         return
+                    if not stream:
+                        data = await r.json(content_type=None)
+                        extra = data["router_r1"]
+                    else:
+                        extra, first = None, None
+                        async for raw in r.content:
+                            line = raw.decode().strip()
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            chunk = json.loads(line[6:])
+                            if "error" in chunk:
+                                failures.append(f"stream error: {chunk['error']}")
+                                return
+                            delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
+                            if first is None and delta.get("content"):
+                                first = time.perf_counter() - t0
+                            if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                                extra = chunk["router_r1"]
+                        if first is not None:
+                            ttft.append(first)
             except Exception as e:  # a dropped connection or timeout is a failed request
                 failures.append(f"{type(e).__name__}: {e}")
                 return
             lat.append(time.perf_counter() - t0)
-            calls += len(data["router_r1"].get("trace", []))
-            cost += data["router_r1"]["cost_usd"]
+            calls += len(extra.get("trace", []))
+            cost += extra["cost_usd"]
 
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
@@ -92,11 +118,20 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
         await asyncio.gather(*(one(s, q) for q in prompts))
         wall = time.perf_counter() - t0
     ok = len(lat)
-    return {"requests": len(prompts), "ok": ok, "failed": len(failures), "failures": failures[:10],
-            "wall_s": wall, "requests_per_s": ok / wall if wall else 0.0,
-            "p50_s": _percentile(lat, 0.5), "p90_s": _percentile(lat, 0.9),
-            "p99_s": _percentile(lat, 0.99), "mean_s": statistics.fmean(lat) if lat else float("nan"),
-            "calls_per_request": calls / ok if ok else 0.0, "cost_usd": cost}
+    out = {"requests": len(prompts), "ok": ok, "failed": len(failures), "failures": failures[:10],
+           "wall_s": wall, "requests_per_s": ok / wall if wall else 0.0,
+           "p50_s": _percentile(lat, 0.5), "p90_s": _percentile(lat, 0.9),
+           "p99_s": _percentile(lat, 0.99), "mean_s": statistics.fmean(lat) if lat else float("nan"),
+           "calls_per_request": calls / ok if ok else 0.0, "cost_usd": cost, "stream": stream}
+    if stream:
+        out.update(ttft_p50_s=_percentile(ttft, 0.5), ttft_p90_s=_percentile(ttft, 0.9),
+                   ttft_mean_s=statistics.fmean(ttft) if ttft else float("nan"))
+    return out
+
+
+def load_average() -> list[float]:
+    """The machine's 1/5/15-minute load (what `uptime` prints)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _health(url: str) -> dict[str, Any]:
@@ -104,17 +139,20 @@ def _health(url: str) -> dict[str, Any]:
 
 
 def run_phase(url: str, checkpoint: str, config: Path, batch: int, prompts: list[str],
-              concurrency: int, warmup: int, model: str, timeout_s: float) -> dict[str, Any]:
+              concurrency: int, warmup: int, model: str, timeout_s: float, stream: bool = False,
+              deploy: bool = True) -> dict[str, Any]:
     from ray import serve
 
     from deployments.router import build_app
 
-    serve.run(build_app({"checkpoint": checkpoint, "config": str(config),
-                         "serve.max_batch_size": batch}), name=APP, route_prefix="/")
-    asyncio.run(_load(url, prompts[:warmup], concurrency, model, timeout_s))
-    before = _health(url)
-    res = asyncio.run(_load(url, prompts, concurrency, model, timeout_s))
+    if deploy:
+        serve.run(build_app({"checkpoint": checkpoint, "config": str(config),
+                             "serve.max_batch_size": batch}), name=APP, route_prefix="/")
+        asyncio.run(_load(url, prompts[:warmup], concurrency, model, timeout_s))
+    before, load_before = _health(url), load_average()
+    res = asyncio.run(_load(url, prompts, concurrency, model, timeout_s, stream))
     after = _health(url)
+    res.update(load_before=load_before, load_after=load_average())
     batches = after["generation_batches"] - before["generation_batches"]
     turns = after["batched_turns"] - before["batched_turns"]
     res.update(max_batch_size=batch, generation_batches=batches, router_turns=turns,
@@ -171,14 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     prompts = questions(pool_file, args.requests + args.warmup)
     phases = []
     try:
-        for batch in (args.batch, 1):
+        # Batched, then streamed on the same deployment (time to first answer token), then unbatched.
+        for batch, stream, deploy in ((args.batch, False, True), (args.batch, True, False), (1, False, True)):
             res = run_phase(url, checkpoint, config, batch, prompts[args.warmup:], args.concurrency,
-                            args.warmup, cfg.serve.model_name, args.timeout)
+                            args.warmup, cfg.serve.model_name, args.timeout, stream, deploy)
             phases.append(res)
-            print(f"max_batch_size={batch:>3}: {res['ok']}/{res['requests']} ok, "
-                  f"p50 {res['p50_s'] * 1000:.0f} ms, p99 {res['p99_s'] * 1000:.0f} ms, "
+            ttft = (f", first answer token p50 {res['ttft_p50_s'] * 1000:.0f} ms (p90 {res['ttft_p90_s'] * 1000:.0f})"
+                    if stream else "")
+            print(f"max_batch_size={batch:>3}{' stream' if stream else '       '}: {res['ok']}/{res['requests']} ok, "
+                  f"p50 {res['p50_s'] * 1000:.0f} ms, p99 {res['p99_s'] * 1000:.0f} ms{ttft}, "
                   f"{res['requests_per_s']:.1f} req/s, mean generation batch {res['mean_batch']:.1f}, "
-                  f"{res['calls_per_request']:.2f} calls/request", flush=True)
+                  f"{res['calls_per_request']:.2f} calls/request, load {res['load_before']} -> {res['load_after']}",
+                  flush=True)
             for f in res["failures"]:
                 print(f"  failed: {f}", file=sys.stderr)
     finally:

@@ -475,7 +475,9 @@ class Trainer:
             if last is not None:
                 t.log_dir(last, f"checkpoint/{last.name}")
             # The prompt options travel inside the policy folder (router_r1.json, by save_policy).
-            t.log_router(policy_dir, self.cfg.pool, {"episode": self.cfg.episode.model_dump()})
+            from router_r1.serving.mlflow_model import log_router
+
+            log_router(t, policy_dir, self.cfg.pool, {"episode": self.cfg.episode.model_dump()})
             t.end("FINISHED")
 
     def shutdown(self) -> None:

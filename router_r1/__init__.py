@@ -8,6 +8,19 @@
   vLLM, OpenAI-compatible endpoint);
 - `pool/`: the ModelPool's logic, its backends and the model descriptors;
 - `evaluation/`: routing policies to compare (baselines, LLM routers) and their report;
-- `infra/`: config, checkpoints, tracking (MLflow and the router's pyfunc model), CLI, preflight;
+- `infra/`: config, checkpoints, tracking (MLflow), CLI, preflight;
+- `serving/`: the served router without Ray: the OpenAI wire format, the request logic shared
+  with the Serve app, the Python API (`router_r1.Router`) and the MLflow pyfunc model;
 - `rl_router/`: the RLlib router, a separate small-policy baseline.
+
+`router_r1.Router` (router_r1.serving.router.Router) is imported on first use, so importing any
+part of the core never pulls in the serving stack.
 """
+
+
+def __getattr__(name: str):
+    if name == "Router":
+        from router_r1.serving.router import Router
+
+        return Router
+    raise AttributeError(f"module 'router_r1' has no attribute {name!r}")

@@ -52,7 +52,7 @@ def test_evaluate_llm_router_loads_in_the_asked_dtype(bf16_policy, monkeypatch):
 
 
 def test_serve_generator_in_the_policy_dtype(bf16_policy, fake_vllm):  # noqa: F811
-    from deployments.engines import make_generator
+    from router_r1.serving.engines import make_generator
 
     gen, _ = make_generator("transformers", bf16_policy)
     assert gen.model.dtype == torch.bfloat16 and not gen.model.training

@@ -169,9 +169,9 @@ def trained(request, tmp_path_factory):
 
 def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, list[int]]]:
     from actors.rollout import RolloutWorker
-    from deployments.engines import make_generator
-    from deployments.openai_api import ChatCompletionRequest
-    from deployments.service import RouterService
+    from router_r1.serving.engines import make_generator
+    from router_r1.serving.openai_api import ChatCompletionRequest
+    from router_r1.serving.service import RouterService
     from pipelines.evaluate import make_policy
     from router_r1.infra.tracking import MlflowTracker
 
@@ -197,7 +197,9 @@ def renderings(cfg, tokenizer, policy: Path, tmp: Path) -> dict[str, tuple[str, 
 
     tracker = MlflowTracker(plain.mlflow)
     run_id = tracker.start(run_name="renderer")
-    tracker.log_router(policy, plain.pool, {"episode": plain.episode.model_dump()})
+    from router_r1.serving.mlflow_model import log_router
+
+    log_router(tracker, policy, plain.pool, {"episode": plain.episode.model_dump()})
     tracker.end()
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/router").unwrap_python_model()
     out["mlflow"] = model.prompt_ids(QUESTION)
@@ -272,8 +274,8 @@ def test_unseen_model_is_neither_shown_nor_callable_in_training(tmp_path):
 
 
 def test_evaluate_and_serve_offer_unseen_models(tmp_path):
-    from deployments.openai_api import ChatCompletionRequest
-    from deployments.service import RouterService
+    from router_r1.serving.openai_api import ChatCompletionRequest
+    from router_r1.serving.service import RouterService
     from pipelines.evaluate import make_policy
     from router_r1.engines.model import build_tiny_policy
 

@@ -23,14 +23,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
-from deployments.openai_api import APIError, parse_request  # noqa: E402
+from router_r1.serving.openai_api import APIError, parse_request  # noqa: E402
 from deployments.router import parse_api_keys, tenant_for  # noqa: E402
 
 openai = pytest.importorskip("openai")
 
 ECHO_PRICE = 1.0  # USD per 1M tokens, both directions
 TIMEOUT_S = 6.0  # serve.request_timeout_s of the test app
-KEYS = {"sk-rich": "rich", "sk-poor": "poor"}
+KEYS = {"sk-rich": "rich", "sk-poor": "poor", "sk-capped": "capped"}
+CAPPED_USD = 3e-4  # the "capped" tenant's budget: ~10 of the echo calls, ~1 reservation of 256 tokens
 
 
 # -- Ray-free ------------------------------------------------------------------------------------
@@ -70,8 +71,8 @@ def _outcome(*calls):
     return SimpleNamespace(calls=list(calls), plan=SimpleNamespace(tenant="t"))
 
 
-def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
-    from deployments.service import REQUEST_CAP, check_calls
+def test_failed_calls_map_to_429_or_503_only_when_none_succeeded():
+    from router_r1.serving.service import REQUEST_CAP, check_calls
     from router_r1.pool.types import CallResult
     from router_r1.pool.types import CallStatus as S
 
@@ -88,7 +89,7 @@ def test_failed_calls_map_to_402_or_503_only_when_none_succeeded():
     assert e.value.status == 503 and "A" in e.value.message and "B" in e.value.message
     with pytest.raises(APIError) as e:
         check_calls(_outcome(broke_pool, capped))
-    assert e.value.status == 402 and e.value.code == "insufficient_quota"
+    assert e.value.status == 429 and e.value.code == "insufficient_quota"
 
 
 def test_serve_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
@@ -113,12 +114,9 @@ def fake():
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, fake, tmp_path_factory):
-    """Deploy the app once for the module; yields (base_url, fake server)."""
-    from ray import serve
-
+def app_files(fake, tmp_path_factory):
+    """(folder, checkpoint) of the module's apps: the pool file, the two configs, the router."""
     from benchmarks.tiny_router import build_scripted_router
-    from deployments.router import build_app
     from router_r1.pool.descriptors import load_pool
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -131,37 +129,73 @@ def served(ray_local, fake, tmp_path_factory):
          "backend": backend, "limits": limits},
         {"name": "Other-Model", "price": 3.0, "description": "Also echoes.", "backend": backend,
          "limits": limits}]}))
-    actor_name = f"serve_test_pool_{_free_port()}"
-    (tmp / "config.yaml").write_text(yaml.safe_dump({
+    config = {
         "name": "serve-test", "pool": "pool.yaml",
-        "pool_runtime": {"actor_name": actor_name, "ledger_dir": str(tmp / "ledger"), "cache": False,
-                         "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0}, "num_cpus": 0},
+        "pool_runtime": {"actor_name": f"serve_test_pool_{_free_port()}", "ledger_dir": str(tmp / "ledger"),
+                         "cache": False, "tenant_budgets_usd": {"poor": 0.0, "rich": 100.0, "capped": CAPPED_USD}, "num_cpus": 0},
         "episode": {"max_turns": 2, "max_new_tokens": 48},
         "serve": {"api_keys": KEYS, "request_timeout_s": TIMEOUT_S, "max_prompt_chars": 2000,
-                  "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}))
+                  "num_cpus": 0, "max_batch_size": 16, "batch_wait_timeout_s": 0.05}}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    # The lenient app (fixture `lenient`, same pool actor): drops unsupported fields, has a fallback.
+    config["serve"].update(drop_params=True, fallback_model="Other-Model", max_prompt_chars=8000, conversation="on",
+                           max_history_tokens=200)
+    (tmp / "lenient.yaml").write_text(yaml.safe_dump(config))
     ckpt = build_scripted_router(tmp / "router", load_pool(tmp / "pool.yaml"), "Echo-Model", steps=120)
+    return tmp, ckpt
+
+
+def wait_healthy(base: str) -> None:
+    deadline = time.time() + 60
+    while True:  # serve.run returns once RUNNING; the proxy may lag a moment behind
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=5).read()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, fake, app_files):
+    """Deploy the app once for the module; yields (base_url, fake server, ledger folder)."""
+    import ray
+    from ray import serve
+
+    from deployments.router import build_app
+
+    tmp, ckpt = app_files
     port = _free_port()
     serve.shutdown()  # a Serve left by another module would keep its own HTTP options
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "config.yaml")}),
               name="router_r1_test", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:  # serve.run returns once RUNNING; the proxy may lag a moment behind
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=5).read()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
+    wait_healthy(base)
     yield base, fake, tmp / "ledger"
     serve.shutdown()
-    import ray
     try:
-        ray.kill(ray.get_actor(actor_name, namespace="router_r1"))
+        actor = yaml.safe_load((tmp / "config.yaml").read_text())["pool_runtime"]["actor_name"]
+        ray.kill(ray.get_actor(actor, namespace="router_r1"))
     except ValueError:
         pass
+
+
+@pytest.fixture(scope="module")
+def lenient(served, app_files):
+    """A second app beside the first, under /lenient: serve.drop_params and a fallback model."""
+    from ray import serve
+
+    from deployments.router import build_app
+
+    tmp, ckpt = app_files
+    serve.run(build_app({"checkpoint": str(ckpt), "config": str(tmp / "lenient.yaml")}),
+              name="router_r1_lenient", route_prefix="/lenient", blocking=False)
+    url = served[0] + "/lenient"
+    wait_healthy(url)
+    yield url
+    serve.delete("router_r1_lenient")
 
 
 @pytest.fixture
@@ -277,8 +311,14 @@ def test_raw_stream_ends_with_done(base):
 def test_models_and_health(base):
     models = client(base).models.list()
     assert [m.id for m in models.data] == ["router-r1"]
-    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
+    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())  # no key needed
     assert health["status"] == "ok" and health["candidates"] == ["Echo-Model", "Other-Model"]
+    assert "/" not in json.dumps(health), health  # no filesystem paths
+    card = client(base).models.retrieve("router-r1")
+    assert card.id == "router-r1" and card.model_extra["candidates"] == ["Echo-Model", "Other-Model"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client(base).models.retrieve("gpt-4o")
+    assert e.value.body["code"] == "model_not_found"
 
 
 def test_missing_or_wrong_key_is_401(fake, base):
@@ -313,8 +353,8 @@ def test_bad_requests_get_openai_errors(fake, base, body, status, param):
     assert fake.count() == 0
 
 
-def test_prompt_over_the_limit_is_413(base):
-    err = assert_error(*post(base, ask("x" * 2001)), 413, "context_length_exceeded")
+def test_prompt_over_the_limit_is_400_context_length_exceeded(base):
+    err = assert_error(*post(base, ask("x" * 2001)), 400, "context_length_exceeded")
     assert "2000" in err["message"]
 
 
@@ -330,9 +370,12 @@ def test_unknown_model_is_404(base):
     assert h.value.code == 404 and set(json.loads(h.value.read())["error"]) == {"message", "type", "param", "code"}
 
 
-def test_tenant_budget_exhausted_is_402(fake, base):
+def test_tenant_budget_exhausted_is_429_insufficient_quota(fake, base):
+    with pytest.raises(openai.RateLimitError) as e:
+        client(base, key="sk-poor").chat.completions.create(**ask())
+    assert e.value.status_code == 429 and e.value.body["code"] == "insufficient_quota"
     status, body = post(base, ask(), key="sk-poor")
-    err = assert_error(status, body, 402, "insufficient_quota")
+    err = assert_error(status, body, 429, "insufficient_quota")
     assert "poor" in err["message"]
     assert fake.count("Echo-Model") == 0  # refused before anything was sent
 
@@ -411,6 +454,22 @@ def test_openapi_publishes_the_request_body(base):
     schema = body["content"]["application/json"]["schema"]
     assert body["required"] and {"model", "messages"} <= set(schema["required"])
     assert schema["properties"]["temperature"]["anyOf"][0]["type"] == "number"
+    text = json.dumps(doc)
+    assert '"ge"' not in text and '"le"' not in text  # JSON Schema's minimum/maximum only
+    assert schema["properties"]["max_tokens"]["anyOf"][0]["minimum"] == 1
+    assert schema["properties"]["max_turns"]["anyOf"][0]["maximum"] == 8  # this server's own limit
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}
+    assert doc["paths"]["/v1/chat/completions"]["post"]["security"] == [{"bearer": []}]
+    responses = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "404", "413", "429", "502", "503", "504"} <= set(responses)
+    # A tool message with empty content: refused by the schema, and so by the server.
+    tool = next(alt for alt in schema["properties"]["messages"]["items"]["oneOf"]
+                if alt["properties"]["role"]["const"] == "tool")
+    assert tool["properties"]["content"]["anyOf"][0]["minLength"] == 1
+    status, err = post(base, {"model": "router-r1", "messages": [
+        {"role": "tool", "content": "", "tool_call_id": "c1"}, {"role": "user", "content": "q"}]})
+    assert status == 400 and err["error"]["param"].startswith("messages.0.content")
 
 
 def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, base):
@@ -443,3 +502,233 @@ def test_no_part_of_a_provider_key_reaches_replies_ledger_or_serve_logs(served, 
                 if hits:
                     found[str(f)] = hits
     assert found == {}
+
+
+# -- issue 28 A: every OpenAI field honoured or refused -------------------------------------------
+def test_max_tokens_bounds_the_answer_not_the_router_turns(base):
+    c = client(base)
+    full = c.chat.completions.create(**ask())
+    one = c.chat.completions.create(**ask(), max_tokens=1)
+    assert full.choices[0].message.content and full.choices[0].finish_reason == "stop"
+    assert one.choices[0].message.content and one.choices[0].finish_reason == "length"
+    assert full.choices[0].message.content.startswith(one.choices[0].message.content)
+    assert one.model_extra["router_r1"]["trace"]  # the router still routed: its turns were not cut
+
+
+def test_stop_is_applied_to_the_answer(base):
+    full = client(base).chat.completions.create(**ask()).choices[0].message.content
+    assert len(full) >= 2
+    r = client(base).chat.completions.create(**ask(), stop=[full[1:]])
+    assert r.choices[0].message.content == full[:1] and r.choices[0].finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible(base):
+    def once(seed):
+        r = client(base).chat.completions.create(**ask(), temperature=1.0, seed=seed)
+        return r.model_extra["router_r1"]["router_text"]
+    assert once(5) == once(5)
+
+
+def test_user_is_recorded_as_the_end_user(served, base):
+    from router_r1.pool.ledger import read_records
+
+    _, _, ledger = served
+    r = client(base).chat.completions.create(**ask(), user="alice@example.com")
+    assert r.model_extra["router_r1"]["end_user"] == "alice@example.com"
+    recs = [x for x in read_records(ledger) if x.get("end_user") == "alice@example.com"]
+    assert len(recs) == len(r.model_extra["router_r1"]["trace"]) >= 1
+
+
+def test_max_turns_0_gives_the_forced_final_answer(fake, base):
+    r = client(base).chat.completions.create(**ask(), extra_body={"max_turns": 0})
+    extra = r.model_extra["router_r1"]
+    assert r.choices[0].message.content and extra["forced_answer"] and extra["trace"] == []
+    assert fake.count() == 0
+
+
+@pytest.mark.parametrize("kw", [{"logprobs": True}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                {"response_format": {"type": "json_object"}}, {"presence_penalty": 0.5}, {"n": 2}])
+def test_unsupported_parameters_are_refused_naming_them(fake, base, kw):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(base).chat.completions.create(**ask(), **kw)
+    assert e.value.status_code == 400 and e.value.body["code"] == "unsupported_parameter"
+    assert e.value.body["param"] == next(iter(kw))
+    assert fake.count() == 0
+
+
+def test_the_wire_format_is_the_sdk_types(base):
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    status, body = post(base, ask(logprobs=False, response_format={"type": "text"}))
+    assert status == 200, body
+    assert ChatCompletion.model_validate(body).choices[0].message.role == "assistant"
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(ask(stream=True)).encode(),
+                                 headers={"Authorization": "Bearer sk-rich", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        lines = [ln[6:] for ln in r.read().decode().splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    for ln in lines[:-1]:
+        ChatCompletionChunk.model_validate(json.loads(ln))
+
+
+# -- issue 28 B: no silent failure; A: drop_params ------------------------------------------------
+def question_filling_the_context(ckpt: Path, pool_file: Path, turn_tokens: int) -> str:
+    """A question whose prompt leaves room for the first router turn only (the tiny router's
+    context is 1024 tokens): the route is made, and no answer turn fits after its reply."""
+    from router_r1.engines.model import load_policy
+    from router_r1.env.prompt import load_prompt_options, render_prompt_ids
+    from router_r1.pool.descriptors import load_pool
+
+    _, tok = load_policy(ckpt)
+    pool, opts = load_pool(pool_file), load_prompt_options(ckpt)
+    lo, hi = 1, 2000
+    while lo < hi:  # the most words whose prompt still leaves one turn's room
+        mid = (lo + hi + 1) // 2
+        if len(render_prompt_ids(tok, pool, "zelix " * mid, opts)[1]) + turn_tokens <= 1024:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "zelix " * lo
+
+
+def test_no_valid_answer_is_a_502_without_a_fallback(app_files, base):
+    tmp, ckpt = app_files
+    q = question_filling_the_context(ckpt, tmp / "pool.yaml", 300)
+    status, body = post(base, ask(q, max_turn_tokens=300))
+    assert_error(status, body, 502, "router_no_answer")
+
+
+def test_no_valid_answer_runs_the_fallback_model(fake, app_files, lenient):
+    tmp, ckpt = app_files
+    q = question_filling_the_context(ckpt, tmp / "pool.yaml", 300)
+    before = fake.count("Other-Model")
+    r = client(lenient).chat.completions.create(
+        model="router-r1", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": q}],
+        extra_body={"max_turn_tokens": 300})
+    extra = r.model_extra["router_r1"]
+    assert extra["fallback"] is True and extra["format_ok"] is False
+    assert r.choices[0].message.content and "<" not in r.choices[0].message.content
+    assert extra["trace"][-1]["fallback"] and extra["trace"][-1]["model"] == "Other-Model"
+    assert fake.count("Other-Model") == before + 1
+
+
+def test_drop_params_drops_and_says_so(lenient):
+    raw = client(lenient).chat.completions.with_raw_response.create(
+        **ask(), logprobs=True, tools=[{"type": "function", "function": {"name": "f"}}])
+    assert raw.headers["x-router-r1-dropped-params"] == "logprobs,tools"
+    assert raw.parse().choices[0].message.content
+
+
+# -- issue 28 C: operations ----------------------------------------------------------------------
+def test_cost_and_route_headers(base):
+    raw = client(base).chat.completions.with_raw_response.create(**ask())
+    r = raw.parse()
+    extra = r.model_extra["router_r1"]
+    assert float(raw.headers["x-router-r1-cost-usd"]) == pytest.approx(extra["cost_usd"])
+    assert raw.headers["x-router-r1-models"] == ",".join(s["model"] for s in extra["trace"]) == "Echo-Model"
+    assert raw.headers["x-router-r1-fallback"] == "false" and raw.headers["x-request-id"]
+
+
+def post_large(base: str, size: int) -> tuple[int, dict]:
+    """POST a `size`-byte JSON body as curl does (`Expect: 100-continue`): the body is sent only
+    if the server asks for it; a server that refuses it first answers without reading it."""
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps(ask("x" * (size - 120))).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-rich\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head)
+        reply = sock.recv(65536)
+        if reply.startswith(b"HTTP/1.1 100"):
+            try:
+                sock.sendall(body)
+            except OSError:  # refused mid-body: the answer is already on its way
+                pass
+            reply = reply.split(b"\r\n\r\n", 1)[1]
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in headers.lower():
+        out, data = b"", payload
+        while data:
+            n, _, data = data.partition(b"\r\n")
+            if int(n, 16) == 0:
+                break
+            out, data = out + data[:int(n, 16)], data[int(n, 16) + 2:]
+        payload = out
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def test_a_50_mb_body_is_413(fake, base):
+    err = assert_error(*post_large(base, 50_000_000), 413, "request_too_large")
+    assert "max_body_bytes" in err["message"] and fake.count() == 0
+
+
+def test_prometheus_metrics_through_ray(base):
+    """Ray's own metrics export (ray.util.metrics in the replica), served at /metrics."""
+    client(base).chat.completions.create(**ask())
+    post(base, ask(), key="sk-poor")  # a budget refusal
+    deadline, text = time.time() + 60, ""
+    want = ("ray_router_r1_requests_total", "ray_router_r1_cost_usd_total", "ray_router_r1_budget_refusals_total",
+            "ray_router_r1_request_latency_s_bucket", "ray_router_r1_tokens_total")
+    while time.time() < deadline:  # Ray's agent exports every few seconds
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+        if all(w in text for w in want):
+            break
+        time.sleep(2)
+    lines = text.splitlines()
+    assert all(w in text for w in want), [w for w in want if w not in text]
+    assert any(ln.startswith("ray_router_r1_requests_total{") and 'tenant="rich"' in ln and 'status="200"' in ln
+               for ln in lines)
+    assert any(ln.startswith("ray_router_r1_requests_total{") and 'tenant="poor"' in ln and 'status="429"' in ln
+               for ln in lines)
+    assert any(ln.startswith("ray_router_r1_cost_usd_total{") and 'model="Echo-Model"' in ln for ln in lines)
+    assert "ray_serve_" in text  # Serve's own metrics, from the same exporter
+
+
+# -- issue 28 D: reservations from observed completion lengths -----------------------------------
+def test_a_capped_tenant_spends_up_to_its_cap(base):
+    """Echo-Model answers in a few tokens but its backend allows 256: reserving 256 completion
+    tokens per call refused a tenant after one call. Once the pool has seen Echo-Model answer,
+    the tenant gets close to its cap, and never past it by more than one call's capped cost."""
+    c = client(base)
+    for i in range(8):  # the pool learns Echo-Model's completion lengths (any tenant's calls)
+        c.chat.completions.create(**ask(f"warm up {i}?"))
+    capped, spent, one = client(base, key="sk-capped"), 0.0, 0.0
+    for i in range(40):
+        try:
+            r = capped.chat.completions.create(**ask(f"question {i}?"))
+        except openai.RateLimitError as e:
+            assert e.body["code"] == "insufficient_quota"
+            break
+        cost = r.model_extra["router_r1"]["cost_usd"]
+        spent, one = spent + cost, max(one, cost)
+    else:
+        pytest.fail("the capped tenant was never refused")
+    assert one > 0 and spent > CAPPED_USD - 3 * one, (spent, one)
+    assert spent <= CAPPED_USD + 256 * ECHO_PRICE / 1e6 + one
+
+
+# -- issue 28 G: the conversation is the input ---------------------------------------------------
+def test_the_router_reads_the_conversation_within_its_budget(lenient, base):
+    convo = [{"role": "system", "content": "answer in one word"},
+             {"role": "user", "content": "Who wrote the book Zelix?"},
+             {"role": "assistant", "content": "Kestrel Velik"},
+             {"role": "user", "content": "And when?"}]
+    r = client(lenient).chat.completions.create(model="router-r1", messages=convo)
+    assert r.choices[0].message.content and r.model_extra["router_r1"]["history_turns"] == 3
+    long = convo[:1] + [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "zelix " * 40}
+                        for i in range(8)] + convo[-1:]
+    r = client(lenient).chat.completions.create(model="router-r1", messages=long)
+    kept = r.model_extra["router_r1"]["history_turns"]
+    assert 1 <= kept < 9  # the oldest turns were cut to fit serve.max_history_tokens
+    # The module's main app ("auto"): the scripted router was trained on single questions.
+    r = client(base).chat.completions.create(model="router-r1", messages=convo)
+    assert r.model_extra["router_r1"]["history_turns"] == 0

@@ -18,7 +18,7 @@ from benchmarks import vllm_api_check as check
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("router_r1", "actors", "deployments", "pipelines", "benchmarks")
 # Instance attributes holding a vLLM object that other modules reach through the owner
-# (deployments/engines.py: `gen.llm.get_tokenizer()`); any other one counts only as self.<attr>.
+# (router_r1/serving/engines.py: `gen.llm.get_tokenizer()`); any other one counts only as self.<attr>.
 CROSS_FILE = {"llm"}
 
 

@@ -10,7 +10,7 @@ is `router_r1.env.generation.Generation`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -59,7 +59,9 @@ class HFGenerator:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128,
                  temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS,
-                 seed: int | None = None) -> list[Generation]:
+                 seed: int | None = None, on_token: Callable[[int, int], None] | None = None) -> list[Generation]:
+        """One turn per prompt. `on_token(i, token_id)` is told of each token of prompt i as it is
+        sampled (serving streams the answer with it), from the generating thread."""
         rows = [self.encode(p) for p in prompts]
         out = [Generation() for _ in rows]
         # A row gets what is left of the context window; a full one generates nothing.
@@ -71,14 +73,16 @@ class HFGenerator:
         self.model.eval()
         try:
             self._sample([rows[i] for i in live], [budget[i] for i in live], temperature, top_p,
-                         tuple(stop or ()), seed, [out[i] for i in live])
+                         tuple(stop or ()), seed, [out[i] for i in live],
+                         None if on_token is None else (lambda j, t: on_token(live[j], t)))
         finally:
             if was_training:
                 self.model.train()
         return out
 
     def _sample(self, rows: list[list[int]], budget: list[int], temperature: float, top_p: float,
-                stops: tuple[str, ...], seed: int | None, out: list[Generation]) -> None:
+                stops: tuple[str, ...], seed: int | None, out: list[Generation],
+                on_token: Callable[[int, int], None] | None = None) -> None:
         from transformers import DynamicCache
 
         B, n = len(rows), max(len(r) for r in rows)
@@ -115,6 +119,8 @@ class HFGenerator:
                 g = out[i]
                 g.ids.append(token_ids[i])
                 g.logprobs.append(token_lp[i])
+                if on_token is not None:
+                    on_token(i, token_ids[i])
                 if token_ids[i] in self.eos:
                     g.stop, done[i] = EOS, True
                 elif stops:

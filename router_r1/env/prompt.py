@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -71,14 +72,40 @@ def describe_model(m: ModelDescriptor, layout: PromptLayout = "full") -> str:
 
 
 def render_prompt(pool: PoolSpec, question: str, instructions: str | None = None,
-                  layout: PromptLayout = "full") -> str:
+                  layout: PromptLayout = "full", history: Sequence[Turn] = ()) -> str:
     """The full user turn for one question. Chat templates, if any, are applied by the policy.
     The "compact" layout uses COMPACT_INSTRUCTIONS (unless `instructions` is given) and short
-    model lines."""
+    model lines. `history`: the conversation before the question (`conversation_block`); none
+    renders exactly the single-question prompt."""
     if instructions is None:
         instructions = COMPACT_INSTRUCTIONS if layout == "compact" else INSTRUCTIONS
     models = "\n".join(describe_model(m, layout) for m in pool.models)
-    return f"{instructions}\n\nCandidate LLMs:\n{models}\n\nQuestion: {question.strip()}\n"
+    convo = conversation_block(history)
+    return f"{instructions}\n\nCandidate LLMs:\n{models}\n\n{convo}Question: {question.strip()}\n"
+
+
+# A conversation turn before the question: {"role": "system" | "user" | "assistant", "content": str}.
+Turn = Mapping[str, str]
+SPEAKERS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def conversation_block(history: Sequence[Turn]) -> str:
+    """The earlier turns as the router reads them: "Conversation so far:" then one "Role: text"
+    line per turn (newlines inside a turn kept as spaces), then a blank line; "" for none."""
+    lines = [f"{SPEAKERS.get(t['role'], 'User')}: {' '.join(t['content'].split())}"
+             for t in history if t.get("content", "").strip()]
+    return "Conversation so far:\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
+def fit_history(history: Sequence[Turn], fits: Callable[[list[Turn]], bool]) -> list[Turn]:
+    """The longest history `fits` accepts, cut by one rule: the oldest user/assistant turn goes
+    first, one at a time; system turns are kept to the last and then go too (the question
+    itself is never cut here; `max_question_tokens` cuts it to its tail)."""
+    kept = list(history)
+    while kept and not fits(kept):
+        others = [i for i, t in enumerate(kept) if t["role"] not in ("system", "developer")]
+        kept.pop(others[0] if others else 0)
+    return kept
 
 
 class PromptOptions(BaseModel):
@@ -90,6 +117,9 @@ class PromptOptions(BaseModel):
     layout: PromptLayout = "full"  # see PromptLayout
     max_question_tokens: int | None = Field(default=None, ge=1)  # question cut to its tail; None: whole
     use_chat_template: bool = True  # wrap the user turn in the tokenizer's chat template, if it has one
+    # Trained with earlier turns in its prompt (`render_prompt_ids(history=...)`); Serve renders a
+    # request's conversation for such a router (serve.conversation "auto"), the last message otherwise.
+    conversation: bool = False
 
 
 def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
@@ -108,18 +138,23 @@ def question_tail(question: str, max_tokens: int | None, tokenizer: Tokenizer | 
     return "... " + tokenizer.decode(ids[-max_tokens:], skip_special_tokens=True).strip()
 
 
-def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: Tokenizer | None = None) -> str:
+def user_turn(pool: PoolSpec, question: str, options: PromptOptions, tokenizer: Tokenizer | None = None,
+              history: Sequence[Turn] = ()) -> str:
     """The user turn under `options`, before any chat template (the question tail is counted in
     `tokenizer`'s tokens, or in words without one: tokenizer corpora, before it exists)."""
     return render_prompt(pool, question_tail(question, options.max_question_tokens, tokenizer),
-                         layout=options.layout)
+                         layout=options.layout, history=history)
 
 
-def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions) -> tuple[str, list[int]]:
+def render_prompt_ids(tokenizer, pool: PoolSpec, question: str, options: PromptOptions,
+                      history: Sequence[Turn] = ()) -> tuple[str, list[int]]:
     """(text, ids) of the prompt the router conditions on: the user turn, wrapped in the chat
     template when `options` says so and the tokenizer has one, encoded once without added
-    special tokens (the template already holds any; this equals apply_chat_template's ids)."""
-    text = user_turn(pool, question, options, tokenizer)
+    special tokens (the template already holds any; this equals apply_chat_template's ids).
+    `history`: the conversation before `question` (system prompt and earlier turns), rendered
+    into the user turn (`conversation_block`); without it the prompt is the single-question one,
+    token for token, so every router trained on single questions reads what it was trained on."""
+    text = user_turn(pool, question, options, tokenizer, history)
     if options.use_chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)

@@ -255,6 +255,13 @@ def neutralize(reply: str) -> str:
     return _TAG_LIKE.sub(lambda m: m.group(0).replace("<", "&lt;").replace(">", "&gt;"), reply)
 
 
+def first_tag(text: str) -> int:
+    """Where the first protocol tag (or anything a lenient reader might take for one) starts in
+    `text`, or -1."""
+    m = _TAG_LIKE.search(text)
+    return m.start() if m else -1
+
+
 def information_block(reply: str) -> str:
     """The text inserted after a route: the neutralised reply inside information tags."""
     return f"\n\n<information>{neutralize(reply).strip()}</information>\n\n"

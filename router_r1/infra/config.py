@@ -282,11 +282,30 @@ class ServeConfig(_Section):
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)  # vLLM: the replica's GPU share
     temperature: float = 0.0  # router sampling when the request gives none (greedy by default)
     max_turns_limit: int = 8  # largest per-request max_turns accepted
-    max_new_tokens_limit: int = 512  # largest per-request max_tokens (per router turn) accepted
+    max_new_tokens_limit: int = 512  # largest per-request max_turn_tokens (per router turn) accepted
     answer_reserve_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the deadline
     # kept for the router's final turn: candidate calls are cut at (1 - this) x request_timeout_s
     torch_threads: int | None = None  # intra-op threads for CPU generation; None = torch default
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+    # OpenAI fields the app does not implement (logprobs, tools, ...) are a 400 naming them; with
+    # drop_params (LiteLLM's convention) they are left out instead, and the response's
+    # x-router-r1-dropped-params header lists them.
+    drop_params: bool = False
+    # A pool model that answers the conversation itself when the router ends without a valid
+    # answer (the response says router_r1.fallback: true); None: such a request is a 502.
+    fallback_model: str | None = None
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)  # a larger request body is a 413
+    # The conversation is the input: the router's prompt holds the system prompt and the turns
+    # before the last user message, within max_history_tokens and the context window (oldest
+    # user/assistant turns cut first, system turns last; docs/serving.md). "auto": when the
+    # checkpoint's prompt options say it was trained so (PromptOptions.conversation), else the
+    # last user message only, the prompt it was trained on; "on"/"off" force it.
+    conversation: Literal["auto", "on", "off"] = "auto"
+    max_history_tokens: int = Field(default=1024, ge=0)
+    # What a candidate model is sent for a routed call: "query", the router's sub-question alone
+    # (the router must make it self-contained); "conversation", the turns the router's prompt
+    # holds, then the sub-question.
+    candidate_context: Literal["query", "conversation"] = "query"
 
 
 class EvalConfig(_Section):

@@ -66,7 +66,7 @@ class NullTracker:
     def describe_run(self, markdown: str) -> None: ...
     def log_dir(self, path: str | Path, artifact_path: str) -> None: ...
     def log_dict(self, d: dict, name: str) -> None: ...
-    def log_router(self, policy_dir: str | Path, pool_file: str | Path, router_cfg: dict) -> None: ...
+    def log_pyfunc(self, name: str, python_model: Any, **kwargs: Any) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -132,19 +132,10 @@ class MlflowTracker(NullTracker):
     def log_dir(self, path: str | Path, artifact_path: str) -> None:
         self.mlflow.log_artifacts(str(path), artifact_path)
 
-    def log_router(self, policy_dir: str | Path, pool_file: str | Path, router_cfg: dict) -> None:
-        """The trained router as an MLflow pyfunc model that plays full episodes (see
-        router_r1.infra.mlflow_model). Requirements are given, not inferred: inference would import
-        and probe the environment, and nothing may be fetched from the network."""
-        from router_r1.infra.mlflow_model import RouterModel
-
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_file = Path(tmp) / "router.json"
-            cfg_file.write_text(json.dumps(router_cfg, indent=2))
-            self.mlflow.pyfunc.log_model(
-                name="router", python_model=RouterModel(),
-                artifacts={"policy": str(policy_dir), "pool": str(pool_file), "router": str(cfg_file)},
-                pip_requirements=["router-r1", "torch", "transformers", "pandas"])
+    def log_pyfunc(self, name: str, python_model: Any, **kwargs: Any) -> None:
+        """An MLflow pyfunc model in this run (`mlflow.pyfunc.log_model(name=..., python_model=...,
+        **kwargs)`): the router's is built by router_r1.serving.mlflow_model.log_router."""
+        self.mlflow.pyfunc.log_model(name=name, python_model=python_model, **kwargs)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -2,9 +2,11 @@
 
 Before a call is sent its cost is *reserved* on every account it draws on; the real cost is
 *charged* when known and the rest of the reservation released. Two amounts are held per call:
-the *estimate* (what the call will likely cost) and the *worst case* (its capped cost: the pool
-never bills more prompt tokens than the sent text's bytes allow, nor more completion tokens than
-`max_tokens`). A call is admitted when
+the *estimate* (what the call will likely cost: its prompt estimate, and the completion length
+its model has been answering with, `ModelStats.expected_completion_tokens`; `max_tokens` until
+enough answers were seen) and the *worst case* (its capped cost: the pool never bills more prompt
+tokens than the sent text's bytes allow, nor more completion tokens than the call's `max_tokens`).
+A call is admitted when
 
 - its worst case fits beside every other call's worst case (spent + worst cases <= cap), or
 - it is the only call in flight on its accounts and its estimate fits (spent + estimate <= cap).

@@ -354,7 +354,9 @@ class PoolCore:
         messages = req.messages_for(desc)
         params = {"max_tokens": desc.backend.max_tokens, **req.params}
         est_prompt, bound = estimate_prompt_tokens(messages), max_prompt_tokens(messages)
-        reservation = await self.budget.reserve(call_cost(desc, est_prompt, params["max_tokens"]),
+        # Expected: the model's observed completion lengths (budget.py); worst: the call's max_tokens.
+        expected = self._state(desc).stats.expected_completion_tokens(params["max_tokens"])
+        reservation = await self.budget.reserve(call_cost(desc, est_prompt, expected),
                                                 req.ctx.run_id, req.ctx.tenant,
                                                 worst=call_cost(desc, bound, params["max_tokens"]))
         if reservation is None:
@@ -510,7 +512,7 @@ class PoolCore:
                    prompt_tokens=pt, completion_tokens=ct, price_in=desc.price_in,
                    price_out=desc.price_out, cost_usd=cost, status=err.status.value,
                    attempts=attempt, error=self._redact(_with_detail(str(err), err.detail))[:500],
-                   idempotency_key=idem_key, anomaly=anomaly)
+                   idempotency_key=idem_key, anomaly=anomaly, end_user=req.ctx.end_user)
 
     def _finish(self, req: Request, res: CallResult, t0: float) -> CallResult:
         """Write the call's ledger record and update metrics. No await: nothing can interleave."""
@@ -531,7 +533,7 @@ class PoolCore:
                          attempts=res.attempts, cache_hit=res.cache_hit,
                          error=None if res.error is None else self._redact(_with_detail(res.error, detail))[:500],
                          idempotency_key=None if res.cache_hit else res.meta.get("idempotency_key"),
-                         anomaly=res.meta.get("anomaly"))
+                         anomaly=res.meta.get("anomaly"), end_user=req.ctx.end_user)
         res.meta["record_id"] = rec["record_id"]
         if self.journal is not None and rec["idempotency_key"]:
             self.journal.resolve_key(rec["idempotency_key"])  # the call's record is every attempt's outcome

@@ -55,6 +55,7 @@ SCHEMA = pa.schema([
     ("error", pa.string()),  # redacted: never any part of a key
     ("idempotency_key", pa.string()),  # sent with every attempt of the call (retries share it)
     ("anomaly", pa.string()),  # e.g. provider usage above what the call allows, and what was billed
+    ("end_user", pa.string()),  # the tenant's end user, when the caller named one (Serve: `user`)
 ])
 FIELDS = SCHEMA.names
 _FIELD_SET = frozenset(FIELDS)
@@ -63,7 +64,7 @@ _DEFAULTS: dict[str, Any] = {"kind": "call", "run_id": "", "episode_id": "", "te
                              "completion_tokens": 0, "price_in": 0.0, "price_out": 0.0,
                              "cost_usd": 0.0, "latency_s": 0.0, "status": "ok", "attempts": 0,
                              "cache_hit": False, "error": None, "idempotency_key": None,
-                             "anomaly": None}
+                             "anomaly": None, "end_user": None}
 _NAME = re.compile(r"^(part|wal)-([0-9a-f]+)-(\d+)\.(parquet|jsonl)$")
 BY = ("model", "tenant", "run_id")
 

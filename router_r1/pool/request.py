@@ -16,7 +16,8 @@ from router_r1.pool.descriptors import ModelDescriptor
 
 PARAM_KEYS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                         "frequency_penalty"})
-CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s", "call_id"})
+CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s", "call_id",
+                          "end_user"})
 # A caller's id for one call (PoolClient draws one per call): the call's idempotency keys are
 # "<call_id>.<n>" (n-th model tried), so after a crash the ledger answers for the call by this id.
 CALL_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -36,6 +37,7 @@ class CallContext:
     allowed_models: frozenset[str] | None = None  # display names; None = every model
     deadline_s: float | None = None  # absolute time.time()
     call_id: str | None = None  # the caller's id for this call (None: the pool draws one)
+    end_user: str | None = None  # the tenant's own end user (Serve: the request's `user`), for the ledger
 
     def allows(self, name: str) -> bool:
         return self.allowed_models is None or name in self.allowed_models
@@ -120,5 +122,9 @@ def _context(context: Any, resolve: Callable[[str], ModelDescriptor | None], run
     call_id = context.get("call_id")
     if call_id is not None and not (isinstance(call_id, str) and CALL_ID.fullmatch(call_id)):
         raise InvalidRequest("call_id must be 8-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    end_user = context.get("end_user")
+    if end_user is not None and not isinstance(end_user, str):
+        raise InvalidRequest("end_user must be a string")
     return CallContext(str(context.get("run_id") or run_id), str(context.get("episode_id") or ""),
-                       str(context.get("tenant") or "default"), allowed, deadline, call_id)
+                       str(context.get("tenant") or "default"), allowed, deadline, call_id,
+                       end_user[:MAX_NAME] if end_user else None)

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from router_r1.pool.types import CallResult
 
+MIN_COMPLETIONS = 8  # answers seen before a model's observed completion lengths are trusted
+COMPLETION_QUANTILE = 0.9  # reservations expect this quantile of the observed lengths
+COMPLETION_WINDOW = 1000  # the last answers kept per model
+
 
 @dataclass
 class ModelStats:
@@ -20,9 +24,11 @@ class ModelStats:
     cache_hits: int = 0
     spend_usd: float = 0.0
     latencies: deque = field(default_factory=deque)
+    completions: deque = field(default_factory=deque)  # completion tokens of answered calls
 
     def __post_init__(self) -> None:
         self.latencies = deque(self.latencies, maxlen=self.window)  # the last `window` calls
+        self.completions = deque(self.completions, maxlen=COMPLETION_WINDOW)
 
     def add(self, r: CallResult) -> None:
         self.calls += 1
@@ -30,6 +36,17 @@ class ModelStats:
         self.cache_hits += int(r.cache_hit)
         self.spend_usd += r.cost_usd
         self.latencies.append(r.latency_s)
+        if r.ok and not r.cache_hit and r.served_by is None and r.attempts <= 1:
+            self.completions.append(r.completion_tokens)  # this model's own, single-attempt answer
+
+    def expected_completion_tokens(self, max_tokens: int) -> int:
+        """The completion length a budget reservation expects of this model's next call: the
+        `COMPLETION_QUANTILE` of its last answers, at most `max_tokens`; `max_tokens` itself until
+        `MIN_COMPLETIONS` answers were seen. The worst case (max_tokens) is reserved beside it."""
+        if len(self.completions) < MIN_COMPLETIONS:
+            return max_tokens
+        xs = sorted(self.completions)
+        return min(max_tokens, xs[min(len(xs) - 1, int(COMPLETION_QUANTILE * len(xs)))])
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies)
