@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GIB",
                    help="memory of one learner GPU in GiB (default 80: A100/H100-80GB)")
+    p.add_argument("--rollout-gpu-mem", type=float, metavar="GIB",
+                   help="memory of a rollout actor's own GPU in GiB (default: --gpu-mem)")
     p.add_argument("--model-config", metavar="JSON_OR_NAME",
                    help="the policy's config.json, or a built-in shape: " + ", ".join(BUILTIN_SHAPES)
                         + " (default: policy.checkpoint's config.json, else the shape its folder is named after)")
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
-        plan = make_plan(cfg, args.gpu_mem, args.model_config, args.prompt_tokens, args.headroom)
+        plan = make_plan(cfg, args.gpu_mem, args.model_config, args.prompt_tokens, args.headroom,
+                         args.rollout_gpu_mem)
     except (ValueError, FileNotFoundError) as e:
         print(f"router-r1 plan: {error_line(e)}", file=sys.stderr)
         return 2

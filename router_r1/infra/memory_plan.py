@@ -307,6 +307,7 @@ class Plan:
     memory: LearnerMemory
     gpu_mem_bytes: int
     headroom: float
+    rollout_gpu_mem_bytes: int  # a rollout actor's GPU when it has its own
 
     @property
     def on_gpu(self) -> bool:
@@ -322,13 +323,16 @@ class Plan:
 
 
 def make_plan(cfg: RunConfig, gpu_mem_gib: float = 80.0, model_config: str | None = None,
-              prompt_tokens: int | None = None, headroom: float = 0.05) -> Plan:
+              prompt_tokens: int | None = None, headroom: float = 0.05,
+              rollout_gpu_mem_gib: float | None = None) -> Plan:
     """The plan of one learner rank of `cfg` on a GPU of `gpu_mem_gib` GiB (of which `headroom`
-    is kept for the caching allocator's fragmentation)."""
+    is kept for the caching allocator's fragmentation); a rollout GPU of its own has
+    `rollout_gpu_mem_gib` (default: the same)."""
     shape, source = model_shape(cfg, model_config)
     prompt = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(cfg)
     gpu = int(gpu_mem_gib * GiB)
-    return Plan(cfg, shape, source, prompt, learner_memory(cfg, shape, prompt, gpu), gpu, headroom)
+    rollout_gpu = int((rollout_gpu_mem_gib or gpu_mem_gib) * GiB)
+    return Plan(cfg, shape, source, prompt, learner_memory(cfg, shape, prompt, gpu), gpu, headroom, rollout_gpu)
 
 
 def _with(cfg: RunConfig, **learner: Any) -> RunConfig:
@@ -416,15 +420,16 @@ def format_plan(plan: Plan) -> str:
                      f"{plan.usable / GiB:.1f} GiB usable ({plan.headroom:.0%} kept for fragmentation)")
     else:
         lines.append("(a CPU learner: host memory, not checked against --gpu-mem)")
-    r = cfg.rollout
-    if r.engine == "vllm":
-        util = r.gpu_memory_utilization
-        share = int(util * plan.gpu_mem_bytes)
+    if cfg.rollout.engine == "vllm":
+        shared = m["vLLM share"] > 0
+        gpu = plan.gpu_mem_bytes if shared else plan.rollout_gpu_mem_bytes
+        util = cfg.rollout.gpu_memory_utilization
+        share = int(util * gpu)
         weights = s.params() * DTYPE_BYTES[s.dtype if cfg.policy.dtype == "auto" else cfg.policy.dtype]
-        per_tok = s.kv_cache_bytes_per_token(2)
         kv = max(0, share - weights)
-        lines.append(f"rollout GPU (vLLM, {util:g} of {plan.gpu_mem_bytes / GiB:g} GiB = {share / GiB:.1f} GiB): "
-                     f"weights {weights / GiB:.1f} GiB, KV cache {kv / GiB:.1f} GiB = {kv // per_tok:,} tokens "
-                     f"({kv // per_tok // max(1, m.seq_len):,} full-length episodes at once)")
+        tokens = kv // s.kv_cache_bytes_per_token(2)
+        lines.append(f"vLLM ({'on the learner GPU' if shared else 'a rollout GPU'}, {util:g} of {gpu / GiB:g} GiB "
+                     f"= {share / GiB:.1f} GiB): weights {weights / GiB:.1f} GiB, KV cache {kv / GiB:.1f} GiB = "
+                     f"{tokens:,} tokens ({tokens // max(1, m.seq_len):,} full-length episodes at once)")
     return "\n".join(lines)
 
