@@ -147,7 +147,10 @@ class RolloutWorker:
             nonlocal turn
             turn += 1
             # softmax(logits / temperature): what the learner scores (RunConfig.check_training
-            # refuses top_p < 1 for training).
+            # refuses top_p < 1 for training). One seed per turn: distinct across the turns and
+            # the workers of a step (worker i plays `seed + i`; turns < 1009), and the vLLM
+            # engine derives a distinct seed per row from it (engines.vllm.row_seeds), so no two
+            # samples of a step share a seed.
             return self.engine.generate(contexts, max_new_tokens=ep_cfg.max_new_tokens,
                                         temperature=0.0 if greedy else ep_cfg.temperature,
                                         top_p=ep_cfg.top_p, seed=seed * 1009 + turn)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import sys
@@ -193,8 +194,13 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
         # (a stock instruct model, `prompt:DIR`) renders as the --config policy section says.
         options = load_prompt_options(arg, default=cfg.policy.prompt_options())
 
+        batches = itertools.count(1)
+
         def generate(contexts: list[list[int]]):
-            return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p, seed=cfg.seed)
+            # Each generation batch its own seed (cfg.seed, batch): at temperature > 0 no two
+            # turns reuse one sampling stream.
+            return gen.generate(contexts, ep.max_new_tokens, ep.temperature, ep.top_p,
+                                seed=cfg.seed * 1_000_003 + next(batches))
 
         return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
                              render=lambda q: render_prompt_ids(tok, pool, q, options),

@@ -44,6 +44,19 @@ class _FakeModel:
                 own[k].copy_(v)
 
 
+def _msgpack_hop(x):
+    """What vLLM's engine-core hop (msgpack, untyped) does to collective_rpc arguments: a tensor
+    arrives as a bare [dtype, shape, buffer index] list with its data gone, tuples as lists
+    (benchmarks/vllm_api_check.py checks this against the real encoder and decoder)."""
+    if isinstance(x, torch.Tensor):
+        return [str(x.dtype).removeprefix("torch."), list(x.shape), 1]
+    if isinstance(x, dict):
+        return {k: _msgpack_hop(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_msgpack_hop(v) for v in x]
+    return x
+
+
 class _FakeLLM:
     instances: list[_FakeLLM] = []
 
@@ -58,21 +71,37 @@ class _FakeLLM:
         mod, cls = worker_extension_cls.rsplit(".", 1)
         worker_cls = type("Worker", (getattr(importlib.import_module(mod), cls),), {})
         self.worker = worker_cls()
-        self.worker.model_runner = types.SimpleNamespace(model=_FakeModel(model, getattr(torch, dtype)))
+        fake_model = _FakeModel(model, getattr(torch, dtype))
+        self.worker.model_runner = types.SimpleNamespace(model=fake_model, get_model=lambda: fake_model)
         self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=kw.get("max_model_len") or 512))
         self.rpcs: list[str] = []
+        self.requests: list[dict] = []
         self.prefix_resets = 0
         _FakeLLM.instances.append(self)
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        """Scripted sampling, one SamplingParams per prompt: a row with an even seed answers, one
+        with an odd seed routes (so episodes end at different turns). Every request is kept."""
+        self.requests.extend(sampling_params)
+        outs = []
+        for prompt, sp in zip(prompts, sampling_params):
+            text = (" <answer> Marlow </answer>" if (sp.get("seed") or 0) % 2 == 0 else
+                    " <search> Sim-Geo-Small: capital of Veloria? </search>")
+            ids = self._tok.encode(text, add_special_tokens=False)
+            done = types.SimpleNamespace(token_ids=ids, logprobs=[{t: -0.5} for t in ids], text=text)
+            outs.append(types.SimpleNamespace(outputs=[done], prompt_token_ids=prompt["prompt_token_ids"]))
+        return outs
 
     def get_tokenizer(self):
         return self._tok
 
     def collective_rpc(self, method: str, args=()):
         self.rpcs.append(method)
-        return [getattr(self.worker, method)(*args)]
+        return [getattr(self.worker, method)(*_msgpack_hop(args))]
 
-    def reset_prefix_cache(self):
+    def reset_prefix_cache(self):  # vLLM answers whether it could reset
         self.prefix_resets += 1
+        return True
 
 
 @pytest.fixture
@@ -141,6 +170,69 @@ def test_vllm_engine_for_a_checkpoint_reads_only_its_config_and_tokenizer(fake_v
     assert llm.kwargs["load_format"] == "dummy"  # the learner's weights come with the first sync
     assert worker.tokenizer.get_vocab() == tok.get_vocab()
     assert ckpt.exists()
+
+
+def test_weight_buckets_survive_the_rpc_hop_bit_exact():
+    from router_r1.engines.vllm import pack_bucket, unpack_bucket
+
+    state = {"bf16": torch.randn(7, 5).to(torch.bfloat16), "f32": torch.randn(3), "scalar": torch.tensor(2.5),
+             "empty": torch.zeros(0, 4, dtype=torch.bfloat16), "strided": torch.randn(4, 6).t()}
+    back = unpack_bucket(_msgpack_hop(pack_bucket(state)))
+    assert set(back) == set(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
+
+
+def test_row_seeds_are_distinct_across_rows_and_batches():
+    from router_r1.engines.vllm import row_seeds
+
+    # The old rule, seed + row, gave row i of the batch seeded s + 1 the seed of row i + 1 of s.
+    batches = {s: row_seeds(s, 64) for s in (*range(10), 2**31 - 1, 2**40 + 2**20, -5)}
+    flat = [x for b in batches.values() for x in b]
+    assert len(set(flat)) == len(flat) and all(0 <= x < 2**63 for x in flat)
+    assert row_seeds(3, 4) == row_seeds(3, 4) and row_seeds(None, 2) == [None, None]
+    assert row_seeds(2**31 + 3, 4) == row_seeds(3, 4)  # batch seeds count modulo 2**31
+    assert row_seeds([5, 5, 9], 3) == [5, 5, 9]  # given per row: taken as they are
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        row_seeds([1, 2], 3)
+
+
+def test_no_two_samples_of_a_step_share_a_seed(fake_vllm):
+    """Every request of one training step (two workers, as RolloutGroup seeds them, three turns,
+    episodes ending at different turns) goes to vLLM with a seed of its own."""
+    from actors.rollout import RolloutWorker
+    from router_r1.engines.model import train_tokenizer
+    from router_r1.pool.core import PoolCore
+    from router_r1.worlds.base import make_world
+
+    cfg = _vllm_cfg(tensor_parallel_size=1, num_gpus=1, max_model_len=4096)
+    cfg = cfg.model_copy(update={
+        "episode": cfg.episode.model_copy(update={"max_turns": 2, "max_new_tokens": 24}),
+        "policy": cfg.policy.model_copy(update={"compact_prompt": True}),
+        "pool_runtime": cfg.pool_runtime.model_copy(update={"ledger_dir": None, "cache": False})})
+    tok = train_tokenizer(CORPUS, 320)
+    spec = cfg.load_pool()
+    items = make_world(cfg, spec).questions("val")[:4]
+    core = PoolCore(spec, cfg.pool_runtime, "t")
+    step_seed = cfg.seed * 100_003 + 7 * 101  # what the trainer hands step 7 (pipelines/train.py)
+    workers = [RolloutWorker(cfg, tok, core, worker_index=i) for i in range(2)]
+    episodes = [e for i, w in enumerate(workers) for e in w.rollout(items[i::2], n_samples=4, seed=step_seed + i)]
+
+    seeds = [r["seed"] for llm in _FakeLLM.instances for r in llm.requests]
+    assert len(seeds) == sum(e.turns for e in episodes)  # one request per policy turn
+    assert {e.turns for e in episodes} >= {1, 2}, "the live batch never shrank: the test lost its edge"
+    assert max(e.turns for e in episodes) == 3
+    assert None not in seeds and len(set(seeds)) == len(seeds), "two samples of one step share a seed"
+
+
+def test_a_prefix_cache_that_was_not_reset_is_an_error(fake_vllm, monkeypatch):
+    from router_r1.engines.vllm import VLLMGenerator
+
+    gen = VLLMGenerator.__new__(VLLMGenerator)
+    gen.llm = types.SimpleNamespace(collective_rpc=lambda method, args=(): [None],
+                                    reset_prefix_cache=lambda: False)
+    with pytest.raises(RuntimeError, match="prefix cache"):
+        gen.load_buckets([{}])
 
 
 def test_tensor_parallel_needs_as_many_gpus():

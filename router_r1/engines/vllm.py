@@ -12,6 +12,12 @@ token ids with the sampler's log-probs. Two engine settings make those the learn
 
 New weights are pushed into the running engine through `LLM.collective_rpc` and a worker
 extension class that calls the model's own `load_weights` (vLLM's RLHF weight-sync pattern).
+`collective_rpc` sends its arguments to vLLM's engine-core process as msgpack, which turns a
+tensor into a bare `[dtype, shape, buffer index]` list whose data is lost; so buckets travel as
+`(dtype, shape, bytes)` (`pack_bucket`) and the extension rebuilds the tensors (`unpack_bucket`).
+
+Every vLLM name used here is checked against the pinned vLLM (the `gpu` extra) by
+`benchmarks/vllm_api_check.py`; `tests/test_vllm_api_check.py` keeps that list complete.
 """
 from __future__ import annotations
 
@@ -23,11 +29,75 @@ from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 
+def pack_bucket(state: dict[str, Any]) -> dict[str, tuple[str, list[int], bytes]]:
+    """Tensors as (dtype name, shape, raw bytes): what survives `collective_rpc`'s msgpack hop."""
+    import torch
+
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = (str(t.dtype).removeprefix("torch."), list(t.shape),
+                     t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return out
+
+
+def unpack_bucket(wire: dict[str, Any]) -> dict[str, Any]:
+    """`pack_bucket`'s inverse, in the worker (tuples may arrive as lists)."""
+    import torch
+
+    out = {}
+    for name, (dtype, shape, data) in wire.items():
+        dt = getattr(torch, dtype)
+        if not data:
+            out[name] = torch.empty(shape, dtype=dt)
+        else:
+            out[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape)
+    return out
+
+
 class WeightLoaderExtension:
-    """Mixed into every vLLM worker (`worker_extension_cls`); runs inside the worker process."""
+    """Mixed into every vLLM worker (`worker_extension_cls`); runs inside the worker process.
+    vLLM refuses an extension whose attribute names the worker already has."""
 
     def load_hf_state_dict(self, state: dict[str, Any]) -> None:
-        self.model_runner.model.load_weights(weights=list(state.items()))  # type: ignore[attr-defined]
+        """`state`: a `pack_bucket` bucket."""
+        weights = list(unpack_bucket(state).items())
+        self.model_runner.get_model().load_weights(weights=weights)  # type: ignore[attr-defined]
+
+
+_SEED_BITS = 63  # vLLM keeps per-request seeds in an int64 tensor
+_MIX = 0x5851F42D4C957F2D  # odd: multiplying by it permutes the integers mod 2**63
+
+
+def row_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
+    """The per-request sampling seed of each of `n` prompts.
+
+    A sequence is taken as given (one seed per prompt). An int `seed` is the batch's seed: row
+    i gets a bijective mix of `(seed mod 2**31) * 2**32 + i`, so two rows of one batch never
+    share a seed, and neither do two batches whose seeds differ (mod 2**31). The old `seed + i`
+    made row i of the batch seeded `s + 1` (the next turn of a rollout) replay row i + 1 of the
+    batch seeded `s`: correlated samples. vLLM draws each token from (seed, position) hashes,
+    so a shared seed means shared noise."""
+    if seed is None:
+        return [None] * n
+    if not isinstance(seed, int):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+        return seeds
+    if n > 1 << 32:
+        raise ValueError("at most 2**32 prompts per seeded batch")
+    base = (seed % (1 << 31)) << 32
+    return [_mix63(base | i) for i in range(n)]
+
+
+def _mix63(x: int) -> int:
+    """A permutation of [0, 2**63) that scatters neighbouring integers (xorshift and odd multiply)."""
+    mask = (1 << _SEED_BITS) - 1
+    x ^= x >> 31
+    x = (x * _MIX) & mask
+    x ^= x >> 29
+    return x
 
 
 def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[dict] | None) -> list[float]:
@@ -65,7 +135,8 @@ class VLLMGenerator:
 
     def generate(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128,
                  temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS,
-                 seed: int | None = None) -> list[Generation]:
+                 seed: int | Sequence[int] | None = None) -> list[Generation]:
+        """`seed`: the batch's seed (every row gets its own, `row_seeds`) or one seed per prompt."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -74,12 +145,13 @@ class VLLMGenerator:
         rows = [self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else list(p)
                 for p in prompts]
         # One seed per prompt: identical prompts (a GRPO group) must still sample differently.
-        # logprobs=0: the sampled token's log-prob only. Stop strings are detected by vLLM; the
-        # token that completes one is kept (cut_generation checks the cut on ids).
+        # top_k=0: no top-k (vLLM >= 0.8; older versions wanted -1). logprobs=0: the sampled
+        # token's log-prob only. Stop strings are detected by vLLM; the token that completes one
+        # is kept (cut_generation checks the cut on ids).
         params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
                                  stop=list(stop), include_stop_str_in_output=True, logprobs=0,
-                                 repetition_penalty=1.0, seed=None if seed is None else seed + i)
-                  for i in range(len(rows))]
+                                 repetition_penalty=1.0, seed=s)
+                  for s in row_seeds(seed, len(rows))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
         gens = []
         for o in outs:
@@ -97,5 +169,8 @@ class VLLMGenerator:
         worker's model loads them in place with its own `load_weights` (which also fuses qkv /
         gate-up and shards for tensor parallelism), so no message holds the whole model."""
         for bucket in buckets:
-            self.llm.collective_rpc("load_hf_state_dict", args=(bucket,))
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+            self.llm.collective_rpc("load_hf_state_dict", args=(pack_bucket(bucket),))
+        # Cached KV blocks were computed with the old weights. vLLM answers False when it could
+        # not reset (requests running): sampling on would mix old and new weights.
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset its prefix cache after a weight update")

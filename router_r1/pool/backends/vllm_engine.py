@@ -4,12 +4,14 @@ Each checkpoint gets one `VLLMEngine`: an `AsyncLLMEngine` built from `AsyncEngi
 batches concurrent requests itself (continuous batching), so the backend just submits each call.
 With Ray running, the engine lives in its own actor holding a GPU (`num_gpus`), named per
 checkpoint so every pool process shares it; without Ray (or with `in_process=True`) it runs in
-the pool's process. Chat templates come from the engine's tokenizer.
+the pool's process. Chat templates come from the engine's tokenizer. The vLLM calls made here
+are checked against the pinned vLLM by `benchmarks/vllm_api_check.py`.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import uuid
 from typing import Any
 
@@ -44,7 +46,9 @@ class VLLMEngine:
 
     async def _render(self, messages: list[Message]) -> str:
         if self._tokenizer is None:
-            self._tokenizer = await self.engine.get_tokenizer()
+            # A plain method in the pinned vLLM (AsyncLLM); a coroutine in older releases.
+            tok = self.engine.get_tokenizer()
+            self._tokenizer = await tok if inspect.isawaitable(tok) else tok
         return render_chat(self._tokenizer, messages)
 
     async def generate(self, messages: list[Message], params: dict[str, Any]) -> tuple[str, int, int, str | None]:
