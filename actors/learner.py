@@ -1,14 +1,12 @@
-"""The learner: owns the router policy, its frozen reference and (PPO) a value head, and turns
-trajectory batches into optimizer steps with GRPO or PPO.
+"""The learner actor: owns the router policy (router_r1.rl.policy_model), its frozen reference and
+(PPO) a value head, and turns trajectory batches into optimizer steps with GRPO or PPO.
 
 A plain class; the driver applies Ray at the edge: `ray.remote(num_gpus=..., num_cpus=...)(Learner)`.
-The maths lives in `router_r1.rl.algos`; this file only batches, schedules and moves weights.
+The rest is Ray-free: the model and its forward in `rl/policy_model.py`, float32 log-probs in
+`rl/logprobs.py`, losses in `rl/algos.py` and `rl/update.py`, the LR schedule in `rl/schedule.py`,
+seeding in `infra/seeding.py`. This file wires the optimizers, the process group and the steps.
 
 Design choices (why):
-- Critic (PPO): a linear value head on the policy's last hidden state, trained jointly with the
-  policy through the shared trunk (`value_coef` weighs its loss; `vf_lr` may give it its own
-  learning rate), as in TRL's value-head models. It costs one extra matmul, not a second LM; a
-  separate critic model would be the choice at scale. GRPO has no head.
 - The reference for KL is the policy as it stands at the first RL `update` (after any supervised
   warm start), or when `reset_reference()` is called; it is saved in checkpoints. It is frozen
   (no grads, eval mode, never in an optimizer) and held in `policy.dtype`; with `kl_coef` 0 it
@@ -17,12 +15,13 @@ Design choices (why):
   `learner.master_dtype: float32` the learner trains float32 master weights (AdamW state float32
   too) under autocast to the policy dtype, and publishes and saves them cast to the policy dtype;
   otherwise weights and optimizer state are in the policy dtype. The value head stays float32.
-- Dropout is switched off: the PPO ratio pi/pi_old must compare the same function, and old
-  log-probs are recomputed with the current weights before the epochs.
+  Log-probs and entropy are float32, `learner.logprob_chunk` tokens at a time (no full-vocabulary
+  float32 tensor); the entropy carries a gradient only when `entropy_coef` > 0.
 - The LR schedule steps once per `update` (one driver step); `warmup_steps` and `train.steps`
   are in those units. An update makes ceil(B / (micro_batch_size * grad_accum)) optimizer steps
   per epoch over a random permutation of the rows; each step's loss aggregates its policy
-  tokens per `learner.loss_agg` (algos.loss_weights), exactly however the step is cut.
+  tokens per `learner.loss_agg` (algos.loss_weights), exactly however the step is cut. SFT and
+  RL share one micro-step (`_micro_steps`).
 - Sampled as scored: RL log-probs, the reference's and the entropy come from logits divided by
   `episode.temperature`, the temperature the rollouts sample with (`RunConfig.check_training`
   refuses top-p, which the learner cannot score). The old log-probs, recomputed before the first
@@ -31,21 +30,17 @@ Design choices (why):
   warm-start steps fit the plain (temperature 1) distribution.
 - Data parallel (`learner.num_learners`, actors/learner_group.py): with torch.distributed
   initialised and world_size > 1 the model is wrapped in DistributedDataParallel. Every learner
-  receives the whole batch and trains on a share of it, and the update is the one learner's:
-  each rank scores every world_size-th row and the scores are summed over ranks, so advantages
-  (GRPO groups, PPO's GAE and whitening) are computed on the whole batch on every rank; every
-  rank draws the same permutation and takes every world_size-th row of each optimizer step, in
-  the same number of micro-batches (a rank with no rows left runs a zero-weight row, so DDP's
-  all-reduce always pairs up); loss weights are the step's global ones, times world_size because
-  DDP averages gradients. Metrics are summed over ranks, so they are the one learner's too.
+  receives the whole batch and the update is the one learner's: each rank scores every
+  world_size-th row and the scores are summed over ranks, so advantages (GRPO groups, PPO's GAE
+  and whitening) are computed on the whole batch on every rank; every rank draws the same
+  permutation and trains on every world_size-th row of each optimizer step in the same number of
+  micro-batches (`rl/update.py:rank_micro_batches`; a rank with no row left runs a zero-loss pass,
+  so DDP's all-reduce pairs up), with the step's global loss weights times world_size, as DDP
+  averages gradients. Metrics are summed over ranks, so they are the one learner's too.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
-import math
-import random
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -55,153 +50,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers import DynamicCache
 
 from router_r1.engines import weights
-from router_r1.engines.model import (CheckpointError, build_tiny_policy, load_policy, resolve_dtype,
-                                     save_policy, train_tokenizer)
+from router_r1.engines.model import CheckpointError, resolve_dtype, save_policy
 from router_r1.infra import checkpoint
 from router_r1.infra.config import RunConfig
-from router_r1.rl import algos
+from router_r1.infra.seeding import rng_state, seed_everything, set_rng_state
+from router_r1.rl import algos, logprobs
 from router_r1.rl.batch import TensorBatch, TrajectoryBatch
-
-
-class PolicyWithValue(nn.Module):
-    """A causal LM plus an optional value head, evaluated on response tokens only.
-
-    forward -> (logits (B, T, V), values (B, T) or None): the logits that predict each response
-    token and the value of the state before it, both read at position response_pos - 1. Only
-    those positions go through the LM head, never the whole (B, L, V) slab.
-
-    `share_prefix`: the rows of a batch mostly begin with the same tokens (instructions and
-    descriptors; a GRPO group, the whole prompt). That shared prefix goes through the trunk once,
-    its keys and values are repeated over the rows, and only the rest of each row is computed
-    on top of them. Gradients flow through the repeated cache (summed over the rows), so logits
-    and gradients equal the plain forward's up to float rounding, at a fraction of the cost
-    (`shared_prefix_len`; measured in docs/training.md). Not with activation checkpointing,
-    which disables the cache in training.
-    """
-
-    def __init__(self, lm: nn.Module, with_value: bool, share_prefix: bool = False):
-        super().__init__()
-        self.lm = lm
-        self.share_prefix = share_prefix
-        # transformers >= 5.24 names the cache argument `cache`; earlier releases `past_key_values`
-        self._cache_kw = "cache" if "cache" in inspect.signature(lm.base_model.forward).parameters else "past_key_values"
-        hidden = lm.config.hidden_size
-        self.value_head = nn.Linear(hidden, 1) if with_value else None
-        if self.value_head is not None:
-            nn.init.zeros_(self.value_head.weight)  # V = 0 at start: no bias before any return is seen
-            nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                response_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        p = shared_prefix_len(input_ids, attention_mask, response_pos) if self.share_prefix else 0
-        if p >= MIN_SHARED_PREFIX:
-            h = self._hidden_after_prefix(input_ids, attention_mask, p)  # (B, L - p, H)
-        else:
-            p = 0
-            h = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                   use_cache=False).last_hidden_state  # (B, L, H)
-        pos = (response_pos - 1 - p).clamp(min=0)  # (B, T): the state that emits response token t
-        h = h.gather(1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, T, H)
-        logits = self.lm.get_output_embeddings()(h)
-        values = None
-        if self.value_head is not None:  # float32 head on a trunk that may be bf16
-            values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return logits, values
-
-    def _hidden_after_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             p: int) -> torch.Tensor:
-        """Hidden states of positions p.. of every row, the first p tokens (equal in every row)
-        computed once, for row 0, and their cache repeated over the batch."""
-        base = self.lm.base_model
-        cache = DynamicCache(config=self.lm.config)
-        base(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
-             use_cache=True, **{self._cache_kw: cache})
-        cache.batch_repeat_interleave(input_ids.shape[0])
-        B, L = input_ids.shape
-        position_ids = torch.arange(p, L, device=input_ids.device).unsqueeze(0).expand(B, -1)
-        return base(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=True, **{self._cache_kw: cache}).last_hidden_state
-
-
-MIN_SHARED_PREFIX = 16  # below this, one plain forward is as cheap as two calls
-
-
-def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_pos: torch.Tensor) -> int:
-    """How many leading tokens every row of a right-padded batch has in common (all real, all
-    equal to row 0's), cut so that the state emitting each row's first response token
-    (response_pos[:, 0] - 1) lies after it. 0 for a single row or a row with no response."""
-    if input_ids.shape[0] < 2:
-        return 0
-    same = ((input_ids == input_ids[:1]) & (attention_mask == 1)).all(dim=0)  # (L,)
-    run = int(same.long().cumprod(0).sum())
-    first = int(response_pos[:, 0].min()) - 1  # 0 - 1 on a row without response
-    return max(0, min(run, first))
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
-
-
-def _enable_checkpointing(lm: nn.Module) -> None:
-    """Recompute activations in backward (non-reentrant: works under no_grad scoring and DDP).
-    transformers >= 5.x names it activation checkpointing; older releases gradient checkpointing."""
-    kw = {"use_reentrant": False}
-    if hasattr(lm, "activation_checkpointing_enable"):
-        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
-    """LR multiplier per driver step: linear warmup to 1, then constant, linear or cosine decay
-    to 0 at `total_steps`."""
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """torch / CUDA / numpy / python RNG states, in types `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+from router_r1.rl.policy_model import (PolicyWithValue, autocast_for, frozen_reference, load_or_build_policy,
+                                      prepare_for_training, response_logprobs, zero_backward)
+from router_r1.rl.schedule import lr_lambda
+from router_r1.rl.update import (LossFn, StepTensors, UpdateMetrics, advantages, batch_metrics,
+                                    optimizer_steps, rank_micro_batches, rl_loss)
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str | None = None,
@@ -237,18 +98,10 @@ class Learner:
             torch.cuda.set_device(0)  # Ray exposes the actor's GPU(s) as cuda:0..
         self.dtype = resolve_dtype(cfg.policy.dtype, cfg.policy.checkpoint)  # the policy's
         self.train_dtype = torch.float32 if lc.master_dtype == "float32" else self.dtype
-        if cfg.policy.checkpoint:
-            lm, tok = load_policy(cfg.policy.checkpoint, dtype=self.dtype)
-        else:
-            if not tokenizer_corpus:
-                raise ValueError("a tiny policy (no policy.checkpoint) needs tokenizer_corpus to train its tokenizer")
-            tok = train_tokenizer(tokenizer_corpus, cfg.policy.tokenizer_vocab_size)
-            lm = build_tiny_policy(cfg.policy.tiny.model_dump(), tok, seed=cfg.seed, dtype=self.dtype)
+        self._autocast = autocast_for(self.device.type, lc.bf16, self.train_dtype, self.dtype)
+        lm, self.tokenizer = load_or_build_policy(cfg.policy, self.dtype, cfg.seed, tokenizer_corpus)
         lm = lm.to(self.train_dtype)  # master weights start as the policy's values, exactly
-        self.tokenizer = tok
-        if lc.gradient_checkpointing:
-            _enable_checkpointing(lm)
-        _disable_dropout(lm)
+        prepare_for_training(lm, activation_checkpointing=lc.gradient_checkpointing)
         torch.manual_seed(cfg.seed + 1)  # value head init, independent of how the LM was built
         self.model = PolicyWithValue(lm, with_value=lc.algorithm == "ppo",
                                      share_prefix=lc.share_prefix and not lc.gradient_checkpointing,
@@ -334,16 +187,6 @@ class Learner:
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
-    def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """This rank's micro-batches of one optimizer step over `rows` (row indices of the whole
-        batch, the same on every rank): every world_size-th row from this rank's, cut into as many
-        micro-batches of at most micro_batch_size rows as the largest share needs. Every rank thus
-        runs the same number of forward/backward passes; a shorter share ends in empty ones."""
-        mbs = self.cfg.learner.micro_batch_size
-        mine = rows[self.rank::self.world_size]
-        n = max(1, math.ceil(math.ceil(len(rows) / self.world_size) / mbs))
-        return [mine[j * mbs:(j + 1) * mbs] for j in range(n)]
-
     def _shared_generator(self) -> torch.Generator:
         """A generator seeded from rank 0's torch RNG, the same on every rank. That RNG state is
         checkpointed, so a resumed run draws what the uninterrupted one would have."""
@@ -352,16 +195,6 @@ class Learner:
             seed = seed.to(self.device)
             dist.broadcast(seed, src=0)
         return torch.Generator().manual_seed(int(seed.item()))
-
-    def _zero_backward(self, module: nn.Module, tb: TensorBatch, with_values: bool) -> None:
-        """A pass with zero loss over one row, for a rank with no rows in this micro-batch: DDP's
-        gradient all-reduce still pairs up with the other ranks', adding nothing. It touches the
-        parameters a real pass would (the value head only in RL steps)."""
-        _, logits, values = self._forward(module, tb.select([0]))
-        zero = 0.0 * logits.sum()
-        if with_values and values is not None:
-            zero = zero + 0.0 * values.sum()
-        zero.backward()
 
     # ------------------------------------------------------------------ tokenizer and weights
     def get_tokenizer(self):
@@ -380,14 +213,14 @@ class Learner:
         """The version of the last published weights (0 before any publish)."""
         return self.policy_version
 
-    def publish_weights(self, version: int | None = None) -> list:
+    def publish_weights(self) -> list:
         """Put the policy's weights, in the policy dtype and in buckets of about
         `learner.sync_bucket_mb` (router_r1.engines.weights), into the Ray object store from here;
         return one ref per bucket. Tied tensors travel once.
 
         Weights go learner -> object store -> rollout actors, never through the driver (refs
-        nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one,
-        or sets it to `version` when the driver numbers versions itself; see `version()`.
+        nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one;
+        see `version()`.
         `last_publish()` gives the bytes, buckets and seconds of this publish."""
         import ray
 
@@ -396,7 +229,7 @@ class Learner:
                  for k, v in weights.unique_tensors(self.model.lm.state_dict()).items()}
         buckets = weights.bucket_state_dict(state, int(self.cfg.learner.sync_bucket_mb * weights.MB))
         refs = [ray.put(b) for b in buckets]
-        self.policy_version = self.policy_version + 1 if version is None else int(version)
+        self.policy_version += 1
         self._last_publish = {"sync/bytes": float(weights.nbytes(state)), "sync/buckets": float(len(buckets)),
                               "sync/publish_s": time.perf_counter() - t0}
         return refs
@@ -411,32 +244,16 @@ class Learner:
         if self.cfg.learner.kl_coef == 0:
             self.reference = None
             return
-        ref = PolicyWithValue(copy.deepcopy(self.model.lm), with_value=False,
-                              share_prefix=self.cfg.learner.share_prefix)
-        ref.requires_grad_(False)
-        ref.eval()
-        self.reference = ref.to(device=self.device, dtype=self.dtype)
+        self.reference = frozen_reference(self.model.lm, self.dtype, self.device, self.cfg.learner.share_prefix)
 
     # ------------------------------------------------------------------ forward passes
-    def _autocast(self):
-        """bf16 autocast (`learner.bf16`), or, over float32 master weights of a half-precision
-        policy, autocast to the policy dtype: the forward computes as the rollouts do."""
-        if self.cfg.learner.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        if self.train_dtype != self.dtype:
-            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        return contextlib.nullcontext()
-
     def _forward(self, module: nn.Module, mb: TensorBatch, temperature: float = 1.0,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(logp (b, t), logits (b, t, V) float, values (b, t) or None) for a micro-batch, from
-        logits divided by `temperature` (RL: the sampling temperature; see the module docstring)."""
-        with self._autocast():
-            logits, values = module(mb.input_ids, mb.attention_mask, mb.response_pos)
-        logits = logits.float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        return algos.token_logprobs(logits, mb.response_ids), logits, values
+                 entropy: logprobs.EntropyMode = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(logp, entropy or None, values or None), each (b, t): policy_model.response_logprobs
+        at this learner's precision and `learner.logprob_chunk`."""
+        return response_logprobs(module, mb, temperature, entropy=entropy, chunk=self.cfg.learner.logprob_chunk,
+                                 autocast=self._autocast)
 
     @torch.no_grad()
     def _score(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
@@ -474,22 +291,15 @@ class Learner:
         for group in self.sft_optimizer.param_groups:  # a function of sft_steps: resumes exactly
             group["lr"] = lr
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
-        module = self.ddp or self.model
         total = tb.loss_mask.sum().clamp(min=1)  # the whole batch's: every rank has it
+
+        def nll_loss(rows, mb, logp, entropy, values):
+            nll = -algos.masked_sum(logp, mb.loss_mask) / total
+            return nll, {"nll": nll.item()}
+
         self.sft_optimizer.zero_grad(set_to_none=True)
-        nll_sum = 0.0
-        chunks = self._my_micro_batches(torch.arange(len(tb), device=self.device))
-        for j, rows in enumerate(chunks):
-            with self._no_sync(j < len(chunks) - 1):
-                if len(rows) == 0:
-                    self._zero_backward(module, tb, with_values=False)
-                    continue
-                mb = tb.select(rows)
-                logp, _, _ = self._forward(module, mb)
-                nll = -algos.masked_sum(logp, mb.loss_mask) / total
-                (nll * self.world_size).backward()  # DDP averages gradients over ranks
-            nll_sum += nll.item()
-        nll_sum = self._sum_over_ranks({"nll": nll_sum})["nll"]
+        parts = self._micro_steps(tb, torch.arange(len(tb), device=self.device), nll_loss, with_values=False)
+        nll_sum = self._sum_over_ranks({"nll": sum(p["nll"] for p in parts)})["nll"]
         grad_norm = nn.utils.clip_grad_norm_(self.model.lm.parameters(), self.cfg.learner.grad_clip)
         self.sft_optimizer.step()
         self.sft_steps += 1
@@ -498,34 +308,34 @@ class Learner:
                 "learner/grad_norm": float(grad_norm),
                 "learner/step_time_s": dt, "learner/tokens_per_s": float(tb.attention_mask.sum()) / dt}
 
+    def _micro_steps(self, tb: TensorBatch, rows: torch.Tensor, loss_fn: LossFn, *, with_values: bool,
+                     temperature: float = 1.0, entropy: logprobs.EntropyMode = None) -> list[dict[str, float]]:
+        """The micro-step of SFT and RL alike, over one optimizer step's `rows` (row indices of
+        the whole batch, the same on every rank): for each of this rank's micro-batches
+        (`rank_micro_batches`) a forward (`_forward`), `loss_fn(rows, mb, logp, entropy, values)
+        -> (loss, metrics)` with the loss already the step's global share, and a backward of
+        loss x world_size (DDP averages gradients over ranks). Gradients are all-reduced on the
+        last micro-batch only; a rank with no row left in one runs a zero pass (`zero_backward`,
+        the value head included when `with_values`). Returns the real micro-batches' metrics."""
+        module = self.ddp or self.model
+        micro_batches = rank_micro_batches(rows, self.rank, self.world_size, self.cfg.learner.micro_batch_size)
+        out = []
+        for j, mine in enumerate(micro_batches):
+            skip_allreduce = self.ddp is not None and j < len(micro_batches) - 1
+            with self.ddp.no_sync() if skip_allreduce else contextlib.nullcontext():
+                if len(mine) == 0:
+                    zero_backward(module, tb.select([0]), with_values, self._autocast)
+                    continue
+                mb = tb.select(mine)
+                logp, ent, values = self._forward(module, mb, temperature, entropy)
+                loss, metrics = loss_fn(mine, mb, logp, ent, values)
+                (loss * self.world_size).backward()  # DDP averages gradients over ranks
+            out.append(metrics)
+        return out
+
     def _new_sft_optimizer(self) -> torch.optim.Optimizer:
         """The warm start's own AdamW (its lr is set per step from the schedule)."""
         return torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
-
-    def _no_sync(self, skip_allreduce: bool):
-        """DDP: all-reduce gradients only on the last micro-batch of an optimizer step."""
-        if self.ddp is not None and skip_allreduce:
-            return self.ddp.no_sync()
-        return contextlib.nullcontext()
-
-    def _advantages(self, tb: TensorBatch, scored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(advantages (B, T), returns (B, T) or None) for the whole batch, zero on non-policy
-        tokens. GRPO groups are whole only in the whole batch; PPO whitens over all of it."""
-        mask = tb.loss_mask.float()
-        lc = self.cfg.learner
-        if lc.algorithm == "grpo":
-            return algos.grpo_advantages(tb.rewards, tb.group_ids)[:, None] * mask, None
-        token_rewards = algos.last_token_rewards(tb.rewards, mask)
-        adv, returns = algos.gae_advantages(token_rewards, scored["old_values"], mask, lc.gamma, lc.gae_lambda)
-        return algos.masked_whiten(adv, mask), returns
-
-    # Metrics accumulated over micro-batches (and summed over ranks): the losses are each optimizer
-    # step's (its micro-batches' shares add up to it), averaged over steps; the others are
-    # token-means over every policy token trained on.
-    _STEP_LOSSES = ("actor/pg_loss", "learner/loss")
-    _TOKEN_MEANS = ("actor/clipfrac", "actor/approx_kl", "actor/ratio_mean", "actor/kl", "actor/entropy")
-    _CRITIC_LOSSES = ("critic/vf_loss",)
-    _CRITIC_MEANS = ("critic/vf_clipfrac", "critic/values_mean")
 
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One RL step on a batch of trajectories (GRPO or PPO, per `learner.algorithm`):
@@ -535,97 +345,46 @@ class Learner:
         clipping; one scheduler step. Every rank is given the whole batch (module docstring)."""
         t0 = time.perf_counter()
         lc = self.cfg.learner
-        temp = self.cfg.episode.temperature
         if self.reference is None and lc.kl_coef != 0:
             self.reset_reference()
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
         scored = self._score(tb)
-        adv, returns = self._advantages(tb, scored)
-        mask = tb.loss_mask.float()
-        module = self.ddp or self.model
+        adv, returns = advantages(tb, scored["old_values"], lc)
+        st = StepTensors(scored["old_logp"], scored["ref_logp"] if self.reference is not None else None,
+                         scored["old_values"], adv, returns, tb.loss_mask.float())
+        # Rows sampled by weights older than the ones this update starts from (rollouts ahead of the
+        # learner, rollout.max_staleness): decoupled PPO, weighted by pi_prox / mu (algos.behaviour_weights).
+        stale = tb.policy_version < self.policy_version
+        behaviour: dict[str, float] = {}
+        if bool(stale.any()) and batch.sampler_logprobs:
+            st.behaviour_w, behaviour = algos.behaviour_weights(scored["old_logp"], tb.sampler_logp, st.mask,
+                                                                stale, lc.behaviour_is_cap)
         lr = self.optimizer.param_groups[0]["lr"]
+        acc = UpdateMetrics(with_kl=self.reference is not None, with_critic=returns is not None)
 
-        loss_keys = self._STEP_LOSSES + (self._CRITIC_LOSSES if returns is not None else ())
-        mean_keys = tuple(k for k in self._TOKEN_MEANS if k != "actor/kl" or self.reference is not None)
-        mean_keys += self._CRITIC_MEANS if returns is not None else ()
-        sums: dict[str, float] = dict.fromkeys(loss_keys + mean_keys + ("tokens",), 0.0)
+        def loss_fn(rows, mb, logp, entropy, values):
+            return rl_loss(rows, logp, entropy, values, st, lc)
+
+        entropy = "grad" if lc.entropy_coef > 0 else "value"  # logged either way; a gradient only if used
         grad_norms: list[float] = []
-        B = len(tb)
-        mini = lc.micro_batch_size * lc.grad_accum
-        gen = self._shared_generator()
-        for _ in range(lc.ppo_epochs):
-            perm = torch.randperm(B, generator=gen).to(self.device)
-            for start in range(0, B, mini):
-                rows_step = perm[start:start + mini]
-                if mask[rows_step].sum() == 0:
-                    continue
-                weights = torch.zeros_like(mask)  # this step's loss = sum(weights * per-token loss)
-                weights[rows_step] = algos.loss_weights(mask[rows_step], lc.loss_agg)
-                self.optimizer.zero_grad(set_to_none=True)
-                chunks = self._my_micro_batches(rows_step)
-                for j, rows in enumerate(chunks):
-                    with self._no_sync(j < len(chunks) - 1):
-                        if len(rows) == 0:
-                            self._zero_backward(module, tb, with_values=True)
-                            continue
-                        mb = tb.select(rows)
-                        t = mb.response_ids.shape[1]
-                        m, w = mask[rows, :t], weights[rows, :t]
-                        logp, logits, values = self._forward(module, mb, temp)
-                        pg, metrics = algos.policy_loss(logp, scored["old_logp"][rows, :t], adv[rows, :t], m,
-                                                        lc.clip_eps, weights=w)
-                        kl, kl_metrics = torch.zeros((), device=self.device), {}
-                        if self.reference is not None:
-                            kl, kl_metrics = algos.kl_penalty(logp, scored["ref_logp"][rows, :t], m,
-                                                              lc.kl_estimator, weights=w)
-                        with torch.set_grad_enabled(lc.entropy_coef > 0):
-                            entropy = algos.entropy_from_logits(logits)
-                            entropy_term = algos.agg_loss(entropy, m, weights=w)
-                        loss = pg + lc.kl_coef * kl - lc.entropy_coef * entropy_term
-                        metrics |= kl_metrics | {"actor/entropy": algos.masked_mean(entropy, m).item()}
-                        if values is not None:
-                            vf, vf_metrics = algos.value_loss(values, scored["old_values"][rows, :t],
-                                                              returns[rows, :t], m, clip=lc.vf_clip, weights=w)
-                            loss = loss + lc.value_coef * vf
-                            metrics |= vf_metrics
-                        (loss * self.world_size).backward()  # DDP averages gradients over ranks
-                    metrics["learner/loss"] = loss.item()
-                    ntok = float(m.sum())
-                    for k in loss_keys:
-                        sums[k] += metrics[k]
-                    for k in mean_keys:
-                        sums[k] += metrics[k] * ntok
-                    sums["tokens"] += ntok
-                grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
-                self.optimizer.step()
+        for rows_step, weights in optimizer_steps(st.mask, lc, self._shared_generator()):
+            st.weights = weights  # loss_fn reads them
+            self.optimizer.zero_grad(set_to_none=True)
+            for metrics in self._micro_steps(tb, rows_step, loss_fn, with_values=True,
+                                             temperature=self.cfg.episode.temperature, entropy=entropy):
+                acc.add(metrics)
+            grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        sums = self._sum_over_ranks(sums)
+        sums = self._sum_over_ranks(acc.sums)
         dt = time.perf_counter() - t0
-
-        out = {k: sums[k] / max(len(grad_norms), 1) for k in loss_keys}
-        out |= {k: sums[k] / max(sums["tokens"], 1.0) for k in mean_keys}
         ntok = float(tb.attention_mask.sum()) * lc.ppo_epochs
-        out |= {
+        return acc.result(sums, len(grad_norms)) | {
             "learner/step_time_s": dt, "learner/tokens_per_s": ntok / dt, "learner/lr": lr,
             "learner/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/optimizer_steps": float(len(grad_norms)), "learner/step": float(self.step),
-            # Episodes behind the newest weights in the batch (0 when all came from one version).
-            "learner/staleness": float(tb.policy_version.max() - tb.policy_version.float().mean()),
-            "actor/advantages_mean": algos.masked_mean(adv, mask).item(),
-            "actor/response_tokens": float(tb.response_mask.sum(1).float().mean()),  # policy + inserted
-            "actor/policy_tokens": float(mask.sum(1).mean()),
-            "critic/score_mean": float(tb.rewards.mean()),
-        }
-        if returns is not None:
-            out["critic/returns_mean"] = algos.masked_mean(returns, mask).item()
-        if batch.sampler_logprobs and mask.sum() > 0:
-            # |sampler log-prob - learner log-prob| at the weights that sampled (old_logp is
-            # scored before any optimizer step): 0 up to numerics when rollouts and learner agree.
-            diff = (tb.sampler_logp - scored["old_logp"]).abs()[mask > 0]
-            out["rollout/logp_diff_mean"] = diff.mean().item()
-            out["rollout/logp_diff_max"] = diff.max().item()
-        return out
+        } | batch_metrics(tb, adv, returns, scored["old_logp"], bool(batch.sampler_logprobs)) | behaviour
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:

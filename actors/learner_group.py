@@ -79,11 +79,11 @@ class LearnerGroup:
         return ray.get(refs)
 
     # -- rank 0 ----------------------------------------------------------------------------------
-    def publish_weights(self, version: int | None = None) -> list:
+    def publish_weights(self) -> list:
         """[ref] of rank 0's weights, put into the object store by rank 0 (ranks are identical)."""
         import ray
 
-        return ray.get(self.rank0.publish_weights.remote(version))
+        return ray.get(self.rank0.publish_weights.remote())
 
     def last_publish(self) -> dict[str, float]:
         import ray

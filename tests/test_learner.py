@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.learner import Learner, lr_lambda
+from actors.learner import Learner
 from router_r1.rl import algos
+from router_r1.rl.schedule import lr_lambda
 from tiny_learner import CORPUS, fixed_batch, tiny_config
 
 
@@ -300,3 +301,34 @@ def test_update_passes_kl_estimator_and_vf_clip_through(monkeypatch):
                                   kl_estimator="k2", kl_coef=0.1), CORPUS)
     learner.update(fixed_batch(learner.tokenizer))
     assert set(seen) == {("kl", "k2"), ("vf", 0.05)}
+
+
+def test_stale_rows_are_weighted_by_the_truncated_importance_ratio():
+    """Staleness 1 on a fixed batch: every row sampled by the weights one version back (mu), with
+    the sampler's log-probs 0.25 below the learner's on every policy token. The first optimizer
+    step's ratio pi / pi_prox is 1, so the clipped surrogate is the advantage and decoupled PPO
+    scales the policy loss by pi_prox / mu = e^0.25 (under the cap 2): pg_loss(stale) =
+    e^0.25 * pg_loss(fresh), by hand. With a cap of 1.1 every weight is truncated to 1.1."""
+    import dataclasses
+    import math
+
+    cfg = tiny_config(micro_batch_size=4, grad_accum=1)
+    fresh_learner = Learner(cfg, CORPUS)
+    batch = fixed_batch(fresh_learner.tokenizer)
+    lp = _sampler_logprobs(fresh_learner, batch, 1.0)
+    below = [[x - 0.25 * m for x, m in zip(row, mrow)] for row, mrow in zip(lp, batch.loss_mask)]
+    fresh_learner.policy_version = 1
+    fresh = fresh_learner.update(dataclasses.replace(batch, sampler_logprobs=below, policy_version=[1] * 4))
+    assert "actor/behaviour_is_mean" not in fresh  # sampled by the current weights: on-policy loss
+
+    results = {}
+    for cap in (2.0, 1.1):
+        learner = Learner(tiny_config(micro_batch_size=4, grad_accum=1, behaviour_is_cap=cap), CORPUS)
+        learner.policy_version = 1
+        results[cap] = learner.update(dataclasses.replace(batch, sampler_logprobs=below, policy_version=[0] * 4))
+    stale = results[2.0]
+    assert stale["actor/behaviour_is_mean"] == pytest.approx(math.exp(0.25), abs=1e-4)
+    assert stale["actor/stale_token_frac"] == 1.0 and stale["actor/behaviour_is_clipfrac"] == 0.0
+    assert stale["actor/pg_loss"] == pytest.approx(math.exp(0.25) * fresh["actor/pg_loss"], rel=1e-4)
+    assert results[1.1]["actor/pg_loss"] == pytest.approx(1.1 * fresh["actor/pg_loss"], rel=1e-4)
+    assert results[1.1]["actor/behaviour_is_clipfrac"] == 1.0

@@ -20,7 +20,8 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
     from test_learner_ddp import uneven_batch
     from tiny_learner import CORPUS, tiny_config
 
-    from actors.learner import Learner, rng_state, set_rng_state
+    from actors.learner import Learner
+    from router_r1.infra.seeding import rng_state, set_rng_state
 
     torch.set_num_threads(1)
     if world > 1:

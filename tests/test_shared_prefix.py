@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from actors.learner import Learner, PolicyWithValue, shared_prefix_len
+from actors.learner import Learner
 from router_r1.engines.model import build_tiny_policy
 from router_r1.env.episode import Episode, Segment
 from router_r1.rl.batch import TrajectoryBatch
+from router_r1.rl.policy_model import PolicyWithValue, shared_prefix_len
 from tiny_learner import CORPUS, TINY, tiny_config
 
 

@@ -36,7 +36,7 @@ class HFGenerator:
 
     One call generates one turn for every live episode at once (left padding, one KV cache),
     stopping each row at its first stop string or EOS. The learner scores the same function:
-    log_softmax(logits / temperature) (`actors.learner`), so at equal weights the two log-probs
+    log_softmax(logits / temperature) (`router_r1.rl.logprobs`), so at equal weights the two log-probs
     agree to float rounding (`rollout/logp_diff_*`).
     """
 

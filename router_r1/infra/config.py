@@ -101,6 +101,9 @@ class LearnerConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     group_size: int = 4  # GRPO: samples per question
     clip_eps: float = 0.2
+    # Rollouts ahead of the learner (rollout.max_staleness > 0): the cap of the truncated
+    # importance weights pi_prox / mu of rows sampled by older weights (router_r1.rl.algos.behaviour_weights).
+    behaviour_is_cap: float = Field(default=2.0, gt=0.0)
     kl_coef: float = 0.001
     entropy_coef: float = 0.0
     # How per-token losses become one loss per optimizer step (algos.loss_weights): "token-mean"
@@ -123,8 +126,11 @@ class LearnerConfig(_Section):
     # policy.dtype. None: the learner's weights and optimizer state are in policy.dtype.
     master_dtype: Literal["float32"] | None = None
     gradient_checkpointing: bool = False
+    # Tokens per float32 chunk when the learner takes log-probs and entropy (router_r1.rl.logprobs):
+    # no full-vocabulary float32 tensor is built; the result is the same for any value.
+    logprob_chunk: int = Field(default=1024, ge=1)
     # Rows that begin alike (the prompt's instructions and descriptors) run that shared prefix
-    # through the trunk once per micro-batch (actors/learner.PolicyWithValue): same logits and
+    # through the trunk once per micro-batch (router_r1.rl.policy_model.PolicyWithValue): same logits and
     # gradients, about half the compute on the demo. Off: every row runs whole.
     share_prefix: bool = True
     # Published weights are cut into buckets of about this many MB, one object-store ref each.
@@ -150,7 +156,7 @@ class WarmStartConfig(_Section):
 
     steps: int = 0
     lr: float = 1e-3
-    # The multiplier of `lr` at SFT step k (learner.lr_lambda): warmup, then constant or decay to 0.
+    # The multiplier of `lr` at SFT step k (router_r1.rl.schedule.lr_lambda): warmup, then constant or decay to 0.
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = 16
