@@ -150,14 +150,14 @@ class Learner:
 
     def _new_optimizer(self) -> None:
         """AdamW over the LM (and value head, at `vf_lr`) and its LR schedule. With
-        `learner.shard_optimizer` and several ranks: torch's ZeroRedundancyOptimizer, each rank
+        `learner.sharding: zero1` and several ranks: torch's ZeroRedundancyOptimizer, each rank
         keeping AdamW state for its shard of the parameters only and broadcasting its updated
         shard after each step (ZeRO stage 1; the update equals the unsharded one)."""
         lc = self.cfg.learner
         groups = [{"params": list(self.model.lm.parameters()), "lr": lc.lr}]
         if self.model.value_head is not None:
             groups.append({"params": list(self.model.value_head.parameters()), "lr": lc.vf_lr or lc.lr})
-        if lc.shard_optimizer and self.world_size > 1:
+        if lc.sharding == "zero1" and self.world_size > 1:
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             self.optimizer = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, lr=lc.lr)
@@ -172,11 +172,13 @@ class Learner:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if self.cfg.learner.shard_optimizer:  # before any step: the group now exists to shard over
+        if self.cfg.learner.sharding == "zero1":  # before any step: the group now exists to shard over
             self._new_optimizer()
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # The value head gets no gradient in SFT steps, hence find_unused_parameters for PPO.
-        self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None)
+        # Gradients as views into DDP's all-reduce buckets: no second, bucketed copy of them.
+        self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None,
+                       gradient_as_bucket_view=True)
 
     def _sum_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
         """Each key summed over ranks (every rank passes the same keys)."""

@@ -3,29 +3,35 @@
 Ray-free and torch-free: it reads the model's shapes (a checkpoint's config.json, `policy.tiny`, a
 JSON file, or the built-in Qwen2.5 shapes below) and the run config, and adds up, per learner rank:
 
-    weights       the trained weights in their dtype; with a float32 master (or `learner.bf16`) the
-                  policy-dtype casts autocast makes of them for the forward (its weight cache)
-    master copy   the float32 weights the optimizer steps (learner.master_dtype: float32)
-    grads         one per trained weight, in its dtype (DDP keeps a second, bucketed copy)
-    optimizer     AdamW's two moments, in the weights' dtype; / N with ZeRO-1 over N learners;
-                  the warm start's own AdamW too, which the learner keeps once made
-    reference     the frozen KL reference in the policy dtype (kl_coef > 0)
-    activations   what the backward needs of the trunk: with gradient checkpointing each decoder
-                  layer's input plus one layer recomputed, else every layer's saved tensors
-    logits peak   the response positions' logits in the compute dtype and their gradient, plus the
-                  float32 log-prob chunks (router_r1.rl.logprobs: `learner.logprob_chunk` tokens)
-    vLLM share    `rollout.gpu_memory_utilization` of the GPU, when vLLM rollouts share the
-                  learner's GPU (both ask for a fraction of one GPU)
-    CUDA context  the learner process's own CUDA context
+    weights         the trained weights in their dtype; with a float32 master (or `learner.bf16`)
+                    the policy-dtype casts autocast makes of them (uncached: the LM head's and one
+                    recomputed layer's with gradient checkpointing, else every linear layer's)
+    master copy     the float32 weights the optimizer steps (learner.master_dtype: float32)
+    grads           one per trained weight, in its dtype (DDP: views into its all-reduce buckets)
+    FSDP2 gathered  (learner.sharding: fsdp2) the unsharded weights and gradients of the root unit
+                    (embeddings, LM head, value head) and of two decoder layers in flight
+    optimizer       AdamW's two moments, in the weights' dtype; the warm start's own AdamW too,
+                    which the learner keeps once made
+    reference       the frozen KL reference in the policy dtype (kl_coef > 0), whole on each rank
+    activations     what the backward needs of the trunk: with gradient checkpointing each decoder
+                    layer's input plus one layer recomputed, else every layer's saved tensors
+    logits peak     the response positions' logits in the compute dtype and their gradient, plus
+                    the float32 log-prob chunks (router_r1.rl.logprobs: `learner.logprob_chunk`)
+    vLLM share      `rollout.gpu_memory_utilization` of the GPU, when vLLM rollouts share the
+                    learner's GPU (both ask for a fraction of one GPU)
+    CUDA context    the learner process's own CUDA context
+
+Sharding over N learners (`learner.sharding`): "zero1" divides the optimizer by N; "fsdp2" the
+master copy (or weights), grads and optimizer, each parameter padded to a multiple of N rows.
 
 The rows add up as if every one peaked at once (the weight casts live in the forward, the logits'
 gradient in the backward), so the total is an upper bound of the peak, not an average.
 
 Parameter counts are exact for the decoder families counted here (qwen2, llama, mistral);
-tests/test_memory_plan.py checks them, and the grads and AdamW bytes, against real modules, and the
-activation and logits rows against allocations measured on CPU (a one-layer trace: per token and
-layer, the saved tensors are 16 H bytes of float32 RMSNorm internals, the inputs of the
-projections, q, the attention output, k and v, and four I-wide MLP tensors).
+tests/test_memory_plan.py checks them, and the weights, grads and AdamW bytes, against a real
+learner's tensors, and the weight casts, activation and logits rows against allocations measured
+on CPU in one learner micro-step (`layer_activation_bytes` is a one-layer trace of what autograd
+saves, counted tensor by tensor).
 
 Sequence length: the prompt (estimated from the pool's rendered instructions and descriptors at
 3 characters a token, plus the question and the chat template; `--prompt-tokens` sets it) plus the
@@ -48,7 +54,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_CONTEXT = GiB // 2  # a CUDA context and cuBLAS workspaces: ~0.3-0.6 GiB on A100/H100
 FP32_CHUNK_TENSORS = 4  # float32 (chunk, V) tensors alive at once: the cast, logsumexp's or the
 # entropy's temporaries, and the chunk's gradient (router_r1.rl.logprobs)
-LOGPROB_CHUNK = 1024  # router_r1.rl.logprobs.DEFAULT_CHUNK, for configs without learner.logprob_chunk
 QUESTION_TOKENS = 128  # a QA question (NQ, HotpotQA) is well under this
 CHAT_TEMPLATE_TOKENS = 64  # Qwen2.5's system turn and role markers
 CHARS_PER_TOKEN = 3  # English through a BPE tokenizer is ~4; 3 errs on the long side
@@ -241,34 +246,44 @@ def learner_memory(cfg: RunConfig, shape: ModelShape, prompt_tokens: int, gpu_me
     compute_dt = "bfloat16" if lc.bf16 else policy_dt
     policy_b, train_b, compute_b = DTYPE_BYTES[policy_dt], DTYPE_BYTES[train_dt], DTYPE_BYTES[compute_dt]
     n = lc.num_learners
-    zero1 = lc.shard_optimizer and n > 1
+    sharding = lc.sharding if n > 1 else "none"
     P = shape.params()
-    value = shape.hidden_size + 1 if lc.algorithm == "ppo" else 0  # the float32 value head
-    trained = P * train_b + value * 4
     H, V, L = shape.hidden_size, shape.vocab_size, shape.num_hidden_layers
+    value = H + 1 if lc.algorithm == "ppo" else 0  # the float32 value head
+    trained = P * train_b + value * 4
     T = cfg.episode.max_response_tokens
     S = prompt_tokens + T
     if cfg.rollout.max_model_len:
         S = min(S, cfg.rollout.max_model_len)
         T = min(T, S)
     b = lc.micro_batch_size
+    fsdp = sharding == "fsdp2"
+    shard = (lambda x: math.ceil(x / n)) if fsdp else (lambda x: x)
+    of_n = f", / {n} learners ({'FSDP2' if fsdp else 'ZeRO-1'})"
 
     rows = []
+    linear = shape.layer_params() - 2 * H  # what autocast casts in a layer: its linear layers
     if autocast:
-        rows.append(Row("weights", P * compute_b, f"{P / 1e9:.3g}B x {compute_b} B: autocast's {compute_dt} "
-                                                 "casts of the weights, cached for the forward"))
-        rows.append(Row("master copy", trained, f"{P / 1e9:.3g}B x {train_b} B: the trained {train_dt} weights"))
+        if lc.gradient_checkpointing:
+            casts, how = (V * H + linear) * compute_b, "the LM head's and one recomputed layer's"
+        else:
+            casts, how = (V * H + L * linear) * compute_b, "every linear layer's, kept for the backward"
+        rows.append(Row("weights", casts, f"autocast's {compute_dt} casts: {how}"))
+        rows.append(Row("master copy", shard(trained), f"{P / 1e9:.3g}B x {train_b} B: the trained {train_dt} "
+                                                       f"weights" + (of_n if fsdp else "")))
     else:
-        rows.append(Row("weights", trained, f"{P / 1e9:.3g}B x {train_b} B ({train_dt})"))
+        rows.append(Row("weights", shard(trained), f"{P / 1e9:.3g}B x {train_b} B ({train_dt})" + (of_n if fsdp else "")))
         rows.append(Row("master copy", 0, "none (learner.master_dtype unset)"))
-    rows.append(Row("grads", trained, f"{train_b} B per weight"))
-    if n > 1:
-        rows.append(Row("DDP buckets", trained, "DDP's bucketed copy of the gradients"))
+    rows.append(Row("grads", shard(trained), f"{train_b} B per weight" + (of_n if fsdp else "")))
+    if fsdp:  # the root unit (embeddings, LM head, value head) from forward to backward, two layers in flight
+        root = V * H * (1 if shape.tie_word_embeddings else 2) + H + value
+        rows.append(Row("FSDP2 gathered", 2 * (root + 2 * shape.layer_params()) * train_b,
+                        "unsharded weights and gradients: the root unit and two layers"))
     opt = 2 * trained
-    rows.append(Row("optimizer", math.ceil(opt / n) if zero1 else opt,
-                    f"AdamW, 2 x {train_b} B per weight" + (f", / {n} learners (ZeRO-1)" if zero1 else "")))
+    rows.append(Row("optimizer", opt if sharding == "none" else math.ceil(opt / n),
+                    f"AdamW, 2 x {train_b} B per weight" + ("" if sharding == "none" else of_n)))
     if cfg.warmstart.steps > 0:
-        rows.append(Row("warm-start AdamW", 2 * P * train_b, "the SFT optimizer, kept after the warm start"))
+        rows.append(Row("warm-start AdamW", shard(2 * P * train_b), "the SFT optimizer, kept after the warm start"))
     ref = lc.kl_coef != 0
     rows.append(Row("reference", P * policy_b if ref else 0,
                     f"frozen copy, {policy_b} B per weight" if ref else "none (kl_coef 0)"))
@@ -277,17 +292,17 @@ def learner_memory(cfg: RunConfig, shape: ModelShape, prompt_tokens: int, gpu_me
     layer = layer_activation_bytes(shape, tokens, compute_b, autocast)
     final_norm = tokens * (8 * H + train_b * H)
     if lc.gradient_checkpointing:
-        cast = shape.layer_params() * compute_b if autocast else 0  # its weights cast again in recompute
-        act = L * tokens * train_b * H + layer + cast + final_norm
+        act = L * tokens * train_b * H + layer + final_norm
         how = f"{L} layer inputs + 1 layer recomputed, {b} x {S} tokens"
     else:
         act = L * layer + final_norm
         how = f"{L} layers' saved tensors, {b} x {S} tokens (no gradient checkpointing)"
     rows.append(Row("activations", act, how))
-    chunk = getattr(lc, "logprob_chunk", LOGPROB_CHUNK)
-    logits = 2 * b * T * V * compute_b + FP32_CHUNK_TENSORS * min(chunk, b * T) * V * 4 + b * T * H * compute_b
+    chunk = min(lc.logprob_chunk, b * T)
+    fp32 = FP32_CHUNK_TENSORS + (2 if lc.entropy_coef > 0 else 0)  # the entropy's log-softmax and exp, kept
+    logits = 2 * b * T * V * compute_b + fp32 * chunk * V * 4 + b * T * H * compute_b
     rows.append(Row("logits peak", logits, f"{b} x {T} x {V:,} logits + gradient ({compute_b} B), "
-                                           f"float32 chunks of {min(chunk, b * T)}"))
+                                           f"float32 chunks of {chunk}"))
     on_gpu = lc.num_gpus > 0
     shared = on_gpu and cfg.rollout.engine == "vllm" and lc.num_gpus < 1 and 0 < cfg.rollout.num_gpus < 1
     util = cfg.rollout.gpu_memory_utilization
@@ -354,12 +369,15 @@ def _changes(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         accum = math.ceil(lc.micro_batch_size * lc.grad_accum / mb)
         out.append((f"learner.micro_batch_size: {mb} with grad_accum: {accum}",
                     {"micro_batch_size": mb, "grad_accum": accum}))
-    if lc.num_learners > 1 and not lc.shard_optimizer:
-        out.append(("learner.shard_optimizer: true", {"shard_optimizer": True}))
+    if lc.num_learners > 1:
+        for sharding in ("zero1", "fsdp2")[("none", "zero1", "fsdp2").index(lc.sharding):]:
+            if sharding != lc.sharding:
+                out.append((f"learner.sharding: {sharding}", {"sharding": sharding}))
     for n in (2, 4, 8):
         if n > lc.num_learners:
-            out.append((f"learner.num_learners: {n} with shard_optimizer: true (one GPU each)",
-                        {"num_learners": n, "shard_optimizer": True}))
+            for sharding in ("zero1", "fsdp2"):
+                out.append((f"learner.num_learners: {n} with sharding: {sharding} (one GPU each)",
+                            {"num_learners": n, "sharding": sharding}))
     r = cfg.rollout
     if r.engine == "vllm" and lc.num_gpus < 1 and 0 < r.num_gpus < 1:
         for util in (0.3, 0.2):
@@ -402,7 +420,8 @@ def format_plan(plan: Plan) -> str:
     """The table `router-r1 plan` prints."""
     cfg, m, s = plan.cfg, plan.memory, plan.shape
     lc = cfg.learner
-    shard = "ZeRO-1" if lc.shard_optimizer and lc.num_learners > 1 else "DDP" if lc.num_learners > 1 else "one learner"
+    shard = ({"none": "DDP", "zero1": "DDP, ZeRO-1", "fsdp2": "FSDP2"}[lc.sharding] if lc.num_learners > 1
+             else "one learner")
     lines = [
         f"policy: {s.name} ({s.params() / 1e9:.3g}B parameters; {plan.source})",
         f"learner: {lc.num_learners} x {'GPU' if plan.on_gpu else 'CPU'} ({shard}), {lc.algorithm}, "
