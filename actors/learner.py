@@ -258,7 +258,7 @@ class Learner:
                                  autocast=self._autocast)
 
     @torch.no_grad()
-    def _score(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
+    def _logprobs_before_update(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
         """old_logp, ref_logp and (PPO) old_values for every row, (B, T), without gradients.
         With several ranks each scores every world_size-th row and the (B, T) results, zero on
         the others' rows, are summed over ranks: every rank ends with all of them."""
@@ -350,7 +350,7 @@ class Learner:
         if self.reference is None and lc.kl_coef != 0:
             self.reset_reference()
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
-        scored = self._score(tb)
+        scored = self._logprobs_before_update(tb)
         adv, returns = advantages(tb, scored["old_values"], lc)
         st = StepTensors(scored["old_logp"], scored["ref_logp"] if self.reference is not None else None,
                          scored["old_values"], adv, returns, tb.loss_mask.float())

@@ -122,7 +122,7 @@ class Trainer:
     def create_pool(self) -> None:
         from actors.model_pool import get_or_create_pool
 
-        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
+        self.pool_actor = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
                                        backends=self.backends)
 
     def create_learner(self) -> None:
@@ -146,7 +146,7 @@ class Trainer:
         from actors.rollout import make_rollout_actor, rollout_actor_options
 
         return make_rollout_actor().options(**rollout_actor_options(self.cfg)).remote(
-            self.cfg, self.tokenizer_ref, self.pool, index, self.cfg.name)
+            self.cfg, self.tokenizer_ref, self.pool_actor, index, self.cfg.name)
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer, from the world."""

@@ -70,8 +70,9 @@ class RolloutConfig(_Section):
     # truncated importance weights (learner.behaviour_is_cap; router_r1.rl.algos).
     max_staleness: int = Field(default=0, ge=0)
     # Continuous batching over episodes (router_r1.env.episode.run_episodes): the longest a
-    # generation batch waits for routed calls about to return.
-    batch_wait_s: float = Field(default=0.05, ge=0.0)
+    # generation batch waits for routed calls about to return, e.g. 0.05 with candidates that take
+    # seconds. None: every batch waits for every call (turn-synchronous; a run repeats exactly).
+    batch_wait_s: float | None = Field(default=None, ge=0.0)
     engine: Literal["transformers", "vllm"] = "transformers"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
