@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
+from router_r1.engines import weights
+
 
 def shard_policy(model: nn.Module, lm: nn.Module) -> None:
     """fully_shard each decoder layer of `lm` (a transformers causal LM inside `model`), then
@@ -38,27 +40,28 @@ def shard_policy(model: nn.Module, lm: nn.Module) -> None:
 def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """`module`'s state dict as its own tensors (parameters as DTensors when sharded), a tensor
     held under two names (tied embeddings) once, under its first name."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in module.state_dict(keep_vars=True).items():
-        if id(v) not in seen:
-            seen.add(id(v))
-            out[k] = v
-    return out
+    sd = module.state_dict(keep_vars=True)
+    first = _first_names(sd)
+    return {k: v for k, v in sd.items() if first[k] == k}  # in state-dict order: the same on every rank
 
 
-def plan_buckets(state: dict[str, torch.Tensor], elem_bytes: int, bucket_bytes: int) -> list[list[str]]:
-    """Consecutive names in buckets of at most `bucket_bytes` at `elem_bytes` per element (full
-    sizes); a tensor larger than that is a bucket of its own. The same on every rank."""
-    buckets, cur, size = [], [], 0
-    for k, v in state.items():
-        n = v.numel() * elem_bytes
-        if cur and size + n > bucket_bytes:
-            buckets.append(cur)
-            cur, size = [], 0
-        cur.append(k)
-        size += n
-    return buckets + [cur] if cur else buckets
+def _first_names(sd: dict[str, torch.Tensor]) -> dict[str, str]:
+    """name -> the first name holding the same tensor (itself, unless tied)."""
+    first: dict[int, str] = {}
+    return {k: first.setdefault(id(v), k) for k, v in sd.items()}
+
+
+def full_state(module: nn.Module, dtype: torch.dtype, bucket_bytes: int, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Every name of `module.state_dict()` with its full tensor on CPU, floating ones in `dtype`,
+    gathered bucket by bucket (`gathered_buckets`; a collective). Tied names share one tensor.
+    Ranks that pass keep=False take part in the gathers and return {}."""
+    sd = module.state_dict(keep_vars=True)
+    first = _first_names(sd)
+    full: dict[str, torch.Tensor] = {}
+    for bucket in gathered_buckets(unique_state(module), dtype, bucket_bytes):
+        if keep:
+            full.update({k: v.cpu() for k, v in bucket.items()})
+    return {k: full[first[k]] for k in sd} if keep else {}
 
 
 @torch.no_grad()
@@ -67,7 +70,8 @@ def gathered_buckets(state: dict[str, torch.Tensor], dtype: torch.dtype, bucket_
     """Full tensors of `state` (unique_state of a sharded module), floating ones cast to `dtype`,
     one bucket at a time: one all-gather per bucket that holds a sharded tensor.
     A collective: every rank calls it with the same state and gets the same buckets."""
-    for names in plan_buckets(state, torch.finfo(dtype).bits // 8, bucket_bytes):
+    elem = torch.finfo(dtype).bits // 8  # sizes in the target dtype, not the trained one
+    for names in weights.bucket_names({k: v.numel() * elem for k, v in state.items()}, bucket_bytes):
         sharded = [k for k in names if isinstance(state[k], DTensor)]
         full = dict(zip(sharded, _all_gather([state[k] for k in sharded], dtype)))
         yield {k: full[k] if k in full else _cast(state[k].detach(), dtype) for k in names}
