@@ -502,6 +502,9 @@ class Learner:
 
             whole = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, objects["model"], options=whole)
+            # set_optimizer_state_dict makes a fresh optimizer's state with one zero-gradient step,
+            # which it only takes when no gradient is left over from an earlier step
+            self.model.zero_grad(set_to_none=True)
 
             def load_optimizer(o, state):
                 set_optimizer_state_dict(self.model, o, state, options=whole)
