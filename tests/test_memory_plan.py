@@ -232,3 +232,11 @@ def test_activation_rows_bound_a_micro_step_measured_on_cpu(wide_checkpoints, vo
     peak = {getattr(k, "value", k): v for k, v in next(iter(tracker.get_tracker_snapshot("peak").values())).items()}
     measured = peak["Activation"] + peak["Temp"]
     assert measured <= planned <= 2 * measured, (measured, planned, peak)
+
+
+def test_docs_show_what_plan_prints(capsys):
+    """docs/cluster.md's `router-r1 plan` block is the command's output, line for line."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    shown = text.split("$ router-r1 plan --config configs/cluster_train.yaml\n", 1)[1].split("```", 1)[0]
+    assert plan_main(["--config", CLUSTER]) == 0
+    assert capsys.readouterr().out == shown
