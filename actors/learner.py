@@ -497,37 +497,39 @@ class Learner:
                                   "learner.sharding and several learners, or from a checkpoint without it "
                                   "(train.checkpoint_optimizer: false)")
         if self.fsdp:  # every rank reads the whole state and keeps its shards
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            whole = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, objects["model"], options=whole)
-            # set_optimizer_state_dict makes a fresh optimizer's state with one zero-gradient step,
-            # which it only takes when no gradient is left over from an earlier step
-            self.model.zero_grad(set_to_none=True)
-
-            def load_optimizer(o, state):
-                set_optimizer_state_dict(self.model, o, state, options=whole)
+            set_model_state_dict(self.model, objects["model"], options=StateDictOptions(full_state_dict=True))
         else:
             self.model.load_state_dict(objects["model"])
-
-            def load_optimizer(o, state):
-                o.load_state_dict(state)
         self.reference = None  # none saved: the next update takes the resumed policy (if kl_coef > 0)
         if "reference" in objects:
             self.reset_reference()
             if self.reference is not None:
                 self.reference.load_state_dict(objects["reference"])
         if "optimizer" in objects:  # else AdamW restarts from zero moments
-            load_optimizer(self.optimizer, objects["optimizer"])
+            self._load_optimizer(self.optimizer, objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         if "sft_optimizer" in objects:
             self.sft_optimizer = self._new_sft_optimizer()
-            load_optimizer(self.sft_optimizer, objects["sft_optimizer"])
+            self._load_optimizer(self.sft_optimizer, objects["sft_optimizer"])
         self.step, self.sft_steps = int(meta["step"]), int(meta["sft_steps"])
         self.policy_version = int(meta["policy_version"])
         set_rng_state(objects["rng"])
         return meta.get("extra", {})
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """A checkpoint's optimizer state into `optimizer`; FSDP2: the whole state, keyed by
+        parameter name, of which each rank keeps its shards."""
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # It makes a fresh optimizer's state with one zero-gradient step, which it takes only when
+        # no gradient is left over from an earlier step.
+        self.model.zero_grad(set_to_none=True)
+        set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def save_policy(self, path: str | Path) -> str:
         """A plain transformers checkpoint (policy + tokenizer) for serving and evaluation,

@@ -369,10 +369,10 @@ def _changes(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         accum = math.ceil(lc.micro_batch_size * lc.grad_accum / mb)
         out.append((f"learner.micro_batch_size: {mb} with grad_accum: {accum}",
                     {"micro_batch_size": mb, "grad_accum": accum}))
+    shardings = ("none", "zero1", "fsdp2")
     if lc.num_learners > 1:
-        for sharding in ("zero1", "fsdp2")[("none", "zero1", "fsdp2").index(lc.sharding):]:
-            if sharding != lc.sharding:
-                out.append((f"learner.sharding: {sharding}", {"sharding": sharding}))
+        for sharding in shardings[shardings.index(lc.sharding) + 1:]:
+            out.append((f"learner.sharding: {sharding}", {"sharding": sharding}))
     for n in (2, 4, 8):
         if n > lc.num_learners:
             for sharding in ("zero1", "fsdp2"):
@@ -386,9 +386,27 @@ def _changes(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _strongest(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """The same kinds of change, each at its strongest (applied together when no single one fits)."""
+    lc, r, out = cfg.learner, cfg.rollout, []
+    if not lc.gradient_checkpointing:
+        out.append(("learner.gradient_checkpointing: true", {"gradient_checkpointing": True}))
+    if lc.micro_batch_size > 1:
+        rows = lc.micro_batch_size * lc.grad_accum
+        out.append((f"learner.micro_batch_size: 1 with grad_accum: {rows}", {"micro_batch_size": 1, "grad_accum": rows}))
+    n = max(lc.num_learners, 8)
+    if lc.sharding != "fsdp2" or n > lc.num_learners:
+        out.append((f"learner.num_learners: {n} with sharding: fsdp2 (one GPU each)",
+                    {"num_learners": n, "sharding": "fsdp2"}))
+    if r.engine == "vllm" and lc.num_gpus < 1 and 0 < r.num_gpus < 1 and r.gpu_memory_utilization > 0.2:
+        out.append(("rollout.gpu_memory_utilization: 0.2", {"rollout": {"gpu_memory_utilization": 0.2}}))
+    return out
+
+
 def advice(plan: Plan) -> str | None:
     """None when the plan fits; else one line: the size against the budget and what to change (the
-    first single change that fits; else the changes in turn until it fits; else the largest rows)."""
+    first single change that fits; else the strongest changes together, as many as it takes; else
+    the largest rows)."""
     if plan.fits:
         return None
 
@@ -397,17 +415,13 @@ def advice(plan: Plan) -> str | None:
 
     head = (f"does not fit: {plan.memory.total / GiB:.1f} GiB per learner rank > {plan.usable / GiB:.1f} GiB "
             f"usable of {plan.gpu_mem_bytes / GiB:g} GiB")
-    changes = _changes(plan.cfg)
-    for what, update in changes:
+    for what, update in _changes(plan.cfg):
         cfg = _with(plan.cfg, **dict(update))
         if size(cfg) <= plan.usable:
             return f"{head}; set {what} (-> {size(cfg) / GiB:.1f} GiB)"
     cfg, done = plan.cfg, []
-    for what, _ in changes:  # cumulatively, re-deriving each change from the config so far
-        step = dict(next((u for w, u in _changes(cfg) if w.split(":")[0] == what.split(":")[0]), {}))
-        if not step:
-            continue
-        cfg, done = _with(cfg, **step), done + [what]
+    for what, update in _strongest(plan.cfg):
+        cfg, done = _with(cfg, **dict(update)), done + [what]
         if size(cfg) <= plan.usable:
             return f"{head}; set {'; '.join(done)} (-> {size(cfg) / GiB:.1f} GiB)"
     big = sorted(plan.memory.rows, key=lambda r: -r.bytes)[:2]
