@@ -103,3 +103,11 @@ def test_a_prompt_longer_than_the_context_window_is_413_from_token_counts():
     with pytest.raises(APIError) as e:
         service.plan(long, "t")
     assert e.value.status == 413 and e.value.code == "context_length_exceeded" and "tokens" in e.value.message
+
+
+@pytest.mark.parametrize("value", [b"Infinity", b"-Infinity", b"NaN", b"1e999"])
+def test_max_cost_usd_must_be_finite(value):
+    raw = b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_cost_usd": ' + value + b"}"
+    with pytest.raises(APIError) as e:
+        parse_request(raw)
+    assert e.value.status == 400 and e.value.param == "max_cost_usd"
