@@ -166,7 +166,7 @@ class Trainer:
         import ray
 
         ws = self.cfg.warmstart
-        encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.max_response_tokens))
+        encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.cfg.episode.max_response_tokens))
         every = max(1, ws.steps // 10)
         bar = self._bar(range(ws.steps), "warm start")
         for s in bar:
@@ -217,7 +217,7 @@ class Trainer:
         groups: dict[str, int] = {}
         gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
         batch = TrajectoryBatch.from_episodes(episodes, [s.reward.reward for s in scores], gids,
-                                              self.max_response_tokens)
+                                              self.cfg.episode.max_response_tokens)
         m = self.learner.update(batch)
         m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
         return m
@@ -290,11 +290,6 @@ class Trainer:
                         "a run)", self.run_dir, dest.name)
 
     # -- the loop --------------------------------------------------------------------------------
-    @property
-    def max_response_tokens(self) -> int:
-        e = self.cfg.episode  # every turn's generation plus every inserted block (with its tags)
-        return (e.max_turns + 1) * e.max_new_tokens + e.max_turns * (e.max_obs_tokens + 16)
-
     def run(self) -> dict[str, Any]:
         cfg, t_start = self.cfg, time.perf_counter()
         self.start_ray()

@@ -49,6 +49,12 @@ class EpisodeConfig(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
+    @property
+    def max_response_tokens(self) -> int:
+        """The longest response an episode can make: every turn's generation and every inserted
+        block with its tags (training cuts responses here)."""
+        return (self.max_turns + 1) * self.max_new_tokens + self.max_turns * (self.max_obs_tokens + 16)
+
 
 class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
