@@ -37,6 +37,13 @@ Design choices (why):
   micro-batches (`rl/update.py:rank_micro_batches`; a rank with no row left runs a zero-loss pass,
   so DDP's all-reduce pairs up), with the step's global loss weights times world_size, as DDP
   averages gradients. Metrics are summed over ranks, so they are the one learner's too.
+- Sharding (`learner.sharding`, docs/cluster.md): "zero1" keeps each rank's share of AdamW's state
+  only (ZeroRedundancyOptimizer); "fsdp2" shards weights, gradients and AdamW state too
+  (fully_shard, rl/fsdp.py). Under FSDP2 rank 0's weights are broadcast before sharding (DDP does
+  that itself), gradients are reduce-scattered after every micro-batch (no no_sync: accumulated
+  gradients stay sharded), every rank runs the same forwards, scoring's included, and full
+  weights (weight sync, `state_dict`, the saved policy, the KL reference, which stays whole on
+  every rank) are gathered one all-gather per bucket, by every rank together.
 """
 from __future__ import annotations
 
@@ -50,13 +57,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from router_r1.engines import weights
 from router_r1.engines.model import CheckpointError, resolve_dtype, save_policy
 from router_r1.infra import checkpoint
 from router_r1.infra.config import RunConfig
 from router_r1.infra.seeding import rng_state, seed_everything, set_rng_state
-from router_r1.rl import algos, logprobs
+from router_r1.rl import algos, fsdp, logprobs
 from router_r1.rl.batch import TensorBatch, TrajectoryBatch
 from router_r1.rl.policy_model import (PolicyWithValue, autocast_for, frozen_reference, load_or_build_policy,
                                       prepare_for_training, response_logprobs, zero_backward)
@@ -103,9 +111,11 @@ class Learner:
         lm = lm.to(self.train_dtype)  # master weights start as the policy's values, exactly
         prepare_for_training(lm, activation_checkpointing=lc.gradient_checkpointing)
         torch.manual_seed(cfg.seed + 1)  # value head init, independent of how the LM was built
+        # Not under FSDP2: the prefix's extra trunk call would gather each layer twice on some
+        # ranks only, and every rank must run every all-gather.
         self.model = PolicyWithValue(lm, with_value=lc.algorithm == "ppo",
-                                     share_prefix=lc.share_prefix and not lc.gradient_checkpointing,
-                                     ).to(self.device)
+                                     share_prefix=lc.share_prefix and not lc.gradient_checkpointing
+                                     and lc.sharding != "fsdp2").to(self.device)
         self.model.train()
         self.reference: PolicyWithValue | None = None
 
@@ -116,8 +126,10 @@ class Learner:
         self.sft_steps = 0
         self.policy_version = 0
         self.ddp: nn.Module | None = None
+        self.fsdp = False  # the model sharded in place (learner.sharding: fsdp2 over several ranks)
+        self._reference_module: PolicyWithValue | None = None  # FSDP2: the reference, refilled by reset_reference
         if dist.is_initialized() and dist.get_world_size() > 1:
-            self._wrap_ddp()
+            self._wrap_data_parallel()
         seed_everything(cfg.seed)
 
     # ------------------------------------------------------------------ setup and data parallel
@@ -126,7 +138,7 @@ class Learner:
         """Join the process group (driver calls this on every learner when num_learners > 1)."""
         init_process_group(rank, world_size, master_addr, master_port, init_method=init_method)
         if world_size > 1:
-            self._wrap_ddp()
+            self._wrap_data_parallel()
 
     def write_storage_token(self, folder: str, token: str) -> tuple[str, str]:
         """Write `token` to a file of this rank's in `folder` (the driver's shared-storage check,
@@ -150,14 +162,14 @@ class Learner:
 
     def _new_optimizer(self) -> None:
         """AdamW over the LM (and value head, at `vf_lr`) and its LR schedule. With
-        `learner.shard_optimizer` and several ranks: torch's ZeroRedundancyOptimizer, each rank
+        `learner.sharding: zero1` and several ranks: torch's ZeroRedundancyOptimizer, each rank
         keeping AdamW state for its shard of the parameters only and broadcasting its updated
         shard after each step (ZeRO stage 1; the update equals the unsharded one)."""
         lc = self.cfg.learner
         groups = [{"params": list(self.model.lm.parameters()), "lr": lc.lr}]
         if self.model.value_head is not None:
             groups.append({"params": list(self.model.value_head.parameters()), "lr": lc.vf_lr or lc.lr})
-        if lc.shard_optimizer and self.world_size > 1:
+        if lc.sharding == "zero1" and self.world_size > 1:
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             self.optimizer = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, lr=lc.lr)
@@ -168,15 +180,30 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lc.warmup_steps, self.cfg.train.steps, lc.lr_schedule))
 
-    def _wrap_ddp(self) -> None:
+    def _wrap_data_parallel(self) -> None:
+        """Several ranks: DDP around the model (ZeRO-1: the optimizer remade over the group), or
+        with `learner.sharding: fsdp2` the model sharded in place (router_r1.rl.fsdp) after taking
+        rank 0's weights, and the optimizer remade over the shards. Before any step."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        lc = self.cfg.learner
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if self.cfg.learner.shard_optimizer:  # before any step: the group now exists to shard over
+        if lc.sharding == "fsdp2":
+            for t in self.model.state_dict().values():  # DDP broadcasts rank 0's weights; fully_shard does not
+                dist.broadcast(t, src=0)
+            if lc.kl_coef != 0:  # the reference stays whole; made now, while there is a whole model to copy
+                self._reference_module = frozen_reference(self.model.lm, self.dtype, self.device, lc.share_prefix)
+            fsdp.shard_policy(self.model, self.model.lm)
+            self.fsdp = True
+            self._new_optimizer()
+            return
+        if lc.sharding == "zero1":  # the group now exists to shard over
             self._new_optimizer()
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # The value head gets no gradient in SFT steps, hence find_unused_parameters for PPO.
-        self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None)
+        # Gradients as views into DDP's all-reduce buckets: no second, bucketed copy of them.
+        self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=self.model.value_head is not None,
+                       gradient_as_bucket_view=True)
 
     def _sum_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
         """Each key summed over ranks (every rank passes the same keys)."""
@@ -201,13 +228,25 @@ class Learner:
         """The policy's tokenizer object (rollout actors must tokenise exactly as the learner)."""
         return self.tokenizer
 
+    @property
+    def _bucket_bytes(self) -> int:
+        return int(self.cfg.learner.sync_bucket_mb * weights.MB)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The policy LM's weights on CPU in the policy dtype (keys as the transformers model
-        names them)."""
+        names them). FSDP2: gathered bucket by bucket, a collective ({} on ranks other than 0)."""
+        if self.fsdp:
+            return fsdp.full_state(self.model.lm, self.dtype, self._bucket_bytes, keep=self.rank == 0)
         return {k: _to_policy(v.detach(), self.dtype, "cpu") for k, v in self.model.lm.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.lm.load_state_dict(state)  # copies into the learner's own dtype
+        """Copy `state` (names as `state_dict`'s) into the learner's weights, in its own dtype."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model.lm, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.lm.load_state_dict(state)
 
     def version(self) -> int:
         """The version of the last published weights (0 before any publish)."""
@@ -221,16 +260,24 @@ class Learner:
         Weights go learner -> object store -> rollout actors, never through the driver (refs
         nested in a list are not fetched by the caller's ray.get). Bumps `policy_version` by one;
         see `version()`.
-        `last_publish()` gives the bytes, buckets and seconds of this publish."""
+        `last_publish()` gives the bytes, buckets and seconds of this publish. FSDP2: a collective
+        (every rank gathers each bucket once); ranks other than 0 return []."""
         import ray
 
         t0 = time.perf_counter()
-        state = {k: _to_policy(v.detach(), self.dtype, "cpu")
-                 for k, v in weights.unique_tensors(self.model.lm.state_dict()).items()}
-        buckets = weights.bucket_state_dict(state, int(self.cfg.learner.sync_bucket_mb * weights.MB))
-        refs = [ray.put(b) for b in buckets]
+        if self.fsdp:  # every rank gathers, one all-gather per bucket; rank 0 puts
+            refs, nbytes, n = [], 0, 0
+            for bucket in fsdp.gathered_buckets(fsdp.unique_state(self.model.lm), self.dtype, self._bucket_bytes):
+                n, nbytes = n + 1, nbytes + weights.nbytes(bucket)
+                if self.rank == 0:
+                    refs.append(ray.put({k: v.cpu() for k, v in bucket.items()}))
+        else:
+            state = {k: _to_policy(v.detach(), self.dtype, "cpu")
+                     for k, v in weights.unique_tensors(self.model.lm.state_dict()).items()}
+            buckets = weights.bucket_state_dict(state, self._bucket_bytes)
+            refs, nbytes, n = [ray.put(b) for b in buckets], weights.nbytes(state), len(buckets)
         self.policy_version += 1
-        self._last_publish = {"sync/bytes": float(weights.nbytes(state)), "sync/buckets": float(len(buckets)),
+        self._last_publish = {"sync/bytes": float(nbytes), "sync/buckets": float(n),
                               "sync/publish_s": time.perf_counter() - t0}
         return refs
 
@@ -244,6 +291,12 @@ class Learner:
         if self.cfg.learner.kl_coef == 0:
             self.reference = None
             return
+        if self.fsdp:  # the policy's full weights, gathered bucket by bucket into the whole reference
+            ref = self._reference_module
+            weights.copy_into(ref.lm, fsdp.gathered_buckets(fsdp.unique_state(self.model.lm), self.dtype,
+                                                            self._bucket_bytes))
+            self.reference = ref
+            return
         self.reference = frozen_reference(self.model.lm, self.dtype, self.device, self.cfg.learner.share_prefix)
 
     # ------------------------------------------------------------------ forward passes
@@ -256,15 +309,19 @@ class Learner:
                                  autocast=self._autocast)
 
     @torch.no_grad()
-    def _score(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
+    def _logprobs_before_update(self, tb: TensorBatch) -> dict[str, torch.Tensor]:
         """old_logp, ref_logp and (PPO) old_values for every row, (B, T), without gradients.
         With several ranks each scores every world_size-th row and the (B, T) results, zero on
         the others' rows, are summed over ranks: every rank ends with all of them."""
         B, T = tb.response_ids.shape
         temp = self.cfg.episode.temperature
         out = torch.zeros(3, B, T, device=self.device)  # old_logp, ref_logp, old_values
-        mine = torch.arange(self.rank, B, self.world_size, device=self.device)  # empty if B <= rank
-        for rows in torch.split(mine, self.cfg.learner.micro_batch_size) if len(mine) else ():
+        rows_all = torch.arange(B, device=self.device)
+        for rows in rank_micro_batches(rows_all, self.rank, self.world_size, self.cfg.learner.micro_batch_size):
+            if len(rows) == 0:
+                if self.fsdp:  # every rank runs every layer's all-gather
+                    self._forward(self.model, tb.select([0]), temp)
+                continue
             mb = tb.select(rows)
             t = mb.response_ids.shape[1]
             logp, _, values = self._forward(self.model, mb, temp)
@@ -300,7 +357,7 @@ class Learner:
         self.sft_optimizer.zero_grad(set_to_none=True)
         parts = self._micro_steps(tb, torch.arange(len(tb), device=self.device), nll_loss, with_values=False)
         nll_sum = self._sum_over_ranks({"nll": sum(p["nll"] for p in parts)})["nll"]
-        grad_norm = nn.utils.clip_grad_norm_(self.model.lm.parameters(), self.cfg.learner.grad_clip)
+        grad_norm = self._clip_grads(self.model.lm.parameters())
         self.sft_optimizer.step()
         self.sft_steps += 1
         dt = time.perf_counter() - t0
@@ -333,6 +390,12 @@ class Learner:
             out.append(metrics)
         return out
 
+    def _clip_grads(self, params) -> float:
+        """Clip the gradients' global norm to `learner.grad_clip`; the norm before clipping (FSDP2:
+        over every rank's shards)."""
+        norm = nn.utils.clip_grad_norm_(params, self.cfg.learner.grad_clip)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
     def _new_sft_optimizer(self) -> torch.optim.Optimizer:
         """The warm start's own AdamW (its lr is set per step from the schedule)."""
         return torch.optim.AdamW(self.model.lm.parameters(), lr=self.cfg.warmstart.lr)
@@ -348,7 +411,7 @@ class Learner:
         if self.reference is None and lc.kl_coef != 0:
             self.reset_reference()
         tb = batch.to_tensors(self.tokenizer.pad_token_id, self.device)
-        scored = self._score(tb)
+        scored = self._logprobs_before_update(tb)
         adv, returns = advantages(tb, scored["old_values"], lc)
         st = StepTensors(scored["old_logp"], scored["ref_logp"] if self.reference is not None else None,
                          scored["old_values"], adv, returns, tb.loss_mask.float())
@@ -373,7 +436,7 @@ class Learner:
             for metrics in self._micro_steps(tb, rows_step, loss_fn, with_values=True,
                                              temperature=self.cfg.episode.temperature, entropy=entropy):
                 acc.add(metrics)
-            grad_norms.append(float(nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)))
+            grad_norms.append(self._clip_grads(self.model.parameters()))
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -392,21 +455,31 @@ class Learner:
         scheduler, counters, RNG states; `extra` (JSON: cost-normaliser state, MLflow run id)
         comes back from `load_checkpoint`. `train.checkpoint_optimizer` / `checkpoint_reference`
         false leave the optimizers / the reference out (smaller, not bit-exact on resume).
-        Rank 0 writes; others wait."""
+        Rank 0 writes; others wait. ZeRO-1 and FSDP2 gather the whole state on rank 0 first (the
+        same model file either way; FSDP2's optimizer state is keyed by parameter name)."""
         tc = self.cfg.train
-        if tc.checkpoint_optimizer and hasattr(self.optimizer, "consolidate_state_dict"):
-            self.optimizer.consolidate_state_dict(to=0)  # ZeRO: every rank sends its shard to rank 0
+        optimizers = {"optimizer": self.optimizer, "sft_optimizer": self.sft_optimizer} if tc.checkpoint_optimizer else {}
+        optimizers = {k: o for k, o in optimizers.items() if o is not None}
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            to_rank0 = StateDictOptions(full_state_dict=True, cpu_offload=True)  # others get {}
+            model_state = get_model_state_dict(self.model, options=to_rank0)
+            optimizer_states = {k: get_optimizer_state_dict(self.model, o, options=to_rank0) for k, o in optimizers.items()}
+        else:
+            if "optimizer" in optimizers and hasattr(self.optimizer, "consolidate_state_dict"):
+                self.optimizer.consolidate_state_dict(to=0)  # ZeRO: every rank sends its shard to rank 0
+            model_state = self.model.state_dict() if self.rank == 0 else {}
+            optimizer_states = {k: o.state_dict() for k, o in optimizers.items()} if self.rank == 0 else {}
         if self.rank == 0:
-            objects: dict[str, Any] = {
-                "model": self.model.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
-            if tc.checkpoint_optimizer:
-                objects["optimizer"] = self.optimizer.state_dict()
-                if self.sft_optimizer is not None:
-                    objects["sft_optimizer"] = self.sft_optimizer.state_dict()
+            objects: dict[str, Any] = {"model": model_state, "scheduler": self.scheduler.state_dict(),
+                                       "rng": rng_state(), **optimizer_states}
             if self.reference is not None and tc.checkpoint_reference:
                 objects["reference"] = self.reference.state_dict()
             meta = {"extra": extra or {}, "algorithm": self.cfg.learner.algorithm, "step": self.step,
-                    "sft_steps": self.sft_steps, "policy_version": self.policy_version}
+                    "sft_steps": self.sft_steps, "policy_version": self.policy_version,
+                    "fsdp2": self.fsdp}
             checkpoint.save(path, objects, step=self.step, meta=meta)
         if self.world_size > 1:
             dist.barrier()
@@ -418,29 +491,54 @@ class Learner:
         if meta.get("algorithm") != self.cfg.learner.algorithm:
             raise CheckpointError(f"{path}: written by a {meta.get('algorithm')} learner, "
                                   f"this one runs {self.cfg.learner.algorithm}")
-        self.model.load_state_dict(objects["model"])
+        if bool(meta.get("fsdp2")) != self.fsdp and any(k in objects for k in ("optimizer", "sft_optimizer")):
+            raise CheckpointError(f"{path}: its optimizer state was written by a "
+                                  f"{'' if meta.get('fsdp2') else 'non-'}FSDP2 learner; resume with the same "
+                                  "learner.sharding and several learners, or from a checkpoint without it "
+                                  "(train.checkpoint_optimizer: false)")
+        if self.fsdp:  # every rank reads the whole state and keeps its shards
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, objects["model"], options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.load_state_dict(objects["model"])
         self.reference = None  # none saved: the next update takes the resumed policy (if kl_coef > 0)
         if "reference" in objects:
             self.reset_reference()
             if self.reference is not None:
                 self.reference.load_state_dict(objects["reference"])
         if "optimizer" in objects:  # else AdamW restarts from zero moments
-            self.optimizer.load_state_dict(objects["optimizer"])
+            self._load_optimizer(self.optimizer, objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         if "sft_optimizer" in objects:
             self.sft_optimizer = self._new_sft_optimizer()
-            self.sft_optimizer.load_state_dict(objects["sft_optimizer"])
+            self._load_optimizer(self.sft_optimizer, objects["sft_optimizer"])
         self.step, self.sft_steps = int(meta["step"]), int(meta["sft_steps"])
         self.policy_version = int(meta["policy_version"])
         set_rng_state(objects["rng"])
         return meta.get("extra", {})
 
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """A checkpoint's optimizer state into `optimizer`; FSDP2: the whole state, keyed by
+        parameter name, of which each rank keeps its shards."""
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # It makes a fresh optimizer's state with one zero-gradient step, which it takes only when
+        # no gradient is left over from an earlier step.
+        self.model.zero_grad(set_to_none=True)
+        set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
     def save_policy(self, path: str | Path) -> str:
         """A plain transformers checkpoint (policy + tokenizer) for serving and evaluation,
-        loadable by `router_r1.engines.model.load_policy`, with the prompt options it was trained on."""
-
-        save_policy(self.model.lm, self.tokenizer, path,
-                    extra={"step": self.step, "policy_version": self.policy_version,
-                           "algorithm": self.cfg.learner.algorithm},
-                    prompt_options=self.cfg.policy.prompt_options(), dtype=self.dtype)
+        loadable by `router_r1.engines.model.load_policy`, with the prompt options it was trained on.
+        FSDP2: a collective (the weights gathered bucket by bucket); rank 0 writes."""
+        state = fsdp.full_state(self.model.lm, self.dtype, self._bucket_bytes, keep=self.rank == 0) if self.fsdp else None
+        if self.rank == 0:
+            save_policy(self.model.lm, self.tokenizer, path,
+                        extra={"step": self.step, "policy_version": self.policy_version,
+                               "algorithm": self.cfg.learner.algorithm},
+                        prompt_options=self.cfg.policy.prompt_options(), dtype=self.dtype, state=state)
         return str(path)

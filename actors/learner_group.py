@@ -4,7 +4,9 @@ The driver talks to a `LearnerGroup` as it would to one learner. Collective call
 `update`, `save_checkpoint`, `load_checkpoint`) go to every rank, each with the whole batch (put
 into the object store once); the learners train on their shards in a torch.distributed group and
 stay identical, so the group returns rank 0's result. Calls that need one copy of the weights
-(`publish_weights`, `state_dict`, `save_policy`, `version`, the tokenizer) go to rank 0 alone.
+(`publish_weights`, `state_dict`, `save_policy`, `version`, the tokenizer) go to rank 0 alone,
+except under `learner.sharding: fsdp2`, where the full weights are gathered by every rank together:
+`publish_weights`, `state_dict` and `save_policy` go to every rank, and rank 0 answers.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class LearnerGroup:
         self.actors = [remote.remote(cfg, corpus) for _ in range(lc.num_learners)]
         self.rank0 = self.actors[0]
         n = len(self.actors)
+        self._gathered = lc.sharding == "fsdp2" and n > 1  # full weights need every rank
         if n > 1:
             addr, port = ray.get(self.rank0.rendezvous_address.remote())
             self._all([a.init_process_group.remote(rank, n, addr, port) for rank, a in enumerate(self.actors)])
@@ -52,6 +55,12 @@ class LearnerGroup:
 
     def _collective(self, method: str, *args: Any) -> Any:
         return self._all([getattr(a, method).remote(*args) for a in self.actors])
+
+    def _full_weights(self, method: str, *args: Any) -> Any:
+        """Rank 0's answer to a call that reads the whole weights: every rank's under FSDP2."""
+        import ray
+
+        return self._collective(method, *args) if self._gathered else ray.get(getattr(self.rank0, method).remote(*args))
 
     # -- every rank ------------------------------------------------------------------------------
     def sft_step(self, batch: TrajectoryBatch) -> dict[str, float]:
@@ -81,9 +90,7 @@ class LearnerGroup:
     # -- rank 0 ----------------------------------------------------------------------------------
     def publish_weights(self) -> list:
         """[ref] of rank 0's weights, put into the object store by rank 0 (ranks are identical)."""
-        import ray
-
-        return ray.get(self.rank0.publish_weights.remote())
+        return self._full_weights("publish_weights")
 
     def last_publish(self) -> dict[str, float]:
         import ray
@@ -96,14 +103,10 @@ class LearnerGroup:
         return ray.get(self.rank0.version.remote())
 
     def state_dict(self) -> dict:
-        import ray
-
-        return ray.get(self.rank0.state_dict.remote())
+        return self._full_weights("state_dict")
 
     def save_policy(self, path: str) -> str:
-        import ray
-
-        return ray.get(self.rank0.save_policy.remote(path))
+        return self._full_weights("save_policy", path)
 
     def kill(self) -> None:
         import ray

@@ -11,12 +11,18 @@ the run that made it; serving, whose replicas live longer than the driver that d
 passes `detached=True`. `max_restarts` brings a crashed pool back: its constructor rebuilds the
 ledger totals and budget spend from the Parquet/WAL files, so nothing billed is forgotten.
 Calls are never retried by Ray (`max_task_retries=0`): a call that was in flight when the actor died
-may already have been billed by the provider, and a silent retry would bill it twice; the client
-turns that case into a typed CANCELLED result instead. Read-only methods are retried.
+may already have been billed by the provider, and a silent retry would bill it twice. Instead,
+`PoolClient` gives every call an id (`context["call_id"]`); when a reply is lost (the actor died,
+or its stream broke) it asks the pool, restarted if need be, what its ledger says about those ids
+(`settle_lost`): a call no attempt of which left the pool comes back NOT_SENT (nothing billed,
+safe to retry), any other OUTCOME_UNKNOWN with what it was billed. Read-only methods are retried.
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +112,19 @@ class ModelPoolActor:
     async def info(self) -> dict[str, Any]:
         led = self.core.ledger
         return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
-                "ledger_writer": led.writer, "models": self.core.pool.names,
+                "ledger_writer": led.writer, "models": self.core.pool.names, "pid": os.getpid(),
+                "reconciled": len(led.reconciled),  # lost attempts billed at their capped cost
                 "backend_errors": self.backend_errors, "config_errors": self.core.config_errors}
+
+    @ray.method(max_task_retries=3)  # asking twice gives the same answer
+    async def settle_lost(self, call_ids: list[str], since: float) -> dict[str, dict[str, Any]]:
+        """What became of calls whose replies were lost (see `PoolCore.settle_lost`)."""
+        return self.core.settle_lost(call_ids, since)
+
+    @ray.method(max_task_retries=3)
+    async def budget_remaining(self, run_id: str, tenant: str = "default") -> float | None:
+        """USD left under the tightest cap on (run_id, tenant); None when neither is capped."""
+        return self.core.budget.remaining(run_id, tenant)
 
     @ray.method(max_task_retries=3)
     async def flush(self) -> None:
@@ -158,8 +175,9 @@ class _TickBatcher:
     for callers that wait for the whole tick anyway (a rollout turn).
     """
 
-    def __init__(self, handle: Any, max_batch: int, stream: bool):
+    def __init__(self, handle: Any, max_batch: int, stream: bool, settle_wait_s: float):
         self.handle, self.max_batch, self.stream = handle, max_batch, stream
+        self.settle_wait_s = settle_wait_s
         self._pending: list[tuple[dict[str, Any], asyncio.Future[CallResult]]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # held so the loop cannot drop a batch in flight
@@ -185,16 +203,18 @@ class _TickBatcher:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
+        since = time.time()
         try:
             results = await self.handle.call_batch.remote([r for r, _ in batch])
         except Exception as e:
-            results = [_actor_failure(r["model"], e) for r, _ in batch]
+            results = await settle_lost(self.handle, [r for r, _ in batch], e, since, self.settle_wait_s)
         for (_, fut), res in zip(batch, results):
             if not fut.done():  # the caller may have given up (cancelled) meanwhile
                 fut.set_result(res)
 
     async def _send_stream(self, batch: list[tuple[dict[str, Any], asyncio.Future[CallResult]]]) -> None:
         error: Exception | None = None
+        since = time.time()
         try:
             async for ref in self.handle.call_stream.remote([r for r, _ in batch]):
                 for i, res in await ref:
@@ -202,9 +222,13 @@ class _TickBatcher:
                         batch[i][1].set_result(res)
         except Exception as e:
             error = e
-        for r, fut in batch:  # whatever the stream did not deliver (the actor died mid-stream)
-            if not fut.done():
-                fut.set_result(_actor_failure(r["model"], error or RuntimeError("stream ended early")))
+        lost = [(r, fut) for r, fut in batch if not fut.done()]
+        if lost:  # whatever the stream did not deliver (the actor died mid-stream): ask the pool
+            results = await settle_lost(self.handle, [r for r, _ in lost], error or RuntimeError("stream ended early"),
+                                        since, self.settle_wait_s)
+            for (_, fut), res in zip(lost, results):
+                if not fut.done():
+                    fut.set_result(res)
 
 
 class PoolClient:
@@ -218,39 +242,49 @@ class PoolClient:
     """
 
     def __init__(self, target: Any, *, batch: bool = True, max_batch: int = 256,
-                 stream: bool = True, **context: Any):
+                 stream: bool = True, settle_wait_s: float = 60.0, **context: Any):
+        """`settle_wait_s`: how long to wait for a dead pool actor to come back and say what
+        became of the calls whose replies it lost (then they end OUTCOME_UNKNOWN)."""
         if isinstance(target, ModelPoolActor):
             target = target.core
+        context.pop("call_id", None)  # one per call, never shared
         self.target, self.context = target, context
         self._local = isinstance(target, PoolCore)
-        self._opts = {"batch": batch, "max_batch": max_batch, "stream": stream}
-        self._batcher = None if self._local or not batch else _TickBatcher(target, max_batch, stream)
+        self.settle_wait_s = settle_wait_s
+        self._opts = {"batch": batch, "max_batch": max_batch, "stream": stream, "settle_wait_s": settle_wait_s}
+        self._batcher = None if self._local or not batch else _TickBatcher(target, max_batch, stream,
+                                                                          settle_wait_s)
 
     def with_context(self, **context: Any) -> "PoolClient":
         return PoolClient(self.target, **self._opts, **{**self.context, **context})
 
     async def call(self, model: str, query: Any, params: dict[str, Any] | None = None,
                    **context: Any) -> CallResult:
-        ctx = {**self.context, **context} or None
         if self._local:
-            return await self.target.call(model, query, params, ctx)
+            return await self.target.call(model, query, params, {**self.context, **context} or None)
+        ctx = {**self.context, **context, "call_id": context.get("call_id") or uuid.uuid4().hex}
+        request = {"model": model, "query": query, "params": params, "context": ctx}
         if self._batcher is not None:
-            return await self._batcher.submit({"model": model, "query": query, "params": params,
-                                               "context": ctx})
+            return await self._batcher.submit(request)
+        since = time.time()
         try:
             return await self.target.call.remote(model, query, params, ctx)
         except Exception as e:
-            return _actor_failure(model, e)
+            return (await settle_lost(self.target, [request], e, since, self.settle_wait_s))[0]
 
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
-        reqs = [{**r, "context": {**self.context, **(r.get("context") or {})} or None}
-                if isinstance(r, dict) else r for r in requests]
         if self._local:
-            return await self.target.call_batch(reqs)
+            return await self.target.call_batch([
+                {**r, "context": {**self.context, **(r.get("context") or {})} or None}
+                if isinstance(r, dict) else r for r in requests])
+        reqs = [{**r, "context": {**self.context, **(r.get("context") or {}),
+                                  "call_id": (r.get("context") or {}).get("call_id") or uuid.uuid4().hex}}
+                if isinstance(r, dict) else r for r in requests]
+        since = time.time()
         try:
             return await self.target.call_batch.remote(reqs)
         except Exception as e:
-            return [_actor_failure(r.get("model", "?") if isinstance(r, dict) else "?", e) for r in reqs]
+            return await settle_lost(self.target, reqs, e, since, self.settle_wait_s)
 
     async def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
         return self.target.totals(by) if self._local else await self.target.totals.remote(by)
@@ -265,10 +299,60 @@ class PoolClient:
             await self.target.flush.remote()
 
 
-def _actor_failure(model: str, e: Exception) -> CallResult:
-    """The actor died (or the call could not be delivered): unknown whether the provider billed,
-    so it is reported, not retried."""
-    died = isinstance(e, ray.exceptions.RayActorError)
-    return CallResult.failure(model, CallStatus.CANCELLED,
-                              f"model pool {'actor died' if died else 'call failed'} during the call: "
-                              f"{type(e).__name__}")
+async def settle_lost(handle: Any, requests: list[Any], error: BaseException, since: float,
+                      wait_s: float) -> list[CallResult]:
+    """Results for calls whose replies were lost: the pool (restarted, if it died: Ray queues the
+    question until it is back) says per call id whether any attempt left it. Never retried here:
+    the caller decides what to do with a NOT_SENT call."""
+    ids = [_call_id(r) for r in requests]
+    answer: dict[str, dict[str, Any]] = {}
+    asked = [i for i in ids if i]
+    if asked:
+        try:
+            answer = await asyncio.wait_for(_ask_until_back(handle, asked, since), wait_s)
+        except Exception:  # not back in time (or gone for good): nobody can say
+            answer = {}
+    return [_lost_result(r, answer.get(i) if i else {"status": "not_sent"}, error) for r, i in zip(requests, ids)]
+
+
+async def _ask_until_back(handle: Any, ids: list[str], since: float) -> dict[str, dict[str, Any]]:
+    delay, died = 0.1, 0
+    while True:
+        try:
+            return await handle.settle_lost.remote(ids, since)
+        except ray.exceptions.ActorDiedError:  # after Ray's own retries: probably gone for good
+            died += 1
+            if died >= 3:
+                raise
+        except ray.exceptions.RayActorError:  # dead, not yet restarted
+            pass
+        await asyncio.sleep(delay)
+        delay = min(2.0, delay * 2)
+
+
+def _call_id(r: Any) -> str | None:
+    ctx = r.get("context") if isinstance(r, dict) else None
+    cid = ctx.get("call_id") if isinstance(ctx, dict) else None
+    return cid if isinstance(cid, str) else None
+
+
+def _lost_result(request: Any, answer: dict[str, Any] | None, error: BaseException) -> CallResult:
+    model = request.get("model") if isinstance(request, dict) else None
+    model = model if isinstance(model, str) else "?"
+    what = ("model pool actor died" if isinstance(error, ray.exceptions.RayActorError)
+            else f"model pool call failed ({type(error).__name__})")
+    status = (answer or {}).get("status")
+    meta = {"lost_with": type(error).__name__}
+    if status == "not_sent":
+        return CallResult.failure(model, CallStatus.NOT_SENT, f"{what} before this call was sent; "
+                                  "nothing was billed; safe to retry", meta=meta)
+    if status == "sent":
+        cost = float(answer.get("cost_usd") or 0.0)  # type: ignore[union-attr]
+        return CallResult.failure(model, CallStatus.OUTCOME_UNKNOWN,
+                                  f"{what} after this call was sent; its reply is lost; billed ${cost:.6f}",
+                                  cost_usd=cost, meta={**meta, "ledger_statuses": answer.get("statuses", [])})  # type: ignore[union-attr]
+    if status == "in_flight":
+        return CallResult.failure(model, CallStatus.OUTCOME_UNKNOWN, f"{what}; the call is still running "
+                                  "in the pool and is billed as it ends; its reply is lost", meta=meta)
+    return CallResult.failure(model, CallStatus.OUTCOME_UNKNOWN, f"{what}; it may have been sent and "
+                              "billed (the pool could not say); do not retry blindly", meta=meta)

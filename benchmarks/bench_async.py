@@ -91,7 +91,7 @@ def warm_start(folder: Path, steps: int) -> Path:
 def run(folder: Path, policy: Path, scale: float, staleness: int, steps: int, tag: str):
     cfg = base_config(folder / tag, **{
         "pool": str(pool_file(folder, scale)), "policy.checkpoint": str(policy), "warmstart.steps": 0,
-        "rollout.max_staleness": staleness, "train.steps": steps, "train.checkpoint_every": steps,
+        "rollout.max_staleness": staleness, "rollout.batch_wait_s": 0.05, "train.steps": steps, "train.checkpoint_every": steps,
         "train.sample_every": 0})
     report, history, clock = train(cfg)
     eps = cfg.rollout.num_actors * cfg.rollout.episodes_per_actor

@@ -1,9 +1,10 @@
 """Bounded fault campaign against PoolCore (in-process, loopback only): N calls at 64 in flight to
 4 models on the fake OpenAI server (tests/fake_openai_server.py), whose per-model behaviour is
 flipped at random every 20 ms among 12 fault kinds (429, 500, slow, malformed, incomplete, drop,
-no usage, key echo, 10^12-token usage, overlong completions, ...). Checks every call returned,
-one ledger call record each, the budget cap, idempotency keys, anomaly flags, and that no part of
-the planted key is anywhere.
+no usage, key echo in an error or in a 200 reply, 10^12-token usage, overlong completions, ...).
+Checks every call returned, one ledger call record each, the budget cap, idempotency keys, anomaly
+flags, every attempt's intent resolved (no journal left after close), and that no part of the
+planted key is anywhere.
 
     python -m benchmarks.fault_pool [N=2000] [RUN_BUDGET_USD=0.02]
 """
@@ -30,7 +31,7 @@ CAP = float(sys.argv[2]) if len(sys.argv) > 2 else 0.02
 KEY = "sk-FAULT-Zq8xK2vN7Lm3Pd9Qr5"
 os.environ["RR1_FAULT_KEY"] = KEY
 MODES = ["ok"] * 8 + ["no_usage", "429", "500", "slow", "malformed", "incomplete", "drop",
-         "echo_key", "huge_usage", "overlong"]
+         "echo_key", "echo_key_ok", "huge_usage", "overlong"]
 rng = random.Random(0)
 
 
@@ -82,6 +83,7 @@ async def main():
         print(f"anomalies flagged: {sum(1 for r in recs if r['anomaly'])}; max call cost ${worst:.6f}")
         print(f"provider saw {sent_attempts} attempts under {len(keys)} idempotency keys "
               f"(none missing: {None not in keys})")
+        print(f"intent journal segments left after close: {len(list(Path(d).glob('intent-*')))}")
         print(f"key leaks (results, records, files): {leak_hits}")
 
 

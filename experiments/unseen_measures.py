@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from router_r1.pool.descriptors import PoolSpec
-from router_r1.worlds.sim.knowledge import SimQuestion, SimWorld, call_domain
+from router_r1.worlds.sim.knowledge import SimQuestion, KnowledgeBase, call_domain
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.plans import expert_for, expert_plan, strong_for
 from router_r1.worlds.sim.synthetic import random_pool
@@ -27,7 +27,7 @@ DOMAIN_ORDER = ("geography", "sports", "people", "science", "arts")
 
 
 def domain_shares(routes: Iterable[tuple[str, str]], model: str, pool: PoolSpec,
-                  world: SimWorld) -> dict[str, dict[str, float | int | None]]:
+                  world: KnowledgeBase) -> dict[str, dict[str, float | int | None]]:
     """Per domain: routed calls (`calls`), those to `model` (`to_model`, by the pool's name
     resolution) and their share (None without calls). `routes` are (model as written, query);
     a route to no pool model counts as a call, not to `model`. Domains in DOMAIN_ORDER, then

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep-alpha", "pipelines.sweep_alpha", "train one router per cost coefficient alpha: table and frontier"),
         ("unseen", "experiments.unseen", "train without a held-out model, then play the router with and without it"),
         ("serve", "pipelines.serve", "serve a trained router with Ray Serve (OpenAI API)"),
+        ("plan", "pipelines.plan", "a learner rank's memory under a run config, and whether it fits the GPU"),
     ):
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.set_defaults(func=None, module=module)

@@ -122,7 +122,7 @@ class Trainer:
     def create_pool(self) -> None:
         from actors.model_pool import get_or_create_pool
 
-        self.pool = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
+        self.pool_actor = get_or_create_pool(self.spec, self.cfg.pool_runtime, run_id=self.cfg.name,
                                        backends=self.backends)
 
     def create_learner(self) -> None:
@@ -146,7 +146,7 @@ class Trainer:
         from actors.rollout import make_rollout_actor, rollout_actor_options
 
         return make_rollout_actor().options(**rollout_actor_options(self.cfg)).remote(
-            self.cfg, self.tokenizer_ref, self.pool, index, self.cfg.name)
+            self.cfg, self.tokenizer_ref, self.pool_actor, index, self.cfg.name)
 
     def tokenizer_corpus(self) -> list[str]:
         """Text for the tiny policy's local tokenizer, from the world."""
@@ -166,7 +166,7 @@ class Trainer:
         import ray
 
         ws = self.cfg.warmstart
-        encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.max_response_tokens))
+        encoded = ray.get(self.workers.workers[0].encode_traces.remote(traces, self.cfg.episode.max_response_tokens))
         every = max(1, ws.steps // 10)
         bar = self._bar(range(ws.steps), "warm start")
         for s in bar:
@@ -217,7 +217,7 @@ class Trainer:
         groups: dict[str, int] = {}
         gids = [groups.setdefault(e.meta["group"], len(groups)) for e in episodes]
         batch = TrajectoryBatch.from_episodes(episodes, [s.reward.reward for s in scores], gids,
-                                              self.max_response_tokens)
+                                              self.cfg.episode.max_response_tokens)
         m = self.learner.update(batch)
         m["batch/policy_tokens"] = float(sum(sum(x) for x in batch.loss_mask))
         return m
@@ -290,11 +290,6 @@ class Trainer:
                         "a run)", self.run_dir, dest.name)
 
     # -- the loop --------------------------------------------------------------------------------
-    @property
-    def max_response_tokens(self) -> int:
-        e = self.cfg.episode  # every turn's generation plus every inserted block (with its tags)
-        return (e.max_turns + 1) * e.max_new_tokens + e.max_turns * (e.max_obs_tokens + 16)
-
     def run(self) -> dict[str, Any]:
         cfg, t_start = self.cfg, time.perf_counter()
         self.start_ray()

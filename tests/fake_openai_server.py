@@ -12,12 +12,17 @@ request (header `X-Fake-Mode`), how to answer:
     incomplete  200 JSON without `choices`
     drop        closes the connection without answering
     echo_key    401 whose error body echoes the bearer token so that it crosses byte 200
+    echo_key_ok 200 whose reply text echoes the bearer token (a successful reply carrying a key)
+    echo_key_mixed  echo_key and echo_key_ok by turns (odd requests 401, even ones 200)
     huge_usage  200 reporting 10^12 prompt and completion tokens
     overlong    200 reporting 10x max_tokens completion tokens
+    huge_reply  200 whose body is `size_bytes` long (default 20 MB), a valid reply
+    redirect    307 to `location` (another origin, say), which a client must not follow
 
 `times=N` applies a mode to the next N requests of that model only, then it answers ok again.
 Every request is counted and logged (time, model, mode, whether it carried a bearer token, its
-Idempotency-Key header).
+Idempotency-Key header) when it arrives; `done` and `http` are set once the server has answered it
+(what a provider would bill, whether or not the client was still there to read it).
 
 Replies are deterministic: "<model> answers: <first words of the last user message>"; usage
 counts whitespace words (prompt: all message contents; completion: the reply, capped at
@@ -41,7 +46,7 @@ from typing import Any
 from aiohttp import web
 
 MODES = ("ok", "no_usage", "429", "500", "slow", "malformed", "incomplete", "drop", "echo_key",
-         "huge_usage", "overlong")
+         "echo_key_ok", "echo_key_mixed", "huge_usage", "overlong", "huge_reply", "redirect")
 
 
 @dataclass
@@ -50,6 +55,8 @@ class Behaviour:
     times: int | None = None  # None: every request; N: the next N requests, then "ok"
     retry_after: float = 1.0
     delay_s: float | None = None  # None: the server default ("slow": 5 s)
+    location: str | None = None  # "redirect": where to
+    size_bytes: int = 20_000_000  # "huge_reply": body size
 
 
 class FakeOpenAIServer:
@@ -61,6 +68,7 @@ class FakeOpenAIServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._mixed = 0  # echo_key_mixed turns
 
     # -- control (any thread) ------------------------------------------------------------------
     @property
@@ -68,11 +76,11 @@ class FakeOpenAIServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def set(self, model: str, mode: str = "ok", times: int | None = None, retry_after: float = 1.0,
-            delay_s: float | None = None) -> None:
+            delay_s: float | None = None, location: str | None = None, size_bytes: int = 20_000_000) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
         with self._lock:
-            self._behaviours[model] = Behaviour(mode, times, retry_after, delay_s)
+            self._behaviours[model] = Behaviour(mode, times, retry_after, delay_s, location, size_bytes)
 
     def reset(self) -> None:
         with self._lock:
@@ -82,6 +90,11 @@ class FakeOpenAIServer:
     def count(self, model: str | None = None) -> int:
         with self._lock:
             return sum(1 for r in self.log if model is None or r["model"] == model)
+
+    def answered(self, status: int | None = 200) -> list[dict[str, Any]]:
+        """Logged requests the server has answered (with `status`; None: any)."""
+        with self._lock:
+            return [dict(r) for r in self.log if r["done"] and (status is None or r["http"] == status)]
 
     def times(self, model: str) -> list[float]:
         """Arrival times (time.monotonic) of a model's requests."""
@@ -159,7 +172,7 @@ class FakeOpenAIServer:
                 if b.times <= 0:
                     return Behaviour(delay_s=b.delay_s)
                 b.times -= 1
-            return Behaviour(b.mode, None, b.retry_after, b.delay_s)
+            return Behaviour(b.mode, None, b.retry_after, b.delay_s, b.location, b.size_bytes)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -169,12 +182,25 @@ class FakeOpenAIServer:
             return web.json_response({"error": {"message": "invalid request body"}}, status=400)
         b = self._take(model, request.headers.get("X-Fake-Mode"))
         with self._lock:
-            self.log.append({"t": time.monotonic(), "model": model, "mode": b.mode,
-                             "bearer": request.headers.get("Authorization", "").startswith("Bearer "),
-                             "idempotency_key": request.headers.get("Idempotency-Key")})
+            if b.mode == "echo_key_mixed":
+                self._mixed += 1
+                b.mode = "echo_key" if self._mixed % 2 else "echo_key_ok"
+            entry = {"t": time.monotonic(), "model": model, "mode": b.mode,
+                     "bearer": request.headers.get("Authorization", "").startswith("Bearer "),
+                     "idempotency_key": request.headers.get("Idempotency-Key"), "done": False, "http": None}
+            self.log.append(entry)
         delay = b.delay_s if b.delay_s is not None else (5.0 if b.mode == "slow" else self.default_delay_s)
         if delay:
             await asyncio.sleep(delay)
+        resp = await self._answer(b, body, model, messages, request)
+        with self._lock:
+            entry["done"], entry["http"] = b.mode != "drop", resp.status
+        return resp
+
+    async def _answer(self, b: Behaviour, body: dict, model: str, messages: list,
+                      request: web.Request) -> web.StreamResponse:
+        if b.mode == "redirect":
+            return web.Response(status=307, headers={"Location": b.location or "http://127.0.0.1:9/v1/chat/completions"})
         if b.mode == "429":
             return web.json_response({"error": {"message": "rate limited"}}, status=429,
                                      headers={"Retry-After": f"{b.retry_after:g}"})
@@ -192,6 +218,11 @@ class FakeOpenAIServer:
             msg = "Incorrect API key provided: ".ljust(170, ".") + token
             return web.json_response({"error": {"message": msg}}, status=401)
         out = _reply(model, messages, body.get("max_tokens"), b.mode != "no_usage")
+        if b.mode == "echo_key_ok":  # a reply that carries the key, early enough to survive any cut
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            out["choices"][0]["message"]["content"] = f"key {token} . " + out["choices"][0]["message"]["content"]
+        if b.mode == "huge_reply":
+            out["choices"][0]["message"]["content"] = "x" * b.size_bytes
         if b.mode == "huge_usage":
             out["usage"] = {"prompt_tokens": 10**12, "completion_tokens": 10**12, "total_tokens": 2 * 10**12}
         if b.mode == "overlong":

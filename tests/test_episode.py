@@ -159,7 +159,8 @@ def test_calls_returning_together_are_generated_together(paper_pool):
         await asyncio.sleep(0.001)
         return CallResult(model=model, text="r", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
 
-    asyncio.run(run_episodes([episode(u) for u in "abcdef"], gen, call, EpisodeConfig(max_turns=3), paper_pool))
+    asyncio.run(run_episodes([episode(u) for u in "abcdef"], gen, call, EpisodeConfig(max_turns=3), paper_pool,
+                             batch_wait_s=0.05))
     assert gen.batches == [6, 6, 6]
 
 
@@ -187,7 +188,8 @@ def test_an_engine_error_cancels_the_calls_in_flight(paper_pool):
 
     async def play():
         with pytest.raises(RuntimeError, match="engine died"):
-            await run_episodes([episode("a"), episode("b")], generate, call, EpisodeConfig(), paper_pool)
+            await run_episodes([episode("a"), episode("b")], generate, call, EpisodeConfig(), paper_pool,
+                               batch_wait_s=0.01)
         await asyncio.sleep(0)  # let the cancellation land
 
     asyncio.run(asyncio.wait_for(play(), 2))

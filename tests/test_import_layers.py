@@ -138,3 +138,13 @@ def test_the_checker_sees_a_cycle_and_an_upward_import():
     layers = [["router_r1.pool"], ["router_r1.env"]]
     assert layer_of("router_r1.pool.core", layers) == 0 and layer_of("router_r1.env.prompt", layers) == 1
     assert layer_of("router_r1.evaluation", layers) is None
+
+
+def test_architecture_lists_every_file_and_only_files_that_exist():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Every file"):]
+    listed = set(re.findall(r"^- `([\w/]+\.py)`", section, re.M))
+    present = {str(p.relative_to(ROOT)) for m, p in modules().items()
+               if p.name != "__init__.py" and not m.startswith("benchmarks")}
+    assert sorted(present - listed) == [], "modules missing from docs/architecture.md's file list"
+    assert sorted(listed - present) == [], "files listed in docs/architecture.md that do not exist"

@@ -1,6 +1,7 @@
 """`learner.num_learners: 2` through the driver's LearnerGroup on local Ray: two learner actors
 form a process group (gloo), train on 3 rows (uneven shards) like one learner, stay identical,
-and publish, checkpoint and restore through rank 0."""
+and publish, checkpoint and restore through rank 0; with `learner.sharding: fsdp2` the same, each
+holding half of the weights, which every rank gathers for rank 0 to publish and save."""
 from __future__ import annotations
 
 import pytest
@@ -15,9 +16,10 @@ TIMING = ("learner/step_time_s", "learner/tokens_per_s")
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_two_learner_actors_train_like_one(ray_local, tmp_path):
+@pytest.mark.parametrize("sharding", ["none", "fsdp2"])
+def test_two_learner_actors_train_like_one(ray_local, tmp_path, sharding):
     ray = ray_local
-    cfg = tiny_config(micro_batch_size=1, grad_accum=2, num_learners=2, num_cpus=0)
+    cfg = tiny_config(micro_batch_size=1, grad_accum=2, num_learners=2, num_cpus=0, sharding=sharding)
     group = LearnerGroup(Learner, cfg, CORPUS)
     try:
         assert len(group) == 2
@@ -34,13 +36,23 @@ def test_two_learner_actors_train_like_one(ray_local, tmp_path):
             for k in want:
                 if k not in TIMING:
                     assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
-        s0, s1 = ray.get([a.state_dict.remote() for a in group.actors])
-        assert all(torch.equal(s0[k], s1[k]) for k in s0)  # the ranks stay identical
+        if sharding == "none":
+            s0, s1 = ray.get([a.state_dict.remote() for a in group.actors])
+            assert all(torch.equal(s0[k], s1[k]) for k in s0)  # the ranks stay identical
+        else:  # each rank holds half; the group gathers them
+            s0 = group.state_dict()
         single = one.state_dict()
         assert all(torch.allclose(s0[k], single[k], rtol=1e-3, atol=3e-4) for k in single)
 
         refs = group.publish_weights()
         assert len(refs) == 1 and group.version() == 1
+        published = ray.get(refs[0])
+        assert all(torch.equal(v, s0[k]) for k, v in published.items())
+        group.save_policy(str(tmp_path / "policy"))
+        from router_r1.engines.model import load_policy
+
+        saved = load_policy(tmp_path / "policy")[0].state_dict()
+        assert all(torch.equal(saved[k], s0[k]) for k in s0)
         path = group.save_checkpoint(str(tmp_path / "ck"), {"note": "x"})
         assert (tmp_path / "ck").is_dir() and path == str(tmp_path / "ck")
         assert group.load_checkpoint(path) == {"note": "x"}

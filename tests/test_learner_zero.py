@@ -1,5 +1,5 @@
 """Sharded optimizer state (issue #16, item 2, ZeRO stage 1 through torch's own
-ZeroRedundancyOptimizer): two gloo learners with `learner.shard_optimizer` give the one learner's
+ZeroRedundancyOptimizer): two gloo learners with `learner.sharding: zero1` give the one learner's
 update on the same batch, each holding AdamW state for its shard of the parameters only, and a
 checkpoint consolidates the whole state on rank 0."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         init_process_group(rank, world, init_method=f"file://{out_dir}/rendezvous", timeout_s=120)
     results = {}
     for name, (algorithm, n, options) in CASES.items():
-        learner = Learner(tiny_config(algorithm, shard_optimizer=True, **options).model_copy(update={"seed": rank}), CORPUS)
+        learner = Learner(tiny_config(algorithm, sharding="zero1", **options).model_copy(update={"seed": rank}), CORPUS)
         sharded = type(learner.optimizer).__name__ == "ZeroRedundancyOptimizer"
         assert sharded == (world > 1)
         batch = uneven_batch(learner.tokenizer, n)
@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         local = learner.optimizer.optim.state if sharded else learner.optimizer.state
         learner.save_checkpoint(Path(out_dir) / f"ck_{name}_{world}")
         # resume from it: a fresh (sharded) learner continues exactly as this one does
-        again = Learner(tiny_config(algorithm, shard_optimizer=True, **options).model_copy(update={"seed": 7}), CORPUS)
+        again = Learner(tiny_config(algorithm, sharding="zero1", **options).model_copy(update={"seed": 7}), CORPUS)
         again.load_checkpoint(Path(out_dir) / f"ck_{name}_{world}")
         state = {k: v.clone() for k, v in learner.model.state_dict().items()}
         rng = rng_state()  # one process, one global RNG: both continue from the checkpoint's

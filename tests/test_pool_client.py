@@ -120,3 +120,37 @@ def test_pool_actor_from_a_descriptor_file(ray_local, tmp_path):
     r, totals = asyncio.run(main())
     assert r.ok and r.meta.get("simulated") and totals["run-file"]["cost_usd"] == pytest.approx(r.cost_usd)
     ray_local.kill(handle)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_cancelled_error_backend_fails_only_its_call_in_a_tick(ray_local, tmp_path, stream):
+    """One backend raising CancelledError (vLLM's engine does) among 20 healthy calls of one tick:
+    20 ok, each billed once; the other call ends typed (issue 24)."""
+    import sys
+
+    from router_r1.pool.ledger import read_records
+
+    from test_pool_core import CancellingBackend
+
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[ScriptedBackend.__module__])
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[CancellingBackend.__module__])
+    rt = PoolRuntimeConfig(actor_name=f"pool-cancel-{stream}", namespace="router_r1_tests", ledger_dir=str(tmp_path),
+                           num_cpus=0, default_params={"temperature": 0.7})
+    handle = get_or_create_pool(make_pool(max_concurrency=64), rt, "run-c",
+                                backends={"simulated": CancellingBackend(delay_s=0.05)})
+    client = PoolClient(handle, stream=stream)
+
+    async def main():
+        return await asyncio.gather(*(client.call("B", f"q{i}") for i in range(10)), client.call("C", "q"),
+                                    *(client.call("B", f"r{i}") for i in range(10)))
+
+    rs = asyncio.run(main())
+    bad = rs.pop(10)
+    assert [r.status for r in rs] == [CallStatus.OK] * 20
+    assert bad.status is CallStatus.BAD_RESPONSE and "cancelled" in bad.error
+    asyncio.run(client.flush())
+    recs = read_records(tmp_path)
+    assert len(recs) == 21 and sorted(r["record_id"] for r in recs) == sorted(r.meta["record_id"] for r in rs + [bad])
+    assert sum(r["cost_usd"] for r in recs) == pytest.approx(sum(r.cost_usd for r in rs))
+    ray_local.kill(handle)

@@ -377,3 +377,127 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path):
     with pytest.raises(ValueError) as e:
         load_pool(f)
     assert "not valid YAML" in str(e.value) and "\n" not in str(e.value) and leaks(str(e.value), secret) == []
+
+
+# -- issue 24: one call's exception is its own; replies are redacted ----------------------------
+class CancellingBackend(ScriptedBackend):
+    """Model C's engine aborts the request the way vLLM's does: it raises CancelledError."""
+
+    async def complete(self, model, messages, params):
+        if model.name == "C":
+            self.log.append((model.name, messages))
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError()
+        return await super().complete(model, messages, params)
+
+
+@pytest.mark.parametrize("how", ["batch", "stream", "gather"])
+def test_a_backend_raising_cancelled_error_fails_only_its_own_call(tmp_path, how):
+    core = make_core(CancellingBackend(delay_s=0.02), tmp_path, pool=make_pool(max_concurrency=64),
+                     default_params={"temperature": 0.7})
+    reqs = [{"model": "B", "query": f"q{i}"} for i in range(10)] + [{"model": "C", "query": "q"}] + \
+        [{"model": "B", "query": f"r{i}"} for i in range(10)]
+
+    async def main():
+        if how == "batch":
+            return await core.call_batch(reqs)
+        if how == "stream":
+            got = dict([item async for chunk in core.call_stream(reqs) for item in chunk])
+            return [got[i] for i in range(len(reqs))]
+        return await asyncio.gather(*(core.call(r["model"], r["query"]) for r in reqs))
+
+    rs = run(main())
+    bad = rs.pop(10)
+    assert [r.status for r in rs] == [CallStatus.OK] * 20
+    assert bad.status is CallStatus.BAD_RESPONSE and "cancelled" in bad.error and bad.attempts == 1
+    core.flush()
+    recs = read_records(tmp_path)
+    assert len(recs) == 21 and len({r["record_id"] for r in recs}) == 21  # each call billed once
+    assert sorted(r["record_id"] for r in recs) == sorted(r.meta["record_id"] for r in rs + [bad])
+    assert sum(r["cost_usd"] for r in recs) == pytest.approx(sum(r.cost_usd for r in rs))
+
+
+def test_a_callers_own_cancellation_still_propagates(tmp_path):
+    core = make_core(ScriptedBackend({"C": [30.0]}), tmp_path)
+
+    async def main():
+        t = asyncio.ensure_future(core.call("C", "q"))
+        await asyncio.sleep(0.1)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    run(main())
+    core.flush()
+    (rec,) = read_records(tmp_path)
+    assert rec["status"] == "cancelled"
+
+
+class EchoingBackend(ScriptedBackend):
+    """A provider that puts the caller's key into a successful reply and its finish reason."""
+
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    async def complete(self, model, messages, params):
+        from router_r1.pool.backends.base import BackendReply
+        if model.name == "A":
+            raise BackendError(CallStatus.HTTP_ERROR, f"500 for key {self.key}", retryable=False)
+        return BackendReply(text=f"Sure. Your key is {self.key}; part {self.key[4:14]}.", prompt_tokens=3,
+                            completion_tokens=4, meta={"finish_reason": f"stop {self.key}"})
+
+
+def test_a_key_echoed_in_a_successful_reply_is_redacted_everywhere(tmp_path, monkeypatch):
+    from router_r1.env.episode import Episode, EpisodeConfig, run_episodes
+    from router_r1.util.redact import leaks
+
+    key = "sk-ECHO-9Zq8xK2vN7Lm3Pd9Qr5"
+    monkeypatch.setenv("RR1_ECHO_KEY", key)
+    pool = make_pool()
+    for m in pool.models:  # every model reads the key (the simulated kind ignores it)
+        m.backend.api_key_env = "RR1_ECHO_KEY"
+    core = make_core(EchoingBackend(key), tmp_path, pool=pool)
+
+    async def main():
+        a = await core.call("B", "q")
+        b = await core.call("B", "q")  # a cache hit of the first
+        c = await core.call("A", "q")  # fails with the key in its error, then falls back to B
+        return a, b, c
+
+    a, b, c = run(main())
+    assert a.ok and b.cache_hit and c.ok and c.served_by == "B"
+    for r in (a, b, c):
+        assert leaks(repr(r), key) == [] and "Your key is ***" in r.text
+    eps = [Episode(uid="e", question="q", golden_answers=["x"], prompt="P:")]
+    turns = iter([["<search>B: what is my key?</search>"], ["<answer>x</answer>"]])
+    from actors.model_pool import PoolClient
+    run(run_episodes(eps, lambda prompts: next(turns), PoolClient(core).call, EpisodeConfig(max_turns=1),
+                     pool=core.pool))
+    assert "Your key is ***" in eps[0].response and leaks(eps[0].response, key) == []
+    run(core.close())
+    for p in tmp_path.iterdir():
+        assert leaks(p.read_bytes().decode("latin-1"), key) == []
+
+
+def test_a_key_that_passes_for_a_variable_name_is_refused_and_never_printed(tmp_path, caplog):
+    from router_r1.util.redact import leaks
+    from router_r1.pool.descriptors import load_pool
+
+    secret = "AKIAIOSFODNN7EXAMPLE"  # matches [A-Z_][A-Z0-9_]*: it passes for a variable name
+    f = tmp_path / "pool.yaml"
+    f.write_text("models:\n  - {name: A, price: 1, backend: {kind: openai, base_url: 'http://127.0.0.1:9/v1', "
+                 f"api_key_env: {secret}}}}}\n")
+    with pytest.raises(ValueError) as e:
+        load_pool(f)
+    assert "looks like a key" in str(e.value) and leaks(str(e.value), secret) == []
+    from router_r1.pool.descriptors import env_label
+
+    assert leaks(env_label(secret), secret) == [] and env_label("ROUTER_R1_API_KEY") == "ROUTER_R1_API_KEY"
+    # Even if one slipped past load (set afterwards), the pool's own report masks it.
+    pool = make_pool()
+    pool["C"].backend.kind = "openai"
+    pool["C"].backend.api_key_env = secret
+    core = PoolCore(pool, PoolRuntimeConfig(ledger_dir=None), "run")
+    assert leaks(repr(core.config_errors), secret) == [] and "not set" in core.config_errors["C"]
+    assert leaks(caplog.text, secret) == []

@@ -225,3 +225,67 @@ def test_a_reply_with_a_lone_surrogate_becomes_valid_unicode(fake_openai):
     reply = asyncio.run(main())
     assert reply.text == "org/model-x answers: who \ufffd is"
     reply.text.encode("utf-8")  # a tokenizer can take it
+
+
+# -- issue 24: bounded and same-origin; a key in a 200 reply --------------------------------------
+async def _call_and_close(core, *args):
+    try:
+        return await core.call(*args)
+    finally:
+        await core.close()
+
+
+def test_a_redirect_to_another_origin_is_refused_before_the_prompt_goes_there(fake_openai, tmp_path):
+    from fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as other:  # another port on 127.0.0.1: another origin
+        fake_openai.set("org/model-x", "redirect", location=other.url + "/chat/completions")
+        with pytest.raises(BackendError) as e:
+            attempt(pool_at(fake_openai.url))
+        assert e.value.status is CallStatus.HTTP_ERROR and not e.value.retryable
+        assert e.value.http_status == 307 and "another origin" in str(e.value)
+        core = PoolCore(pool_at(fake_openai.url), PoolRuntimeConfig(ledger_dir=str(tmp_path), cache=False), "run")
+        r = asyncio.run(_call_and_close(core, "Display", "hello"))
+        assert r.status is CallStatus.HTTP_ERROR and r.cost_usd == 0 and r.attempts == 1
+        assert other.count() == 0  # the prompt (and a key) never reached it
+    # A 307 to the same origin keeps the method and body: followed.
+    fake_openai.set("org/model-x", "redirect", location=fake_openai.url + "/chat/completions?moved=1", times=1)
+    assert attempt(pool_at(fake_openai.url)).text.startswith("org/model-x answers")
+
+
+def test_a_20_mb_reply_is_not_read_whole_and_is_billed_at_its_cap(fake_openai, tmp_path):
+    fake_openai.set("org/model-x", "huge_reply", size_bytes=20_000_000)
+    with pytest.raises(BackendError) as e:
+        attempt(pool_at(fake_openai.url))
+    assert e.value.status is CallStatus.BAD_RESPONSE and e.value.bill_at_cap and "larger than" in str(e.value)
+    core = PoolCore(pool_at(fake_openai.url, max_tokens=16),
+                    PoolRuntimeConfig(ledger_dir=str(tmp_path), cache=False), "run")
+    r = asyncio.run(_call_and_close(core, "Display", "hello"))
+    assert r.status is CallStatus.BAD_RESPONSE and r.cost_usd > 0 and r.completion_tokens == 16
+    (att, call) = sorted(read_records(tmp_path), key=lambda x: x["kind"])
+    assert att["kind"] == "attempt" and "capped cost" in att["anomaly"] and att["cost_usd"] == r.cost_usd
+    # The bound is the pool's to set, per backend kind.
+    small = pool_at(fake_openai.url).model_copy(update={"backends": {"openai": {"max_reply_bytes": 100}}})
+    fake_openai.set("org/model-x", "ok")
+    with pytest.raises(BackendError, match="larger than 100 bytes"):
+        attempt(small)
+
+
+def test_a_key_echoed_in_a_200_reply_never_leaves_the_pool(fake_openai, monkeypatch, tmp_path):
+    from router_r1.util.redact import leaks
+
+    secret = "sk-PROBE-OK200-0123456789abcdef"
+    monkeypatch.setenv("RR1_FAKE_KEY", secret)
+    fake_openai.set("org/model-x", "echo_key_ok")
+    core = PoolCore(pool_at(fake_openai.url, api_key_env="RR1_FAKE_KEY"),
+                    PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run")
+
+    async def main():
+        r = await core.call("Display", "hello")
+        await core.close()
+        return r
+
+    r = asyncio.run(main())
+    assert r.ok and r.text.startswith("key *** .") and leaks(repr(r), secret) == []
+    for p in tmp_path.iterdir():
+        assert leaks(p.read_bytes().decode("latin-1"), secret) == []

@@ -451,3 +451,11 @@ def test_the_conformance_table_lists_every_sdk_field_with_its_rule():
     assert set(rows) == set(SDK_FIELDS), sorted(set(rows) ^ set(SDK_FIELDS))
     for name, row in rows.items():
         assert ("**honoured**" in row) == FIELDS[name].honoured, row
+
+
+@pytest.mark.parametrize("value", [b"Infinity", b"-Infinity", b"NaN", b"1e999"])
+def test_max_cost_usd_must_be_finite(value):
+    raw = b'{"model": "router-r1", "messages": [{"role": "user", "content": "q"}], "max_cost_usd": ' + value + b"}"
+    with pytest.raises(APIError) as e:
+        parse_request(raw)
+    assert e.value.status == 400 and e.value.param == "max_cost_usd"

@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import pytest
 
-from router_r1.worlds.sim.knowledge import SimConfig, SimWorld
+from router_r1.worlds.sim.knowledge import SimConfig, KnowledgeBase
 from router_r1.worlds.sim.language import CHAINS, RELATIONS, template_words, words
 
 SMALL = SimConfig(seed=3, entities_per_domain=24)
 
 
 @pytest.fixture(scope="module")
-def world() -> SimWorld:
-    return SimWorld.build(SMALL)
+def world() -> KnowledgeBase:
+    return KnowledgeBase.build(SMALL)
 
 
 def test_same_seed_same_world_other_seed_other_world(world):
-    again = SimWorld.build(SMALL)
+    again = KnowledgeBase.build(SMALL)
     assert again.entities == world.entities and again.facts == world.facts
     assert [q.text for q in again.questions("train", 50)] == [q.text for q in world.questions("train", 50)]
-    other = SimWorld.build(SMALL, seed=4)
+    other = KnowledgeBase.build(SMALL, seed=4)
     assert {e.name for e in other.entities.values()} != {e.name for e in world.entities.values()}
 
 
@@ -124,10 +124,10 @@ def test_unintelligible_queries_are_not_understood(world):
 
 
 def test_domains_restrict_questions():
-    w = SimWorld.build(SMALL, domains=["geography"])
+    w = KnowledgeBase.build(SMALL, domains=["geography"])
     rels = {q.relations for s in ("train", "val", "test") for q in w.all_questions(s)}
     assert rels == {("capital_of",), ("country_of",), ("country_of", "capital_of")}
-    assert SimWorld.build(SMALL, domains=["geography"]).facts == SimWorld.build(SMALL).facts
+    assert KnowledgeBase.build(SMALL, domains=["geography"]).facts == KnowledgeBase.build(SMALL).facts
     with pytest.raises(ValueError):
         SimConfig(domains=["cooking"])
 
@@ -143,13 +143,13 @@ def test_world_is_identical_across_processes(world):
     import os
     import subprocess
     import sys
-    code = ("from router_r1.worlds.sim.knowledge import SimConfig, SimWorld; "
-            "print(SimWorld.build(SimConfig(seed=3, entities_per_domain=24)).fingerprint())")
+    code = ("from router_r1.worlds.sim.knowledge import SimConfig, KnowledgeBase; "
+            "print(KnowledgeBase.build(SimConfig(seed=3, entities_per_domain=24)).fingerprint())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == world.fingerprint()
-    assert SimWorld.build(SMALL, seed=4).fingerprint() != world.fingerprint()
+    assert KnowledgeBase.build(SMALL, seed=4).fingerprint() != world.fingerprint()
 
 
 def test_question_lookup_and_qa_rows(world):
@@ -161,7 +161,7 @@ def test_question_lookup_and_qa_rows(world):
 def test_no_entity_is_a_real_word_or_place():
     from router_r1.worlds.sim.names import REAL_WORDS
     for seed in range(5):
-        w = SimWorld.build(SMALL, seed=seed)
+        w = KnowledgeBase.build(SMALL, seed=seed)
         assert not {x for e in w.entities.values() for x in words(e.name)} & REAL_WORDS
 
 
@@ -169,7 +169,7 @@ def test_question_split_holds_out_questions_over_names_training_knows(world):
     """split 'question': val and train share no question, every val subject is named (asked
     about or answered) in training, test holds out whole subjects (the entity rule's val), and
     the split covers every question; the knowledge base is unchanged and the split is stable."""
-    qw = SimWorld.build(SMALL, split="question")
+    qw = KnowledgeBase.build(SMALL, split="question")
     assert qw.entities == world.entities and qw.facts == world.facts
     train, val, test = (qw.all_questions(s) for s in ("train", "val", "test"))
     assert train and val and test
@@ -187,7 +187,7 @@ def test_question_split_holds_out_questions_over_names_training_knows(world):
     assert not test_subjects & {q.subject for q in train + val}
     assert {q.id for q in test} == {q.id for q in world.all_questions("val")}
     # Deterministic: same config, same split, in this process and in another.
-    again = SimWorld.build(SMALL, split="question")
+    again = KnowledgeBase.build(SMALL, split="question")
     assert [q.id for q in again.all_questions("val")] == [q.id for q in val]
     assert again.fingerprint() == qw.fingerprint() != world.fingerprint()
     assert len(val) == pytest.approx(SMALL.val_fraction * (len(train) + len(val)), rel=0.35)

@@ -1,7 +1,8 @@
 """No part of a provider key in anything a whole `router-r1 train` run writes (issue: secrets never
 leave). The run's only candidate is a real OpenAI-compatible HTTP server (tests/fake_openai_server)
-that answers every call with a 401 whose body echoes the bearer key across byte 200; the key is
-planted in the pool's `api_key_env`. The router is warm-started to call that candidate, so the
+that answers calls by turns with a 401 whose body echoes the bearer key across byte 200 and with
+a successful (200) reply whose text carries the key (issue 24); the key is planted in the pool's
+`api_key_env`. The router is warm-started to call that candidate, so the
 echo reaches every place a reply can go: the router's <information> context, the ledger, MLflow
 samples and metrics, checkpoints, the report, the terminal and Ray's session logs."""
 from __future__ import annotations
@@ -28,7 +29,7 @@ TINY = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num
 @pytest.mark.slow
 def test_no_part_of_the_key_in_any_artifact_of_a_train_run(tmp_path, fake_openai):
     key = os.environ[KEY_ENV]
-    fake_openai.set("Live", "echo_key")
+    fake_openai.set("Live", "echo_key_mixed")  # 401 echoing the key, then a 200 reply carrying it, ...
     # Ray's session directory (its logs) under a short private root: unix socket paths are limited.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rr1k", dir="/tmp"))
     try:
@@ -60,6 +61,7 @@ def test_no_part_of_the_key_in_any_artifact_of_a_train_run(tmp_path, fake_openai
         # The router really called the candidate, with the key, and the server echoed it back.
         echoed = [r for r in fake_openai.log if r["model"] == "Live" and r["bearer"]]
         assert len(echoed) >= 4, proc.stdout[-3000:]
+        assert {"echo_key", "echo_key_ok"} <= {r["mode"] for r in echoed if r["done"]}
         assert (tmp_path / "ledger").exists() and any((tmp_path / "mlruns").rglob("samples*"))
 
         found = {}

@@ -146,10 +146,12 @@ def _load_tokenizer(path: Path):
 
 
 def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
-                prompt_options: PromptOptions | None = None, dtype: torch.dtype | None = None) -> Path:
+                prompt_options: PromptOptions | None = None, dtype: torch.dtype | None = None,
+                state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a loadable checkpoint atomically: a temp folder beside it, then one rename. The
     weights are saved in `dtype` (None: the model's own), and config.json says so: a learner
-    with float32 master weights of a bf16 policy saves a bf16 checkpoint.
+    with float32 master weights of a bf16 policy saves a bf16 checkpoint. `state`: the weights
+    to write instead of the model's own (a sharded learner's, gathered), already in `dtype`.
     `extra` and the router's `prompt_options` (key "prompt", read back by
     router_r1.env.prompt.load_prompt_options) go to router_r1.json beside the weights."""
     from transformers.utils import logging as hf_logging
@@ -161,10 +163,11 @@ def save_policy(model, tokenizer, path: str | Path, extra: dict[str, Any] | None
         meta["prompt"] = prompt_options.model_dump()
     dtype = dtype or model.dtype
     with atomic_dir(path) as tmp:
-        if dtype == model.dtype:
+        if state is None and dtype == model.dtype:
             model.save_pretrained(tmp, safe_serialization=True)
         else:  # cast tensor by tensor into the file; the model itself stays as it is
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            if state is None:
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
             # save_pretrained writes the in-memory model's dtype; the file holds `dtype`
             cfg = json.loads((tmp / "config.json").read_text())

@@ -32,24 +32,29 @@ def nbytes(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() * v.element_size() for v in state.values())
 
 
-def bucket_state_dict(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[dict[str, torch.Tensor]]:
-    """Consecutive names of `state` in buckets of at most `bucket_bytes` each; a single tensor
-    larger than that is a bucket of its own (tensors are never split)."""
+def bucket_names(sizes: dict[str, int], bucket_bytes: int) -> list[list[str]]:
+    """Consecutive names of `sizes` (name -> bytes) in buckets of at most `bucket_bytes` each; a
+    single tensor larger than that is a bucket of its own (tensors are never split)."""
     if bucket_bytes <= 0:
         raise ValueError("bucket_bytes must be positive")
-    buckets: list[dict[str, torch.Tensor]] = []
-    cur: dict[str, torch.Tensor] = {}
+    buckets: list[list[str]] = []
+    cur: list[str] = []
     size = 0
-    for k, v in state.items():
-        n = v.numel() * v.element_size()
+    for k, n in sizes.items():
         if cur and size + n > bucket_bytes:
             buckets.append(cur)
-            cur, size = {}, 0
-        cur[k] = v
+            cur, size = [], 0
+        cur.append(k)
         size += n
     if cur:
         buckets.append(cur)
     return buckets
+
+
+def bucket_state_dict(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """`state` cut into buckets of consecutive names, at most `bucket_bytes` each (`bucket_names`)."""
+    sizes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    return [{k: state[k] for k in names} for names in bucket_names(sizes, bucket_bytes)]
 
 
 @torch.no_grad()

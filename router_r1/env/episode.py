@@ -49,6 +49,12 @@ class EpisodeConfig(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
+    @property
+    def max_response_tokens(self) -> int:
+        """The longest response an episode can make: every turn's generation and every inserted
+        block with its tags (training cuts responses here)."""
+        return (self.max_turns + 1) * self.max_new_tokens + self.max_turns * (self.max_obs_tokens + 16)
+
 
 class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
@@ -143,16 +149,16 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
                        cfg: EpisodeConfig, pool: PoolSpec | None = None,
                        tokenizer: Tokenizer | None = None,
                        pass_episode_id: bool = False, max_context: int | None = None,
-                       batch_wait_s: float = 0.05) -> list[Episode]:
+                       batch_wait_s: float | None = None) -> list[Episode]:
     """Play every episode to the end (see module docstring). Mutates and returns `episodes`.
 
-    Episodes do not wait for each other: an episode whose routed call has returned joins the next
-    generation batch while slower calls are still out (continuous batching over episodes). Each
-    batch takes every episode ready to generate, after waiting at most `batch_wait_s` for calls
-    about to return (so calls that return together are generated together: with instant calls
-    every batch is one turn of every live episode, as a turn-synchronous loop would make it). A
-    synchronous `generate` runs in a worker thread while calls are out, so they can return
-    meanwhile, and inline otherwise.
+    With `batch_wait_s` set, episodes do not wait for each other: an episode whose routed call
+    has returned joins the next generation batch while slower calls are still out (continuous
+    batching over episodes). Each batch takes every episode ready to generate, after waiting at
+    most `batch_wait_s` for calls about to return, and a synchronous `generate` runs in a worker
+    thread while calls are out, so they can return meanwhile. With None (the default) every batch
+    waits for every call: one turn of every live episode per batch, whatever the timing, so a
+    run repeats exactly (which batch an episode is in decides its sampling noise).
 
     Token mode needs `tokenizer` (to decode, and to encode inserted information once). With
     `max_context`, an episode whose context leaves no room for another `max_new_tokens` ends
@@ -171,10 +177,12 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
             if out:
                 # Collect the calls that have returned: wait for the first one when nothing is ready,
                 # then up to `batch_wait_s` for the rest (no longer, when episodes already wait).
-                if not ready:
+                if batch_wait_s is None:
+                    await asyncio.wait(out)
+                elif not ready:
                     await asyncio.wait(out, return_when=asyncio.FIRST_COMPLETED)
                 pending = [t for t in out if not t.done()]
-                if pending and batch_wait_s > 0:
+                if pending and batch_wait_s:
                     await asyncio.wait(pending, timeout=batch_wait_s)
                 for t in [t for t in out if t.done()]:
                     e = out.pop(t)

@@ -70,8 +70,9 @@ class RolloutConfig(_Section):
     # truncated importance weights (learner.behaviour_is_cap; router_r1.rl.algos).
     max_staleness: int = Field(default=0, ge=0)
     # Continuous batching over episodes (router_r1.env.episode.run_episodes): the longest a
-    # generation batch waits for routed calls about to return.
-    batch_wait_s: float = Field(default=0.05, ge=0.0)
+    # generation batch waits for routed calls about to return, e.g. 0.05 with candidates that take
+    # seconds. None: every batch waits for every call (turn-synchronous; a run repeats exactly).
+    batch_wait_s: float | None = Field(default=None, ge=0.0)
     engine: Literal["transformers", "vllm"] = "transformers"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -141,14 +142,25 @@ class LearnerConfig(_Section):
     # not depend on it: an optimizer step holds micro_batch_size * grad_accum rows in all, split
     # over the learners, each running its part in micro-batches of at most micro_batch_size rows.
     num_learners: int = Field(default=1, ge=1)
-    # With num_learners > 1: AdamW state sharded over the learners (torch ZeroRedundancyOptimizer,
-    # ZeRO stage 1): 8 bytes per parameter become 8/N; weights and gradients stay whole on each.
-    shard_optimizer: bool = False
+    # With num_learners > 1, what the learners shard among themselves (docs/cluster.md; the update
+    # is the unsharded one either way): "none" (DDP: each holds everything), "zero1" (AdamW state:
+    # torch ZeroRedundancyOptimizer, ZeRO stage 1, 8 bytes per parameter become 8/N), "fsdp2"
+    # (weights, gradients and AdamW state: torch fully_shard per decoder layer, router_r1.rl.fsdp).
+    sharding: Literal["none", "zero1", "fsdp2"] = "none"
     # CPU threads for torch; None: what Ray gives (OMP_NUM_THREADS = num_cpus). The driver's step is
     # synchronous (rollouts, then the update), so a CPU learner may use cores its actor does not
     # reserve: the demo's learner (num_cpus 1) updates with 2 threads while the rollouts wait.
     torch_threads: int | None = Field(default=None, ge=1)
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (cluster.yaml)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shard_optimizer" in data:
+            raise ValueError(f"learner.shard_optimizer is now learner.sharding: write `sharding: "
+                             f"{'zero1' if data['shard_optimizer'] else 'none'}` (or fsdp2, which shards weights "
+                             "and gradients too; docs/cluster.md)")
+        return data
 
 
 class WarmStartConfig(_Section):

@@ -8,6 +8,11 @@ A call never raises to its caller: bad input and every failure end in a typed `C
 `deadline_s` in the context bounds the whole call. Exactly one ledger record of kind "call" is
 written per call (refusals and cache hits included, at zero cost), plus one "attempt" record per
 failed attempt the provider billed; the call's `CallResult.cost_usd` is the sum of both.
+
+Each attempt's intent is on disk before the attempt is sent (`intents.py`), so a pool restarted
+after a crash bills every attempt whose outcome was lost at its capped cost, and `settle_lost`
+tells a caller whose reply was lost whether its call was sent. Every text that leaves the pool
+(reply, error, meta, ledger) is redacted of the pool's API keys first.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import os
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,7 @@ from router_r1.pool.budget import Budget, Reservation
 from router_r1.pool.cache import ResponseCache, cache_key
 from router_r1.pool.circuit import CircuitBreaker
 from router_r1.pool.cost import call_cost, estimate_prompt_tokens, max_prompt_tokens
-from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
+from router_r1.pool.descriptors import ModelDescriptor, PoolSpec, env_label
 from router_r1.pool.ledger import Ledger
 from router_r1.pool.ratelimit import Clock, ModelLimiter, Sleep
 from router_r1.pool.request import MAX_NAME, CallContext, InvalidRequest, Request, parse_request
@@ -41,8 +47,10 @@ log = logging.getLogger("router_r1.pool")
 # Failures that say the model is unwell; 429s and 4xx say nothing about its health.
 _CIRCUIT_FAILURES = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.BAD_RESPONSE,
                      CallStatus.HTTP_ERROR}
-_NO_FALLBACK = {CallStatus.CANCELLED, CallStatus.INVALID_REQUEST}
+_NO_FALLBACK = {CallStatus.CANCELLED, CallStatus.INVALID_REQUEST, CallStatus.NOT_SENT}
 UNKNOWN = "<unknown>"  # metrics bucket for names outside the pool (a policy can invent many)
+CLOCK_SKEW_S = 600.0  # settle_lost: the caller's clock may be this far behind the pool's
+MAX_FENCED = 100_000  # call ids settled as not sent, remembered so that they are never sent later
 
 
 @dataclass
@@ -64,7 +72,13 @@ class PoolCore:
         The ledger folder, when set, is rebuilt: totals and budget spend survive restarts."""
         self.pool, self.runtime, self.run_id = pool, runtime or PoolRuntimeConfig(), run_id
         rt = self.runtime
-        self.ledger = Ledger.rebuild(rt.ledger_dir, rt.flush_every) if rt.ledger_dir else Ledger(None, rt.flush_every)
+        self.ledger = (Ledger.rebuild(rt.ledger_dir, rt.flush_every, fsync_intents=rt.intent_fsync)
+                       if rt.ledger_dir else Ledger(None, rt.flush_every))
+        self.journal = self.ledger.journal  # None without a ledger folder: nothing survives a crash
+        if self.ledger.reconciled:
+            log.warning("model pool %r: %d attempts in flight when a pool stopped had no outcome; "
+                        "billed at their capped cost ($%.6f), flagged outcome_unknown", pool.name,
+                        len(self.ledger.reconciled), sum(r["cost_usd"] for r in self.ledger.reconciled))
         self.budget = Budget(rt.run_budget_usd, rt.tenant_budgets_usd,
                              spent_by_run={k: v["cost_usd"] for k, v in self.ledger.totals.get("run_id").items()},
                              spent_by_tenant={k: v["cost_usd"] for k, v in self.ledger.totals.get("tenant").items()})
@@ -76,10 +90,12 @@ class PoolCore:
         self._unknown_calls = 0
         self._resolved: dict[str, ModelDescriptor] = {}
         self._orphans: set[asyncio.Task] = set()  # stream calls whose consumer went away
+        self._inflight: dict[str, int] = {}  # call ids of the calls running now
+        self._fenced: OrderedDict[str, None] = OrderedDict()  # settled as not sent: never send them
         self._key_envs = sorted({m.backend.api_key_env for m in pool.models if m.backend.api_key_env})
         # Reported once here and in the actor's info(); each call to such a model then ends
         # NOT_CONFIGURED at once instead of trying the provider without a key.
-        self.config_errors = {m.name: f"API key variable {m.backend.api_key_env} is not set"
+        self.config_errors = {m.name: f"API key variable {env_label(m.backend.api_key_env)} is not set"
                               for m in pool.models if m.backend.key_missing()}
         if self.config_errors:
             log.warning("model pool %r: %s", pool.name,
@@ -119,6 +135,20 @@ class PoolCore:
         if not req.ctx.allows(req.desc.name):
             return self._finish(req, CallResult.failure(
                 req.desc.name, CallStatus.NOT_ALLOWED, f"model {req.desc.name!r} is not allowed here"), t0)
+        cid = req.call_id = req.ctx.call_id or uuid.uuid4().hex
+        if cid in self._fenced:  # its caller was told "not sent" after a restart: it never will be
+            return self._finish(req, CallResult.failure(
+                req.desc.name, CallStatus.NOT_SENT, "this call was already reported not sent; not sending it"), t0)
+        self._inflight[cid] = self._inflight.get(cid, 0) + 1
+        try:
+            return await self._run(req, t0)
+        finally:
+            n = self._inflight.pop(cid) - 1
+            if n:
+                self._inflight[cid] = n
+
+    async def _run(self, req: Request, t0: float) -> CallResult:
+        assert req.desc is not None
         try:
             deadline = req.ctx.deadline_s
             if deadline is None:
@@ -131,8 +161,12 @@ class PoolCore:
         except TimeoutError:
             res = CallResult.failure(req.desc.name, CallStatus.CANCELLED, "deadline passed during the call")
         except asyncio.CancelledError:
-            self._finish(req, CallResult.failure(req.desc.name, CallStatus.CANCELLED, "caller went away"), t0)
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the caller went away: recorded, then re-raised
+                self._finish(req, CallResult.failure(req.desc.name, CallStatus.CANCELLED, "caller went away"), t0)
+                raise
+            # Nobody cancelled this call: a stray CancelledError is its failure alone.
+            res = CallResult.failure(req.desc.name, CallStatus.BAD_RESPONSE, "internal pool error: CancelledError")
         except Exception as e:  # a bug in the pool itself: still a typed result, never a crash
             res = CallResult.failure(req.desc.name, CallStatus.BAD_RESPONSE,
                                      f"internal pool error: {type(e).__name__}: {e}")
@@ -153,8 +187,10 @@ class PoolCore:
         return self._finish(req, CallResult.failure(asked, status, why), t0)
 
     async def call_batch(self, requests: list[dict[str, Any]]) -> list[CallResult]:
-        """Many calls at once; each request is {model, query | messages, params?, context?}."""
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        """Many calls at once; each request is {model, query | messages, params?, context?}.
+        Whatever one call raises ends that call alone (the batch is only cancelled whole)."""
+        outs = await asyncio.gather(*(self._one(r) for r in requests), return_exceptions=True)
+        return [o if isinstance(o, CallResult) else _escaped(r, o) for r, o in zip(requests, outs)]
 
     async def call_stream(self, requests: list[dict[str, Any]]) -> AsyncIterator[list[tuple[int, CallResult]]]:
         """The calls of `call_batch`, yielded as lists of `(index, result)` as they end, so a fast
@@ -168,11 +204,41 @@ class PoolCore:
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                yield [(index[t], t.result()) for t in sorted(done, key=index.get)]
+                yield [(index[t], _task_result(t, requests[index[t]])) for t in sorted(done, key=index.get)]
         finally:
             for t in pending:  # held until they end: the loop keeps only weak references to tasks
                 self._orphans.add(t)
                 t.add_done_callback(self._orphans.discard)
+
+    def settle_lost(self, call_ids: list[str], since: float) -> dict[str, dict[str, Any]]:
+        """What became of calls whose replies were lost (the pool actor died, or a stream broke),
+        by the call ids their caller gave (`context["call_id"]`), submitted after `since` (unix
+        time, the caller's clock). Per call id, "status" is one of
+          "in_flight": running in this pool now (it will be billed as it ends);
+          "sent": the ledger holds its records ("cost_usd": what they bill, "statuses"); an attempt
+                  whose outcome a crash lost is among them, billed at its capped cost;
+          "not_sent": no attempt of it is on record, so none left the pool: nothing is billed and
+                  a retry cannot pay twice. The id is remembered: if the call still arrives here
+                  later, it is refused, not sent;
+          "unknown": no ledger folder, so nothing survives a crash to tell."""
+        ids = [c for c in dict.fromkeys(call_ids) if isinstance(c, str)]
+        found = self.ledger.find_calls(ids, since - CLOCK_SKEW_S)
+        out: dict[str, dict[str, Any]] = {}
+        for cid in ids:
+            if self._inflight.get(cid):
+                out[cid] = {"status": "in_flight"}
+            elif found is None:
+                out[cid] = {"status": "unknown"}
+            elif found[cid]:
+                recs = found[cid]
+                out[cid] = {"status": "sent", "cost_usd": sum(r["cost_usd"] for r in recs),
+                            "statuses": sorted({r["status"] for r in recs})}
+            else:
+                self._fenced[cid] = None
+                while len(self._fenced) > MAX_FENCED:
+                    self._fenced.popitem(last=False)
+                out[cid] = {"status": "not_sent"}
+        return out
 
     def totals(self, by: str = "model") -> dict[str, dict[str, float]]:
         """Billed totals per model (the model that answered), tenant or run_id, from the ledger."""
@@ -202,6 +268,8 @@ class PoolCore:
         self.ledger.flush()
 
     async def close(self) -> None:
+        if self.journal is not None:
+            await self.journal.aclose()
         for b in self._backends.values():
             try:
                 await b.close()
@@ -294,7 +362,9 @@ class PoolCore:
         if reservation is None:
             return CallResult.failure(desc.name, CallStatus.BUDGET_EXCEEDED,
                                       f"budget cap reached (run {req.ctx.run_id!r}, tenant {req.ctx.tenant!r})")
-        key = IDEMPOTENCY_KEY.set(uuid.uuid4().hex)  # one per call to one model, sent with every attempt
+        # One per call to one model, sent with every attempt: "<call id>.<n-th model tried>".
+        key = IDEMPOTENCY_KEY.set(f"{req.call_id}.{req.tried}")
+        req.tried += 1
         try:
             return await self._attempts(desc, messages, params, est_prompt, bound, req, reservation)
         finally:
@@ -314,17 +384,35 @@ class PoolCore:
         billed_tokens = [0, 0]
         attempt = 0
         idem = {"idempotency_key": IDEMPOTENCY_KEY.get()}
+        ikey = idem["idempotency_key"]
+        journal = self.journal if getattr(backend, "billed_remotely", False) else None
+        intent = None if journal is None else {  # what the attempt can cost at most, and who pays
+            "run_id": req.ctx.run_id, "episode_id": req.ctx.episode_id, "tenant": req.ctx.tenant,
+            "model": desc.name, "requested_model": req.asked, "prompt_tokens": bound,
+            "completion_tokens": params["max_tokens"], "price_in": desc.price_in,
+            "price_out": desc.price_out, "cost_usd": call_cost(desc, bound, params["max_tokens"])}
         while attempt < lim.max_attempts:
             outcome: BackendReply | BackendError | None = None
             if st.circuit.state != "open":  # open: fail fast, without queueing for a slot
+                intended = False
                 try:
                     async with st.limiter.slot(est_total):
                         # Checked again once through the queue: the circuit may have opened meanwhile.
                         if st.circuit.allow():
                             attempt += 1
-                            outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
+                            if journal is not None:  # on disk before it leaves
+                                intended = True
+                                try:
+                                    await journal.intend(ikey, attempt, intent)
+                                except OSError as e:
+                                    outcome = BackendError(CallStatus.NOT_SENT, f"{desc.name}: not sent: the pool "
+                                                           f"could not record it ({type(e).__name__})", retryable=False)
+                            if outcome is None:
+                                outcome = await self._attempt(backend, desc, messages, params, lim.timeout_s)
                 except BaseException:  # cancelled mid-attempt: a probe we held must not stay taken
                     st.circuit.release_probe()
+                    if intended:  # abandoned (deadline, caller gone): unbilled, like a timeout
+                        journal.resolve(ikey, attempt, "cancelled")
                     raise
             if outcome is None:
                 st.limiter.settle_tokens(est_total, 0)
@@ -352,9 +440,11 @@ class PoolCore:
             else:
                 st.circuit.release_probe()  # a 429 or a 4xx says nothing about the model's health
             st.limiter.settle_tokens(est_total, 0)
-            if last.billed_tokens:
+            if _billed(last):
                 self._bill_attempt(desc, req, last, attempt, reservation, billed_tokens, bound,
                                    params["max_tokens"], idem["idempotency_key"])
+            if journal is not None:  # after its record, if billed; else a line in the journal
+                journal.resolve(ikey, attempt, None if _billed(last) else last.status.value)
             if not last.retryable or attempt >= lim.max_attempts:
                 break
             delay = self._rng.uniform(0.0, min(lim.backoff_max_s, lim.backoff_base_s * 2 ** (attempt - 1)))
@@ -385,6 +475,13 @@ class PoolCore:
             return BackendError(CallStatus.TIMEOUT, f"no answer within {timeout_s:g}s", retryable=True)
         except BackendError as e:
             return e
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # our caller (or its deadline) cancelled this call
+            # The backend's own (vLLM's engine re-raises an aborted request's): this call's
+            # failure alone, never its batch's or its tick's.
+            return BackendError(CallStatus.BAD_RESPONSE, "the backend cancelled the attempt", retryable=False)
         except Exception as e:
             return BackendError(CallStatus.BAD_RESPONSE, f"backend raised {type(e).__name__}: {e}",
                                 retryable=False)
@@ -402,7 +499,10 @@ class PoolCore:
     def _bill_attempt(self, desc: ModelDescriptor, req: Request, err: BackendError, attempt: int,
                       reservation: Reservation, tally: list[int], bound: int, max_tokens: int,
                       idem_key: str | None) -> None:
-        pt, ct, anomaly = cap_usage(*(err.billed_tokens or (0, 0)), bound, max_tokens)
+        if err.bill_at_cap:  # answered, usage unknown: the most the call can cost
+            pt, ct, anomaly = bound, max_tokens, "usage unknown: billed at the capped cost"
+        else:
+            pt, ct, anomaly = cap_usage(*(err.billed_tokens or (0, 0)), bound, max_tokens)
         cost = call_cost(desc, pt, ct)
         reservation.charge(cost)
         tally[0] += pt
@@ -417,8 +517,9 @@ class PoolCore:
     def _finish(self, req: Request, res: CallResult, t0: float) -> CallResult:
         """Write the call's ledger record and update metrics. No await: nothing can interleave."""
         res.latency_s = time.perf_counter() - t0
-        if res.error is not None:  # a key a provider echoed, or any other secret, stops here
-            res.error = self._redact(res.error)
+        keys = self._keys()
+        if keys:  # a key a provider echoed, in a reply or an error, stops here
+            _redact_result(res, keys)
         detail = res.meta.pop("provider_detail", None)
         if req.success is not None:
             desc, pt, ct, cost = req.success
@@ -434,6 +535,8 @@ class PoolCore:
                          idempotency_key=None if res.cache_hit else res.meta.get("idempotency_key"),
                          anomaly=res.meta.get("anomaly"), end_user=req.ctx.end_user)
         res.meta["record_id"] = rec["record_id"]
+        if self.journal is not None and rec["idempotency_key"]:
+            self.journal.resolve_key(rec["idempotency_key"])  # the call's record is every attempt's outcome
         try:
             if req.desc is None:
                 self._unknown_calls += 1
@@ -443,9 +546,13 @@ class PoolCore:
             log.exception("model pool: metrics update failed")
         return res
 
+    def _keys(self) -> list[str]:
+        """The pool's API keys (the values of its api_key_env variables), read now."""
+        return [v for v in (os.environ.get(e) for e in self._key_envs) if v] if self._key_envs else []
+
     def _redact(self, text: str) -> str:
-        """`text` without any part of the pool's API keys (the values of the api_key_env vars)."""
-        keys = [v for v in (os.environ.get(e) for e in self._key_envs) if v]
+        """`text` without any part of the pool's API keys."""
+        keys = self._keys()
         return redact(text, keys) if keys else text
 
     def _emit(self, **fields: Any) -> dict[str, Any]:
@@ -469,6 +576,40 @@ def cap_usage(pt: int, ct: int, prompt_bound: int, max_tokens: int) -> tuple[int
         notes.append(f"completion_tokens {ct} > max_tokens {max_tokens}")
         ct = max_tokens
     return pt, ct, ("usage capped: " + "; ".join(notes)) if notes else None
+
+
+def _redact_result(res: CallResult, keys: list[str]) -> None:
+    """Every text of a result, redacted in place: reply, error, and meta (provider detail,
+    fallback errors, finish reason ...)."""
+    res.text = redact(res.text, keys) if isinstance(res.text, str) else res.text
+    if res.error is not None:
+        res.error = redact(res.error, keys)
+    for k, v in list(res.meta.items()):
+        if isinstance(v, str):
+            res.meta[k] = redact(v, keys)
+        elif isinstance(v, list):
+            res.meta[k] = [redact(x, keys) if isinstance(x, str) else x for x in v]
+
+
+def _escaped(request: Any, e: BaseException) -> CallResult:
+    """A call of a batch that raised (its own CancelledError, past every guard): its failure
+    alone, typed. `call` has written its record already where it could."""
+    model = request.get("model") if isinstance(request, dict) else None
+    model = model[:MAX_NAME] if isinstance(model, str) else "?"
+    if isinstance(e, asyncio.CancelledError):
+        return CallResult.failure(model, CallStatus.CANCELLED, "the call was cancelled")
+    return CallResult.failure(model, CallStatus.BAD_RESPONSE, f"internal pool error: {type(e).__name__}")
+
+
+def _task_result(t: asyncio.Task, request: Any) -> CallResult:
+    if t.cancelled():
+        return _escaped(request, asyncio.CancelledError())
+    e = t.exception()
+    return t.result() if e is None else _escaped(request, e)
+
+
+def _billed(err: BackendError) -> bool:
+    return bool(err.billed_tokens or err.bill_at_cap)
 
 
 def _with_detail(error: str, detail: str | None) -> str:

@@ -21,6 +21,20 @@ BackendKind = Literal["openai", "vllm", "transformers", "replay", "simulated", "
 # in the error (a key pasted into the wrong field must not reach the terminal or a log).
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # api_key_env: a conventional variable name
+# Credentials that also pass as variable names: cloud access key ids (AKIA..., 20 characters) and
+# any word of 16+ letters and digits mixing both (variable names are words joined by '_').
+_KEY_LIKE = re.compile(r"(?:A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{12,}")
+_KEY_WORD = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{16,}")
+
+
+def looks_like_key(value: str) -> bool:
+    """True when a value meant as a variable name reads like a key (never print it then)."""
+    return bool(_KEY_LIKE.fullmatch(value) or any(_KEY_WORD.fullmatch(w) for w in value.split("_")))
+
+
+def env_label(name: str | None) -> str:
+    """How a variable name is printed: as is, or masked when it reads like a key."""
+    return "None" if name is None else (mask(name) if looks_like_key(name) else name)
 URL_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 
 
@@ -67,6 +81,9 @@ class Backend(BaseModel):
         if v is not None and not ENV_NAME.fullmatch(v):
             raise ValueError(f"api_key_env must be the NAME of an environment variable (A-Z, 0-9, _), "
                              f"e.g. ROUTER_R1_API_KEY, not the key; got {mask(v)}")
+        if v is not None and looks_like_key(v):  # e.g. AKIAIOSFODNN7EXAMPLE passes as a name
+            raise ValueError(f"api_key_env must be the NAME of an environment variable, e.g. "
+                             f"ROUTER_R1_API_KEY; got {mask(v)}, which looks like a key itself")
         return v
 
     @model_validator(mode="after")

@@ -7,10 +7,15 @@ Durability, in two layers:
   (`part-<writer>-<seq>.parquet`, written under a temp name then renamed, so a crash never leaves a
   half file) and its WAL segment is deleted.
 
+Ahead of both, each attempt's *intent* is fsync'd to the writer's intent journal before the
+attempt leaves the pool (`intents.py`: one append per event-loop tick for all its intents).
+
 `Ledger.rebuild(dir)` (after a restart) reads all parts, turns WAL segments of dead writers into
-parts, and recomputes the totals. A live writer holds an flock on its WAL, so a rebuild never
-steals a segment still being written. Records carry a unique `record_id`; reading de-duplicates on
-it, which covers a crash between writing a part and deleting its WAL.
+parts, recomputes the totals, and reconciles dead writers' intents: an attempt with an intent but
+no outcome is billed at its capped cost (a record of kind "attempt", status "outcome_unknown").
+A live writer holds an flock on its WAL and journal, so a rebuild never steals a segment still
+being written. Records carry a unique `record_id`; reading de-duplicates on it, which covers a
+crash between writing a part and deleting its WAL. Parts are fsync'd before they replace a WAL.
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from router_r1.pool import intents as _intents
+
 SCHEMA = pa.schema([
     ("record_id", pa.string()),
     ("time", pa.float64()),  # unix seconds when the call ended
-    ("kind", pa.string()),  # "call" | "attempt" (a billed failed attempt)
+    ("kind", pa.string()),  # "call" | "attempt" (a billed failed attempt, or one whose outcome was lost)
     ("run_id", pa.string()),
     ("episode_id", pa.string()),
     ("tenant", pa.string()),
@@ -42,7 +49,7 @@ SCHEMA = pa.schema([
     ("price_out", pa.float64()),
     ("cost_usd", pa.float64()),
     ("latency_s", pa.float64()),
-    ("status", pa.string()),
+    ("status", pa.string()),  # a CallStatus value, or "outcome_unknown" (billed at the capped cost)
     ("attempts", pa.int64()),
     ("cache_hit", pa.bool_()),
     ("error", pa.string()),  # redacted: never any part of a key
@@ -122,26 +129,33 @@ def read_records(directory: str | Path) -> list[dict[str, Any]]:
 
 
 class Ledger:
-    def __init__(self, directory: str | Path | None, flush_every: int = 256):
-        """`directory` None keeps records in memory only (tests, benchmarks of the logic)."""
+    def __init__(self, directory: str | Path | None, flush_every: int = 256, *, fsync_intents: bool = True):
+        """`directory` None keeps records in memory only (tests, benchmarks of the logic), and
+        keeps no intent journal (`journal` is None). `fsync_intents` False: intents are written
+        but not fsync'd (they survive the process being killed, not the machine losing power)."""
         self.dir = None if directory is None else Path(directory)
         self.flush_every = max(1, flush_every)
         self.writer = uuid.uuid4().hex[:12]
         self.totals = Totals()
         self.records_written = 0
+        self.reconciled: list[dict[str, Any]] = []  # outcome_unknown records made by `rebuild`
         self._count = 0
         self._buffer: list[dict[str, Any]] = []
         self._seq = 0
         self._wal_fd: int | None = None
+        self.journal: _intents.IntentJournal | None = None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._open_wal()
             pa.Table.from_pylist([], schema=SCHEMA)  # pyarrow's lazy setup (~0.1 s) now, not mid-run
+            self.journal = _intents.IntentJournal(self.dir, self.writer, fsync=fsync_intents,
+                                                  before_drop=self.sync)
 
     @classmethod
-    def rebuild(cls, directory: str | Path, flush_every: int = 256) -> "Ledger":
-        """A ledger on an existing folder: dead writers' WALs recovered, totals recomputed."""
-        led = cls(directory, flush_every)
+    def rebuild(cls, directory: str | Path, flush_every: int = 256, **kw: Any) -> "Ledger":
+        """A ledger on an existing folder: dead writers' WALs recovered, totals recomputed, and
+        dead writers' intents without an outcome billed at their capped cost (`reconciled`)."""
+        led = cls(directory, flush_every, **kw)
         assert led.dir is not None
         for wal in sorted(led.dir.glob("wal-*.jsonl")):
             m = _NAME.match(wal.name)
@@ -151,8 +165,18 @@ class Ledger:
             if not part.exists():
                 led._write_part(part, _read_wal(wal))
             wal.unlink()
-        for r in read_records(led.dir):
+        journals = _intents.dead_journals(led.dir, led.writer)
+        records = read_records(led.dir)
+        for r in records:
             led.totals.add(r)
+        if journals:
+            paths = [p for ps in journals.values() for p in ps]
+            pending, resolved = _intents.read_journal(paths)
+            for intent in _intents.unresolved(pending, resolved, records):
+                led.reconciled.append(led.record(**_intents.outcome_unknown_record(intent)))
+            led.sync()  # the bills are durable before the intents that justify them go
+            for p in paths:
+                p.unlink(missing_ok=True)
         return led
 
     # -- writing -------------------------------------------------------------------------------
@@ -185,7 +209,55 @@ class Ledger:
         tmp = path.with_name("." + path.name + ".tmp")
         table = pa.table({n: [r.get(n) for r in records] for n in FIELDS}, schema=SCHEMA)
         pq.write_table(table, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the WAL segment it replaces is deleted
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+
+    def sync(self) -> None:
+        """fsync the current WAL segment (records are otherwise durable against a killed
+        process, not against the machine losing power)."""
+        if self._wal_fd is not None:
+            os.fsync(self._wal_fd)
+
+    def find_calls(self, call_ids: list[str], since: float) -> dict[str, list[dict[str, Any]]] | None:
+        """Records whose idempotency key belongs to one of `call_ids` ("<call_id>.<n>"), from
+        parts modified after `since` (unix time; a record is never older than its call) and every
+        WAL segment. None without a folder: an in-memory ledger cannot answer for lost calls."""
+        if self.dir is None:
+            return None
+        want = set(call_ids)
+        out: dict[str, list[dict[str, Any]]] = {c: [] for c in want}
+        cols = ["record_id", "kind", "status", "cost_usd", "idempotency_key", "attempts"]
+        seen: set[str] = set()
+
+        def take(r: dict[str, Any]) -> None:
+            k = r.get("idempotency_key")
+            if k and r["record_id"] not in seen:
+                cid = k.rsplit(".", 1)[0]
+                if cid in want:
+                    seen.add(r["record_id"])
+                    out[cid].append({c: r.get(c) for c in cols})
+
+        for p in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                if p.stat().st_mtime < since:
+                    continue
+                rows = pq.read_table(p, columns=cols).to_pylist()
+            except FileNotFoundError:
+                continue
+            for r in rows:
+                take(r)
+        for p in sorted(self.dir.glob("wal-*.jsonl")):
+            try:
+                rows = _read_wal(p)
+            except FileNotFoundError:
+                continue
+            for r in rows:
+                take(r)
+        return out
 
     def flush(self) -> None:
         """Turn the buffered records into one Parquet part and start a new WAL segment."""
@@ -205,6 +277,8 @@ class Ledger:
         self._wal_path(seq).unlink(missing_ok=True)
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         self.flush()
         if self._wal_fd is not None:
             os.close(self._wal_fd)

@@ -6,6 +6,7 @@ override), and only known context keys are accepted, so a typo is an error, not 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,11 @@ from router_r1.pool.descriptors import ModelDescriptor
 
 PARAM_KEYS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                         "frequency_penalty"})
-CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s", "end_user"})
+CONTEXT_KEYS = frozenset({"run_id", "episode_id", "tenant", "allowed_models", "deadline_s", "call_id",
+                          "end_user"})
+# A caller's id for one call (PoolClient draws one per call): the call's idempotency keys are
+# "<call_id>.<n>" (n-th model tried), so after a crash the ledger answers for the call by this id.
+CALL_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_NAME = 200  # model names as written are kept (ledger, errors) up to this length
 
@@ -31,6 +36,7 @@ class CallContext:
     tenant: str = "default"
     allowed_models: frozenset[str] | None = None  # display names; None = every model
     deadline_s: float | None = None  # absolute time.time()
+    call_id: str | None = None  # the caller's id for this call (None: the pool draws one)
     end_user: str | None = None  # the tenant's own end user (Serve: the request's `user`), for the ledger
 
     def allows(self, name: str) -> bool:
@@ -46,6 +52,8 @@ class Request:
     params: dict[str, Any]
     ctx: CallContext
     success: tuple[ModelDescriptor, int, int, float] | None = None  # billed answer: model, tokens, cost
+    call_id: str = ""  # the caller's, or drawn by the pool; idempotency keys are "<call_id>.<tried>"
+    tried: int = 0  # models tried so far (the first, then fallbacks)
 
     def messages_for(self, desc: ModelDescriptor) -> list[Message]:
         if self.messages is not None:
@@ -111,9 +119,12 @@ def _context(context: Any, resolve: Callable[[str], ModelDescriptor | None], run
     deadline = context.get("deadline_s")
     if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
         raise InvalidRequest("deadline_s must be a unix time in seconds")
+    call_id = context.get("call_id")
+    if call_id is not None and not (isinstance(call_id, str) and CALL_ID.fullmatch(call_id)):
+        raise InvalidRequest("call_id must be 8-64 characters of A-Z, a-z, 0-9, '_' or '-'")
     end_user = context.get("end_user")
     if end_user is not None and not isinstance(end_user, str):
         raise InvalidRequest("end_user must be a string")
     return CallContext(str(context.get("run_id") or run_id), str(context.get("episode_id") or ""),
-                       str(context.get("tenant") or "default"), allowed, deadline,
+                       str(context.get("tenant") or "default"), allowed, deadline, call_id,
                        end_user[:MAX_NAME] if end_user else None)

@@ -16,6 +16,9 @@ class PoolRuntimeConfig(BaseModel):
     namespace: str = "router_r1"
     ledger_dir: str | None = "outputs/ledger"  # None: records kept in memory only (tests, benchmarks)
     flush_every: int = 256  # ledger records buffered before a Parquet flush
+    # Each attempt's intent is fsync'd before it is sent (one fsync per event-loop tick for all its
+    # intents). False: written, not fsync'd (survives a killed process, not a power loss).
+    intent_fsync: bool = True
     cache: bool = True  # answer identical temperature-0 calls from cache, billed at zero
     cache_size: int = 100_000  # cached replies kept (LRU)
     # Sampling params for every routed call unless the caller overrides them. Temperature 0 makes

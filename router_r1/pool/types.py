@@ -28,6 +28,10 @@ class CallStatus(str, Enum):
     CANCELLED = "cancelled"  # the caller's deadline passed or it went away
     INVALID_REQUEST = "invalid_request"  # the call itself was malformed (params, messages, context)
     NOT_CONFIGURED = "not_configured"  # the model cannot be called as configured (API key unset)
+    # The pool actor stopped before the reply reached the caller (PoolClient asks the restarted
+    # pool what its ledger says; router_r1/pool/README.md, "After a crash"):
+    NOT_SENT = "not_sent"  # no attempt left the pool, nothing billed: safe to retry
+    OUTCOME_UNKNOWN = "outcome_unknown"  # sent, reply lost; billed (at its capped cost if unknown)
 
 
 @dataclass

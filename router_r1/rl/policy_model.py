@@ -138,11 +138,15 @@ def zero_backward(module: nn.Module, mb: TensorBatch, with_values: bool,
 def autocast_for(device_type: str, bf16: bool, train_dtype: torch.dtype,
                  policy_dtype: torch.dtype) -> Callable[[], ContextManager]:
     """The forward's autocast: bf16 (`learner.bf16`), or, over float32 master weights of a
-    half-precision policy, the policy dtype, so the forward computes as the rollouts do."""
+    half-precision policy, the policy dtype, so the forward computes as the rollouts do.
+    Without autocast's weight cache: it would hold a cast of every weight until the forward ends
+    (2 bytes a parameter beside the float32 ones); uncached, a layer's casts live while its
+    backward needs them (with activation checkpointing: while it is recomputed). Each weight is
+    cast once per forward either way; the values are the same."""
     if bf16:
-        return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16, cache_enabled=False)
     if train_dtype != policy_dtype:
-        return lambda: torch.autocast(device_type=device_type, dtype=policy_dtype)
+        return lambda: torch.autocast(device_type=device_type, dtype=policy_dtype, cache_enabled=False)
     return contextlib.nullcontext
 
 

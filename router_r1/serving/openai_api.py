@@ -263,7 +263,8 @@ class ChatCompletionRequest(BaseModel):
     # Router controls.
     max_turns: json_int(ge=0) | None = None  # routed calls before the final turn
     models: list[StrictStr] | None = Field(default=None, min_length=1)  # allowed candidate subset (names or aliases)
-    max_cost_usd: float | None = Field(default=None, ge=0.0, strict=True)  # cost cap for this request
+    # Cost cap for this request: finite (Python's JSON reader takes `Infinity`, which is no cap).
+    max_cost_usd: float | None = Field(default=None, ge=0.0, strict=True, allow_inf_nan=False)
     return_trace: StrictBool = True
     max_turn_tokens: json_int(ge=1) | None = None  # tokens per router turn
 

@@ -51,7 +51,8 @@ EventSink = Callable[[dict[str, Any]], None]
 # A call that ended like this says the candidate could not answer (now).
 UNAVAILABLE = {CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.HTTP_ERROR,
                CallStatus.RATE_LIMITED, CallStatus.CIRCUIT_OPEN, CallStatus.BAD_RESPONSE,
-               CallStatus.CANCELLED, CallStatus.NOT_CONFIGURED}
+               CallStatus.CANCELLED, CallStatus.NOT_CONFIGURED, CallStatus.NOT_SENT,
+               CallStatus.OUTCOME_UNKNOWN}
 REQUEST_CAP = "request"  # CallResult.meta["budget_scope"] of refusals by this request's own cap
 
 

@@ -44,15 +44,19 @@ class BackendError(Exception):
     """One failed attempt. `retryable` failures (429, 5xx, timeouts, dropped connections) are
     retried by the pool with backoff; `retry_after` (seconds) comes from a Retry-After header.
     `billed_tokens` is (prompt, completion) when the provider bills the failed attempt.
+    `bill_at_cap`: the provider answered (and billed) but its usage is unknown, e.g. a reply too
+    large to read: the pool bills the call's capped cost (sent text's bound, `max_tokens`).
     `detail` is the provider's own error text (redacted, cut): it goes to the ledger, never into
     the message, because the message reaches the router's context."""
 
     def __init__(self, status: CallStatus, message: str, *, retryable: bool,
                  retry_after: float | None = None, http_status: int | None = None,
-                 billed_tokens: tuple[int, int] | None = None, detail: str | None = None):
+                 billed_tokens: tuple[int, int] | None = None, detail: str | None = None,
+                 bill_at_cap: bool = False):
         super().__init__(message)
         self.status, self.retryable, self.retry_after = status, retryable, retry_after
         self.http_status, self.billed_tokens, self.detail = http_status, billed_tokens, detail
+        self.bill_at_cap = bill_at_cap
 
 
 class ModelBackend(ABC):
@@ -61,6 +65,10 @@ class ModelBackend(ABC):
     # False: token counts come from a provider the pool does not trust blindly (it caps them at
     # what the sent text and max_tokens allow). True: they are replayed records (replay backend).
     recorded_usage = False
+    # True: an attempt reaches a provider outside this process, which may bill it even if the
+    # pool dies before the reply: the pool writes each attempt's intent ahead (`intents.py`).
+    # False (in-process engines, replay, the simulator): nothing outside the process bills.
+    billed_remotely = False
 
     @abstractmethod
     async def complete(self, model: ModelDescriptor, messages: list[Message],

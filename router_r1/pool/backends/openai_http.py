@@ -8,6 +8,13 @@ travels as `BackendError.detail` (for the ledger), never in the message the rout
 Every attempt carries the pool's idempotency key (`Idempotency-Key` and `X-Request-ID`).
 Failures become `BackendError`s the pool knows how to retry: 429, 5xx, timeouts and connection
 errors (and 408) are retryable; other 4xx are not; an unparseable body is BAD_RESPONSE.
+
+Bounded and same-origin: a redirect is followed only to the same origin (scheme, host, port) and
+only as a 307/308 (which keep the method and body), at most `MAX_REDIRECTS` times; any other
+redirect ends the attempt (HTTP_ERROR, not retried) before the prompt or the key goes anywhere
+else. A reply body is read up to `max_reply_bytes` (4 MiB by default; the pool's
+`backends: {openai: {max_reply_bytes: N}}`): a longer 200 is billed at the call's capped cost (the
+provider answered it) and ends BAD_RESPONSE; a longer error body is cut.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import time
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from router_r1.pool.backends.base import IDEMPOTENCY_KEY, BackendError, BackendReply, Message, ModelBackend
 from router_r1.pool.cost import estimate_prompt_tokens, estimate_tokens
@@ -31,6 +39,12 @@ from router_r1.util.redact import redact
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs valid ones: any left is lone
 DETAIL_CHARS = 200  # of a provider's error body kept for the ledger, after redaction
+MAX_REPLY_BYTES = 4 << 20  # default bound on a reply body
+MAX_REDIRECTS = 3  # same-origin 307/308 hops followed per attempt
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def expand_env(s: str) -> str:
@@ -53,10 +67,15 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class OpenAIBackend(ModelBackend):
+    billed_remotely = True  # a provider bills what it answered, whether or not we read it
+
     def __init__(self, pool: PoolSpec, *, max_connections: int = 256, connect_timeout_s: float = 10.0,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, max_reply_bytes: int = MAX_REPLY_BYTES):
+        if not isinstance(max_reply_bytes, int) or isinstance(max_reply_bytes, bool) or max_reply_bytes < 1:
+            raise ValueError("max_reply_bytes must be a positive integer")
         self.pool = pool
         self.max_connections, self.connect_timeout_s = max_connections, connect_timeout_s
+        self.max_reply_bytes = max_reply_bytes
         self.headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,10 +116,32 @@ class OpenAIBackend(ModelBackend):
         url = expand_env(base).rstrip("/") + "/chat/completions"
         body = {"model": model.backend.api_model or model.name, "messages": messages, **params}
         headers = self._headers(model)
+        too_large = False
         try:
-            async with self._get_session().post(url, json=body, headers=headers) as resp:
-                raw = await resp.read()
-                status, retry_after = resp.status, parse_retry_after(resp.headers.get("Retry-After"))
+            target, hops = URL(url), 0
+            while True:
+                async with self._get_session().post(target, json=body, headers=headers,
+                                                    allow_redirects=False) as resp:
+                    status, retry_after = resp.status, parse_retry_after(resp.headers.get("Retry-After"))
+                    if 300 <= status < 400:
+                        nxt = _same_origin_redirect(target, status, resp.headers.get("Location"))
+                        if nxt is None or hops >= MAX_REDIRECTS:
+                            raise BackendError(
+                                CallStatus.HTTP_ERROR,
+                                f"{model.name}: HTTP {status} redirect " + (
+                                    "to another origin refused" if nxt is None else "loop refused"),
+                                retryable=False, http_status=status)
+                        target, hops = nxt, hops + 1
+                        continue
+                    try:
+                        raw = await _read_bounded(resp, self.max_reply_bytes)
+                    except _TooLarge as e:
+                        if status < 400:
+                            too_large = True
+                            raw = b""
+                        else:
+                            raw = e.args[0]  # an error body: its start is enough
+                    break
         except asyncio.TimeoutError:
             raise BackendError(CallStatus.TIMEOUT, f"{model.name}: connect timed out", retryable=True) from None
         except aiohttp.InvalidURL:
@@ -109,6 +150,10 @@ class OpenAIBackend(ModelBackend):
         except aiohttp.ClientError as e:  # refused, reset, dropped mid-reply
             raise BackendError(CallStatus.CONNECTION_ERROR, f"{model.name}: {type(e).__name__}: {e}",
                                retryable=True) from None
+        if too_large:  # answered (so billed by the provider) but not read: bill the capped cost
+            raise BackendError(CallStatus.BAD_RESPONSE,
+                               f"{model.name}: reply larger than {self.max_reply_bytes} bytes, not read",
+                               retryable=False, http_status=status, bill_at_cap=True)
         if status == 429:
             raise BackendError(CallStatus.RATE_LIMITED, f"{model.name}: HTTP 429 rate limited",
                                retryable=True, retry_after=retry_after, http_status=429)
@@ -126,6 +171,32 @@ class OpenAIBackend(ModelBackend):
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _same_origin_redirect(current: URL, status: int, location: str | None) -> URL | None:
+    """The next URL of a 307/308 redirect to the same origin, else None (refused)."""
+    if status not in (307, 308) or not location:
+        return None
+    try:
+        nxt = current.join(URL(location))
+    except ValueError:
+        return None
+    return nxt if nxt.is_absolute() and nxt.origin() == current.origin() else None
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or `_TooLarge(first limit bytes)` past `limit` (never reads much more)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _TooLarge(await resp.content.read(limit))
+    chunks, size = [], 0
+    while True:
+        chunk = await resp.content.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(b"".join(chunks)[:limit])
 
 
 def _reason(status: int) -> str:

@@ -6,13 +6,13 @@ knowledge base, `models.py` for the simulated models, `plans.py` for fixed routi
 `oracle.py` for expected rewards, `traces.py` for the supervised warm-start traces, `backend.py`
 for the ModelPool backend and `world.py` for the training World built on all of them.
 """
-from router_r1.worlds.sim.knowledge import SimConfig, SimQuestion, SimWorld
+from router_r1.worlds.sim.knowledge import SimConfig, SimQuestion, KnowledgeBase
 from router_r1.worlds.sim.models import SimCall, SimModel, SimModelSpec, SimReply, Simulation
 from router_r1.worlds.sim.oracle import (best_single_model, by_question_type, expected_rewards, oracle_plan,
                                          oracle_reward, question_type, single_model_policy_reward)
 from router_r1.worlds.sim.traces import make_trace, make_traces, tokenizer_corpus
 
 __all__ = ["SimCall", "SimConfig", "SimModel", "SimModelSpec", "SimQuestion", "SimReply",
-           "SimWorld", "Simulation", "best_single_model", "by_question_type", "expected_rewards", "make_trace",
+           "KnowledgeBase", "Simulation", "best_single_model", "by_question_type", "expected_rewards", "make_trace",
            "make_traces", "oracle_plan", "oracle_reward", "question_type", "single_model_policy_reward",
            "tokenizer_corpus"]

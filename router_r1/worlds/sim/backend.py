@@ -14,7 +14,7 @@ from typing import Any
 from router_r1.pool.backends.base import BackendError, BackendReply, Message, ModelBackend
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
 from router_r1.pool.types import CallStatus
-from router_r1.worlds.sim.knowledge import SimConfig, SimWorld
+from router_r1.worlds.sim.knowledge import SimConfig, KnowledgeBase
 from router_r1.worlds.sim.language import count_tokens
 from router_r1.worlds.sim.models import Simulation
 
@@ -26,7 +26,7 @@ class SimulatedBackend(ModelBackend):
         if unknown:
             raise ValueError(f"unknown simulated backend options {unknown}; world options are "
                              f"{sorted(SimConfig.model_fields)}, plus sleep and latency_scale")
-        self.sim = Simulation(pool, SimWorld.build(SimConfig.model_validate(world_options)))
+        self.sim = Simulation(pool, KnowledgeBase.build(SimConfig.model_validate(world_options)))
         self.sleep, self.latency_scale = sleep, latency_scale
 
     async def complete(self, model: ModelDescriptor, messages: list[Message],

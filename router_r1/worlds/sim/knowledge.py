@@ -136,8 +136,8 @@ def unit(*parts: object) -> float:
 
 
 @dataclass
-class SimWorld:
-    """Entities, facts and questions of one seeded world. Build with `SimWorld.build(cfg)`."""
+class KnowledgeBase:
+    """Entities, facts and questions of one seeded world. Build with `KnowledgeBase.build(cfg)`."""
 
     config: SimConfig
     entities: dict[str, Entity] = field(default_factory=dict)
@@ -150,7 +150,7 @@ class SimWorld:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: SimConfig | None = None, **overrides) -> "SimWorld":
+    def build(cls, cfg: SimConfig | None = None, **overrides) -> "KnowledgeBase":
         cfg = SimConfig.model_validate({**(cfg or SimConfig()).model_dump(), **overrides})
         w = cls(cfg)
         w._generate(random.Random(cfg.seed))
@@ -376,8 +376,8 @@ WHOLE_TWO_HOP = "two-hop, asked whole"
 NOT_UNDERSTOOD = "not understood"
 
 
-def call_domain(world: SimWorld, query: str) -> str:
-    """The domain of the fact a query asks (`SimWorld.interpret`); `WHOLE_TWO_HOP` for a two-hop
+def call_domain(world: KnowledgeBase, query: str) -> str:
+    """The domain of the fact a query asks (`KnowledgeBase.interpret`); `WHOLE_TWO_HOP` for a two-hop
     question asked whole, `NOT_UNDERSTOOD` for a query the simulator does not understand."""
     it = world.interpret(query)
     if it is None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router_r1.pool.cost import call_cost
 from router_r1.pool.descriptors import ModelDescriptor, PoolSpec
-from router_r1.worlds.sim.knowledge import Entity, Interpretation, SimConfig, SimWorld, unit
+from router_r1.worlds.sim.knowledge import Entity, Interpretation, SimConfig, KnowledgeBase, unit
 from router_r1.worlds.sim.language import FILLERS, HEDGE, IDK, RELATIONS, count_tokens
 
 BACKEND_ONLY_OPTIONS = ("sleep", "latency_scale")
@@ -50,7 +50,7 @@ class SimReply:
 
 
 class SimModel:
-    def __init__(self, name: str, spec: SimModelSpec, world: SimWorld):
+    def __init__(self, name: str, spec: SimModelSpec, world: KnowledgeBase):
         self.name, self.spec, self.world = name, spec, world
         self._seed = world.config.seed
 
@@ -118,7 +118,7 @@ class SimCall:
 class Simulation:
     """The world plus every simulated model of a pool (those with `backend.kind: simulated`)."""
 
-    def __init__(self, pool: PoolSpec, world: SimWorld):
+    def __init__(self, pool: PoolSpec, world: KnowledgeBase):
         self.pool, self.world = pool, world
         self.models: dict[str, SimModel] = {
             m.name: SimModel(m.name, SimModelSpec.model_validate(m.backend.options), world)
@@ -133,7 +133,7 @@ class Simulation:
         for key in BACKEND_ONLY_OPTIONS:  # how the backend serves, not what the world is
             opts.pop(key, None)
         cfg = SimConfig.model_validate(opts)
-        return cls(pool, SimWorld.build(cfg))
+        return cls(pool, KnowledgeBase.build(cfg))
 
     @property
     def names(self) -> list[str]:

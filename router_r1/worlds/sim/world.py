@@ -1,6 +1,6 @@
 """The simulator as a training world (`data.kind: simulated`, the demo's).
 
-Questions are the knowledge base's disjoint train / val splits (`knowledge.SimWorld`); how
+Questions are the knowledge base's disjoint train / val splits (`knowledge.KnowledgeBase`); how
 validation is held out is `data.sim.split` (over the pool file's): "entity" (validation questions
 are about entities training never shows) or "question" (validation questions are not training
 questions, over subjects training names; the entity-held-out test split is then played as well,
