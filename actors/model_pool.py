@@ -114,6 +114,10 @@ class ModelPoolActor:
         return {"run_id": self.core.run_id, "restarted": self.restarted, "ledger_dir": str(led.dir),
                 "ledger_writer": led.writer, "models": self.core.pool.names, "pid": os.getpid(),
                 "reconciled": len(led.reconciled),  # lost attempts billed at their capped cost
+                "intents": None if led.journal is None else {  # group commits, and waits for them
+                    "commits": led.journal.commits, "open": led.journal.open_intents,
+                    "fsync_ms": round(1e3 * led.journal.fsync_s, 3),
+                    "wait_ms_p50": _pct(led.journal.waits, 0.5), "wait_ms_p90": _pct(led.journal.waits, 0.9)},
                 "backend_errors": self.backend_errors, "config_errors": self.core.config_errors}
 
     @ray.method(max_task_retries=3)  # asking twice gives the same answer
@@ -133,6 +137,11 @@ class ModelPoolActor:
     async def close(self) -> None:
         """Flush the ledger and close backends; call before letting the actor go."""
         await self.core.close()
+
+
+def _pct(xs: Any, q: float) -> float | None:
+    xs = sorted(xs)
+    return round(1e3 * xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
 
 
 ModelPool = ray.remote(ModelPoolActor)

@@ -107,6 +107,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def row(name: str, calls: int, wall: float, lat: list[float], note: str = "", cpu: dict | None = None) -> dict:
+    """One line of the table. The pool's own rows note how long intents waited to be durable."""
     return {"name": name, "calls": calls, "calls_s": calls / wall, "p50_ms": 1e3 * pct(lat, 0.5),
             "p99_ms": 1e3 * pct(lat, 0.99), "mean_ms": 1e3 * statistics.fmean(lat), "note": note,
             **(cpu or {})}
@@ -217,8 +218,12 @@ async def http_rows(rt: PoolRuntimeConfig, q: str, n_http: int, concurrencies: t
                     c2 = PoolClient(h2, **opts)
                     await closed_loop(lambda i: c2.call("local-http", q), 200, conc)  # warm up
                     wall, lat, cpu = await measured(lambda i: c2.call("local-http", q), n_http, conc)
+                    info = await h2.info.remote()
+                    waits = (info.get("intents") or {})
                     rows.append(row(f"(c) HTTP 20 ms model, pool actor ({how}), {conc} in flight",
-                                    n_http, wall, lat, cpu=cpu))
+                                    n_http, wall, lat, cpu=cpu, note=(
+                                        f"intent wait p50 {waits['wait_ms_p50']} ms" if waits.get("wait_ms_p50")
+                                        is not None else "")))
         ray.kill(h2)
     finally:
         proc.kill()

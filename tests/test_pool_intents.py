@@ -58,12 +58,15 @@ class JournalCheckingBackend(ScriptedBackend):
         return await super().complete(model, messages, params)
 
 
-def test_every_attempt_is_on_disk_before_it_is_sent_and_a_tick_shares_one_fsync(tmp_path, monkeypatch):
+@pytest.mark.parametrize("disk", ["fast", "slow"])  # fsync on the loop, or on the helper thread
+def test_every_attempt_is_on_disk_before_it_is_sent_and_a_tick_shares_one_fsync(tmp_path, monkeypatch, disk):
     syncs = []
     real = os.fdatasync
     monkeypatch.setattr(intents.os, "fdatasync", lambda fd: (syncs.append(fd), real(fd)))
     be = JournalCheckingBackend(tmp_path, {"C": [BackendError(CallStatus.HTTP_ERROR, "503", retryable=True)]})
     core = make_core(be, tmp_path, make_pool(max_concurrency=128))
+    if disk == "slow":
+        core.journal.fsync_s = 1.0
 
     async def main():
         rs = await asyncio.gather(*(core.call("B", f"q{i}") for i in range(64)), core.call("C", "q"))
