@@ -78,7 +78,13 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_fsdp2_learners_equal_one_and_resume_exactly(tmp_path):
-    _worker(0, 1, str(tmp_path))
+    import ray
+
+    put, gather = ray.put, torch.distributed.all_gather_single
+    try:  # in this process: the worker's stand-ins for ray.put and all_gather_single must not leak
+        _worker(0, 1, str(tmp_path))
+    finally:
+        ray.put, torch.distributed.all_gather_single = put, gather
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     one = torch.load(tmp_path / "world1_rank0.pt", weights_only=True)
     r0, r1 = (torch.load(tmp_path / f"world2_rank{r}.pt", weights_only=True) for r in (0, 1))
