@@ -82,6 +82,19 @@ def test_unset_url_variable_is_refused_at_load_and_never_retried(fake_openai, mo
     assert r.status is CallStatus.NOT_CONFIGURED and r.attempts == 1
 
 
+def call_keyed_once(fake_openai, ledger_dir):
+    """One call through a pool whose key is RR1_FAKE_KEY, the core closed after it (ledger flushed)."""
+    core = PoolCore(pool_at(fake_openai.url, api_key_env="RR1_FAKE_KEY"),
+                    PoolRuntimeConfig(ledger_dir=str(ledger_dir)), "run")
+
+    async def main():
+        r = await core.call("Display", "hello")
+        await core.close()
+        return r
+
+    return asyncio.run(main())
+
+
 def test_provider_echoing_the_key_across_byte_200_leaks_no_part_of_it(fake_openai, monkeypatch, tmp_path):
     from router_r1.env.episode import error_information
     from router_r1.util.redact import leaks
@@ -89,15 +102,7 @@ def test_provider_echoing_the_key_across_byte_200_leaks_no_part_of_it(fake_opena
     secret = "sk-PROBE-SECRET-0123456789abcdef"
     monkeypatch.setenv("RR1_FAKE_KEY", secret)
     fake_openai.set("org/model-x", "echo_key")
-    core = PoolCore(pool_at(fake_openai.url, api_key_env="RR1_FAKE_KEY"),
-                    PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run")
-
-    async def main():
-        r = await core.call("Display", "hello")
-        await core.close()
-        return r
-
-    r = asyncio.run(main())
+    r = call_keyed_once(fake_openai, tmp_path)
     assert r.status is CallStatus.HTTP_ERROR and r.meta["http_status"] == 401
     # The router's context gets the status, never the provider's body.
     info = error_information(r)
@@ -277,15 +282,7 @@ def test_a_key_echoed_in_a_200_reply_never_leaves_the_pool(fake_openai, monkeypa
     secret = "sk-PROBE-OK200-0123456789abcdef"
     monkeypatch.setenv("RR1_FAKE_KEY", secret)
     fake_openai.set("org/model-x", "echo_key_ok")
-    core = PoolCore(pool_at(fake_openai.url, api_key_env="RR1_FAKE_KEY"),
-                    PoolRuntimeConfig(ledger_dir=str(tmp_path)), "run")
-
-    async def main():
-        r = await core.call("Display", "hello")
-        await core.close()
-        return r
-
-    r = asyncio.run(main())
+    r = call_keyed_once(fake_openai, tmp_path)
     assert r.ok and r.text.startswith("key *** .") and leaks(repr(r), secret) == []
     for p in tmp_path.iterdir():
         assert leaks(p.read_bytes().decode("latin-1"), secret) == []

@@ -42,6 +42,16 @@ def _chain(node: ast.AST, through_calls: bool = False) -> list[str] | None:
     return [node.id, *reversed(parts)]
 
 
+def _symbol(node: ast.AST, alias: dict[str, str]) -> str | None:
+    """The vLLM name `node` refers to through a file's import aliases (`vllm.X`, or an imported
+    vLLM name itself), None when it is not a vLLM name."""
+    c = _chain(node)
+    if not c or c[0] not in alias:
+        return None
+    base = alias[c[0]]
+    return base + "." + c[1] if base == "vllm" and len(c) > 1 else (base if base != "vllm" else None)
+
+
 class Uses:
     def __init__(self) -> None:
         self.symbols: set[str] = set()
@@ -75,11 +85,7 @@ def scan() -> Uses:
                        for t in n.targets if isinstance(t, ast.Name)}
 
         def symbol(node: ast.AST) -> str | None:
-            c = _chain(node)
-            if not c or c[0] not in alias:
-                return None
-            base = alias[c[0]]
-            return base + "." + c[1] if base == "vllm" and len(c) > 1 else (base if base != "vllm" else None)
+            return _symbol(node, alias)
 
         instances: dict[str, str] = {}  # self.<attr> -> vLLM class of the object it holds
         classes: dict[str, str] = {}  # self.<attr> -> vLLM class it holds (called as constructor)
@@ -107,11 +113,7 @@ def scan() -> Uses:
         alias, instances, classes, string_sets = per_file.get(f, ({}, {}, {}, {}))
 
         def symbol(node: ast.AST) -> str | None:
-            c = _chain(node)
-            if not c or c[0] not in alias:
-                return None
-            base = alias[c[0]]
-            return base + "." + c[1] if base == "vllm" and len(c) > 1 else (base if base != "vllm" else None)
+            return _symbol(node, alias)
 
         def instance_of(c: list[str]) -> tuple[str, list[str]] | None:
             """(vLLM class, rest of the chain) when `c` reaches into a vLLM object."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the router_r1 package, logged with the model as its code
 # What the router's code imports at run time (the pool core writes Parquet, the wire types are
 # the openai SDK's); mlflow adds itself.
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pydantic", "pyyaml", "numpy", "pandas", "pyarrow",
@@ -94,13 +95,11 @@ def log_router(tracker: Any, policy_dir: str | Path, pool_file: str | Path, rout
     the policy folder, the descriptor file and `router_cfg` (its `episode` and `serve` settings)
     as artifacts, the `router_r1` package as code, pinned requirements (given, not inferred:
     inference would import and probe the environment) and the signature."""
-    import router_r1
-
     with tempfile.TemporaryDirectory() as tmp:
         cfg_file = Path(tmp) / "router.json"
         cfg_file.write_text(json.dumps(router_cfg, indent=2))
         tracker.log_pyfunc(
             name, RouterModel(),
             artifacts={"policy": str(policy_dir), "pool": str(pool_file), "router": str(cfg_file)},
-            code_paths=[str(Path(router_r1.__file__).parent)], pip_requirements=requirements(),
+            code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements(),
             signature=signature())

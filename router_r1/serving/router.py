@@ -1,8 +1,6 @@
 """The served router from Python, without Ray: `Router.load(policy_dir, pool=...)`.
 
-    from router_r1 import Router
-
-    router = Router.load("outputs/demo/policy", pool="configs/pool_simulated.yaml")
+    router = router_r1.Router.load("outputs/demo/policy", pool="configs/pool_simulated.yaml")
     router.route("Who discovered Orvium?")           # {"answer", "models", "cost_usd", ...}
     router.chat([{"role": "user", "content": "Who discovered Orvium?"}], max_tokens=16)
                                                      # the OpenAI chat.completion Serve would send
