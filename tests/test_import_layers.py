@@ -33,7 +33,8 @@ def modules() -> dict[str, Path]:
 
 def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the project modules it imports (an import of a package's name counts as its
-    __init__; a module's own parent packages are not counted: Python runs them anyway)."""
+    __init__, also from inside that package: a package face imported by its own modules is a
+    dependency like any other)."""
 
     def owner(name: str) -> str | None:
         while name and name not in mods:
@@ -57,7 +58,7 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
                 continue
             for t in targets:
                 o = owner(t)
-                if o and o != m and not m.startswith(o + "."):
+                if o and o != m:
                     graph[m].add(o)
     return graph
 
