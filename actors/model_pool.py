@@ -33,6 +33,7 @@ from router_r1.pool.backends.base import ModelBackend
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
+from router_r1.pool.stats import quantile
 from router_r1.pool.types import CallResult, CallStatus
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
@@ -140,8 +141,8 @@ class ModelPoolActor:
 
 
 def _pct(xs: Any, q: float) -> float | None:
-    xs = sorted(xs)
-    return round(1e3 * xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
+    """The `q` quantile of seconds `xs`, in milliseconds (None when empty)."""
+    return round(1e3 * quantile(sorted(xs), q), 3) if xs else None
 
 
 ModelPool = ray.remote(ModelPoolActor)

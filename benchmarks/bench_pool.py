@@ -41,6 +41,7 @@ from router_r1.pool.backends import make_backend
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
+from router_r1.pool.stats import quantile
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = {"temperature": 0.7}
@@ -102,8 +103,7 @@ async def measured(fn, total: int, concurrency: int) -> tuple[float, list[float]
 
 
 def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p * len(xs)))]
+    return quantile(sorted(xs), p)
 
 
 def row(name: str, calls: int, wall: float, lat: list[float], note: str = "", cpu: dict | None = None) -> dict:

@@ -354,11 +354,12 @@ class PoolCore:
         messages = req.messages_for(desc)
         params = {"max_tokens": desc.backend.max_tokens, **req.params}
         est_prompt, bound = estimate_prompt_tokens(messages), max_prompt_tokens(messages)
-        # Expected: the model's observed completion lengths (budget.py); worst: the call's max_tokens.
+        # Expected: the model's observed completion lengths (budget.py); worst: the call's max_tokens,
+        # also what each attempt's intent says it can cost at most.
         expected = self._state(desc).stats.expected_completion_tokens(params["max_tokens"])
+        worst = call_cost(desc, bound, params["max_tokens"])
         reservation = await self.budget.reserve(call_cost(desc, est_prompt, expected),
-                                                req.ctx.run_id, req.ctx.tenant,
-                                                worst=call_cost(desc, bound, params["max_tokens"]))
+                                                req.ctx.run_id, req.ctx.tenant, worst=worst)
         if reservation is None:
             return CallResult.failure(desc.name, CallStatus.BUDGET_EXCEEDED,
                                       f"budget cap reached (run {req.ctx.run_id!r}, tenant {req.ctx.tenant!r})")
@@ -366,13 +367,14 @@ class PoolCore:
         key = IDEMPOTENCY_KEY.set(f"{req.call_id}.{req.tried}")
         req.tried += 1
         try:
-            return await self._attempts(desc, messages, params, est_prompt, bound, req, reservation)
+            return await self._attempts(desc, messages, params, est_prompt, bound, worst, req, reservation)
         finally:
             IDEMPOTENCY_KEY.reset(key)
             reservation.release()
 
     async def _attempts(self, desc: ModelDescriptor, messages: list[Message], params: dict[str, Any],
-                        est_prompt: int, bound: int, req: Request, reservation: Reservation) -> CallResult:
+                        est_prompt: int, bound: int, worst: float, req: Request,
+                        reservation: Reservation) -> CallResult:
         st, lim = self._state(desc), desc.limits
         try:
             backend = self._backend(desc.backend.kind)
@@ -390,7 +392,7 @@ class PoolCore:
             "run_id": req.ctx.run_id, "episode_id": req.ctx.episode_id, "tenant": req.ctx.tenant,
             "model": desc.name, "requested_model": req.asked, "prompt_tokens": bound,
             "completion_tokens": params["max_tokens"], "price_in": desc.price_in,
-            "price_out": desc.price_out, "cost_usd": call_cost(desc, bound, params["max_tokens"])}
+            "price_out": desc.price_out, "cost_usd": worst}
         while attempt < lim.max_attempts:
             outcome: BackendReply | BackendError | None = None
             if st.circuit.state != "open":  # open: fail fast, without queueing for a slot
@@ -531,7 +533,8 @@ class PoolCore:
                          price_in=desc.price_in if desc else 0.0, price_out=desc.price_out if desc else 0.0,
                          cost_usd=cost, latency_s=res.latency_s, status=res.status.value,
                          attempts=res.attempts, cache_hit=res.cache_hit,
-                         error=None if res.error is None else self._redact(_with_detail(res.error, detail))[:500],
+                         # both parts already redacted by _redact_result
+                         error=None if res.error is None else _with_detail(res.error, detail)[:500],
                          idempotency_key=None if res.cache_hit else res.meta.get("idempotency_key"),
                          anomaly=res.meta.get("anomaly"), end_user=req.ctx.end_user)
         res.meta["record_id"] = rec["record_id"]

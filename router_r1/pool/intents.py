@@ -39,11 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from router_r1.pool.types import CallStatus
+
 _NAME = re.compile(r"^intent-([0-9a-f]+)-(\d+)\.jsonl$")
 # An fsync this fast runs on the event loop (blocking it that long once per tick beats handing off
 # to a thread, which must then win the busy loop's GIL twice); a slower disk's on the helper thread.
 INLINE_FSYNC_S = 0.5e-3
-UNKNOWN_STATUS = "outcome_unknown"
 # The fields of an intent line that become the ledger record of an unresolved attempt.
 INTENT_FIELDS = ("run_id", "episode_id", "tenant", "model", "requested_model", "prompt_tokens",
                  "completion_tokens", "price_in", "price_out", "cost_usd")
@@ -145,9 +146,6 @@ class IntentJournal:
         for n in list(self._by_key.get(key, ())):
             self._forget(key, n)
 
-    def is_open(self, key: str, attempt: int) -> bool:
-        return (key, attempt) in self._open
-
     @property
     def open_intents(self) -> int:
         return len(self._open)
@@ -217,24 +215,18 @@ class IntentJournal:
         self._syncing = True
         ops, upto = self._ops, self._queued
         self._ops = []
+        err: OSError | None = None
         try:
             self._run_ops(ops)
-        except OSError as e:  # those intents are not on disk: their attempts are not sent
-            self._finish(upto, e)
-            return
-        if self._executor is None or not self._unsynced:
+            fds = [self._fds[seq] for seq in sorted(self._unsynced)] if self._executor is not None else []
             self._unsynced.clear()
-            self._finish(upto, None)
-            return
-        fds = [self._fds[seq] for seq in sorted(self._unsynced)]
-        self._unsynced.clear()
-        if self.fsync_s < INLINE_FSYNC_S:  # a fast disk: on the loop, no thread hand-off
-            try:
+            if fds and self.fsync_s < INLINE_FSYNC_S:  # a fast disk: on the loop, no thread hand-off
                 self._took(_fdatasync_all(fds))
-            except OSError as e:
-                self._finish(upto, e)
-                return
-            self._finish(upto, None)
+                fds = []
+        except OSError as e:  # those intents are not on disk: their attempts are not sent
+            err, fds = e, []
+        if not fds:
+            self._finish(upto, err)
             return
         fut = asyncio.get_running_loop().run_in_executor(self._executor, _fdatasync_all, fds)
         fut.add_done_callback(lambda f: self._finish(
@@ -284,9 +276,7 @@ class IntentJournal:
             _fdatasync_all([self._fds[s] for s in self._unsynced if s in self._fds])
             self._executor.shutdown(wait=True)
         self._durable = self._queued
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
+        self._wake()
         drop_all = not self._open
         for seq in sorted(self._fds):
             if drop_all:
@@ -415,7 +405,7 @@ def unresolved(intents: dict[tuple[str, int], dict[str, Any]], resolved: set[tup
 def outcome_unknown_record(intent: dict[str, Any]) -> dict[str, Any]:
     """The ledger record that bills an attempt whose outcome was lost, at its capped cost."""
     rec = {f: intent[f] for f in INTENT_FIELDS if f in intent}
-    return {**rec, "kind": "attempt", "status": UNKNOWN_STATUS, "attempts": int(intent["n"]),
+    return {**rec, "kind": "attempt", "status": CallStatus.OUTCOME_UNKNOWN.value, "attempts": int(intent["n"]),
             "idempotency_key": str(intent["k"]),
             "error": "the pool stopped while this attempt was in flight; billed at its capped cost",
             "anomaly": "outcome unknown: billed at the capped cost"}

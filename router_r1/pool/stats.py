@@ -15,6 +15,11 @@ COMPLETION_QUANTILE = 0.9  # reservations expect this quantile of the observed l
 COMPLETION_WINDOW = 1000  # the last answers kept per model
 
 
+def quantile(xs: list[float], q: float) -> float:
+    """The `q` quantile of the sorted, non-empty `xs` (nearest rank, no interpolation)."""
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
 @dataclass
 class ModelStats:
     window: int = 10_000
@@ -25,6 +30,7 @@ class ModelStats:
     spend_usd: float = 0.0
     latencies: deque = field(default_factory=deque)
     completions: deque = field(default_factory=deque)  # completion tokens of answered calls
+    _expected: int | None = field(default=None, init=False, repr=False)  # cached quantile of `completions`
 
     def __post_init__(self) -> None:
         self.latencies = deque(self.latencies, maxlen=self.window)  # the last `window` calls
@@ -38,6 +44,7 @@ class ModelStats:
         self.latencies.append(r.latency_s)
         if r.ok and not r.cache_hit and r.served_by is None and r.attempts <= 1:
             self.completions.append(r.completion_tokens)  # this model's own, single-attempt answer
+            self._expected = None
 
     def expected_completion_tokens(self, max_tokens: int) -> int:
         """The completion length a budget reservation expects of this model's next call: the
@@ -45,14 +52,15 @@ class ModelStats:
         `MIN_COMPLETIONS` answers were seen. The worst case (max_tokens) is reserved beside it."""
         if len(self.completions) < MIN_COMPLETIONS:
             return max_tokens
-        xs = sorted(self.completions)
-        return min(max_tokens, xs[min(len(xs) - 1, int(COMPLETION_QUANTILE * len(xs)))])
+        if self._expected is None:  # sorted once per new answer, not once per call
+            self._expected = quantile(sorted(self.completions), COMPLETION_QUANTILE)
+        return min(max_tokens, self._expected)
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies)
 
         def q(p: float) -> float:
-            return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0
+            return quantile(lat, p) if lat else 0.0
 
         return {"calls": self.calls, "errors": self.errors, "retries": self.retries,
                 "cache_hits": self.cache_hits, "p50_latency_s": q(0.5), "p99_latency_s": q(0.99),
