@@ -235,7 +235,6 @@ class RolloutGroup:
         self.workers = [make_worker(i) for i in range(size)]
         self.refs: list[Any] = []
         self.version = -1
-        self._loads: list[Any] = []  # weight loads sent without waiting (sync(wait=False))
         self.restarts = 0
         self._failures = [0] * size
 
@@ -248,7 +247,8 @@ class RolloutGroup:
             self._gather({w.set_weights.remote(refs, version): i for i, w in enumerate(self.workers)},
                          lambda i: self.workers[i].set_weights.remote(self.refs, self.version))
         else:  # a failed load shows as a dead or stale worker in the next `collect`
-            self._loads = [w.set_weights.remote(refs, version) for w in self.workers]
+            for w in self.workers:
+                w.set_weights.remote(refs, version)
 
     def submit(self, items: Sequence[Item], n_samples: int, seed: int, greedy: bool = False) -> PendingRollout:
         """Start a rollout with the weights synced last: `items` dealt round-robin over the workers

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.train import Hooks, Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,25 +58,17 @@ def base_config(out: Path, **over):
     return load_config(None, {**raw, **over})
 
 
-class StepClock:
-    """Hooks: the wall time at the end of every step."""
+class StepClock(Hooks):
+    """The wall time at the end of every step."""
 
     def __init__(self):
         self.ends: list[float] = []
-
-    def before_rollouts(self, trainer, items, greedy):
-        pass
-
-    def after_scores(self, trainer, episodes, scores, normalizer):
-        pass
 
     def after_step(self, trainer, metrics):
         self.ends.append(time.perf_counter())
 
 
 def train(cfg) -> tuple[dict, list[dict], StepClock]:
-    from pipelines.train import Trainer
-
     clock = StepClock()
     t = Trainer(cfg, progress=False, hooks=[clock])
     report = t.run()

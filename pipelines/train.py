@@ -96,7 +96,7 @@ class Trainer:
         self.extra_evals = self.world.extra_evals()  # name -> items, played at the start and end
         self.step, self.version, self._restarts_before = 0, 0, 0
         self.sft_losses: list[float] = []  # the warm start's loss per step
-        self.inflight: deque = deque()  # (step, PendingRollout): rollouts submitted ahead (train_loop)
+        self.inflight: deque = deque()  # PendingRollouts of the next steps, submitted ahead (train_loop)
         self._launched = 0  # the last step whose rollouts were submitted
         self._current_bar = None
         self._owns_ray = False
@@ -161,8 +161,8 @@ class Trainer:
 
     def warm_start(self, traces: list[Episode]) -> dict[str, float]:
         """Supervised steps on the world's traces, so a tiny model learns the format. A rollout
-        worker encodes the traces once (the driver never tokenises). Each step's loss goes to
-        MLflow (`sft/nll`, by warm-start step), the progress bar, or a log line every tenth."""
+        worker encodes the traces once (the driver never tokenises). Each step's loss goes to the
+        progress bar or a log line every tenth, and to MLflow (`sft/nll`, by warm-start step) at the end."""
         import ray
 
         ws = self.cfg.warmstart
@@ -173,11 +173,11 @@ class Trainer:
             batch = encoded.select([(s * ws.batch_size + j) % len(traces) for j in range(ws.batch_size)])
             nll = float(self.learner.sft_step(batch)["sft/nll"])
             self.sft_losses.append(nll)
-            self.tracker.log_metrics({"sft/nll": nll}, step=s + 1)
             if self._current_bar is not None:
                 self._current_bar.set_postfix(nll=f"{nll:.3f}")
             elif (s + 1) % every == 0 or s + 1 == ws.steps:
                 log.info("warm start %d/%d: nll %.3f", s + 1, ws.steps, nll)
+        self.tracker.log_series("sft/nll", self.sft_losses)  # one store round-trip per 1,000 steps, not per step
         return {"warmstart/loss_first": self.sft_losses[0], "warmstart/loss_last": self.sft_losses[-1]}
 
     def sync_weights(self, wait: bool = True) -> float:
@@ -191,10 +191,14 @@ class Trainer:
         self.last_sync = {**self.learner.last_publish(), "sync/seconds": seconds}
         return seconds
 
-    def rollouts(self, items: list[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
+    def submit_rollouts(self, items: list[Item], n_samples: int, seed: int, greedy: bool = False):
+        """Start rollouts of `items` with the weights synced last (`RolloutGroup.submit`)."""
         for h in self.hooks:
             h.before_rollouts(self, items, greedy)
-        return self.workers.rollout(items, n_samples, seed, greedy)
+        return self.workers.submit(items, n_samples, seed, greedy)
+
+    def rollouts(self, items: list[Item], n_samples: int, seed: int, greedy: bool = False) -> list[Episode]:
+        return self.workers.collect(self.submit_rollouts(items, n_samples, seed, greedy))
 
     def rewards(self, episodes: list[Episode]) -> list[EpisodeScore]:
         """Training rewards: the scores under the run's normaliser, then `reward_fn`."""
@@ -339,8 +343,7 @@ class Trainer:
             t0 = time.perf_counter()
             while len(self.inflight) < 1 + k and self._launched < self._launch_limit():
                 self.launch_rollout()
-            step_launched, pending = self.inflight.popleft()
-            episodes = pending if isinstance(pending, list) else self.workers.collect(pending)
+            episodes = self.workers.collect(self.inflight.popleft())
             rollout_s = time.perf_counter() - t0  # the learner waited this long for its episodes
             scores = self.rewards(episodes)
             t1 = time.perf_counter()
@@ -371,10 +374,7 @@ class Trainer:
         group = cfg.learner.group_size if cfg.learner.algorithm == "grpo" else 1
         n_questions = max(1, cfg.rollout.num_actors * cfg.rollout.episodes_per_actor // group)
         items = self.stream.next_batch(n_questions)
-        for h in self.hooks:
-            h.before_rollouts(self, items, False)
-        seed = cfg.seed * 100_003 + self._launched * 101
-        self.inflight.append((self._launched, self.workers.submit(items, group, seed)))
+        self.inflight.append(self.submit_rollouts(items, group, seed=cfg.seed * 100_003 + self._launched * 101))
 
     def after_step(self, episodes: list[Episode], scores: list[EpisodeScore], metrics: dict[str, float],
                    rollout_s: float, learner_s: float) -> None:

@@ -8,7 +8,8 @@
   vLLM, OpenAI-compatible endpoint);
 - `pool/`: the ModelPool's logic, its backends and the model descriptors;
 - `evaluation/`: routing policies to compare (baselines, LLM routers) and their report;
-- `infra/`: config, checkpoints, tracking (MLflow), CLI, preflight;
+- `util/`: redaction of secrets and atomic writes;
+- `infra/`: config, memory plan, checkpoints, seeding, tracking (MLflow), preflight;
 - `serving/`: the served router without Ray: the OpenAI wire format, the request logic shared
   with the Serve app, the Python API (`router_r1.Router`) and the MLflow pyfunc model;
 - `rl_router/`: the RLlib router, a separate small-policy baseline.

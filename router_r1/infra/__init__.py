@@ -1,3 +1,3 @@
-"""Infrastructure: the typed config (`config`), atomic writes (`atomic`), checkpoints
-(`checkpoint`), MLflow tracking (`tracking`; the router's pyfunc model is
-router_r1.serving.mlflow_model), secret masking (`redact`), startup checks (`preflight`) and the `router-r1` CLI (`cli`)."""
+"""Infrastructure: the typed config (`config`), the learner's memory plan (`memory_plan`),
+checkpoints (`checkpoint`), seeds and RNG state (`seeding`), MLflow tracking (`tracking`; the
+router's pyfunc model is router_r1.serving.mlflow_model) and startup checks (`preflight`)."""

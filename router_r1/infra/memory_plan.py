@@ -48,6 +48,7 @@ from typing import Any
 
 from router_r1.env.prompt import render_prompt
 from router_r1.infra.config import RunConfig
+from router_r1.pool.cost import estimate_tokens
 
 GiB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -56,7 +57,6 @@ FP32_CHUNK_TENSORS = 4  # float32 (chunk, V) tensors alive at once: the cast, lo
 # entropy's temporaries, and the chunk's gradient (router_r1.rl.logprobs)
 QUESTION_TOKENS = 128  # a QA question (NQ, HotpotQA) is well under this
 CHAT_TEMPLATE_TOKENS = 64  # Qwen2.5's system turn and role markers
-CHARS_PER_TOKEN = 3  # English through a BPE tokenizer is ~4; 3 errs on the long side
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,12 @@ def _read_config_json(path: Path, name: str) -> ModelShape:
 
 
 def estimate_prompt_tokens(cfg: RunConfig) -> int:
-    """The prompt's length, estimated: the pool's rendered instructions and descriptors at
-    CHARS_PER_TOKEN, the question (max_question_tokens, else QUESTION_TOKENS) and the chat template."""
+    """The prompt's length, estimated: the pool's rendered instructions and descriptors by the
+    pool's own deliberately high estimate (router_r1.pool.cost.estimate_tokens), the question (max_question_tokens, else QUESTION_TOKENS) and the chat template."""
     p = cfg.policy
     text = render_prompt(cfg.load_pool(), "", layout=p.prompt_layout)
     question = p.max_question_tokens or QUESTION_TOKENS
-    return math.ceil(len(text) / CHARS_PER_TOKEN) + question + (CHAT_TEMPLATE_TOKENS if p.use_chat_template else 0)
+    return estimate_tokens(text) + question + (CHAT_TEMPLATE_TOKENS if p.use_chat_template else 0)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class NullTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_series(self, name: str, values: list[float]) -> None: ...
     def log_samples(self, records: list[dict], name: str) -> None: ...
     def log_curves(self, history: list[dict[str, float]], sft_losses: list[float] = (),
                    name: str = "training_curves.png") -> None: ...
@@ -106,6 +108,17 @@ class MlflowTracker(NullTracker):
                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
         if clean:
             self.mlflow.log_metrics(clean, step=step)
+
+    def log_series(self, name: str, values: list[float]) -> None:
+        """`values[i]` as metric `name` at step i + 1, in batches of MLflow's 1,000 metrics."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(name.replace("/", "."), float(v), now, i + 1) for i, v in enumerate(values)
+                   if math.isfinite(float(v))]
+        client = self.mlflow.MlflowClient(self.uri)
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=True)
 
     def log_samples(self, records: list[dict], name: str) -> None:
         """Sample trajectories as an MLflow table (one row per episode, one column per field; the

@@ -192,9 +192,7 @@ def make_traces(world: ReplayWorld, pool: PoolSpec, n: int, seed: int = 0,
     of its task's accuracy, `per_task` takes the task's route at `margin` (module docstring; a
     question the route's model has no reply to falls back to `task`)."""
     mix = mix or DEFAULT_MIX
-    bad = sorted(set(mix) - set(TRACE_POLICIES))
-    if bad:
-        raise ValueError(f"unknown replay trace policies {bad}; choose from {list(TRACE_POLICIES)}")
+    check_trace_mix(mix, TRACE_POLICIES, "replay")
     rng = random.Random(seed)
     policy_rng = random.Random(f"{seed}-policy")  # its own stream: the default mix draws as before
     acc, cost = task_stats(world.train, pool, world.table.models)  # once: weights and routes

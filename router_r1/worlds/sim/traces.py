@@ -29,6 +29,7 @@ from router_r1.env.prompt import PromptLayout, render_prompt
 from router_r1.env.protocol import information_block
 from router_r1.env.reward import RewardConfig
 from router_r1.pool.types import CallResult
+from router_r1.worlds.base import check_trace_mix
 from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
@@ -148,9 +149,7 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
     every trace. A swapped trace keeps no prompt: the rollout worker renders it from the renamed
     question."""
     mix = mix or DEFAULT_MIX
-    bad = sorted(set(mix) - set(TRACE_POLICIES))
-    if bad:
-        raise ValueError(f"unknown trace policies {bad}; choose from {TRACE_POLICIES}")
+    check_trace_mix(mix, TRACE_POLICIES, "simulated")
     if not 0.0 <= subject_swap <= 1.0:
         raise ValueError(f"subject_swap must be in [0, 1], got {subject_swap}")
     subject_rng = random.Random(f"{seed}-subject-swap")
