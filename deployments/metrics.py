@@ -20,6 +20,9 @@ from typing import Any
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from router_r1.pool.types import CallStatus
+from router_r1.serving.service import REQUEST_CAP
+
 LATENCY_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 BATCH = [1, 2, 4, 8, 16, 32, 64, 128]
 UNKNOWN = "<unknown>"
@@ -103,7 +106,7 @@ class ServeMetrics:
                 self.cost.inc(c.cost_usd, tags={"app": self.app, "tenant": tenant, "model": model})
             if not c.ok:
                 self.route_failures.inc(1, tags={"app": self.app, "model": model, "status": status})
-                if status == "budget_exceeded" and c.meta.get("budget_scope") != "request":
+                if c.status is CallStatus.BUDGET_EXCEEDED and c.meta.get("budget_scope") != REQUEST_CAP:
                     self.budget_refusals.inc(1, tags={"app": self.app, "tenant": tenant, "model": model})
 
     def generation_batch(self, turns: int) -> None:

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router_r1.serving.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
-from router_r1.serving.generation import GenParams, TokenSink, generate_isolated
+from router_r1.serving.generation import GenParams, TokenSink, generate_isolated, turn_result
 from router_r1.serving.service import Plan, RouterService
 from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
@@ -170,11 +170,7 @@ class RouterDeployment:
 
     # -- batched generation ----------------------------------------------------------------------
     async def _generate_turn(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
-        res = await self._generate_batch((context, gen, on_token))
-        if isinstance(res, Exception):  # this request's own turn failed, alone (generate_isolated)
-            raise APIError(400, f"the router cannot process this request: {type(res).__name__}: "
-                           f"{str(res)[:200]}", param="messages", code="invalid_value")
-        return res
+        return turn_result(await self._generate_batch((context, gen, on_token)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
     async def _generate_batch(self, items: list[tuple]) -> list[Generation | Exception]:

@@ -459,3 +459,32 @@ def test_max_cost_usd_must_be_finite(value):
     with pytest.raises(APIError) as e:
         parse_request(raw)
     assert e.value.status == 400 and e.value.param == "max_cost_usd"
+
+
+def test_the_in_process_batcher_answers_a_poisoned_turn_as_serve_does():
+    """A turn that fails alone is this request's 400 (as Serve's batch answers it); the others
+    batched with it are generated; an engine that fails every turn fails each request alone."""
+    import asyncio
+
+    from router_r1.env.generation import Generation
+    from router_r1.serving.generation import TurnBatcher
+
+    def generate(contexts, max_new_tokens, temperature, top_p, **kw):
+        if any(c[0] == 666 for c in contexts):
+            raise ValueError("poisoned context")
+        return [Generation(ids=[c[0]], text=str(c[0])) for c in contexts]
+
+    async def main(batcher):
+        gen = (0.0, 1.0, 4, None)
+        return await asyncio.gather(batcher([1], gen), batcher([666], gen), batcher([2], gen),
+                                    return_exceptions=True)
+
+    ok1, bad, ok2 = asyncio.run(main(TurnBatcher(generate)))
+    assert ok1.text == "1" and ok2.text == "2"
+    assert isinstance(bad, APIError) and bad.status == 400 and "poisoned context" in bad.message
+
+    def broken(contexts, *a, **kw):
+        raise RuntimeError("engine down")
+
+    assert all(isinstance(r, APIError) and r.status == 400 and "engine down" in r.message
+               for r in asyncio.run(main(TurnBatcher(broken))))

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_r1.env.generation import Generation, cut_generation
+from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.protocol import STOP_STRINGS, cut_at_stop, information_block, parse, parse_route
 from router_r1.pool.cost import episode_cost
 from router_r1.pool.descriptors import PoolSpec
@@ -168,7 +168,7 @@ async def run_episodes(episodes: list[Episode], generate: GenerateFn, call: Call
     token_mode = bool(episodes) and all(e.token_mode for e in episodes)
     if token_mode and tokenizer is None:
         raise ValueError("token-mode episodes need the tokenizer")
-    eos = _eos_ids(tokenizer) if token_mode else set()
+    eos = eos_ids(tokenizer) if token_mode else set()
     order = {id(e): i for i, e in enumerate(episodes)}
     ready = [e for e in episodes if not e.done]  # waiting for a generation
     out: dict[asyncio.Task, Episode] = {}  # routed calls in flight
@@ -237,11 +237,6 @@ def _insert(e: Episode, res: CallResult, cfg: EpisodeConfig, tokenizer: Tokenize
     text = information_block(truncate_tokens(body, cfg.max_obs_tokens, tokenizer))
     ids = tokenizer.encode(text, add_special_tokens=False) if token_mode else []
     e.segments.append(Segment(text, "information", ids, [0.0] * len(ids)))
-
-
-def _eos_ids(tokenizer) -> set[int]:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return {eos} if eos is not None else set()
 
 
 def _policy_segment(out: Generation | str, token_mode: bool, tokenizer,

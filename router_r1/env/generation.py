@@ -43,7 +43,8 @@ class Generation:
 def eos_ids(tokenizer, model_config=None) -> set[int]:
     """End-of-sequence ids: the tokenizer's, plus the model config's (Qwen2.5 instruct ends turns
     with <|im_end|> and may also emit <|endoftext|>). Never the generation_config's sampling."""
-    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = getattr(tokenizer, "eos_token_id", None)
+    out = {eos} if eos is not None else set()
     cfg_eos = getattr(model_config, "eos_token_id", None) if model_config is not None else None
     out |= set(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else ({cfg_eos} if cfg_eos is not None else set())
     return out

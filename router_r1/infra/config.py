@@ -401,6 +401,17 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Dotted `overrides` ("learner.lr": 1e-4) set into the raw config mapping `raw`, in place."""
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a RunConfig from YAML (or defaults), apply dotted `overrides`, validate."""
     raw: dict[str, Any] = {}
@@ -414,12 +425,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config must be a mapping")
         base = path.parent
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    apply_overrides(raw, overrides)
     raw = _resolve_paths(raw, base)
     try:
         return RunConfig.model_validate(raw)

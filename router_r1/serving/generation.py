@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router_r1.env.generation import Generation
+from router_r1.serving.openai_api import APIError
 
 # temperature, top_p, max_new_tokens, seed (None: unseeded): one batch group.
 GenParams = tuple[float, float, int, "int | None"]
@@ -72,6 +73,15 @@ async def generate_isolated(generate: Callable[..., list[Generation]],
     return out
 
 
+def turn_result(res: Generation | Exception) -> Generation:
+    """A batched turn's result for its request: a turn that failed alone (`generate_isolated`) is
+    this request's problem, a 400, whichever batcher ran it."""
+    if isinstance(res, Exception):
+        raise APIError(400, f"the router cannot process this request: {type(res).__name__}: "
+                       f"{str(res)[:200]}", param="messages", code="invalid_value")
+    return res
+
+
 class TurnBatcher:
     """`await batcher(context, gen)`: one router turn, generated with every turn submitted in the
     same event-loop tick (the in-process counterpart of Serve's `@serve.batch`), in a worker
@@ -88,10 +98,7 @@ class TurnBatcher:
         self._pending.append((list(context), gen, on_token, fut))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
-        res = await fut
-        if isinstance(res, Exception):
-            raise res
-        return res
+        return turn_result(await fut)
 
     async def _flush(self) -> None:
         if self._lock is None:
@@ -101,10 +108,14 @@ class TurnBatcher:
                 batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]
                 try:
                     outs: list[Any] = await generate_isolated(self._generate, [(c, g, k) for c, g, k, _ in batch])
-                except Exception as e:  # the engine itself broke: every waiting turn hears of it
-                    outs = [e] * len(batch)
-                self.batches += 1
-                self.turns += len(batch)
+                except Exception as e:  # the engine itself broke: every waiting turn hears of it, as is
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                finally:
+                    self.batches += 1
+                    self.turns += len(batch)
                 for (_, _, _, fut), out in zip(batch, outs):
                     if not fut.done():
                         fut.set_result(out)

@@ -74,7 +74,6 @@ class FieldRule:
     neutral: tuple[Any, ...] = (None,)
 
 
-HONOURED = "honoured"
 _N = FieldRule
 FIELDS: dict[str, FieldRule] = {
     # Honoured, with OpenAI's meaning.

@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from router_r1.infra.config import RunConfig, load_config
+from router_r1.infra.config import RunConfig, apply_overrides, load_config
 from router_r1.pool.core import PoolCore
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
@@ -54,13 +54,7 @@ class Router:
 
         if isinstance(config, (RunConfig, dict)):
             raw = config.model_dump() if isinstance(config, RunConfig) else dict(config)
-            for key, value in overrides.items():  # dotted, as load_config applies them
-                node = raw
-                *parents, leaf = key.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-            cfg = RunConfig.model_validate(raw)
+            cfg = RunConfig.model_validate(apply_overrides(raw, overrides))
         else:
             cfg = load_config(config, overrides=overrides or None)
         spec = pool if isinstance(pool, PoolSpec) else load_pool(pool if pool is not None else cfg.pool)

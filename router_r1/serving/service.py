@@ -35,7 +35,7 @@ from typing import Any
 from router_r1.serving.generation import GenParams
 from router_r1.serving.openai_api import APIError, ChatCompletionRequest, usage_dict
 from router_r1.env.episode import Episode, EpisodeConfig, Segment, run_episodes
-from router_r1.env.generation import Generation, cut_generation
+from router_r1.env.generation import Generation, cut_generation, eos_ids
 from router_r1.env.prompt import PromptOptions, conversation_block, fit_history, render_prompt_ids
 from router_r1.env.protocol import STOP_STRINGS, first_tag, parse, parse_route
 from router_r1.infra.config import ServeConfig
@@ -356,8 +356,7 @@ class RouterService:
         else:
             stream.new_turn(forced=True, carried=carried)
             out = await self._generate_one(context, plan.gen_for(turn), stream.sink())
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        g = cut_generation(out, self.tokenizer, STOP_STRINGS, {eos} if eos is not None else ())
+        g = cut_generation(out, self.tokenizer, STOP_STRINGS, eos_ids(self.tokenizer))
         if ids:
             episode.segments.append(Segment(prefix, "information", ids, [0.0] * len(ids)))
         episode.segments.append(Segment(g.text, "policy", list(g.ids), list(g.logprobs or [0.0] * len(g.ids))))
