@@ -339,7 +339,9 @@ def _fdatasync_all(fds: list[int]) -> float:
 
 
 # -- after a crash -----------------------------------------------------------------------------
-def _locked_by_other(path: Path) -> bool:
+def locked_by_other(path: Path) -> bool:
+    """True while a live writer holds the file's lock (a journal or ledger WAL segment), or when
+    the file is gone meanwhile (its writer deleted it: nothing to read)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -360,7 +362,7 @@ def dead_journals(directory: Path, own_writer: str) -> dict[str, list[Path]]:
         m = _NAME.match(p.name)
         if m and m.group(1) != own_writer:
             by_writer.setdefault(m.group(1), []).append(p)
-    return {w: ps for w, ps in by_writer.items() if not any(_locked_by_other(p) for p in ps)}
+    return {w: ps for w, ps in by_writer.items() if not any(locked_by_other(p) for p in ps)}
 
 
 def read_journal(paths: list[Path]) -> tuple[dict[tuple[str, int], dict[str, Any]], set[tuple[str, int]]]:

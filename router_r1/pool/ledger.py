@@ -101,18 +101,6 @@ def _read_wal(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _locked_by_other(path: Path) -> bool:
-    """True while a live writer holds this WAL segment."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our lock, if we got it
-    return False
-
-
 def read_records(directory: str | Path) -> list[dict[str, Any]]:
     """Every record in a ledger folder (parts and WAL segments), de-duplicated, in time order."""
     d = Path(directory)
@@ -159,7 +147,7 @@ class Ledger:
         assert led.dir is not None
         for wal in sorted(led.dir.glob("wal-*.jsonl")):
             m = _NAME.match(wal.name)
-            if not m or m.group(2) == led.writer or _locked_by_other(wal):
+            if not m or m.group(2) == led.writer or _intents.locked_by_other(wal):
                 continue
             part = led.dir / f"part-{m.group(2)}-{m.group(3)}.parquet"
             if not part.exists():
