@@ -14,9 +14,13 @@ attempt's record (kind "attempt", same key and attempt number). An attempt that 
 (a 500, a timeout) or was abandoned (deadline, caller gone) has no record of its own: the pool
 appends a *resolved* line for it to the journal instead (no fsync: losing one only overbills).
 
-`reconcile` (run by `Ledger.rebuild` when a pool starts) bills every intent of a dead writer
-that has no outcome at its capped cost, as a ledger record of kind "attempt" with status
-"outcome_unknown", then deletes that writer's journal. A crash at any point therefore never
+Only attempts a provider outside the process may bill get intents (`ModelBackend.billed_remotely`:
+the OpenAI-compatible HTTP backend); the simulator, replay and in-process engines do not.
+
+Reconciling (`Ledger.rebuild`, when a pool starts, with `dead_journals`, `read_journal` and
+`unresolved` below) bills every intent of a dead writer that has no outcome at its capped cost,
+as a ledger record of kind "attempt" with status "outcome_unknown", then deletes that writer's
+journal. A crash at any point therefore never
 undercounts: an attempt is either not on disk (and was not sent), or has an outcome, or is
 billed at the most it can cost.
 
