@@ -220,3 +220,21 @@ def test_sigkill_mid_burst_loses_no_billed_call(tmp_path, fake_openai):
     assert again.ledger.reconciled == []
     assert again.totals("run_id") == core.totals("run_id")
     run(again.close())
+
+
+def test_without_fsync_an_intent_is_written_at_once(tmp_path, monkeypatch):
+    """intent_fsync: false: each intent is on disk (the page cache: a killed process loses
+    nothing) before its attempt leaves, without waiting for a group or an fsync."""
+    monkeypatch.setattr(intents.os, "fdatasync", lambda fd: pytest.fail("fsync with intent_fsync off"))
+    be = JournalCheckingBackend(tmp_path)
+    core = make_core(be, tmp_path, intent_fsync=False)
+
+    async def main():
+        rs = await asyncio.gather(*(core.call("B", f"q{i}") for i in range(10)))
+        waits = list(core.journal.waits)
+        await core.close()
+        return rs, waits
+
+    rs, waits = run(main())
+    assert all(r.ok for r in rs) and len(be.on_disk) == 10 and all(be.on_disk)
+    assert max(waits) < 0.05

@@ -14,9 +14,13 @@ attempt's record (kind "attempt", same key and attempt number). An attempt that 
 (a 500, a timeout) or was abandoned (deadline, caller gone) has no record of its own: the pool
 appends a *resolved* line for it to the journal instead (no fsync: losing one only overbills).
 
-`reconcile` (run by `Ledger.rebuild` when a pool starts) bills every intent of a dead writer
-that has no outcome at its capped cost, as a ledger record of kind "attempt" with status
-"outcome_unknown", then deletes that writer's journal. A crash at any point therefore never
+Only attempts a provider outside the process may bill get intents (`ModelBackend.billed_remotely`:
+the OpenAI-compatible HTTP backend); the simulator, replay and in-process engines do not.
+
+Reconciling (`Ledger.rebuild`, when a pool starts, with `dead_journals`, `read_journal` and
+`unresolved` below) bills every intent of a dead writer that has no outcome at its capped cost,
+as a ledger record of kind "attempt" with status "outcome_unknown", then deletes that writer's
+journal. A crash at any point therefore never
 undercounts: an attempt is either not on disk (and was not sent), or has an outcome, or is
 billed at the most it can cost.
 
@@ -62,9 +66,11 @@ class IntentJournal:
     so that every intent queued in this tick joins, appends them all with one `os.write` on the
     event loop (the page cache: a killed process loses nothing from here on), then one
     `fdatasync`: on the loop while the disk's recent fsyncs take under `INLINE_FSYNC_S` (0.5 ms),
-    else on a helper thread, so that a slow disk never blocks the loop for long. Intents queued
-    meanwhile go out together in the next commit, as soon as this one is done: at most one fsync
-    is in flight, and there are never more fsyncs per second than the disk can do.
+    else on a helper thread, so that a slow disk never blocks the loop for long. The others
+    yield once too, behind the leader: on a fast disk they find their line durable in the same
+    next iteration, so each intent costs one loop iteration and a share of one fsync. Intents
+    queued during a threaded fsync go out together as soon as it is done: at most one fsync is
+    in flight, and there are never more fsyncs per second than the disk can do.
     (`intent_fsync: false` skips the fsync: intents then survive a killed process, not a power
     loss.) All file work but the fsync runs on the loop, so no descriptor is closed under the
     helper thread: a segment is dropped only while no fsync is in flight."""
@@ -109,13 +115,27 @@ class IntentJournal:
         self._queued += 1
         mine = self._queued
         t0 = time.perf_counter()
+        if not self.fsync and not self._syncing and not self._leader:
+            # Written now, not fsync'd: a killed process loses nothing, and no loop iteration
+            # is spent waiting for a group (the fsync is what a group shares).
+            self._durable = mine  # (set first: a failed write marks it failed below)
+            ops, self._ops = self._ops, []
+            try:
+                self._run_ops(ops)
+                self._unsynced.clear()
+            except OSError as e:
+                self._failed.append((mine, mine, e))
+            self.commits += 1
         waited = False
         while self._durable < mine:
-            if self._leader or self._syncing:  # wait for the group in the making, or in flight
+            if self._syncing:  # an fsync in flight on the helper thread: the next group forms
                 fut = asyncio.get_running_loop().create_future()
                 self._waiters.append(fut)
                 await fut
                 waited = True
+                continue
+            if self._leader:  # it commits first thing next iteration, before we look again
+                await asyncio.sleep(0)
                 continue
             if not waited:  # (a group that formed during the last fsync goes at once)
                 self._leader = True
