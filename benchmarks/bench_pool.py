@@ -10,7 +10,8 @@
 (d) the floor of any actor hop on this machine: a bare async actor that sleeps 20 ms per call.
 
 Every pool call goes through the full pipeline: validation, budget reservation, rate-limit slot,
-the attempt's intent fsync'd to the journal (one fsync per event-loop tick for all its intents),
+the attempt's intent written to the journal (`--intent-fsync`: fsync'd too, one fsync per
+event-loop tick for all its intents),
 backend, ledger record written to a WAL on disk (Parquet flush every 256), Ray metrics. Caching is
 off for the measurement (sampled calls), otherwise the pool would answer from memory. The ledger
 folder is a fresh temporary folder (`$TMPDIR`, on this machine the same ext4 disk as the code).
@@ -145,14 +146,14 @@ async def ray_floor(n: int) -> list[dict]:
     return rows
 
 
-async def bench(quick: bool, http64: bool = False, intent_fsync: bool = True) -> list[dict]:
+async def bench(quick: bool, http64: bool = False, intent_fsync: bool = False) -> list[dict]:
     n_inst = 4_000 if quick else 20_000
     n_http = 1_000 if quick else 4_000
     rows = []
     rt = PoolRuntimeConfig(ledger_dir=tempfile.mkdtemp(prefix="bench-ledger-"), num_cpus=0,
                            actor_name="bench-pool", namespace="router_r1_bench", default_params=SAMPLED)
-    if not intent_fsync:  # (a field the tree before the intent journal does not know)
-        rt = rt.model_copy(update={"intent_fsync": False})
+    if intent_fsync:  # (a field the tree before the intent journal does not know)
+        rt = rt.model_copy(update={"intent_fsync": True})
     if http64:
         return await http_rows(rt, "What is the capital of Vorland?", n_http, (HTTP_CONCURRENCY,))
     pool = simulated_pool()
@@ -236,15 +237,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="ModelPool overhead benchmark")
     ap.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
     ap.add_argument("--http64", action="store_true", help="only the 20 ms HTTP rows at 64 in flight")
-    ap.add_argument("--no-intent-fsync", action="store_true",
-                    help="intents written but not fsync'd (pool_runtime.intent_fsync: false)")
+    ap.add_argument("--intent-fsync", action="store_true",
+                    help="intents fsync'd before each send (pool_runtime.intent_fsync: true)")
     args = ap.parse_args()
     load0 = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="router_r1_bench",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}})
     try:
-        rows = asyncio.run(bench(args.quick, args.http64, not args.no_intent_fsync))
+        rows = asyncio.run(bench(args.quick, args.http64, args.intent_fsync))
     finally:
         ray.shutdown()
     load1 = os.getloadavg()

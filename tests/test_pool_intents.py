@@ -64,7 +64,7 @@ def test_every_attempt_is_on_disk_before_it_is_sent_and_a_tick_shares_one_fsync(
     real = os.fdatasync
     monkeypatch.setattr(intents.os, "fdatasync", lambda fd: (syncs.append(fd), real(fd)))
     be = JournalCheckingBackend(tmp_path, {"C": [BackendError(CallStatus.HTTP_ERROR, "503", retryable=True)]})
-    core = make_core(be, tmp_path, make_pool(max_concurrency=128))
+    core = make_core(be, tmp_path, make_pool(max_concurrency=128), intent_fsync=True)
     if disk == "slow":
         core.journal.fsync_s = 1.0
 
@@ -223,11 +223,11 @@ def test_sigkill_mid_burst_loses_no_billed_call(tmp_path, fake_openai):
 
 
 def test_without_fsync_an_intent_is_written_at_once(tmp_path, monkeypatch):
-    """intent_fsync: false: each intent is on disk (the page cache: a killed process loses
+    """intent_fsync: false (the default): each intent is on disk (the page cache: a killed process loses
     nothing) before its attempt leaves, without waiting for a group or an fsync."""
     monkeypatch.setattr(intents.os, "fdatasync", lambda fd: pytest.fail("fsync with intent_fsync off"))
     be = JournalCheckingBackend(tmp_path)
-    core = make_core(be, tmp_path, intent_fsync=False)
+    core = make_core(be, tmp_path)
 
     async def main():
         rs = await asyncio.gather(*(core.call("B", f"q{i}") for i in range(10)))

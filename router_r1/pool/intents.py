@@ -4,9 +4,11 @@ Before an attempt is sent, the pool appends one *intent* line to its writer's jo
 (`intent-<writer>-<seq>.jsonl` in the ledger folder): the attempt's idempotency key and number,
 the accounts it draws on, the model and its *capped cost* (what the attempt can cost at most:
 the sent text's byte bound and `max_tokens`, priced). The attempt waits until its line is
-fsync'd. The intents of one event-loop tick share one append and one fsync (group commit, as a
-database commits): the first intent of a tick leads, yields once so that the tick's other
-intents join, then writes and fsyncs them all (see `IntentJournal`).
+written (`os.write`: the kernel has it, so a killed pool process loses nothing). With
+`intent_fsync: true` it waits until the line is fsync'd too (it then survives a power loss): the
+intents of one event-loop tick share one append and one fsync (group commit, as a database
+commits): the first intent of a tick leads, yields once so that the tick's other intents join,
+then writes and fsyncs them all (see `IntentJournal`).
 
 An attempt's *outcome* is the ledger record it ends in: the call's record (kind "call", same
 idempotency key: the call ended, every attempt of that key is accounted for) or a billed
