@@ -185,6 +185,9 @@ def run_phase(url: str, checkpoint: str, config: Path, batch: int, prompts: list
     mean, unit = mean_batch(before, after)
     res.update(batching=after.get("batching", batching), max_batch_size=batch,
                router_turns=after["batched_turns"] - before["batched_turns"], mean_batch=mean, batch_unit=unit)
+    if "kept_tokens" in after:  # continuous: tokens sampled past a stop before its cancel landed
+        sampled = after["sampled_tokens"] - before["sampled_tokens"]
+        res["past_stop_share"] = 1 - (after["kept_tokens"] - before["kept_tokens"]) / sampled if sampled else 0.0
     return res
 
 
@@ -258,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                     f" of total p50 {res['p50_s'] * 1000:.0f} ms" if stream else "")
             print(f"{name:>17}: {res['ok']}/{res['requests']} ok, p50 {res['p50_s'] * 1000:.0f} ms, "
                   f"p99 {res['p99_s'] * 1000:.0f} ms{ttft}, {res['requests_per_s']:.1f} req/s, "
-                  f"mean generation batch {res['mean_batch']:.1f} {res['batch_unit']}, "
+                  f"mean generation batch {res['mean_batch']:.1f} {res['batch_unit']}"
+                  + (f" ({res['past_stop_share']:.0%} of tokens past a stop)" if "past_stop_share" in res else "")
+                  + ", "
                   f"{res['calls_per_request']:.2f} calls/request, load {res['load_before']} -> {res['load_after']}",
                   flush=True)
             for f in res["failures"]:

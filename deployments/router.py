@@ -222,8 +222,10 @@ class RouterDeployment:
                "candidates": self.pool.names, "batching": "continuous" if self.continuous else "turn",
                "generation_batches": self.batches, "batched_turns": self.batched_turns}
         if self.continuous and hasattr(self.engine, "steps"):
-            # Forward steps and tokens sampled: their ratio is the mean rows per step.
-            out.update(forward_steps=self.engine.steps, sampled_tokens=self.engine.tokens)
+            # Forward steps and tokens sampled: their ratio is the mean rows per step; kept: the
+            # sampled tokens that are not past a stop string (sampled before the cancel landed).
+            out.update(forward_steps=self.engine.steps, sampled_tokens=self.engine.tokens,
+                       kept_tokens=self.engine.kept)
         return out
 
     @api.get("/openapi.json", include_in_schema=False)

@@ -113,6 +113,7 @@ def test_a_turn_stops_at_its_stop_string_and_streams_only_what_it_keeps(policy, 
     heard: list[int] = []
     g = asyncio.run(engine.generate_turn(p, 64, on_token=heard.append))
     assert g.stop == alone.stop and g.ids == alone.ids == heard
+    assert engine.kept == len(g.ids) <= engine.tokens  # tokens past the stop are counted, not kept
     assert g.text.rstrip().endswith(alone.stop)
 
 

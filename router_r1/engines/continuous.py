@@ -74,6 +74,7 @@ class ContinuousHFEngine:
         self._ids = itertools.count()
         self._steps_before = 0  # forward steps of managers that have ended
         self.tokens = 0  # tokens sampled by the managers (kept or dropped)
+        self.kept = 0  # of which kept (the rest: sampled past a stop before the cancel landed)
         self.turns = self.alone = 0  # turns answered; of which generated alone (seeded, or resumed)
 
     # -- the managers -------------------------------------------------------------------------
@@ -183,11 +184,12 @@ class ContinuousHFEngine:
         lps = out.logprobs[turn.seen:]
         turn.seen += len(new)
         self.tokens += len(new)
-        g, finished = turn.gen, False
+        g, finished, before = turn.gen, False, len(turn.gen.ids)
         for t, lp in zip(new, lps):
             if _keep(g, t, lp, turn, self.eos, self.tokenizer):
                 finished = True
                 break
+        self.kept += len(g.ids) - before
         if finished or out.is_finished():
             g.text = self.tokenizer.decode(g.ids, skip_special_tokens=True)
             if not out.is_finished():
