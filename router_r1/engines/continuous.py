@@ -108,6 +108,8 @@ class ContinuousHFEngine:
             page_size=PAGE_SIZE, num_blocks=blocks, max_batch_tokens=STEP_TOKENS if cpu else None,
             max_requests_per_batch=self.max_batch_size, return_logprobs=True, per_request_processors=sampled,
             use_cuda_graph=False if cpu else None, use_async_batching=False if cpu else None,
+            # On GPU, at most half the free memory for the cache: turns that go alone need room too.
+            max_memory_percent=None if cpu else 0.5,
             # HFGenerator shares the model (turns that go alone): leave its attention as it is.
             auto_switch_to_flash=False)
         return self.model.init_continuous_batching(generation_config=gc, continuous_batching_config=cbc)
