@@ -1,17 +1,27 @@
-"""Load test of the Router-R1 Serve app on the simulated pool: latency and throughput, with the
-policy's generation batched across requests and with batching off (max_batch_size 1).
+"""Load test of the Router-R1 Serve app on the simulated pool: latency and throughput with the
+policy's generation unbatched, batched per turn (`serve.batching: turn`) and batched
+continuously (`serve.batching: continuous`), and streamed time to first answer token against
+the whole request.
 
     python -m benchmarks.bench_serve --checkpoint outputs/demo/checkpoints/latest [--config configs/demo.yaml]
     python -m benchmarks.bench_serve            # builds a scripted tiny router first (see tiny_router)
+    python -m benchmarks.bench_serve --phases turn,continuous
 
-Each phase deploys the app on a local Ray, warms it up, then sends `--requests` chat completions
-with `--concurrency` in flight over real HTTP, and reports p50/p90/p99 latency, requests/s, the
-mean generation batch (from /healthz), the machine's load average (`uptime`) before and after,
-and every failed request (a phase with failures exits 1). Phases: batched; the same deployment
-streamed (`stream: true`: also the time to the first answer token, the first content delta);
-unbatched (`max_batch_size` 1).
-Simulated candidates wait `latency_s x --latency-scale` per call, so routed calls overlap the way
-real ones do. Results go to `--out` as JSON.
+Each phase deploys the app on a local Ray (a streamed phase reuses the deployment of the phase
+before it), warms it up, then sends `--requests` chat completions with `--concurrency` in flight
+over real HTTP, and reports p50/p90/p99 latency, requests/s, the mean generation batch (from
+/healthz: router turns per batched generation with turn batching, rows per forward step with
+continuous batching), the machine's load average before and after, and every failed request (a
+phase with failures exits 1). Phases (`--phases`, in this order):
+
+- `unbatched`: `max_batch_size` 1, every turn generated alone;
+- `turn`, `turn-stream`: `@serve.batch`, one batch is one turn of every request ready;
+- `continuous`, `continuous-stream`: each turn joins the engine's running batch at its next step.
+
+A streamed phase (`stream: true`) also gives each request's time to the first answer token (the
+first content delta) next to its total time. Simulated candidates wait
+`latency_s x --latency-scale` per call, so routed calls overlap the way real ones do. Results go
+to `--out` as JSON.
 """
 from __future__ import annotations
 
@@ -72,6 +82,7 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     ttft: list[float] = []
+    share: list[float] = []  # first answer token / total time, per streamed request
     failures: list[str] = []
     calls = cost = 0.0
 
@@ -79,7 +90,7 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
         nonlocal calls, cost
         body = {"model": model, "messages": [{"role": "user", "content": q}], "stream": stream}
         async with sem:
-            t0 = time.perf_counter()
+            t0, first = time.perf_counter(), None
             try:
                 async with session.post(url + "/v1/chat/completions", json=body) as r:
                     if r.status != 200:
@@ -89,7 +100,7 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
                         data = await r.json(content_type=None)
                         extra = data["router_r1"]
                     else:
-                        extra, first = None, None
+                        extra = None
                         async for raw in r.content:
                             line = raw.decode().strip()
                             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -109,6 +120,8 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
                 failures.append(f"{type(e).__name__}: {e}")
                 return
             lat.append(time.perf_counter() - t0)
+            if first is not None:
+                share.append(first / lat[-1])
             calls += len(extra.get("trace", []))
             cost += extra["cost_usd"]
 
@@ -125,7 +138,8 @@ async def _load(url: str, prompts: list[str], concurrency: int, model: str,
            "calls_per_request": calls / ok if ok else 0.0, "cost_usd": cost, "stream": stream}
     if stream:
         out.update(ttft_p50_s=_percentile(ttft, 0.5), ttft_p90_s=_percentile(ttft, 0.9),
-                   ttft_mean_s=statistics.fmean(ttft) if ttft else float("nan"))
+                   ttft_mean_s=statistics.fmean(ttft) if ttft else float("nan"),
+                   ttft_share_mean=statistics.fmean(share) if share else float("nan"))
     return out
 
 
@@ -138,25 +152,42 @@ def _health(url: str) -> dict[str, Any]:
     return json.loads(urllib.request.urlopen(url + "/healthz", timeout=30).read())
 
 
+PHASES = {  # name -> (serve.batching, batched?, streamed?)
+    "unbatched": ("turn", False, False), "turn": ("turn", True, False), "turn-stream": ("turn", True, True),
+    "continuous": ("continuous", True, False), "continuous-stream": ("continuous", True, True)}
+
+
+def mean_batch(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, str]:
+    """(mean generation batch, its unit) between two /healthz reads."""
+    if "sampled_tokens" in after:  # continuous: rows per forward step = tokens sampled / steps
+        steps = after["forward_steps"] - before["forward_steps"]
+        return ((after["sampled_tokens"] - before["sampled_tokens"]) / steps if steps else 0.0), "rows/step"
+    batches = after["generation_batches"] - before["generation_batches"]
+    turns = after["batched_turns"] - before["batched_turns"]
+    return (turns / batches if batches else 0.0), "turns/batch"
+
+
 def run_phase(url: str, checkpoint: str, config: Path, batch: int, prompts: list[str],
               concurrency: int, warmup: int, model: str, timeout_s: float, stream: bool = False,
-              deploy: bool = True) -> dict[str, Any]:
+              deploy: bool = True, batching: str = "turn") -> dict[str, Any]:
     from ray import serve
 
     from deployments.router import build_app
 
     if deploy:
         serve.run(build_app({"checkpoint": checkpoint, "config": str(config),
-                             "serve.max_batch_size": batch}), name=APP, route_prefix="/")
+                             "serve.max_batch_size": batch, "serve.batching": batching}), name=APP, route_prefix="/")
         asyncio.run(_load(url, prompts[:warmup], concurrency, model, timeout_s))
     before, load_before = _health(url), load_average()
     res = asyncio.run(_load(url, prompts, concurrency, model, timeout_s, stream))
     after = _health(url)
     res.update(load_before=load_before, load_after=load_average())
-    batches = after["generation_batches"] - before["generation_batches"]
-    turns = after["batched_turns"] - before["batched_turns"]
-    res.update(max_batch_size=batch, generation_batches=batches, router_turns=turns,
-               mean_batch=turns / batches if batches else 0.0)
+    mean, unit = mean_batch(before, after)
+    res.update(batching=after.get("batching", batching), max_batch_size=batch,
+               router_turns=after["batched_turns"] - before["batched_turns"], mean_batch=mean, batch_unit=unit)
+    if "kept_tokens" in after:  # continuous: tokens sampled past a stop before its cancel landed
+        sampled = after["sampled_tokens"] - before["sampled_tokens"]
+        res["past_stop_share"] = 1 - (after["kept_tokens"] - before["kept_tokens"]) / sampled if sampled else 0.0
     return res
 
 
@@ -167,12 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the batched phase")
+    ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the batched phases")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"comma-separated, run in this order: {', '.join(PHASES)}")
     ap.add_argument("--latency-scale", type=float, default=0.1,
                     help="simulated call latency = descriptor latency_s x this (0: no waiting)")
     ap.add_argument("--timeout", type=float, default=120.0, help="client and request timeout, s")
     ap.add_argument("--out", default="outputs/bench/serve.json")
     args = ap.parse_args(argv)
+    phase_names = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = [p for p in phase_names if p not in PHASES]
+    if unknown or not phase_names:
+        print(f"bench_serve: unknown phase(s) {unknown}; choose from {', '.join(PHASES)}", file=sys.stderr)
+        return 2
 
     import ray
     from ray import serve
@@ -209,16 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     prompts = questions(pool_file, args.requests + args.warmup)
     phases = []
     try:
-        # Batched, then streamed on the same deployment (time to first answer token), then unbatched.
-        for batch, stream, deploy in ((args.batch, False, True), (args.batch, True, False), (1, False, True)):
+        deployed = None  # (batching, max_batch_size) of the running deployment
+        for name in phase_names:
+            batching, batched, stream = PHASES[name]
+            batch = args.batch if batched else 1
             res = run_phase(url, checkpoint, config, batch, prompts[args.warmup:], args.concurrency,
-                            args.warmup, cfg.serve.model_name, args.timeout, stream, deploy)
+                            args.warmup, cfg.serve.model_name, args.timeout, stream,
+                            deploy=deployed != (batching, batch), batching=batching)
+            deployed = (batching, batch)
+            res["phase"] = name
             phases.append(res)
             ttft = (f", first answer token p50 {res['ttft_p50_s'] * 1000:.0f} ms (p90 {res['ttft_p90_s'] * 1000:.0f})"
-                    if stream else "")
-            print(f"max_batch_size={batch:>3}{' stream' if stream else '       '}: {res['ok']}/{res['requests']} ok, "
-                  f"p50 {res['p50_s'] * 1000:.0f} ms, p99 {res['p99_s'] * 1000:.0f} ms{ttft}, "
-                  f"{res['requests_per_s']:.1f} req/s, mean generation batch {res['mean_batch']:.1f}, "
+                    f" of total p50 {res['p50_s'] * 1000:.0f} ms" if stream else "")
+            print(f"{name:>17}: {res['ok']}/{res['requests']} ok, p50 {res['p50_s'] * 1000:.0f} ms, "
+                  f"p99 {res['p99_s'] * 1000:.0f} ms{ttft}, {res['requests_per_s']:.1f} req/s, "
+                  f"mean generation batch {res['mean_batch']:.1f} {res['batch_unit']}"
+                  + (f" ({res['past_stop_share']:.0%} of tokens past a stop)" if "past_stop_share" in res else "")
+                  + ", "
                   f"{res['calls_per_request']:.2f} calls/request, load {res['load_before']} -> {res['load_after']}",
                   flush=True)
             for f in res["failures"]:

@@ -50,7 +50,11 @@ KWARGS: dict[str, set[str]] = {
                             "include_stop_str_in_output", "logprobs", "repetition_penalty", "seed",
                             "presence_penalty", "frequency_penalty"},
     "vllm.inputs.TokensPrompt": {"prompt_token_ids"},
-    "vllm.engine.arg_utils.AsyncEngineArgs": {"model", "gpu_memory_utilization", "enforce_eager"},
+    "vllm.engine.arg_utils.AsyncEngineArgs": {"model", "gpu_memory_utilization", "enforce_eager",
+                                              # the served router policy (router_r1/engines/vllm_async.py)
+                                              "tokenizer", "seed", "dtype", "max_model_len",
+                                              "tensor_parallel_size", "enable_prefix_caching",
+                                              "logprobs_mode", "generation_config"},
 }
 
 # Methods called on instances, with the keywords passed to each.
@@ -62,7 +66,8 @@ METHODS: dict[str, dict[str, set[str]]] = {
 }
 
 # Attribute chains read from instances.
-ATTRIBUTES: dict[str, set[str]] = {"vllm.LLM": {"llm_engine.model_config.max_model_len"}}
+ATTRIBUTES: dict[str, set[str]] = {"vllm.LLM": {"llm_engine.model_config.max_model_len"},
+                                   "vllm.AsyncLLMEngine": {"model_config.max_model_len"}}
 
 # Constant values the project passes for engine arguments (`load_format`: the rollout's "dummy"
 # and VLLMGenerator's default "auto"; `dtype`: what dtype_name gives for the policy dtypes).
@@ -410,7 +415,7 @@ def run_checks(report: Report, project: bool = True) -> None:
     for chain in ATTRIBUTES["vllm.LLM"]:
         ok(f"LLM.{chain}", "set by LLM / LLMEngine / ModelConfig", attribute_chain)
 
-    # -- AsyncLLMEngine (the pool's vLLM backend)
+    # -- AsyncLLMEngine (the pool's vLLM backend; the served router policy, engines/vllm_async.py)
     def from_engine_args(ps):
         return "", next(iter(n for n in ps if n not in ("cls", "self")), "") in ("engine_args",)
 
@@ -427,6 +432,15 @@ def run_checks(report: Report, project: bool = True) -> None:
     def get_tokenizer(ps):
         # VLLMEngine._render awaits the result only when it is awaitable: either form is fine.
         return ("coroutine" if inspect.iscoroutinefunction(AsyncLLMEngine.get_tokenizer) else "plain method"), True
+
+    def async_attribute_chain():
+        from vllm.config import ModelConfig
+
+        has = ["self.model_config" in source_of(AsyncLLMEngine.__init__),
+               "max_model_len" in fields_of(ModelConfig)]
+        return (f"{AsyncLLMEngine.__name__}.model_config={has[0]}, ModelConfig.max_model_len={has[1]}"), all(has)
+    for chain in ATTRIBUTES["vllm.AsyncLLMEngine"]:  # the served router policy (engines/vllm_async.py)
+        ok(f"AsyncLLMEngine.{chain}", "set by AsyncLLMEngine / ModelConfig", async_attribute_chain)
 
     async_extra = {"from_engine_args": from_engine_args, "generate": async_generate, "abort": abort,
                    "get_tokenizer": get_tokenizer}

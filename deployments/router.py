@@ -7,8 +7,11 @@
 Each replica holds the policy (transformers on CPU, vLLM on GPU) and answers
 `POST /v1/chat/completions` by playing the multi-round episode, calling candidate models through
 the shared named ModelPool actor (budgets, rate limits and the ledger are shared by every replica).
-Concurrent requests share generation: every router turn goes through `_generate_batch`
-(`@serve.batch`), so 32 requests in flight cost a few batched generations per turn, not 32.
+Concurrent requests share generation. With `serve.batching: continuous` (the default) each router
+turn is submitted to the engine as it comes and joins the running batch at its next forward
+step (transformers' continuous batching, router_r1.engines.continuous; vLLM's async engine);
+with `turn`, every router turn goes through `_generate_batch` (`@serve.batch`): one batch is
+one turn of every request ready, and it ends before the next starts.
 The request logic itself is `router_r1.serving.service.RouterService` (Ray-free).
 """
 # No `from __future__ import annotations`: FastAPI must see real classes (Request) in the
@@ -28,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router_r1.serving.openai_api import (COMPLETION_RESPONSE, ERROR_STATUSES, APIError, chunk_body,
                                     completion_body, completion_id, error_responses, parse_request,
                                     request_schema, sse)
-from router_r1.serving.generation import GenParams, TokenSink, generate_isolated, turn_result
+from router_r1.serving.generation import (ContinuousTurns, GenParams, TokenSink, generate_isolated,
+                                          turn_result)
 from router_r1.serving.service import Plan, RouterService
 from router_r1.env.generation import Generation
 from router_r1.infra.config import RunConfig, ServeConfig, load_config
@@ -137,7 +141,7 @@ class RouterDeployment:
 
     def __init__(self, checkpoint: str, config: dict[str, Any]):
         from actors.model_pool import PoolClient, get_or_create_pool
-        from router_r1.serving.engines import make_generator
+        from router_r1.serving.engines import make_continuous, make_generator
         from deployments.metrics import ServeMetrics
         from router_r1.env.prompt import load_prompt_options
 
@@ -148,8 +152,20 @@ class RouterDeployment:
             torch.set_num_threads(cfg.serve.torch_threads)
         device = "cuda" if cfg.serve.num_gpus > 0 else "cpu"
         # In the policy dtype (policy.dtype, "auto": the served checkpoint's own), on GPU when given one.
-        self.generator, tokenizer = make_generator(cfg.serve.engine, checkpoint, device, dtype=cfg.policy.dtype,
-                                                   gpu_memory_utilization=cfg.serve.gpu_memory_utilization)
+        # Continuous batching: the engine batches the turns in flight itself (no @serve.batch);
+        # max_batch_size 1 is unbatched, through the batch method with batches of one.
+        self.continuous = cfg.serve.batching == "continuous" and cfg.serve.max_batch_size > 1
+        if self.continuous:
+            self.engine, tokenizer = make_continuous(
+                cfg.serve.engine, checkpoint, device, dtype=cfg.policy.dtype,
+                gpu_memory_utilization=cfg.serve.gpu_memory_utilization,
+                max_batch_size=cfg.serve.max_batch_size, kv_cache_tokens=cfg.serve.kv_cache_tokens)
+            self.turns, generate_turn, max_context = ContinuousTurns(self.engine), self._continuous_turn, self.engine.max_context
+        else:
+            self.engine = None
+            self.generator, tokenizer = make_generator(cfg.serve.engine, checkpoint, device, dtype=cfg.policy.dtype,
+                                                       gpu_memory_utilization=cfg.serve.gpu_memory_utilization)
+            generate_turn, max_context = self._generate_turn, getattr(self.generator, "max_context", None)
         self.pool = cfg.load_pool()
         # Serving replicas outlive the driver that deployed them, so the pool is detached.
         handle = get_or_create_pool(cfg.pool, cfg.pool_runtime, run_id=f"serve:{cfg.name}",
@@ -162,13 +178,30 @@ class RouterDeployment:
         self.metrics = ServeMetrics(cfg.serve.model_name, self.pool.names)
         self._openapi: dict[str, Any] | None = None
         self.service = RouterService(
-            self.pool, cfg.serve, cfg.episode, tokenizer, self._generate_turn, self.pool_client.call,
+            self.pool, cfg.serve, cfg.episode, tokenizer, generate_turn, self.pool_client.call,
             run_id=f"serve:{cfg.name}",
             # As the router was trained; a checkpoint that records none renders as the config says.
             prompt_options=load_prompt_options(checkpoint, default=cfg.policy.prompt_options()),
-            max_context=getattr(self.generator, "max_context", None), on_outcome=self.metrics.outcome)
+            max_context=max_context, on_outcome=self.metrics.outcome)
+
+    def __del__(self):
+        # Serve calls this when the replica shuts down: stop the engine's generation threads.
+        engine = getattr(self, "engine", None)
+        if engine is not None and hasattr(engine, "close"):
+            engine.close()
 
     # -- batched generation ----------------------------------------------------------------------
+    async def _continuous_turn(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
+        """One turn in the engine's continuous batch; the metric records the mean rows per forward
+        step while it ran (tokens sampled / steps), where the engine counts them (transformers)."""
+        eng = self.engine
+        steps, tokens = getattr(eng, "steps", None), getattr(eng, "tokens", 0)
+        out = await self.turns(context, gen, on_token)
+        self.batched_turns += 1
+        if steps is not None and eng.steps > steps:
+            self.metrics.generation_batch(round((eng.tokens - tokens) / (eng.steps - steps)))
+        return out
+
     async def _generate_turn(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
         return turn_result(await self._generate_batch((context, gen, on_token)))
 
@@ -185,9 +218,15 @@ class RouterDeployment:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """Liveness and counters; no key needed, and nothing secret or local (no paths) shown."""
-        return {"status": "ok", "model": self.serve_cfg.model_name, "pool": self.pool.name,
-                "candidates": self.pool.names, "generation_batches": self.batches,
-                "batched_turns": self.batched_turns}
+        out = {"status": "ok", "model": self.serve_cfg.model_name, "pool": self.pool.name,
+               "candidates": self.pool.names, "batching": "continuous" if self.continuous else "turn",
+               "generation_batches": self.batches, "batched_turns": self.batched_turns}
+        if self.continuous and hasattr(self.engine, "steps"):
+            # Forward steps and tokens sampled: their ratio is the mean rows per step; kept: the
+            # sampled tokens that are not past a stop string (sampled before the cancel landed).
+            out.update(forward_steps=self.engine.steps, sampled_tokens=self.engine.tokens,
+                       kept_tokens=self.engine.kept)
+        return out
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi_json(self, request: Request) -> JSONResponse:

@@ -488,3 +488,33 @@ def test_the_in_process_batcher_answers_a_poisoned_turn_as_serve_does():
 
     assert all(isinstance(r, APIError) and r.status == 400 and "engine down" in r.message
                for r in asyncio.run(main(TurnBatcher(broken))))
+
+
+def test_continuous_turns_answer_a_turn_that_failed_alone_with_400():
+    """Continuous batching: the engine says which turn failed alone (`TurnFailed`); that is its
+    request's 400, as with turn batching. Its sink and parameters reach the engine as given."""
+    import asyncio
+
+    from router_r1.env.generation import Generation, TurnFailed
+    from router_r1.serving.generation import ContinuousTurns
+
+    seen = []
+
+    class Engine:
+        async def generate_turn(self, ids, max_new_tokens, temperature, top_p, seed=None, on_token=None):
+            seen.append((ids, max_new_tokens, temperature, top_p, seed))
+            if ids[0] == 666:
+                raise TurnFailed(ValueError("poisoned context"))
+            on_token(ids[0])
+            return Generation(ids=[ids[0]], text=str(ids[0]))
+
+    heard = []
+
+    async def main():
+        turns = ContinuousTurns(Engine())
+        return await asyncio.gather(turns([1], (0.7, 0.9, 4, 5), heard.append),
+                                    turns([666], (0.0, 1.0, 4, None), heard.append), return_exceptions=True)
+
+    ok, bad = asyncio.run(main())
+    assert ok.text == "1" and heard == [1] and seen[0] == ([1], 4, 0.7, 0.9, 5)
+    assert isinstance(bad, APIError) and bad.status == 400 and "poisoned context" in bad.message

@@ -17,6 +17,16 @@ from router_r1.env.protocol import STOP_STRINGS
 EOS = "eos"  # Generation.stop when the engine sampled an end-of-sequence token
 
 
+class TurnFailed(Exception):
+    """One turn, and only it, could not be generated (`cause`: a poisoned context): its
+    request's problem, not the engine's. Raised by the engines that batch turns continuously
+    (router_r1.engines.continuous, router_r1.engines.vllm_async); serving answers it with a 400."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 @dataclass
 class Generation:
     """One generated turn. `ids` are exactly the sampled tokens, ending with the token that

@@ -282,6 +282,16 @@ class ServeConfig(_Section):
     request_timeout_s: float = 60.0
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.02
+    # How concurrent router turns share the policy (docs/serving.md): "continuous", a turn joins
+    # the running batch at the next forward step and leaves it when it ends (transformers'
+    # continuous batching; on vLLM, its async engine); "turn", @serve.batch: one batch is one
+    # turn of every request ready within batch_wait_timeout_s, and it ends before the next
+    # starts. max_batch_size bounds the rows either way; 1 is unbatched. (The Serve app's; the
+    # in-process router_r1.Router batches per turn.)
+    batching: Literal["turn", "continuous"] = "continuous"
+    # Continuous batching on transformers: KV-cache slots (tokens) of the replica's paged cache;
+    # None: max_batch_size x min(context window, 4096) on CPU, sized from free memory on GPU.
+    kv_cache_tokens: int | None = Field(default=None, ge=64)
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: float = 16

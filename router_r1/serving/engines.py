@@ -2,8 +2,10 @@
 
 Both expose `generate(prompt_ids, max_new_tokens, temperature, top_p) -> [Generation]`
 (router_r1.env.generation: sampled ids, log-probs, text), stopping at </search> or </answer>, so the
-deployment batches turns the same way whichever runs. vLLM is
-imported only when chosen (it is the `gpu` extra, absent on CPU machines).
+deployment batches turns the same way whichever runs. With continuous batching
+(`make_continuous`) both expose `async generate_turn(ids, ...)` instead, one turn per call, and
+batch the turns in flight themselves. vLLM is imported only when chosen (it is the `gpu` extra,
+absent on CPU machines).
 """
 from __future__ import annotations
 
@@ -37,3 +39,25 @@ def make_generator(engine: str, checkpoint: str | Path, device: str = "cpu", dty
     model, tokenizer = load_policy(checkpoint, device=device, dtype=torch_dtype)
     model.eval()
     return HFGenerator(model, tokenizer, device=device), copy.deepcopy(tokenizer)
+
+
+def make_continuous(engine: str, checkpoint: str | Path, device: str = "cpu", dtype: str = "auto",
+                    gpu_memory_utilization: float = 0.5, max_batch_size: int = 32,
+                    kv_cache_tokens: int | None = None):
+    """(turn engine, tokenizer) for continuous batching: transformers' continuous batching over
+    an `HFGenerator` (router_r1.engines.continuous), or vLLM's async engine
+    (router_r1.engines.vllm_async). Both have `async generate_turn(ids, max_new_tokens,
+    temperature, top_p, seed=, on_token=)` and `max_context`; the tokenizer is a private copy
+    for the event loop, as `make_generator`'s."""
+    from router_r1.engines.model import dtype_name, resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, checkpoint)
+    if engine == "vllm":
+        from router_r1.engines.vllm_async import AsyncVLLMEngine
+
+        eng = AsyncVLLMEngine(checkpoint, dtype=dtype_name(torch_dtype), gpu_memory_utilization=gpu_memory_utilization)
+        return eng, copy.deepcopy(eng.tokenizer)
+    from router_r1.engines.continuous import ContinuousHFEngine
+
+    generator, tokenizer = make_generator(engine, checkpoint, device, dtype=dtype)
+    return ContinuousHFEngine(generator, max_batch_size, kv_cache_tokens), tokenizer

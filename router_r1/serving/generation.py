@@ -1,5 +1,6 @@
 """Router turns, generated in batches: the engine call shared by Serve's `@serve.batch` method
-and the in-process `TurnBatcher` of `router_r1.serving.Router`. Ray-free.
+and the in-process `TurnBatcher` of `router_r1.serving.Router` (turn batching), and the turn
+function over an engine that batches continuously itself (`ContinuousTurns`). Ray-free.
 
 A turn is (context ids, `GenParams`). Turns with the same sampling parameters share one
 `generate` call; a seeded sampled turn is generated alone (its draws then depend on its seed
@@ -12,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from router_r1.env.generation import Generation
+from router_r1.env.generation import Generation, TurnFailed
 from router_r1.serving.openai_api import APIError
 
 # temperature, top_p, max_new_tokens, seed (None: unseeded): one batch group.
@@ -119,3 +120,22 @@ class TurnBatcher:
                 for (_, _, _, fut), out in zip(batch, outs):
                     if not fut.done():
                         fut.set_result(out)
+
+
+class ContinuousTurns:
+    """`await turns(context, gen, on_token)`: one router turn on an engine that batches
+    continuously itself (`router_r1.engines.continuous.ContinuousHFEngine` on transformers,
+    `router_r1.engines.vllm_async.AsyncVLLMEngine`): each turn is submitted as it comes and joins
+    the running batch at the engine's next step, so nothing waits for a batch to form or end.
+    A turn that failed alone (`TurnFailed`) is its request's 400, as in `generate_isolated`."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def __call__(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
+        temperature, top_p, max_new, seed = gen
+        try:
+            return await self.engine.generate_turn(context, max_new, temperature, top_p, seed=seed,
+                                                   on_token=on_token)
+        except TurnFailed as e:
+            return turn_result(e.cause if isinstance(e.cause, Exception) else e)
