@@ -14,6 +14,14 @@ settings, so the learner's speed is the same in every run and only the overlap d
 demo's `learner.torch_threads: 2` would let the synchronous update use the idle core and make
 the overlapped one contend with generation: a CPU-only setting, not the one the issue asks about.)
 
+On a GPU, generating a turn is a small part of an API-bound rollout; on one CPU core it is not:
+the demo's policy generates a step's 32 episodes in ~3.1 s with no candidate latency at all,
+while the learner (one thread, shared-prefix update) takes ~2.2 s, so the synchronous share is
+already 59% at scale 0 and any latency raises it (measured 2026-12-07, load ~1.5). The learner
+therefore runs every row whole (`learner.share_prefix: false`, `--share-prefix` restores it):
+the same loss and gradients (tests/test_shared_prefix.py), about twice the compute, which makes
+its step longer than the rollouts' generation and leaves room for candidate latency to fill.
+
 The latency scale is calibrated so that the synchronous step spends about half its time waiting
 for rollouts: two short synchronous probes (scale 0, then a guess) give the rollout time as a line
 in the scale, and the scale that puts it level with the learner's time is used for every run. If
@@ -103,6 +111,7 @@ def run(folder: Path, policy: Path, a, scale: float, staleness: int, steps: int,
     cfg = base_config(folder / tag, a.val_size, **{
         "pool": str(pool_file(folder, scale)), "policy.checkpoint": str(policy), "warmstart.steps": 0,
         "learner.torch_threads": a.learner_threads, "rollout.torch_threads": a.rollout_threads,
+        "learner.share_prefix": a.share_prefix,
         "rollout.max_staleness": staleness, "rollout.batch_wait_s": batch_wait, "train.steps": steps,
         "train.checkpoint_every": steps, "train.sample_every": 0})
     report, history, clock = train(cfg)
@@ -145,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-size", type=int, default=64, help="validation questions played greedily")
     p.add_argument("--learner-threads", type=int, default=1)
     p.add_argument("--rollout-threads", type=int, default=1)
+    p.add_argument("--share-prefix", action="store_true", help="learner.share_prefix (default: off, see above)")
     p.add_argument("--batch-wait", type=float, default=0.05, help="rollout.batch_wait_s (negative: None)")
     p.add_argument("--no-batching-probe", action="store_true", help="skip the turn-synchronous probe")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench_async.json"))
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scale, probes = a.scale, []
     if scale is None:  # rollout(s) = rollout(0) + s * slope; the learner's time does not depend on s
-        guess = 0.5
+        guess = 1.0
         probes = [sync(0.0, 3, "probe_0"), sync(guess, 3, f"probe_{guess}")]
         learner = sum(r["learner_s_per_step"] for r in probes) / 2
         scale = level_scale((0.0, probes[0]["rollout_wait_s_per_step"]), (guess, probes[1]["rollout_wait_s_per_step"]),
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in stale:
         r = run(folder, policy, a, scale, k, a.steps, f"staleness_{k}", batch_wait)
         if k == 0 and not SHARE[0] <= r["rollout_wait_share"] <= SHARE[1] and a.scale is None:
-            points = sorted([(0.0, probes[0]), (0.5, probes[1]), (scale, r)],
+            points = sorted([(0.0, probes[0]), (guess, probes[1]), (scale, r)],
                             key=lambda x: abs(x[1]["rollout_wait_share"] - 0.5))[:2]
             old, scale = scale, level_scale(*[(s, x["rollout_wait_s_per_step"]) for s, x in points],
                                             r["learner_s_per_step"])
@@ -207,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"world": "simulator (sleeping candidates: descriptor latency x latency_scale)",
               "runs": runs, "latency_scale": scale,
               "settings": {"learner_torch_threads": a.learner_threads, "rollout_torch_threads": a.rollout_threads,
+                           "learner_share_prefix": a.share_prefix,
                            "rollout_num_actors": 1, "episodes_per_step": 32, "batch_wait_s": batch_wait,
                            "val_size": a.val_size, "warm_start_steps": warm_steps, "policy": str(policy)},
               "warm_start_eval": warm_eval, "probes": probes, "turn_synchronous_probe": turn_sync,
