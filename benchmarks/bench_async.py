@@ -111,7 +111,7 @@ def run(folder: Path, policy: Path, a, scale: float, staleness: int, steps: int,
     cfg = base_config(folder / tag, a.val_size, **{
         "pool": str(pool_file(folder, scale)), "policy.checkpoint": str(policy), "warmstart.steps": 0,
         "learner.torch_threads": a.learner_threads, "rollout.torch_threads": a.rollout_threads,
-        "learner.share_prefix": a.share_prefix,
+        "learner.share_prefix": a.share_prefix, "rollout.episodes_per_actor": a.episodes,
         "rollout.max_staleness": staleness, "rollout.batch_wait_s": batch_wait, "train.steps": steps,
         "train.checkpoint_every": steps, "train.sample_every": 0})
     report, history, clock = train(cfg)
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default=None, help="a saved warm start to reuse (skips --warm-steps)")
     p.add_argument("--scale", type=float, default=None, help="latency scale (default: calibrated)")
     p.add_argument("--staleness", default="0,1,2")
+    p.add_argument("--episodes", type=int, default=32, help="episodes per step (rollout.episodes_per_actor)")
     p.add_argument("--val-size", type=int, default=64, help="validation questions played greedily")
     p.add_argument("--learner-threads", type=int, default=1)
     p.add_argument("--rollout-threads", type=int, default=1)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
               "runs": runs, "latency_scale": scale,
               "settings": {"learner_torch_threads": a.learner_threads, "rollout_torch_threads": a.rollout_threads,
                            "learner_share_prefix": a.share_prefix,
-                           "rollout_num_actors": 1, "episodes_per_step": 32, "batch_wait_s": batch_wait,
+                           "rollout_num_actors": 1, "episodes_per_step": a.episodes, "batch_wait_s": batch_wait,
                            "val_size": a.val_size, "warm_start_steps": warm_steps, "policy": str(policy)},
               "warm_start_eval": warm_eval, "probes": probes, "turn_synchronous_probe": turn_sync,
               "load": {"before": load_before, "after": os.getloadavg()}, "wall_s": time.perf_counter() - t0,
