@@ -1,4 +1,4 @@
-"""Rollouts ahead of the learner: `python -m benchmarks.bench_async [--steps 10] [--warm-steps 800]`.
+"""Rollouts ahead of the learner: `python -m benchmarks.bench_async [--steps 10] [--warm-steps 800] [--episodes 64]`.
 
 On the simulator with candidate latencies on (the simulated backend sleeps each model's
 descriptor latency times a scale), trains the same warm-started router for the same number of
@@ -21,6 +21,10 @@ already 59% at scale 0 and any latency raises it (measured 2026-12-07, load ~1.5
 therefore runs every row whole (`learner.share_prefix: false`, `--share-prefix` restores it):
 the same loss and gradients (tests/test_shared_prefix.py), about twice the compute, which makes
 its step longer than the rollouts' generation and leaves room for candidate latency to fill.
+A step is 64 episodes (`--episodes`; 8 questions x group 8, the demo plays 32): batched
+generation grows slower than the update with the batch, and per-step fixed costs weigh less.
+Measured once each (docs/cluster.md): at 64 the overlapped update kept its speed and staleness 1
+ran 1.94x; at 32 it slowed by up to 27% beside generation and staleness 1 ran 1.49x.
 
 The latency scale is calibrated so that the synchronous step spends about half its time waiting
 for rollouts: two short synchronous probes (scale 0, then a guess) give the rollout time as a line
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default=None, help="a saved warm start to reuse (skips --warm-steps)")
     p.add_argument("--scale", type=float, default=None, help="latency scale (default: calibrated)")
     p.add_argument("--staleness", default="0,1,2")
-    p.add_argument("--episodes", type=int, default=32, help="episodes per step (rollout.episodes_per_actor)")
+    p.add_argument("--episodes", type=int, default=64, help="episodes per step (rollout.episodes_per_actor)")
     p.add_argument("--val-size", type=int, default=64, help="validation questions played greedily")
     p.add_argument("--learner-threads", type=int, default=1)
     p.add_argument("--rollout-threads", type=int, default=1)
