@@ -113,8 +113,12 @@ def convo_checkpoint(bpe_checkpoint, tmp_path_factory):
 
 
 def test_training_renders_a_follow_up_exactly_as_serve_renders_its_messages(convo_checkpoint):
+    """Rollouts, warm-start traces and `router-r1 evaluate` render a follow-up to the very ids Serve
+    renders for [earlier turns..., user: follow-up]; the question alone renders the single prompt."""
     from actors.rollout import RolloutWorker
+    from pipelines.evaluate import make_policy
     from router_r1.env.prompt import load_prompt_options
+    from router_r1.evaluation.baselines import EvalItem
     from router_r1.serving.openai_api import parse_request
     from router_r1.serving.router import Router
 
@@ -122,6 +126,7 @@ def test_training_renders_a_follow_up_exactly_as_serve_renders_its_messages(conv
     assert load_prompt_options(convo_checkpoint).conversation
     world = make_world(cfg, cfg.load_pool().seen())
     worker = RolloutWorker(cfg)
+    evaluate = make_policy(f"llm:{convo_checkpoint}", cfg.load_pool().seen(), cfg, [], 1)  # router-r1 evaluate
     router = Router.load(convo_checkpoint, pool=cfg.load_pool().seen(), config=cfg)
     try:
         fus = world.sim.world.follow_ups("val", 6)
@@ -133,6 +138,7 @@ def test_training_renders_a_follow_up_exactly_as_serve_renders_its_messages(conv
             assert plan.history == list(q.history)
             text, ids = worker.prompt_ids(q.text, q.history)
             assert (text, ids) == (plan.prompt, plan.prompt_ids) and trace_prompt == plan.prompt_ids
+            assert evaluate.episode(EvalItem(q.id, q.text, [q.answer], history=list(q.history))).prompt_ids == ids
             assert "Conversation so far" in text
             alone = router.service.plan(parse_request(json.dumps(
                 {"model": "router-r1", "messages": messages[-1:]}).encode()), "t")
@@ -146,8 +152,8 @@ def test_a_follow_up_item_flows_through_an_episode():
     referent out of it into its sub-question, the simulated model answers, the outcome is scored."""
     from actors.rollout import RolloutWorker
     from router_r1.engines.model import train_tokenizer
-    from router_r1.env.generation import Generation
     from router_r1.env.episode_metrics import score_episodes
+    from router_r1.env.generation import Generation
     from router_r1.env.reward import ReferenceCostNormalizer, RewardConfig
     from router_r1.pool.core import PoolCore
 
@@ -188,3 +194,15 @@ def test_a_follow_up_item_flows_through_an_episode():
     assert parsed.format_ok and parsed.answer == stated.name
     (score,) = score_episodes([ep], spec, RewardConfig(alpha=0.0), ReferenceCostNormalizer(1e-5))
     assert score.em == float(stated.name == q.answer) == score.reward  # alpha 0: the reward is the EM
+
+
+def test_evaluate_reports_follow_ups_as_a_dataset_of_their_own():
+    from pipelines.evaluate import load_world_datasets
+
+    cfg = _cfg()
+    (single, follow) = load_world_datasets(cfg, cfg.load_pool(), "val", None)
+    assert (single.name, follow.name) == ("simulated[val]", "simulated[val]:follow-ups")
+    assert len(single.items) == 7 and len(follow.items) == 3
+    assert not any(it.history for it in single.items) and all(len(it.history) == 2 for it in follow.items)
+    plain = _cfg(**{"data.sim": {"val_size": 10, "train_size": 20}})
+    assert [d.name for d in load_world_datasets(plain, plain.load_pool(), "val", None)] == ["simulated[val]"]
