@@ -174,7 +174,8 @@ def test_a_follow_up_item_flows_through_an_episode():
             for ids in contexts:
                 ctx = tok.decode(ids)
                 if "<information>" in ctx.split("Question:")[-1]:
-                    stated = ctx.rsplit("</information>", 1)[0].rsplit(" ", 1)[-1].rstrip(".")
+                    info = ctx.rsplit("<information>", 1)[1].split("</information>", 1)[0]
+                    stated = world.sim.world.mentions(info)[-1].name  # the reply ends its statement with it
                     text = f"<think> done </think><answer> {stated} </answer>"
                 else:
                     referent = ctx.split("Assistant: ", 1)[1].split("\n", 1)[0]
@@ -193,7 +194,7 @@ def test_a_follow_up_item_flows_through_an_episode():
     parsed = ep.parsed(spec)
     assert parsed.format_ok and parsed.answer == stated.name
     (score,) = score_episodes([ep], spec, RewardConfig(alpha=0.0), ReferenceCostNormalizer(1e-5))
-    assert score.em == float(stated.name == q.answer) == score.reward  # alpha 0: the reward is the EM
+    assert score.em == float(stated.name == q.answer) == score.reward.reward  # alpha 0: the reward is the EM
 
 
 def test_evaluate_reports_follow_ups_as_a_dataset_of_their_own():
