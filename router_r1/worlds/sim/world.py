@@ -126,11 +126,10 @@ class SimulatedWorld(World):
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
-    def follow_up_items(self, split: str, n: int | None = None, history: bool = True) -> list[Item]:
-        """`n` follow-ups of `split` as items, with their history or (`history=False`) without
-        it: the same question alone, which names no entity (the conversation measurement,
-        benchmarks/bench_conversation.py)."""
-        return [item(q.id, q.text, q.golden_answers, q.history if history else ())
+    def follow_up_items(self, split: str, n: int | None = None) -> list[Item]:
+        """`n` follow-ups of `split` as items with their history (the conversation measurement,
+        benchmarks/bench_conversation.py, plays each with and without it)."""
+        return [item(q.id, q.text, q.golden_answers, q.history)
                 for q in self.sim.world.follow_ups(split, n, seed=self.cfg.split_seed)]
 
     def reserved_names(self) -> list[str]:
