@@ -16,7 +16,8 @@ Per arm: EM against the gold answer and the reward of the training formula (form
 scored by reward.reference_cost_usd, the stateless normaliser of the oracle's report; a request
 answered 502, no valid answer and no fallback model, scores as a malformed episode), with cost
 and calls; beside them the descriptor-only expert and the oracle on the same questions, which
-read the history. World: the simulator; nothing calls a real model. Writes
+read the history. The control, `--share 0 --conversation on`: a router trained on single
+questions only, shown the same history. World: the simulator; nothing calls a real model. Writes
 outputs/bench_conversation.json with the machine's load before and after.
 """
 from __future__ import annotations
@@ -92,7 +93,7 @@ def play(router, cfg, items: list[dict[str, Any]], with_history: bool, workers: 
     return {**mean, "n": len(rows), "no_answer": sum(r["answer"] is None for r in rows), "examples": rows[:3]}
 
 
-def measure(policy: Path, cfg, split: str, n: int, workers: int) -> dict[str, Any]:
+def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: str = "auto") -> dict[str, Any]:
     from router_r1.env.prompt import load_prompt_options
     from router_r1.serving.router import Router
     from router_r1.worlds.base import make_world
@@ -103,13 +104,14 @@ def measure(policy: Path, cfg, split: str, n: int, workers: int) -> dict[str, An
     items = world.follow_up_items(split, n)
     qs = [world.sim.world.question(it["id"]) for it in items]
     ref = reference_policies(world.sim, qs, cfg.reward)
-    router = Router.load(policy, pool=spec, config=cfg)
+    router = Router.load(policy, pool=spec, config=cfg, **{"serve.conversation": conversation})
     try:
         arms = {"with_history": play(router, cfg, items, True, workers),
                 "without_history": play(router, cfg, items, False, workers)}
     finally:
         router.close()
     return {"split": split, "n": len(items), "checkpoint_conversation": load_prompt_options(policy).conversation,
+            "serve_conversation": conversation,
             **arms, "reference": {k: ref[k] for k in ("expert", "oracle", "random (one call)")}}
 
 
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val", choices=["val", "test"], help="which held-out follow-ups")
     p.add_argument("--n", type=int, default=64, help="follow-ups played per arm")
     p.add_argument("--workers", type=int, default=16, help="concurrent requests")
+    p.add_argument("--conversation", default="auto", choices=["auto", "on", "off"],
+                   help="serve.conversation (auto: as the checkpoint was trained; on: the control, a router "
+                        "trained without follow-ups (--share 0) shown the history)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench_conversation.json"))
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_ADDRESS", "local")
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     log(f"serving {policy} on {a.n} {a.split} follow-ups, with and without the history")
     t1 = time.perf_counter()
-    out = measure(policy, cfg, a.split, a.n, a.workers)
+    out = measure(policy, cfg, a.split, a.n, a.workers, a.conversation)
     out.update(world="simulator (configs/pool_simulated.yaml)", seed=a.seed, policy=str(policy),
                training={"conversation_share": a.share, "warmstart_steps": a.warm_steps, "grpo_steps": a.steps,
                          "config": "configs/demo.yaml", "wall_s": train_s if report else None,
