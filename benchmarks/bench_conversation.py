@@ -75,7 +75,7 @@ def play(router, cfg, items: list[dict[str, Any]], with_history: bool, workers: 
     def one(it: dict[str, Any]) -> dict[str, Any]:
         history = it.get("history", []) if with_history else []
         try:
-            body = router.chat([*history, {"role": "user", "content": it["question"]}])
+            body = router.chat([*history, {"role": "user", "content": it["question"]}], return_trace=True)
         except APIError as e:  # no valid answer (502, no fallback model here): a malformed episode
             r = compute_reward(False, 0.0, 0.0, norm.score(0.0), cfg.reward)
             return {"id": it["id"], "answer": None, "error": e.status, "em": 0.0, "reward": r.reward,
@@ -85,12 +85,13 @@ def play(router, cfg, items: list[dict[str, Any]], with_history: bool, workers: 
         em = exact_match(answer, it["golden_answers"])
         r = compute_reward(extra["format_ok"], em, extra["cost_usd"], norm.score(extra["cost_usd"]), cfg.reward)
         return {"id": it["id"], "answer": answer, "em": em, "reward": r.reward, "cost_usd": extra["cost_usd"],
-                "calls": len(extra["models_called"]), "history_turns": extra["history_turns"]}
+                "calls": len(extra["models_called"]), "history_turns": extra["history_turns"],
+                "routes": [(c["model"], c["query"], c["status"]) for c in extra["trace"]]}
 
     with ThreadPoolExecutor(workers) as pool:
         rows = list(pool.map(one, items))
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("em", "reward", "cost_usd", "calls", "history_turns")}
-    return {**mean, "n": len(rows), "no_answer": sum(r["answer"] is None for r in rows), "examples": rows[:3]}
+    return {**mean, "n": len(rows), "no_answer": sum(r["answer"] is None for r in rows), "rows": rows}
 
 
 def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: str = "auto") -> dict[str, Any]:
@@ -104,7 +105,9 @@ def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: s
     items = world.follow_up_items(split, n)
     qs = [world.sim.world.question(it["id"]) for it in items]
     ref = reference_policies(world.sim, qs, cfg.reward)
-    router = Router.load(policy, pool=spec, config=cfg, **{"serve.conversation": conversation})
+    # Cache off: a repeated sub-question is billed again, as in training (demo: pool_runtime.cache false).
+    router = Router.load(policy, pool=spec, config=cfg, pool_runtime={"cache": False},
+                         **{"serve.conversation": conversation})
     try:
         arms = {"with_history": play(router, cfg, items, True, workers),
                 "without_history": play(router, cfg, items, False, workers)}
