@@ -85,7 +85,7 @@ class RolloutWorker:
         # The training view: models unseen in training are neither in the prompt nor callable
         # (the episode machine answers a route to one with unknown_model).
         self.spec = cfg.load_pool().seen()
-        self.prompt_options = cfg.policy.prompt_options()
+        self.prompt_options = cfg.prompt_options()  # those the learner saves with the policy
         if cfg.rollout.torch_threads:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
