@@ -12,6 +12,9 @@ a training item) twice, greedily:
   with history:    messages = [user: the earlier question, assistant: its answer, user: follow-up]
   without history: messages = [user: follow-up]   (the question alone names no entity)
 
+and, for what the follow-ups cost elsewhere, as many held-out single questions (the world's
+single-hop / two-hop mix).
+
 Per arm: EM against the gold answer and the reward of the training formula (format, EM, cost
 scored by reward.reference_cost_usd, the stateless normaliser of the oracle's report; a request
 answered 502, no valid answer and no fallback model, scores as a malformed episode), with cost
@@ -105,17 +108,23 @@ def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: s
     items = world.follow_up_items(split, n)
     qs = [world.sim.world.question(it["id"]) for it in items]
     ref = reference_policies(world.sim, qs, cfg.reward)
+    # What the follow-ups cost the single questions: as many held-out ones, the world's mix.
+    singles = [{"id": q.id, "question": q.text, "golden_answers": q.golden_answers}
+               for q in world.sim.world.questions(split, n, seed=cfg.split_seed)]
+    ref_single = reference_policies(world.sim, [world.sim.world.question(it["id"]) for it in singles], cfg.reward)
     # Cache off: a repeated sub-question is billed again, as in training (demo: pool_runtime.cache false).
     router = Router.load(policy, pool=spec, config=cfg, pool_runtime={"cache": False},
                          **{"serve.conversation": conversation})
     try:
         arms = {"with_history": play(router, cfg, items, True, workers),
-                "without_history": play(router, cfg, items, False, workers)}
+                "without_history": play(router, cfg, items, False, workers),
+                "single_questions": play(router, cfg, singles, False, workers)}
     finally:
         router.close()
     return {"split": split, "n": len(items), "checkpoint_conversation": load_prompt_options(policy).conversation,
             "serve_conversation": conversation,
-            **arms, "reference": {k: ref[k] for k in ("expert", "oracle", "random (one call)")}}
+            **arms, "reference": {k: ref[k] for k in ("expert", "oracle", "random (one call)")},
+            "single_questions_reference": {k: ref_single[k] for k in ("expert", "oracle")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).write_text(json.dumps(out, indent=2, default=str))
     w, wo = out["with_history"], out["without_history"]
     log(f"with history: EM {w['em']:.3f}, reward {w['reward']:.3f}; without: EM {wo['em']:.3f}, reward "
-        f"{wo['reward']:.3f} ({out['n']} {a.split} follow-ups; expert {out['reference']['expert']['em']:.3f}, "
+        f"{wo['reward']:.3f}; single questions: EM {out['single_questions']['em']:.3f} ({out['n']} {a.split} follow-ups; expert {out['reference']['expert']['em']:.3f}, "
         f"oracle {out['reference']['oracle']['em']:.3f} EM); load {load_before} -> {out['load_after']}; wrote {a.out}")
     return 0
 
