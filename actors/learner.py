@@ -540,5 +540,5 @@ class Learner:
             save_policy(self.model.lm, self.tokenizer, path,
                         extra={"step": self.step, "policy_version": self.policy_version,
                                "algorithm": self.cfg.learner.algorithm},
-                        prompt_options=self.cfg.policy.prompt_options(), dtype=self.dtype, state=state)
+                        prompt_options=self.cfg.prompt_options(), dtype=self.dtype, state=state)
         return str(path)

@@ -85,7 +85,7 @@ class RolloutWorker:
         # The training view: models unseen in training are neither in the prompt nor callable
         # (the episode machine answers a route to one with unknown_model).
         self.spec = cfg.load_pool().seen()
-        self.prompt_options = cfg.policy.prompt_options()
+        self.prompt_options = cfg.prompt_options()  # those the learner saves with the policy
         if cfg.rollout.torch_threads:
             torch.set_num_threads(cfg.rollout.torch_threads)
         device = "cuda" if cfg.rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -123,10 +123,11 @@ class RolloutWorker:
         return self.version
 
     # -- rollouts ------------------------------------------------------------------------------
-    def prompt_ids(self, question: str) -> tuple[str, list[int]]:
+    def prompt_ids(self, question: str, history: Sequence[dict[str, str]] = ()) -> tuple[str, list[int]]:
         """(text, ids) of the prompt an episode of `question` starts from (router_r1.env.prompt.render_prompt_ids
-        with the options the learner saves with the policy)."""
-        return render_prompt_ids(self.tokenizer, self.spec, question, self.prompt_options)
+        with the options the learner saves with the policy); `history`: the turns before it (a
+        follow-up's), rendered as Serve renders a request's conversation."""
+        return render_prompt_ids(self.tokenizer, self.spec, question, self.prompt_options, history)
 
     def rollout(self, items: Sequence[Item], n_samples: int = 1, seed: int = 0,
                 greedy: bool = False) -> list[Episode]:
@@ -134,10 +135,13 @@ class RolloutWorker:
         so the same weights, items and seed give the same episodes."""
         if self.client is None:
             raise RuntimeError("this rollout worker was built without a model pool")
-        prompts = {it["question"]: self.prompt_ids(it["question"]) for it in items}
+        def key(it: Item) -> tuple:
+            return it["question"], tuple((t["role"], t["content"]) for t in it.get("history", ()))
+
+        prompts = {key(it): self.prompt_ids(it["question"], it.get("history", ())) for it in items}
         episodes = [Episode(uid=f"{it['id']}#{k}", question=it["question"],
-                            golden_answers=list(it["golden_answers"]), prompt=prompts[it["question"]][0],
-                            prompt_ids=list(prompts[it["question"]][1]),
+                            golden_answers=list(it["golden_answers"]), prompt=prompts[key(it)][0],
+                            prompt_ids=list(prompts[key(it)][1]), history=list(it.get("history", [])),
                             policy_version=self.version, meta={"group": str(it["id"]), "sample": k})
                     for it in items for k in range(n_samples)]
         ep_cfg = self.cfg.episode
@@ -172,11 +176,11 @@ class RolloutWorker:
         ids gets the prompt rollouts render (chat template, question tail), so supervised and RL
         steps condition on the same prompt. A trace that carries its own pool (`Episode.pool`: a
         synthetic pool, router_r1.worlds.sim.synthetic) is rendered over that pool, with the same
-        options."""
+        options; one with a history (a follow-up) with its history."""
         for e in traces:
             if not e.prompt_ids:
                 e.prompt, e.prompt_ids = render_prompt_ids(self.tokenizer, e.pool or self.spec, e.question,
-                                                           self.prompt_options)
+                                                           self.prompt_options, e.history)
         return TrajectoryBatch.from_traces(traces, self.tokenizer, max_response_tokens)
 
 

@@ -19,7 +19,9 @@ Datasets: `--data FILES` (a shortcut), or without it the world of `--config`'s `
 the same one `router-r1 train` builds (simulated, qa, replay or a custom class): its `--split`
 questions (train, val, or all = both, split as the world splits them), and its recorded answers
 when it has them (World.recorded: the pool's `world` and `replay` backends answer from them, and
-the oracle and per-task baselines read them). QA sets (FlashRAG/verl, router_r1.worlds.qa.load_qa)
+the oracle and per-task baselines read them). Items with a history (the simulator's follow-ups,
+`data.sim.conversation_share`) are rendered with it and reported as a dataset of their own,
+`<world>[split]:follow-ups`. QA sets (FlashRAG/verl, router_r1.worlds.qa.load_qa)
 are scored with EM/F1 against gold answers; replay tables (RouterBench/RouteLLM CSV or long
 Parquet, router_r1.worlds.replay.tables) and recorded answers with accuracy (graded score) under
 the adoption rule. With `--data`, `--split train|val|all` applies the deterministic hash split to
@@ -115,9 +117,11 @@ def load_dataset(paths: list[Path], split: str, val_fraction: float, seed: int, 
     return path.stem, [EvalItem(e.id, e.question, e.golden_answers, None, e.source) for e in qa], None
 
 
-def load_world_dataset(cfg: RunConfig, pool: PoolSpec, split: str, limit: int | None) -> Dataset:
+def load_world_datasets(cfg: RunConfig, pool: PoolSpec, split: str, limit: int | None) -> list[Dataset]:
     """The questions of the world `cfg.data` names (router_r1.worlds.base.make_world, over the
-    pool's training view, as `router-r1 train` builds it), with its recorded answers if any."""
+    pool's training view, as `router-r1 train` builds it), with its recorded answers if any. Items
+    with a history (the simulator's follow-ups, data.sim.conversation_share) are a dataset of their
+    own, `<name>:follow-ups`, so they are reported apart from the single questions."""
     from router_r1.worlds.base import make_world, recorded_samples
 
     world = make_world(cfg, pool.seen())
@@ -130,12 +134,16 @@ def load_world_dataset(cfg: RunConfig, pool: PoolSpec, split: str, limit: int | 
         if table is not None and sample is None:
             raise ValueError(f"the {type(world).__name__} world has no recorded answers to question {q['id']!r}")
         items.append(EvalItem(q["id"], q["question"], list(q.get("golden_answers") or []), sample,
-                              sample.eval_name if sample is not None else ""))
+                              sample.eval_name if sample is not None else "", list(q.get("history") or [])))
     if not items:
         raise ValueError(f"the {type(world).__name__} world has no {split} questions")
     train = recorded_samples(world, "train")[1] if table is not None and split == "val" else None
     kind = cfg.data.world.rpartition(":")[2] if cfg.data.kind == "custom" else cfg.data.kind
-    return Dataset(kind + ("" if split == "all" else f"[{split}]"), items, table, train)  # type: ignore[arg-type]
+    name = kind + ("" if split == "all" else f"[{split}]")
+    single = [it for it in items if not it.history]
+    follow = [it for it in items if it.history]
+    return ([Dataset(name, single, table, train)] if single else []) + (  # type: ignore[arg-type]
+        [Dataset(f"{name}:follow-ups", follow, table, train)] if follow else [])  # type: ignore[arg-type]
 
 
 # -- policies ---------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ def make_policy(spec: str, pool: PoolSpec, cfg: RunConfig, table_models: list[st
                                 seed=cfg.seed * 1_000_003 + next(batches))
 
         return EpisodePolicy(_llm_name(kind, arg), generate, pool, ep, tok, batch_size=concurrency,
-                             render=lambda q: render_prompt_ids(tok, pool, q, options),
+                             render=lambda q, history=(): render_prompt_ids(tok, pool, q, options, history),
                              max_context=gen.max_context)
     if kind == "openai":
         from router_r1.engines.endpoint import CompletionsGenerator
@@ -324,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                          if table is not None and args.split == "val" else None)
                 datasets.append(Dataset(name, items, table, train))
         elif args.config:
-            datasets = [load_world_dataset(cfg, pool, args.split, args.limit)]
+            datasets = load_world_datasets(cfg, pool, args.split, args.limit)
         else:
             raise ValueError("no questions: give --data FILES, or --config with the run's data: section")
     except (FileNotFoundError, ValueError, KeyError) as e:

@@ -94,6 +94,9 @@ class Episode:
     # over a synthetic pool (router_r1.worlds.sim.synthetic), which teaches reading descriptors.
     # None: the run's pool. Renderers pass it to `render_prompt_ids` with the run's PromptOptions.
     pool: PoolSpec | None = None
+    # The conversation before the question ({"role", "content"} turns): a follow-up's. Renderers
+    # pass it to `render_prompt_ids(history=...)`, as Serve passes a request's earlier turns.
+    history: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def response(self) -> str:

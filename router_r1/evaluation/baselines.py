@@ -47,6 +47,9 @@ class EvalItem:
     golden_answers: list[str] = field(default_factory=list)
     sample: ReplaySample | None = None
     source: str = ""
+    # The conversation before the question ({"role", "content"} turns: a simulator follow-up's),
+    # rendered into a router's prompt as Serve renders a request's earlier turns.
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -259,15 +262,16 @@ class EpisodePolicy:
 
     `generate` is a batched text generator (HFGenerator.generate or an endpoint's); the router
     sees the descriptors through the rendered prompt, so a pool with unseen models needs nothing
-    but a different descriptor file. `render` turns a question into the prompt's (text, ids): a
-    local router's is router_r1.env.prompt.render_prompt_ids with its checkpoint's options, the one
-    renderer of training, Serve and the MLflow model. None (an endpoint router, no local
-    tokenizer): the full prompt as text.
+    but a different descriptor file. `render` turns a question and its history (the turns before
+    it) into the prompt's (text, ids): a local router's is router_r1.env.prompt.render_prompt_ids
+    with its checkpoint's options, the one renderer of training, Serve and the MLflow model. None
+    (an endpoint router, no local tokenizer): the full prompt as text.
     """
 
     def __init__(self, name: str, generate: GenerateFn, pool: PoolSpec, cfg: EpisodeConfig,
                  tokenizer: Tokenizer | None = None, batch_size: int = 16,
-                 render: Callable[[str], tuple[str, list[int]]] | None = None, max_context: int | None = None):
+                 render: Callable[[str, Sequence[dict[str, str]]], tuple[str, list[int]]] | None = None,
+                 max_context: int | None = None):
         self.name, self.generate, self.pool, self.cfg = name, generate, pool, cfg
         self.tokenizer, self.batch_size, self.render = tokenizer, batch_size, render
         self.max_context = max_context
@@ -275,9 +279,10 @@ class EpisodePolicy:
     def episode(self, it: EvalItem) -> Episode:
         """Token mode when the router renders its own prompt ids (a local router), else text."""
         if self.render is None:
-            return Episode(it.uid, it.question, it.golden_answers, render_prompt(self.pool, it.question))
-        text, ids = self.render(it.question)
-        return Episode(it.uid, it.question, it.golden_answers, text, prompt_ids=list(ids))
+            return Episode(it.uid, it.question, it.golden_answers,
+                           render_prompt(self.pool, it.question, history=it.history), history=list(it.history))
+        text, ids = self.render(it.question, it.history)
+        return Episode(it.uid, it.question, it.golden_answers, text, prompt_ids=list(ids), history=list(it.history))
 
     async def play(self, items: Sequence[EvalItem], call: CallFn) -> list[tuple[Episode, float]]:
         """The finished episodes of `items`, played in batches, each with its share of its batch's

@@ -55,10 +55,11 @@ class PolicyConfig(_Section):
     # question itself last); the replayed call still receives the full question.
     max_question_tokens: int | None = Field(default=None, ge=1)
 
-    def prompt_options(self) -> PromptOptions:
-        """How this policy's prompt is rendered; saved with every checkpoint it writes."""
+    def prompt_options(self, conversation: bool = False) -> PromptOptions:
+        """How this policy's prompt is rendered; saved with every checkpoint it writes
+        (`conversation`: trained with earlier turns in its prompt, RunConfig.prompt_options)."""
         return PromptOptions(layout=self.prompt_layout, max_question_tokens=self.max_question_tokens,
-                             use_chat_template=self.use_chat_template)
+                             use_chat_template=self.use_chat_template, conversation=conversation)
 
 
 class RolloutConfig(_Section):
@@ -212,6 +213,12 @@ class SimDataOptions(_Section):
     # is then played too, as the harder test). None: the pool file's (default "entity").
     split: Literal["entity", "question"] | None = None
     heldout_size: int = Field(default=64, ge=0)  # split "question": held-out-entity questions played
+    # The share of each split's questions (train, val, held out, warm-start traces) that are
+    # follow-ups: a two-hop chain's first hop as an earlier turn, the question referring back to it
+    # (router_r1.worlds.sim.knowledge.follow_up), answerable only by reading the conversation.
+    # > 0 also saves the policy with PromptOptions.conversation (Serve then renders a request's
+    # conversation). 0: single questions only, as before.
+    conversation_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class DataConfig(_Section):
@@ -354,6 +361,12 @@ class RunConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def prompt_options(self) -> PromptOptions:
+        """The policy's prompt options as a checkpoint of this run records them: `conversation`
+        when training shows conversations (the simulator's follow-ups, data.sim.conversation_share)."""
+        convo = self.data.kind == "simulated" and self.data.sim.conversation_share > 0
+        return self.policy.prompt_options(conversation=convo)
 
     def load_pool(self) -> PoolSpec:
         return load_pool(self.pool)

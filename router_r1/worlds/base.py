@@ -53,9 +53,14 @@ class QAExample:
     golden_answers: list[str]
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The conversation before the question ({"role", "content"} turns), rendered into the router's
+    # prompt (router_r1.env.prompt.render_prompt_ids(history=...)); empty for a single question.
+    history: list[dict[str, str]] = field(default_factory=list, compare=False, hash=False)
 
 
-Item = dict[str, Any]  # {"id", "question", "golden_answers"}: what rollout workers take
+# {"id", "question", "golden_answers"} and, for a follow-up, "history" (the turns before the
+# question, rendered into its prompt as Serve renders a request's): what rollout workers take.
+Item = dict[str, Any]
 Split = Literal["train", "val"]
 
 WORLDS: dict[str, str] = {
@@ -79,8 +84,12 @@ class RecordedAnswers(Protocol):
     def lookup(self, question: str) -> Any | None: ...
 
 
-def item(id_: str, question: str, golds: Sequence[str]) -> Item:
-    return {"id": id_, "question": question, "golden_answers": list(golds)}
+def item(id_: str, question: str, golds: Sequence[str], history: Sequence[dict[str, str]] = ()) -> Item:
+    """A rollout item; "history" only when there is one, so single questions are as before."""
+    out: Item = {"id": id_, "question": question, "golden_answers": list(golds)}
+    if history:
+        out["history"] = [dict(t) for t in history]
+    return out
 
 
 class World:

@@ -14,12 +14,19 @@ How questions are held out is `SimConfig.split`:
   validation holds out single questions over the other subjects: a validation question is never
   a training question, but every subject it names is named (asked about, or the answer) in some
   training question. This measures routing on unseen questions whose words the router knows.
+
+Follow-ups (`follow_up`, `follow_ups`): a two-hop chain split over a conversation. The first hop is
+an earlier turn (the user's sub-question and the assistant's answer, "Who founded Zelix Corp?" /
+"Tomas Velik"), and the question refers back to it ("Where was that person born?"): the entity it
+is about is named only in the history, so it can only be answered by reading the conversation.
+A follow-up is held out with its chain question (same subject, same split) and is made on demand,
+never stored, so the knowledge base and its fingerprint do not change.
 """
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,6 +46,9 @@ BOOK_NOUNS = ("Harbor", "Garden", "River", "Tower", "Mirror", "Forest", "Lantern
 COMPANY_SUFFIXES = ("Corp", "Labs", "Works", "Group")
 TEAM_SUFFIXES = ("Hawks", "Wolves", "Bears", "Foxes", "Eagles", "Lions", "Sharks", "Owls")
 COUNTRY_SUFFIXES = ("land", "ia", "or")
+# How a follow-up names the entity of the earlier turn, by its kind (only chain middles occur).
+REFERENTS = {"person": "that person", "city": "that city", "country": "that country"}
+FOLLOW_UP_PREFIX = "sim-followup-"
 
 
 class SimConfig(BaseModel):
@@ -101,6 +111,8 @@ class SimQuestion:
     facts: tuple[Fact, ...]
     subquestions: tuple[str, ...]  # the canonical single-hop question for each fact
     split: str
+    # A follow-up's earlier turns ({"role", "content"}), the only place its subject is named; () otherwise.
+    history: tuple[Mapping[str, str], ...] = field(default=(), compare=False, hash=False)
 
     @property
     def golden_answers(self) -> list[str]:
@@ -114,10 +126,22 @@ class SimQuestion:
     def domains(self) -> tuple[str, ...]:
         return tuple(RELATIONS[r].domain for r in self.relations)
 
+    @property
+    def follow_up(self) -> bool:
+        return bool(self.history)
+
+    @property
+    def standalone(self) -> str:
+        """The question as a model is asked it on its own: its text, or for a follow-up the
+        question with the referent resolved out of the history ("Where was Tomas Velik born?"),
+        which is what a router that read the conversation writes. Candidates see no history."""
+        return self.subquestions[0] if self.history else self.text
+
     def to_qa(self) -> QAExample:
         """As the core's dataset row, so the simulator feeds the same data path as real QA sets."""
         return QAExample(self.id, self.text, [self.answer], source="sim",
-                         meta={"relations": list(self.relations), "split": self.split})
+                         meta={"relations": list(self.relations), "split": self.split},
+                         history=[dict(t) for t in self.history])
 
 
 @dataclass(frozen=True)
@@ -288,8 +312,38 @@ class KnowledgeBase:
                            relations=tuple(relations), facts=tuple(facts),
                            subquestions=tuple(subqs), split=self._split_of(subject.id))
 
+    def follow_up(self, q: SimQuestion) -> SimQuestion:
+        """Two-hop question `q` as a follow-up (module docstring): the history is its first hop
+        asked and answered ("Who founded Zelix Corp?" / "Tomas Velik"), the question its second
+        hop about "that person" (`REFERENTS`); one fact, the same gold answer and split."""
+        if not q.two_hop or q.history:
+            raise ValueError(f"{q.id}: a follow-up is made from a two-hop question")
+        first, second = q.relations
+        referent = self.entities[q.facts[0].object]
+        history = ({"role": "user", "content": q.subquestions[0]},
+                   {"role": "assistant", "content": referent.name})
+        return SimQuestion(id=f"{FOLLOW_UP_PREFIX}{first}+{second}-{q.subject}",
+                           text=RELATIONS[second].ask(REFERENTS[referent.kind]), answer=q.answer,
+                           subject=referent.id, relations=(second,), facts=(q.facts[1],),
+                           subquestions=(q.subquestions[1],), split=q.split, history=history)
+
+    def follow_ups(self, split: Split, n: int | None = None, seed: int = 0) -> list[SimQuestion]:
+        """`n` follow-ups of one split (one per two-hop question, chains taking turns as in
+        `questions`, repeating past the end), in a seeded order; `n=None`: all of them."""
+        chains = [q for q in self._questions[split] if q.two_hop]
+        rng = random.Random(f"{self.config.seed}-{split}-followups-{seed}-{n}")
+        if n is None:
+            picked = list(chains)
+            rng.shuffle(picked)
+        else:
+            picked = _take_by_shape(chains, n, rng)
+        return [self.follow_up(q) for q in picked]
+
     def question(self, qid: str) -> SimQuestion:
-        """A question by id (e.g. from a QAExample made with `to_qa`), to score it with the oracle."""
+        """A question by id (e.g. from a QAExample made with `to_qa`), to score it with the oracle;
+        a follow-up's id names the two-hop question it is made from."""
+        if qid.startswith(FOLLOW_UP_PREFIX):
+            return self.follow_up(self.question("sim-" + qid[len(FOLLOW_UP_PREFIX):]))
         if not self._by_id:
             self._by_id = {q.id: q for qs in self._questions.values() for q in qs}
         return self._by_id[qid]

@@ -10,7 +10,8 @@ highest reward under the core's reward formula (router_r1.env.reward.compute_rew
 The router itself knows nothing, so the oracle makes at least one call; when no path yields
 the gold answer it answers wrongly and earns 0 (a well-formed wrong answer). More calls only add
 cost, so these paths cover every reward the router can reach with canonical sub-questions. Costs
-use the backend's own token counting (a bare query as the only message). The cost reward uses a
+use the backend's own token counting (a bare query as the only message). A follow-up's "full
+question" is its standalone form (`SimQuestion.standalone`): the oracle reads the conversation. The cost reward uses a
 stateless normaliser (by default ReferenceCostNormalizer(reward_cfg.reference_cost_usd)), since
 the training window's state depends on the run.
 """
@@ -57,7 +58,7 @@ def score_plan(q: SimQuestion, calls: Sequence[SimCall], cfg: RewardConfig,
 def candidate_plans(sim: Simulation, q: SimQuestion, cfg: RewardConfig,
                     normalizer: CostNormalizer | None = None) -> list[RoutePlan]:
     """Every one-call plan, and for a two-hop question every two-call decomposition."""
-    plans = [score_plan(q, [sim.call(m, q.text)], cfg, normalizer) for m in sim.names]
+    plans = [score_plan(q, [sim.call(m, q.standalone)], cfg, normalizer) for m in sim.names]
     if q.two_hop:
         second = RELATIONS[q.relations[1]]
         for m1 in sim.names:
@@ -85,7 +86,7 @@ def oracle_reward(sim: Simulation, q: SimQuestion, cfg: RewardConfig,
 def single_model_policy_reward(sim: Simulation, model: str, q: SimQuestion, cfg: RewardConfig,
                                normalizer: CostNormalizer | None = None) -> float:
     """Always ask `model` the full question once and answer what it states."""
-    return score_plan(q, [sim.call(model, q.text)], cfg, normalizer).reward
+    return score_plan(q, [sim.call(model, q.standalone)], cfg, normalizer).reward
 
 
 def best_single_model(sim: Simulation, questions: Sequence[SimQuestion], cfg: RewardConfig,
@@ -132,8 +133,12 @@ def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+QUESTION_TYPES = ("single-hop", "two-hop", "follow-up")
+
+
 def question_type(q: SimQuestion) -> str:
-    return "two-hop" if q.two_hop else "single-hop"
+    """single-hop, two-hop, or follow-up (a question whose subject is named only in the history)."""
+    return "follow-up" if q.follow_up else "two-hop" if q.two_hop else "single-hop"
 
 
 def reference_policies(sim: Simulation, questions: Sequence[SimQuestion], cfg: RewardConfig,
@@ -142,7 +147,7 @@ def reference_policies(sim: Simulation, questions: Sequence[SimQuestion], cfg: R
     one-call policy (each model asked the whole question; random: their mean; the one-call
     oracle: the best single call per question), the descriptor-only expert and the oracle (which
     may call twice)."""
-    singles = {m: [score_plan(q, [sim.call(m, q.text)], cfg, normalizer) for q in questions] for m in sim.names}
+    singles = {m: [score_plan(q, [sim.call(m, q.standalone)], cfg, normalizer) for q in questions] for m in sim.names}
     best_one = [max((singles[m][i] for m in sim.names), key=lambda p: (p.reward, p.outcome, -p.cost_usd))
                 for i in range(len(questions))]
     rows = {f"single:{m}": _stats(ps) for m, ps in singles.items()}
@@ -157,9 +162,9 @@ def reference_policies(sim: Simulation, questions: Sequence[SimQuestion], cfg: R
 
 def by_question_type(sim: Simulation, questions: Sequence[SimQuestion], cfg: RewardConfig,
                      normalizer: CostNormalizer | None = None) -> dict[str, dict]:
-    """`reference_policies` per question type ('single-hop', 'two-hop'), with each type's count."""
+    """`reference_policies` per question type (`QUESTION_TYPES`), with each type's count."""
     out: dict[str, dict] = {}
-    for kind in ("single-hop", "two-hop"):
+    for kind in QUESTION_TYPES:
         qs = [q for q in questions if question_type(q) == kind]
         if qs:
             out[kind] = {"n": len(qs), "policies": reference_policies(sim, qs, cfg, normalizer)}

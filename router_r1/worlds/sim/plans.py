@@ -51,7 +51,7 @@ def random_plan(sim: Simulation, q: SimQuestion, rng: random.Random,
 
     if q.two_hop and rng.random() < decompose_p:
         return _two_hops(sim, q, ask)
-    return ask(q.text, "direct")
+    return ask(q.standalone, "direct")
 
 
 def expert_for(sim: Simulation, domain: str) -> str:
@@ -82,7 +82,7 @@ def expert_plan(sim: Simulation, q: SimQuestion, retry: bool = True) -> Plan:
 
     if q.two_hop:
         return _two_hops(sim, q, ask)
-    return ask(q.text, "direct", q.relations[0])
+    return ask(q.standalone, "direct", q.relations[0])
 
 
 def generalist_for(sim: Simulation) -> str:
@@ -91,4 +91,4 @@ def generalist_for(sim: Simulation) -> str:
 
 
 def generalist_plan(sim: Simulation, q: SimQuestion) -> Plan:
-    return [("direct", sim.call(generalist_for(sim), q.text))]
+    return [("direct", sim.call(generalist_for(sim), q.standalone))]

@@ -16,6 +16,10 @@ Each trace is a core `Episode` whose segments carry their origin, so the SFT los
 inserted information exactly as the RL loss does (`router_r1.env.episode.tokenize_trace`). The
 answer is always copied from the last reply, right or wrong: the trace teaches the format and
 the routing moves, and which model to trust is then learned from reward.
+
+A follow-up's trace (knowledge.KnowledgeBase.follow_up) carries its history, rendered into the
+prompt, and resolves the referent out of it: "<think> I need the birthplace of Tomas Velik.
+</think>", then the sub-question about Tomas Velik, the name read in the earlier answer.
 """
 from __future__ import annotations
 
@@ -103,13 +107,14 @@ def make_trace(sim: Simulation, q: SimQuestion, policy: TracePolicy = "oracle",
     answer = last.name if last is not None else NO_ANSWER
     segments.append(Segment(f"<think> The answer is {answer}. </think>\n<answer> {answer} </answer>",
                             "policy"))
+    history = [dict(t) for t in q.history]
     return Episode(
         uid=q.id, question=q.text, golden_answers=q.golden_answers,
-        prompt=render_prompt(sim.pool, q.text, instructions, layout), segments=segments,
+        prompt=render_prompt(sim.pool, q.text, instructions, layout, history=history), segments=segments,
         calls=[_call_result(sim, c) for _, c in moves],
         routes=[(c.model, c.query) for _, c in moves],
         turns=sum(s.origin == "policy" for s in segments), done=True,
-        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers)})
+        meta={"trace_policy": policy, "em": exact_match(answer, q.golden_answers)}, history=history)
 
 
 def _call_result(sim: Simulation, c: SimCall) -> CallResult:
@@ -123,8 +128,9 @@ def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.
     is renamed everywhere, in the question, the sub-questions, the replies and the answer. The
     facts become false; the text stays consistent. With one fresh name per trace the router cannot
     tie a question's words to a remembered name: the only way to write the right name is to copy
-    it out of the question (docs/training.md, the demo's choices)."""
-    text = " ".join([ep.question, *(x.text for x in ep.segments)])
+    it out of the question (docs/training.md, the demo's choices). A follow-up's subject is named
+only in its history (the earlier answer), renamed there too: it is copied out of the history."""
+    text = " ".join([ep.question, *(t["content"] for t in ep.history), *(x.text for x in ep.segments)])
     choices = [e.name for e in sim.world.by_kind(kind) if e.name != old and e.name not in text]
     if not choices:
         return ep
@@ -132,7 +138,8 @@ def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.
     return Episode(uid=ep.uid, question=ep.question.replace(old, new), golden_answers=ep.golden_answers,
                    prompt="", segments=[Segment(x.text.replace(old, new), x.origin) for x in ep.segments],
                    calls=ep.calls, routes=[(m, q.replace(old, new)) for m, q in ep.routes], turns=ep.turns,
-                   done=True, meta={**ep.meta, "subject_swap": True}, pool=ep.pool)
+                   done=True, meta={**ep.meta, "subject_swap": True}, pool=ep.pool,
+                   history=[{**t, "content": t["content"].replace(old, new)} for t in ep.history])
 
 
 DEFAULT_MIX = {"expert": 0.6, "random": 0.4}

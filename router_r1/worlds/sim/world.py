@@ -8,8 +8,10 @@ questions, over subjects training names; the entity-held-out test split is then 
 default); warm-start traces come from `traces.py`, the tokenizer corpus covers every name and
 question, and the report compares the router with the oracle, the best single model, random
 routing and the descriptor-only expert (`oracle.expected_rewards`), overall and per question type
-(`oracle.by_question_type`). `data.sim` sets train_size (default: the whole split, or
-`data.limit`), val_size, two_hop_fraction, split and heldout_size.
+(`oracle.by_question_type`: single-hop, two-hop, follow-up). `data.sim` sets train_size (default:
+the whole split, or `data.limit`), val_size, two_hop_fraction, split, heldout_size and
+conversation_share: the share of each split's questions (and of the warm-start traces) replaced by
+follow-ups, which carry their earlier turn as the item's history (knowledge.KnowledgeBase.follow_up).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from router_r1.worlds.base import Item, Split, World, check_trace_mix, item
+from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.oracle import by_question_type, expected_rewards, question_type
 from router_r1.worlds.sim.synthetic import synthetic_traces
@@ -29,6 +32,19 @@ if TYPE_CHECKING:
     from router_r1.env.reward import RewardConfig
     from router_r1.infra.config import RunConfig
     from router_r1.pool.descriptors import PoolSpec
+
+
+def with_follow_ups(sim: Simulation, qs: list[SimQuestion], split: str, share: float, seed: int,
+                    shuffle: bool = False) -> list[SimQuestion]:
+    """`qs` with its last `share` replaced by as many follow-ups of `split` (seeded by `seed`);
+    `shuffle`: then mixed in a seeded order (warm-start traces are read in order). `share` 0: `qs`."""
+    k = round(share * len(qs))
+    if not k:
+        return qs
+    out = qs[:len(qs) - k] + sim.world.follow_ups(split, k, seed=seed)
+    if shuffle:
+        random.Random(f"{seed}-follow-up-order").shuffle(out)
+    return out
 
 
 class SimulatedWorld(World):
@@ -55,10 +71,11 @@ class SimulatedWorld(World):
         heldout = (sim.world.questions("test", opts.heldout_size, frac, seed=seed)
                    if sim.world.config.split == "question" and opts.heldout_size else [])
 
-        def items(qs):
-            return [item(q.id, q.text, q.golden_answers) for q in qs]
+        def items(qs, split):
+            qs = with_follow_ups(sim, qs, split, opts.conversation_share, seed)
+            return [item(q.id, q.text, q.golden_answers, q.history) for q in qs]
 
-        return cls(sim, items(train), items(val), cfg, items(heldout))
+        return cls(sim, items(train, "train"), items(val, "val"), cfg, items(heldout, "test"))
 
     def questions(self, split: Split) -> list[Item]:
         return self._splits[split]
@@ -80,6 +97,10 @@ class SimulatedWorld(World):
         parts), never a name of the pool file outside the training view."""
         n = max(256, self.cfg.warmstart.num_traces)
         texts = tokenizer_corpus(self.sim, n_traces=n, seed=self.cfg.seed, layout=layout)
+        share = self.cfg.data.sim.conversation_share
+        if share:  # follow-ups' prompts (their history block) and traces
+            fus = self.sim.world.follow_ups("train", max(64, round(share * n)), seed=self.cfg.seed)
+            texts += [ep.prompt + ep.response for ep in make_traces(self.sim, fus, seed=self.cfg.seed, layout=layout)]
         share = self.cfg.warmstart.synthetic_pools
         if share:
             qs = self.sim.world.questions("train", max(64, round(share * n)), seed=self.cfg.seed)
@@ -94,13 +115,22 @@ class SimulatedWorld(World):
         cfg, ws = self.cfg, self.cfg.warmstart
         qs = self.sim.world.questions("train", ws.num_traces, seed=cfg.seed + 1)
         n_synth = round(ws.synthetic_pools * len(qs))
-        traces = make_traces(self.sim, qs[n_synth:], mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
+        # Follow-ups replace a conversation_share of the single questions, never the synthetic-pool ones.
+        plain = with_follow_ups(self.sim, qs[n_synth:], "train", cfg.data.sim.conversation_share, cfg.seed + 1,
+                                shuffle=True)
+        traces = make_traces(self.sim, plain, mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
                              layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self.reserved_names(),
                                        layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
+
+    def follow_up_items(self, split: str, n: int | None = None) -> list[Item]:
+        """`n` follow-ups of `split` as items with their history (the conversation measurement,
+        benchmarks/bench_conversation.py, plays each with and without it)."""
+        return [item(q.id, q.text, q.golden_answers, q.history)
+                for q in self.sim.world.follow_ups(split, n, seed=self.cfg.split_seed)]
 
     def reserved_names(self) -> list[str]:
         """Every name and alias of the pool file, unseen models included: synthetic pools never
