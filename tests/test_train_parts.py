@@ -142,3 +142,15 @@ def test_report_shows_what_rl_changed_on_held_out_entities_and_the_learning_curv
     md = run_summary(rep, [2.5, 0.75])
     assert "| reward | 0.500 | 0.800 | 0.250 | 0.375 |" in md
     assert "| calls to Small (share) | 0.250 | 0.875 | 0.500 | 1.000 |" in md
+
+
+def test_report_learning_curve_is_the_training_reward_per_block_of_steps():
+    from pipelines.train import Trainer
+
+    t = object.__new__(Trainer)  # report() reads only the run's figures
+    t.history = [{"step": s, "reward/mean": s / 20} for s in range(1, 21)]
+    t.step, t._restarts_before, t.evals = 20, 0, {}
+    curve = t.report(1.0)["curve"]
+    # 20 steps -> blocks of 3 (about 8 points); each point: the block's last step, its mean reward
+    assert curve["every"] == 3 and len(curve["reward"]) == 7
+    assert curve["reward"][0] == [3, pytest.approx(0.1)] and curve["reward"][-1] == [20, pytest.approx(0.975)]
