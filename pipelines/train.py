@@ -473,7 +473,9 @@ class Trainer:
             t.log_metrics({f"report/{k}": v for k, v in _numeric(report.get("reference", {})).items()},
                           step=self.step)
             t.log_dict(report, "report.json")
-            t.log_curves(self.history, self.sft_losses)
+            start = self.evals.get("start", {}).get("reward/mean")  # the greedy panel starts at the start of RL
+            t.log_curves(([{"step": 0, "eval/reward/mean": start}] if start is not None else []) + self.history,
+                         self.sft_losses)
             t.describe_run(run_summary(report, self.sft_losses))
             last = ckpt.latest(self.run_dir)
             if last is not None:
