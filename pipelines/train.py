@@ -319,10 +319,7 @@ class Trainer:
                 self.tracker.log_metrics(_prefixed(self.evaluate("start"), "eval/"), step=0)
                 self.evaluate_extra("start")
             self.train_loop()
-            end = self.evaluate("end")
-            self.tracker.log_metrics(_prefixed(end, "eval/"), step=self.step)
-            if self.history:
-                self.history[-1]["eval/reward/mean"] = end["reward/mean"]
+            self.tracker.log_metrics(_prefixed(self.evaluate("end"), "eval/"), step=self.step)
             self.evaluate_extra("end")
             report = self.report(time.perf_counter() - t_start)
             self.finish(report)
@@ -392,9 +389,7 @@ class Trainer:
             self.tracker.log_samples([trajectory_record(e, s, self.step) for e, s in
                                       list(zip(episodes, scores))[:8]], f"samples/step_{self.step:06d}.json")
         if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-            m = self.evaluate(f"step_{self.step}")
-            self.tracker.log_metrics(_prefixed(m, "eval/"), step=self.step)
-            self.history[-1]["eval/reward/mean"] = m["reward/mean"]  # a point of the curves' greedy panel
+            self.tracker.log_metrics(_prefixed(self.evaluate(f"step_{self.step}"), "eval/"), step=self.step)
         if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) \
                 or self.step == cfg.train.steps:
             self.save_checkpoint()
@@ -452,6 +447,14 @@ class Trainer:
                 "reference": self._reference(items, f"{name}_end")}
         return rep
 
+    def greedy_curve(self) -> list[dict[str, float]]:
+        """The greedy validation reward by RL step, as rows for the curves' panel: the start of
+        RL (step 0), every `train.eval_every` steps, the end."""
+        steps = {"start": 0, "end": self.step} | {label: int(label.removeprefix("step_"))
+                                                  for label in self.evals if label.startswith("step_")}
+        return sorted(({"step": step, "eval/reward/mean": self.evals[label]["reward/mean"]}
+                       for label, step in steps.items() if label in self.evals), key=lambda r: r["step"])
+
     def _reference(self, items: list[dict], label: str) -> dict[str, Any] | None:
         """The world's reference policies on `items`, and eval `label`'s reward as a fraction."""
         ref = self.world.reference(items, self.cfg.reward)
@@ -473,9 +476,7 @@ class Trainer:
             t.log_metrics({f"report/{k}": v for k, v in _numeric(report.get("reference", {})).items()},
                           step=self.step)
             t.log_dict(report, "report.json")
-            start = self.evals.get("start", {}).get("reward/mean")  # the greedy panel starts at the start of RL
-            t.log_curves(([{"step": 0, "eval/reward/mean": start}] if start is not None else []) + self.history,
-                         self.sft_losses)
+            t.log_curves(self.history + self.greedy_curve(), self.sft_losses)
             t.describe_run(run_summary(report, self.sft_losses))
             last = ckpt.latest(self.run_dir)
             if last is not None:

@@ -154,3 +154,14 @@ def test_report_learning_curve_is_the_training_reward_per_block_of_steps():
     # 20 steps -> blocks of 3 (about 8 points); each point: the block's last step, its mean reward
     assert curve["every"] == 3 and len(curve["reward"]) == 7
     assert curve["reward"][0] == [3, pytest.approx(0.1)] and curve["reward"][-1] == [20, pytest.approx(0.975)]
+
+
+def test_greedy_curve_runs_from_the_start_of_rl_to_the_end():
+    from pipelines.train import Trainer
+
+    t = object.__new__(Trainer)
+    t.step = 24
+    t.evals = {"untrained": {"reward/mean": -1.0}, "start": {"reward/mean": 0.5}, "step_16": {"reward/mean": 0.75},
+               "step_8": {"reward/mean": 0.625}, "end": {"reward/mean": 0.875}, "held_out_entities_end": {"reward/mean": 0.0}}
+    assert t.greedy_curve() == [{"step": 0, "eval/reward/mean": 0.5}, {"step": 8, "eval/reward/mean": 0.625},
+                                {"step": 16, "eval/reward/mean": 0.75}, {"step": 24, "eval/reward/mean": 0.875}]
