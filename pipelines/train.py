@@ -425,6 +425,10 @@ class Trainer:
                                "shares": {label: {k.removeprefix("calls/share/"): v for k, v in m.items()
                                                   if k.startswith("calls/share/")}
                                           for label, m in self.evals.items()}}
+        if self.history:  # the learning curve: the training batches' reward, about 8 points
+            every = max(1, -(-len(self.history) // 8))
+            blocks = [self.history[i:i + every] for i in range(0, len(self.history), every)]
+            rep["curve"] = {"every": every, "reward": [[b[-1]["step"], _mean(b, "reward/mean")] for b in blocks]}
         if "end" not in self.evals:
             return rep
         if self.world.held_out():
@@ -442,6 +446,14 @@ class Trainer:
                 "em": [start.get("outcome/em"), end.get("outcome/em")],
                 "reference": self._reference(items, f"{name}_end")}
         return rep
+
+    def greedy_curve(self) -> list[dict[str, float]]:
+        """The greedy validation reward by RL step, as rows for the curves' panel: the start of
+        RL (step 0), every `train.eval_every` steps, the end."""
+        steps = {"start": 0, "end": self.step} | {label: int(label.removeprefix("step_"))
+                                                  for label in self.evals if label.startswith("step_")}
+        return sorted(({"step": step, "eval/reward/mean": self.evals[label]["reward/mean"]}
+                       for label, step in steps.items() if label in self.evals), key=lambda r: r["step"])
 
     def _reference(self, items: list[dict], label: str) -> dict[str, Any] | None:
         """The world's reference policies on `items`, and eval `label`'s reward as a fraction."""
@@ -464,7 +476,7 @@ class Trainer:
             t.log_metrics({f"report/{k}": v for k, v in _numeric(report.get("reference", {})).items()},
                           step=self.step)
             t.log_dict(report, "report.json")
-            t.log_curves(self.history, self.sft_losses)
+            t.log_curves(self.history + self.greedy_curve(), self.sft_losses)
             t.describe_run(run_summary(report, self.sft_losses))
             last = ckpt.latest(self.run_dir)
             if last is not None:
@@ -536,23 +548,38 @@ def _skipped(run_dir: Path) -> str:
 
 
 def format_report(rep: dict[str, Any]) -> str:
+    """What the run changed: the training batches first -> last, and what RL changed on greedy
+    episodes from the start of RL (right after the warm start) to its end, on validation and on
+    each extra question set (held-out entities), with the learning curve."""
     lines = [f"router-r1 train: {rep['steps']} steps in {rep['wall_s']:.0f} s"
              + (f", {rep['restarts']} rollout-actor restarts" if rep["restarts"] else "")]
-    lines.append(f"  {'':22s} {'train: first -> last':>24s}   {'greedy val: start -> end':>26s}")
     ev = rep["eval"]
+    extra = [name for name in rep.get("extra", {}) if f"{name}_start" in ev and f"{name}_end" in ev]
+    cols = [("greedy val", "start", "end")] + [(n.replace("_", " "), f"{n}_start", f"{n}_end") for n in extra]
+    lines.append("  what RL changed: training batches over its first -> last 3 steps; greedy episodes at the "
+                 "start of RL (right after the warm start) -> its end")
+    lines.append(f"  {'':22s} {'train: first -> last':>24s}" + "".join(
+        f"   {title + ': start -> end':>30s}" for title, _, _ in cols))
     for key, name in REPORT_KEYS:
         a, b = rep["train"][key]
-        s, e = (ev.get("start") or {}).get(key), (ev.get("end") or {}).get(key)
-        lines.append(f"  {name:22s} {_f(a):>11s} -> {_f(b):<10s}   {_f(s):>12s} -> {_f(e):<10s}")
+        row = f"  {name:22s} {_f(a):>11s} -> {_f(b):<10s}"
+        for _, s, e in cols:
+            row += f"   {_f((ev.get(s) or {}).get(key)):>16s} -> {_f((ev.get(e) or {}).get(key)):<10s}"
+        lines.append(row.rstrip())
+    shares = rep.get("shares") or {}
+    for title, s, e in cols:
+        if shares.get(s) and shares.get(e):
+            lines.append(f"  {title} calls by model, start -> end: " + ", ".join(
+                f"{m} {shares[s][m]:.2f} -> {shares[e].get(m, 0.0):.2f}" for m in shares[s]))
+    curve = rep.get("curve")
+    if curve:  # the training batches' reward, a point per block of steps
+        lines.append(f"  learning curve, training reward (mean of each {curve['every']} steps, by last step): "
+                     + ", ".join(f"{s} {_f(r)}" for s, r in curve["reward"]))
     steps = [(label.removeprefix("step_"), m) for label, m in ev.items() if label.startswith("step_")]
     if steps:  # train.eval_every: the greedy validation reward along the way
         path = [("start", ev.get("start")), *steps, ("end", ev.get("end"))]
         lines.append("  greedy val reward by step: " + ", ".join(
             f"{label} {_f(m.get('reward/mean'))}" for label, m in path if m))
-    shares = rep.get("shares") or {}
-    if shares.get("start") and shares.get("end"):
-        lines.append("  greedy val calls by model, start -> end: " + ", ".join(
-            f"{m} {shares['start'][m]:.2f} -> {shares['end'].get(m, 0.0):.2f}" for m in shares["start"]))
     if "untrained" in ev:
         lines.append(f"  before warm start: format-ok {_f(ev['untrained'].get('format/ok_rate'))}, "
                      f"reward {_f(ev['untrained'].get('reward/mean'))}")
@@ -587,11 +614,18 @@ def format_report(rep: dict[str, Any]) -> str:
 def run_summary(rep: dict[str, Any], sft_losses: list[float]) -> str:
     """The run page's description (Markdown): what the warm start and RL changed, at a glance."""
     ev = rep["eval"]
-    rows = ["| greedy validation | start of RL | end of RL |", "|---|---:|---:|"]
+    labels = [("start", "end")] + [(f"{n}_start", f"{n}_end") for n in rep.get("extra", {})
+                                   if f"{n}_start" in ev and f"{n}_end" in ev]
+    rows = ["| greedy | validation, start of RL | end of RL |" + "".join(
+                f" {s.removesuffix('_start').replace('_', ' ')}, start of RL | end of RL |" for s, _ in labels[1:]),
+            "|---|" + "---:|---:|" * len(labels)]
     for key, name in REPORT_KEYS:
-        rows.append(f"| {name} | {_f((ev.get('start') or {}).get(key))} | {_f((ev.get('end') or {}).get(key))} |")
-    for name, x in rep.get("extra", {}).items():
-        rows.append(f"| {name.replace('_', ' ')}: reward | {_f(x['reward'][0])} | {_f(x['reward'][1])} |")
+        rows.append(f"| {name} |" + "".join(f" {_f((ev.get(s) or {}).get(key))} | {_f((ev.get(e) or {}).get(key))} |"
+                                            for s, e in labels))
+    shares = rep.get("shares") or {}
+    for m in (shares.get("start") or {}):
+        rows.append(f"| calls to {m} (share) |" + "".join(
+            f" {_f((shares.get(s) or {}).get(m))} | {_f((shares.get(e) or {}).get(m))} |" for s, e in labels))
     ref = rep.get("reference")
     head = [f"**router-r1 train**: {rep['steps']} RL steps in {rep['wall_s']:.0f} s."]
     if sft_losses:

@@ -120,3 +120,48 @@ def test_report_and_run_summary_show_what_rl_changed():
     assert "calls by model, start -> end: Big 0.75 -> 0.12, Small 0.25 -> 0.88" in format_report(rep)
     md = run_summary(rep, [2.5, 0.75])
     assert "| reward | 0.500 | 0.800 |" in md and "loss 2.500 -> 0.750" in md
+
+
+def test_report_shows_what_rl_changed_on_held_out_entities_and_the_learning_curve():
+    from pipelines.train import REPORT_KEYS, format_report, run_summary
+
+    ev = {label: {k: r for k, _ in REPORT_KEYS} for label, r in
+          (("start", 0.5), ("end", 0.8), ("held_out_entities_start", 0.25), ("held_out_entities_end", 0.375))}
+    rep = {"steps": 16, "wall_s": 1.0, "restarts": 0, "eval": ev, "train": {k: [0.1, 0.2] for k, _ in REPORT_KEYS},
+           "shares": {"start": {"Big": 0.75, "Small": 0.25}, "end": {"Big": 0.125, "Small": 0.875},
+                      "held_out_entities_start": {"Big": 0.5, "Small": 0.5},
+                      "held_out_entities_end": {"Big": 0.0, "Small": 1.0}},
+           "extra": {"held_out_entities": {"n": 8, "reward": [0.25, 0.375], "em": [0.25, 0.375], "reference": None}},
+           "curve": {"every": 8, "reward": [[8, 0.125], [16, 0.625]]}}
+    text = format_report(rep)
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("calls/episode"))
+    assert row.split() == ["calls/episode", "0.100", "->", "0.200", "0.500", "->", "0.800", "0.250", "->", "0.375"]
+    assert "held out entities: start -> end" in text
+    assert "held out entities calls by model, start -> end: Big 0.50 -> 0.00, Small 0.50 -> 1.00" in text
+    assert "training reward (mean of each 8 steps, by last step): 8 0.125, 16 0.625" in text
+    md = run_summary(rep, [2.5, 0.75])
+    assert "| reward | 0.500 | 0.800 | 0.250 | 0.375 |" in md
+    assert "| calls to Small (share) | 0.250 | 0.875 | 0.500 | 1.000 |" in md
+
+
+def test_report_learning_curve_is_the_training_reward_per_block_of_steps():
+    from pipelines.train import Trainer
+
+    t = object.__new__(Trainer)  # report() reads only the run's figures
+    t.history = [{"step": s, "reward/mean": s / 20} for s in range(1, 21)]
+    t.step, t._restarts_before, t.evals = 20, 0, {}
+    curve = t.report(1.0)["curve"]
+    # 20 steps -> blocks of 3 (about 8 points); each point: the block's last step, its mean reward
+    assert curve["every"] == 3 and len(curve["reward"]) == 7
+    assert curve["reward"][0] == [3, pytest.approx(0.1)] and curve["reward"][-1] == [20, pytest.approx(0.975)]
+
+
+def test_greedy_curve_runs_from_the_start_of_rl_to_the_end():
+    from pipelines.train import Trainer
+
+    t = object.__new__(Trainer)
+    t.step = 24
+    t.evals = {"untrained": {"reward/mean": -1.0}, "start": {"reward/mean": 0.5}, "step_16": {"reward/mean": 0.75},
+               "step_8": {"reward/mean": 0.625}, "end": {"reward/mean": 0.875}, "held_out_entities_end": {"reward/mean": 0.0}}
+    assert t.greedy_curve() == [{"step": 0, "eval/reward/mean": 0.5}, {"step": 8, "eval/reward/mean": 0.625},
+                                {"step": 16, "eval/reward/mean": 0.75}, {"step": 24, "eval/reward/mean": 0.875}]

@@ -26,7 +26,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Metrics drawn in the training-curves PNG, when present (name -> panel title).
 CURVES = {"reward/mean": "reward", "outcome/em": "EM", "format/ok_rate": "format ok",
           "cost/mean_usd": "cost per episode (USD)", "calls/per_episode": "calls per episode",
-          "actor/kl": "KL to reference"}
+          "actor/kl": "KL to reference",
+          "eval/reward/mean": "greedy val reward (start, every eval_every, end)"}
 
 
 # The experiment's kind as MLflow's UI reads it (`mlflow.experimentKind`).
