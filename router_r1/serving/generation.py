@@ -92,14 +92,20 @@ class TurnBatcher:
         self._generate, self.max_batch_size = generate, max_batch_size
         self._pending: list[tuple[list[int], GenParams, TokenSink | None, asyncio.Future]] = []
         self._lock: asyncio.Lock | None = None
+        self._flushes: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self.batches = self.turns = 0
 
     async def __call__(self, context: list[int], gen: GenParams, on_token: TokenSink | None = None) -> Generation:
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((list(context), gen, on_token, fut))
         if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+            asyncio.get_running_loop().call_soon(self._start_flush)
         return turn_result(await fut)
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> None:
         if self._lock is None:
