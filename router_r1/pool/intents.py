@@ -120,14 +120,7 @@ class IntentJournal:
         if not self.fsync and not self._syncing and not self._leader:
             # Written now, not fsync'd: a killed process loses nothing, and no loop iteration
             # is spent waiting for a group (the fsync is what a group shares).
-            self._durable = mine  # (set first: a failed write marks it failed below)
-            ops, self._ops = self._ops, []
-            try:
-                self._run_ops(ops)
-                self._unsynced.clear()
-            except OSError as e:
-                self._failed.append((mine, mine, e))
-            self.commits += 1
+            self._commit_on_loop()
         waited = False
         while self._durable < mine:
             if self._syncing:  # an fsync in flight on the helper thread: the next group forms
@@ -230,10 +223,10 @@ class IntentJournal:
         except OSError:  # resolved lines or a drop lost: at worst an attempt billed at its cap
             pass
 
-    async def _commit_durable(self) -> None:
-        """Write every queued op on the loop, then fsync the written segments on the helper
-        thread; the intents queued so far are then durable (or failed, and not sent). The fsync
-        finishes (and `_finish` runs) even if the leader waiting for it is cancelled."""
+    def _commit_on_loop(self) -> tuple[int, list[int]]:
+        """Write every queued op on the loop, and fsync the written segments there too when the
+        disk is fast (none without `fsync`). Returns the last intent covered and the segments
+        still to fsync on the helper thread; with none left the commit is finished here."""
         self._syncing = True
         ops, upto = self._ops, self._queued
         self._ops = []
@@ -249,6 +242,14 @@ class IntentJournal:
             err, fds = e, []
         if not fds:
             self._finish(upto, err)
+        return upto, fds
+
+    async def _commit_durable(self) -> None:
+        """Write every queued op on the loop, then fsync the written segments on the helper
+        thread; the intents queued so far are then durable (or failed, and not sent). The fsync
+        finishes (and `_finish` runs) even if the leader waiting for it is cancelled."""
+        upto, fds = self._commit_on_loop()
+        if not fds:
             return
         fut = asyncio.get_running_loop().run_in_executor(self._executor, _fdatasync_all, fds)
         fut.add_done_callback(lambda f: self._finish(
