@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router_r1.engines.hf import HFGenerator
-from router_r1.env.generation import EOS, Generation, TurnFailed, cut_generation
+from router_r1.env.generation import EOS, Generation, TurnFailed, cut_generation, first_stop, stop_tail
 from router_r1.env.protocol import STOP_STRINGS
 
 # CPU defaults: KV pages of 64 tokens (a router context shares its earlier turns' full pages with
@@ -54,6 +54,10 @@ class _Turn:
     done: asyncio.Future
     gen: Generation = field(default_factory=Generation)
     seen: int = 0  # tokens of the manager's output read so far (kept or dropped)
+    tail: int = field(init=False)  # last tokens decoded to look for a stop
+
+    def __post_init__(self) -> None:
+        self.tail = stop_tail(self.stops)
 
 
 class ContinuousHFEngine:
@@ -247,10 +251,8 @@ def _keep(g: Generation, token: int, logprob: float, turn: _Turn, eos: set[int],
         g.stop = EOS
         return True
     if turn.stops:
-        tail = max(len(s.encode()) for s in turn.stops) + 1  # tokens that can hold a stop
-        text = tokenizer.decode(g.ids[-tail:], skip_special_tokens=False)
-        hit = [(text.find(s), s) for s in turn.stops if s in text]
-        if hit:
-            g.stop = min(hit)[1]
+        hit = first_stop(tokenizer.decode(g.ids[-turn.tail:], skip_special_tokens=False), turn.stops)
+        if hit is not None:
+            g.stop = hit
             return True
     return len(g.ids) >= turn.budget

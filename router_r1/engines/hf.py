@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from router_r1.engines.weights import copy_into
-from router_r1.env.generation import EOS, Generation, eos_ids
+from router_r1.env.generation import EOS, Generation, eos_ids, first_stop, stop_tail
 from router_r1.env.protocol import STOP_STRINGS
 
 
@@ -102,7 +102,7 @@ class HFGenerator:
                             logits_to_keep=1, **cache).logits[:, -1, :]
         next_pos = positions[:, -1] + 1
         done = [False] * B
-        tail = max((len(s.encode()) for s in stops), default=0) + 1  # tokens that can hold a stop
+        tail = stop_tail(stops)
         for step in range(max(budget)):
             logits = logits.float()
             if temperature > 0:
@@ -124,10 +124,9 @@ class HFGenerator:
                 if token_ids[i] in self.eos:
                     g.stop, done[i] = EOS, True
                 elif stops:
-                    text = self.tokenizer.decode(g.ids[-tail:], skip_special_tokens=False)
-                    hit = [(text.find(s), s) for s in stops if s in text]
-                    if hit:
-                        g.stop, done[i] = min(hit)[1], True
+                    hit = first_stop(self.tokenizer.decode(g.ids[-tail:], skip_special_tokens=False), stops)
+                    if hit is not None:
+                        g.stop, done[i] = hit, True
                 if len(g.ids) >= budget[i]:
                     done[i] = True
             if all(done):

@@ -111,6 +111,26 @@ def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[dict] | None) 
     return out
 
 
+def sampling_params(temperature: float, top_p: float, max_tokens: int, stop: Sequence[str],
+                    seed: int | None) -> Any:
+    """One request's `vllm.SamplingParams`, as the learner scores it. top_k=0: no top-k (vLLM >=
+    0.8; older versions wanted -1). logprobs=0: the sampled token's log-prob only. Stop strings
+    are detected by vLLM; the token that completes one is kept (cut_generation checks the cut
+    on ids). No repetition penalty (the checkpoint's generation_config is ignored anyway)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_tokens,
+                          stop=list(stop), include_stop_str_in_output=True, logprobs=0,
+                          repetition_penalty=1.0, seed=seed)
+
+
+def completion_generation(c: Any, tokenizer, stops: Sequence[str], eos: set[int]) -> Generation:
+    """A vLLM `CompletionOutput` as a `Generation`, cut after its first stop."""
+    ids = list(c.token_ids)
+    g = Generation(ids, sampled_logprobs(ids, c.logprobs), tokenizer.decode(ids, skip_special_tokens=True))
+    return cut_generation(g, tokenizer, tuple(stops or ()), eos)
+
+
 class VLLMGenerator:
     """Batched generation on vLLM. `model_dir` is a transformers checkpoint folder (with tokenizer)."""
 
@@ -137,7 +157,6 @@ class VLLMGenerator:
                  temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS,
                  seed: int | Sequence[int] | None = None) -> list[Generation]:
         """`seed`: the batch's seed (every row gets its own, `row_seeds`) or one seed per prompt."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
@@ -145,21 +164,9 @@ class VLLMGenerator:
         rows = [self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else list(p)
                 for p in prompts]
         # One seed per prompt: identical prompts (a GRPO group) must still sample differently.
-        # top_k=0: no top-k (vLLM >= 0.8; older versions wanted -1). logprobs=0: the sampled
-        # token's log-prob only. Stop strings are detected by vLLM; the token that completes one
-        # is kept (cut_generation checks the cut on ids).
-        params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
-                                 stop=list(stop), include_stop_str_in_output=True, logprobs=0,
-                                 repetition_penalty=1.0, seed=s)
-                  for s in row_seeds(seed, len(rows))]
+        params = [sampling_params(temperature, top_p, max_new_tokens, stop, s) for s in row_seeds(seed, len(rows))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
-        gens = []
-        for o in outs:
-            c = o.outputs[0]
-            ids = list(c.token_ids)
-            g = Generation(ids, sampled_logprobs(ids, c.logprobs), self.tokenizer.decode(ids, skip_special_tokens=True))
-            gens.append(cut_generation(g, self.tokenizer, tuple(stop or ()), self.eos))
-        return gens
+        return [completion_generation(o.outputs[0], self.tokenizer, stop, self.eos) for o in outs]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_buckets([state])

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from router_r1.engines.vllm import row_seeds, sampled_logprobs
-from router_r1.env.generation import Generation, TurnFailed, cut_generation, eos_ids
+from router_r1.engines.vllm import completion_generation, row_seeds, sampling_params
+from router_r1.env.generation import Generation, TurnFailed, eos_ids
 from router_r1.env.protocol import STOP_STRINGS
 
 
@@ -44,7 +44,6 @@ class AsyncVLLMEngine:
         self.max_context = self.engine.model_config.max_model_len
         self.tokenizer = load_tokenizer(model_dir)  # the checkpoint's own, as the engine's
         self.eos = eos_ids(self.tokenizer)
-        self._sampling = vllm.SamplingParams
 
     async def generate_turn(self, ids: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
                             top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = STOP_STRINGS,
@@ -57,9 +56,7 @@ class AsyncVLLMEngine:
         budget = min(int(max_new_tokens), self.max_context - len(ids))
         if not ids or budget <= 0:
             return Generation()
-        params = self._sampling(temperature=temperature, top_p=top_p, top_k=0, max_tokens=budget,
-                                stop=list(stops), include_stop_str_in_output=True, logprobs=0,
-                                repetition_penalty=1.0, seed=row_seeds(seed, 1)[0])
+        params = sampling_params(temperature, top_p, budget, stops, row_seeds(seed, 1)[0])
         request_id, final, sent = uuid.uuid4().hex, None, 0
         try:
             async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
@@ -76,7 +73,4 @@ class AsyncVLLMEngine:
             raise TurnFailed(e) from e
         if final is None or not final.outputs:
             raise RuntimeError("vLLM returned no output")
-        c = final.outputs[0]
-        got = list(c.token_ids)
-        g = Generation(got, sampled_logprobs(got, c.logprobs), self.tokenizer.decode(got, skip_special_tokens=True))
-        return cut_generation(g, self.tokenizer, stops, self.eos)
+        return completion_generation(final.outputs[0], self.tokenizer, stops, self.eos)

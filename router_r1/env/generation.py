@@ -43,11 +43,10 @@ class Generation:
     @classmethod
     def from_text(cls, text: str, stops: Sequence[str] = STOP_STRINGS) -> Generation:
         """A text-only generation (no ids): cut after its first stop string."""
-        best = min(((text.find(s), s) for s in stops if s in text), default=None)
-        if best is None:
+        s = first_stop(text, stops)
+        if s is None:
             return cls(text=text)
-        i, s = best
-        return cls(text=text[: i + len(s)], stop=s)
+        return cls(text=text[: text.find(s) + len(s)], stop=s)
 
 
 def eos_ids(tokenizer, model_config=None) -> set[int]:
@@ -58,6 +57,18 @@ def eos_ids(tokenizer, model_config=None) -> set[int]:
     cfg_eos = getattr(model_config, "eos_token_id", None) if model_config is not None else None
     out |= set(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else ({cfg_eos} if cfg_eos is not None else set())
     return out
+
+
+def stop_tail(stops: Sequence[str]) -> int:
+    """How many last tokens can hold a stop string (a token is at least one byte), plus one: the
+    ids an engine decodes after each sampled token to see whether the turn ended."""
+    return max((len(s.encode()) for s in stops), default=0) + 1
+
+
+def first_stop(text: str, stops: Sequence[str]) -> str | None:
+    """The stop string that occurs first in `text` (None: none does)."""
+    found = [(text.find(s), s) for s in stops if s in text]
+    return min(found)[1] if found else None
 
 
 def cut_generation(gen: Generation, tokenizer, stops: Sequence[str] = STOP_STRINGS,
@@ -73,20 +84,18 @@ def cut_generation(gen: Generation, tokenizer, stops: Sequence[str] = STOP_STRIN
             end, stop = i + 1, EOS
             break
 
-    def first_stop(k: int) -> str | None:
-        text = tokenizer.decode(ids[:k], skip_special_tokens=False)
-        found = [(text.find(s), s) for s in stops if s in text]
-        return min(found)[1] if found else None
+    def stop_within(k: int) -> str | None:
+        return first_stop(tokenizer.decode(ids[:k], skip_special_tokens=False), stops)
 
-    if stops and first_stop(end) is not None:
+    if stops and stop_within(end) is not None:
         lo, hi = 1, end  # smallest k whose prefix holds a stop string
         while lo < hi:
             mid = (lo + hi) // 2
-            if first_stop(mid) is not None:
+            if stop_within(mid) is not None:
                 hi = mid
             else:
                 lo = mid + 1
-        end, stop = lo, first_stop(lo)
+        end, stop = lo, stop_within(lo)
     if end == len(ids) and stop == gen.stop and gen.text:
         return gen
     kept = ids[:end]
