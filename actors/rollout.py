@@ -135,15 +135,18 @@ class RolloutWorker:
         so the same weights, items and seed give the same episodes."""
         if self.client is None:
             raise RuntimeError("this rollout worker was built without a model pool")
-        def key(it: Item) -> tuple:
-            return it["question"], tuple((t["role"], t["content"]) for t in it.get("history", ()))
-
-        prompts = {key(it): self.prompt_ids(it["question"], it.get("history", ())) for it in items}
+        rendered: dict[tuple, tuple[str, list[int]]] = {}  # once per question and history
+        prompts = []
+        for it in items:
+            key = (it["question"], *((t["role"], t["content"]) for t in it.get("history", ())))
+            if key not in rendered:
+                rendered[key] = self.prompt_ids(it["question"], it.get("history", ()))
+            prompts.append(rendered[key])
         episodes = [Episode(uid=f"{it['id']}#{k}", question=it["question"],
-                            golden_answers=list(it["golden_answers"]), prompt=prompts[key(it)][0],
-                            prompt_ids=list(prompts[key(it)][1]), history=list(it.get("history", [])),
-                            policy_version=self.version, meta={"group": str(it["id"]), "sample": k})
-                    for it in items for k in range(n_samples)]
+                            golden_answers=list(it["golden_answers"]), prompt=text, prompt_ids=list(ids),
+                            history=list(it.get("history", [])), policy_version=self.version,
+                            meta={"group": str(it["id"]), "sample": k})
+                    for it, (text, ids) in zip(items, prompts) for k in range(n_samples)]
         ep_cfg = self.cfg.episode
         turn = 0
 

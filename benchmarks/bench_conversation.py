@@ -101,6 +101,7 @@ def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: s
     from router_r1.env.prompt import load_prompt_options
     from router_r1.serving.router import Router
     from router_r1.worlds.base import make_world
+    from router_r1.worlds.sim.world import sim_item
     from router_r1.worlds.sim.oracle import reference_policies
 
     spec = cfg.load_pool().seen()
@@ -109,8 +110,7 @@ def measure(policy: Path, cfg, split: str, n: int, workers: int, conversation: s
     qs = [world.sim.world.question(it["id"]) for it in items]
     ref = reference_policies(world.sim, qs, cfg.reward)
     # What the follow-ups cost the single questions: as many held-out ones, the world's mix.
-    singles = [{"id": q.id, "question": q.text, "golden_answers": q.golden_answers}
-               for q in world.sim.world.questions(split, n, seed=cfg.split_seed)]
+    singles = [sim_item(q) for q in world.sim.world.questions(split, n, seed=cfg.split_seed)]
     ref_single = reference_policies(world.sim, [world.sim.world.question(it["id"]) for it in singles], cfg.reward)
     # Cache off: a repeated sub-question is billed again, as in training (demo: pool_runtime.cache false).
     router = Router.load(policy, pool=spec, config=cfg, pool_runtime={"cache": False},

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from router_r1.pool.descriptors import PoolSpec
 
 
+def sim_item(q: SimQuestion) -> Item:
+    """A simulator question as a rollout item, with its history when it is a follow-up."""
+    return item(q.id, q.text, q.golden_answers, q.history)
+
+
 def with_follow_ups(sim: Simulation, qs: list[SimQuestion], split: str, share: float, seed: int,
                     shuffle: bool = False) -> list[SimQuestion]:
     """`qs` with its last `share` replaced by as many follow-ups of `split` (seeded by `seed`);
@@ -72,8 +77,7 @@ class SimulatedWorld(World):
                    if sim.world.config.split == "question" and opts.heldout_size else [])
 
         def items(qs, split):
-            qs = with_follow_ups(sim, qs, split, opts.conversation_share, seed)
-            return [item(q.id, q.text, q.golden_answers, q.history) for q in qs]
+            return [sim_item(q) for q in with_follow_ups(sim, qs, split, opts.conversation_share, seed)]
 
         return cls(sim, items(train, "train"), items(val, "val"), cfg, items(heldout, "test"))
 
@@ -129,8 +133,7 @@ class SimulatedWorld(World):
     def follow_up_items(self, split: str, n: int | None = None) -> list[Item]:
         """`n` follow-ups of `split` as items with their history (the conversation measurement,
         benchmarks/bench_conversation.py, plays each with and without it)."""
-        return [item(q.id, q.text, q.golden_answers, q.history)
-                for q in self.sim.world.follow_ups(split, n, seed=self.cfg.split_seed)]
+        return [sim_item(q) for q in self.sim.world.follow_ups(split, n, seed=self.cfg.split_seed)]
 
     def reserved_names(self) -> list[str]:
         """Every name and alias of the pool file, unseen models included: synthetic pools never
