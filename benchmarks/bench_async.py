@@ -82,6 +82,8 @@ def base_config(out: Path, val_size: int, **over):
                            "cache": False, "num_cpus": 0}
     raw["mlflow"] = {"enabled": False}
     raw["data"]["sim"].update(val_size=val_size, heldout_size=0)
+    # The warm start's mix these figures were measured with (the demo's until 2026-12-07 13:50 UTC).
+    raw["warmstart"]["trace_mix"] = {"expert": 0.6, "generalist": 0.3, "random": 0.1}
     return load_config(None, {**raw, **over})
 
 

@@ -55,6 +55,8 @@ def config(out: Path, share: float, warm_steps: int, steps: int, seed: int):
                            "cache": False, "num_cpus": 0}
     raw["mlflow"] = {"enabled": False}
     raw["data"]["sim"].update(val_size=32, heldout_size=0, conversation_share=share)
+    # The warm start's mix these figures were measured with (the demo's until 2026-12-07 13:50 UTC).
+    raw["warmstart"]["trace_mix"] = {"expert": 0.6, "generalist": 0.3, "random": 0.1}
     raw["warmstart"]["steps"] = warm_steps
     raw["train"].update(steps=steps, checkpoint_every=max(steps, 1), sample_every=0)
     return load_config(None, raw)
