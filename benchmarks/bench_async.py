@@ -49,14 +49,13 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import yaml
 
+from benchmarks.demo_config import ROOT, demo_raw
 from pipelines.train import Hooks, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARE = (0.45, 0.55)  # the synchronous step's share of time in rollouts the issue asks for
 
 
@@ -76,14 +75,7 @@ def pool_file(folder: Path, scale: float) -> Path:
 def base_config(out: Path, val_size: int, **over):
     from router_r1.infra.config import load_config
 
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    raw.update(name="bench-async", output_dir=str(out), pool=str(ROOT / "configs" / "pool_simulated.yaml"))
-    raw["pool_runtime"] = {"actor_name": f"bench_async_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
-                           "cache": False, "num_cpus": 0}
-    raw["mlflow"] = {"enabled": False}
-    raw["data"]["sim"].update(val_size=val_size, heldout_size=0)
-    # The warm start's mix these figures were measured with (the demo's until 2026-12-07 13:50 UTC).
-    raw["warmstart"]["trace_mix"] = {"expert": 0.6, "generalist": 0.3, "random": 0.1}
+    raw = demo_raw("bench-async", out, "bench_async", val_size=val_size)
     return load_config(None, {**raw, **over})
 
 

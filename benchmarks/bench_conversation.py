@@ -30,14 +30,11 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.demo_config import ROOT, demo_raw
 
 
 def log(msg: str) -> None:
@@ -48,15 +45,8 @@ def config(out: Path, share: float, warm_steps: int, steps: int, seed: int):
     """configs/demo.yaml with follow-ups, a shorter warm start, no MLflow and no ledger."""
     from router_r1.infra.config import load_config
 
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    raw.update(name="bench-conversation", seed=seed, output_dir=str(out),
-               pool=str(ROOT / "configs" / "pool_simulated.yaml"))
-    raw["pool_runtime"] = {"actor_name": f"bench_convo_{uuid.uuid4().hex[:8]}", "ledger_dir": None,
-                           "cache": False, "num_cpus": 0}
-    raw["mlflow"] = {"enabled": False}
-    raw["data"]["sim"].update(val_size=32, heldout_size=0, conversation_share=share)
-    # The warm start's mix these figures were measured with (the demo's until 2026-12-07 13:50 UTC).
-    raw["warmstart"]["trace_mix"] = {"expert": 0.6, "generalist": 0.3, "random": 0.1}
+    raw = demo_raw("bench-conversation", out, "bench_convo", val_size=32, conversation_share=share)
+    raw["seed"] = seed
     raw["warmstart"]["steps"] = warm_steps
     raw["train"].update(steps=steps, checkpoint_every=max(steps, 1), sample_every=0)
     return load_config(None, raw)

@@ -28,6 +28,10 @@ WALL_S = 600.0
 EPS = 1e-9  # 0.70 - 0.65 is 0.0499999... in floating point: a goal met on paper is met
 
 
+def _at_least(x: float, floor: float) -> bool:
+    return x >= floor - EPS
+
+
 def demo_goals(report: dict) -> list[tuple[str, bool, str]]:
     """(goal, met, the figures behind it) for one report (router_r1.train's report.json)."""
     start, end = report["eval"]["start"], report["eval"]["end"]
@@ -35,19 +39,19 @@ def demo_goals(report: dict) -> list[tuple[str, bool, str]]:
     r0, r1 = start["reward/mean"], end["reward/mean"]
     c0, c1 = start["cost/mean_usd"], end["cost/mean_usd"]
     e0, e1 = start["outcome/em"], end["outcome/em"]
-    gain = r1 - r0 >= REWARD_GAIN - EPS
-    cheaper = c1 <= COST_RATIO * c0 * (1 + EPS) and e1 >= e0 - EM_SLACK - EPS
+    gain = _at_least(r1 - r0, REWARD_GAIN)
+    cheaper = c1 <= COST_RATIO * c0 * (1 + EPS) and _at_least(e1, e0 - EM_SLACK)  # costs ~1e-5: relative
     held = report["extra"]["held_out_entities"]["reward"]
     best_name, best = ref["best_single"]
     return [
         ("RL does the work", gain or cheaper,
          (f"val reward {r0:.3f} -> {r1:.3f} ({r1 - r0:+.3f}); cost {c0:.3g} -> {c1:.3g} "
          f"({c1 / c0 if c0 else float('inf'):.2f}x) at EM {e0:.3f} -> {e1:.3f}")),
-        ("held-out entities kept", held[1] >= held[0] - HELD_OUT_SLACK - EPS,
+        ("held-out entities kept", _at_least(held[1], held[0] - HELD_OUT_SLACK),
          f"reward {held[0]:.3f} -> {held[1]:.3f}"),
         ("above the best single model", r1 > best, f"{r1:.3f} vs {best_name} {best:.3f}"),
         ("above random routing", r1 > ref["random"], f"{r1:.3f} vs {ref['random']:.3f}"),
-        ("of the oracle", ref["fraction_of_oracle"] >= ORACLE_FRACTION - EPS,
+        ("of the oracle", _at_least(ref["fraction_of_oracle"], ORACLE_FRACTION),
          f"{ref['fraction_of_oracle']:.3f} (oracle {ref['oracle']:.3f}; goal {ORACLE_FRACTION})"),
         ("within 10 minutes", report["wall_s"] <= WALL_S, f"{report['wall_s']:.0f} s"),
     ]
