@@ -52,7 +52,7 @@ def demo_goals(report: dict) -> list[tuple[str, bool, str]]:
         ("above the best single model", r1 > best, f"{r1:.3f} vs {best_name} {best:.3f}"),
         ("above random routing", r1 > ref["random"], f"{r1:.3f} vs {ref['random']:.3f}"),
         ("of the oracle", _at_least(ref["fraction_of_oracle"], ORACLE_FRACTION),
-         f"{ref['fraction_of_oracle']:.3f} (oracle {ref['oracle']:.3f}; goal {ORACLE_FRACTION})"),
+         f"{ref['fraction_of_oracle']:.4f} (oracle {ref['oracle']:.3f}; goal {ORACLE_FRACTION})"),
         ("within 10 minutes", report["wall_s"] <= WALL_S, f"{report['wall_s']:.0f} s"),
     ]
 
