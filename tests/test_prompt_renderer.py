@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from router_r1.engines.model import save_policy, train_tokenizer
-from router_r1.env.prompt import (PromptOptions, load_prompt_options, render_prompt, render_prompt_ids,
+from router_r1.env.prompt import (PromptOptions, fit_history, load_prompt_options, render_prompt, render_prompt_ids,
                                   user_turn)
 from router_r1.infra.config import load_config
 from router_r1.pool.descriptors import load_pool
@@ -296,3 +296,33 @@ def test_evaluate_and_serve_offer_unseen_models(tmp_path):
                             prompt_options=load_prompt_options(tmp_path / "policy"))
     plan = service.plan(ChatCompletionRequest(model="router-r1", messages=[{"role": "user", "content": "q"}]), "t")
     assert UNSEEN in plan.prompt and plan.pool.resolve(UNSEEN) is not None
+
+
+def test_fit_history_cuts_oldest_turns_then_system_turns_in_few_calls():
+    """Cut order: user/assistant turns oldest first, then system turns oldest first; the
+    cut is found by bisection (monotone `fits`), in far fewer calls than one per turn."""
+    def turn(role, n):
+        return {"role": role, "content": "x" * n}
+
+    history = [turn("system", 5), turn("user", 10), turn("assistant", 20), turn("developer", 7),
+               turn("user", 30), turn("assistant", 40)]
+    calls = []
+
+    def under(budget):
+        def fits(turns):
+            calls.append(len(turns))
+            return sum(len(t["content"]) for t in turns) <= budget
+        return fits
+
+    # Totals as turns go: 112 -> 102 (user 10) -> 82 (assistant 20) -> 52 (user 30) -> 12
+    # (assistant 40) -> 7 (system 5) -> 0 (developer 7).
+    s5, u10, a20, d7, u30, a40 = history
+    for budget, kept in [(112, history), (111, [s5, a20, d7, u30, a40]), (90, [s5, d7, u30, a40]),
+                         (60, [s5, d7, a40]), (52, [s5, d7, a40]), (51, [s5, d7]), (12, [s5, d7]),
+                         (11, [d7]), (7, [d7]), (6, [])]:
+        assert fit_history(history, under(budget)) == kept, budget
+    assert fit_history([], under(0)) == []
+    long = [turn("user" if i % 2 == 0 else "assistant", 1) for i in range(64)]
+    calls.clear()
+    assert fit_history(long, under(3)) == long[-3:]
+    assert len(calls) <= 8, calls  # 1 + ceil(log2 64) + 1, not 62

@@ -100,12 +100,28 @@ def conversation_block(history: Sequence[Turn]) -> str:
 def fit_history(history: Sequence[Turn], fits: Callable[[list[Turn]], bool]) -> list[Turn]:
     """The longest history `fits` accepts, cut by one rule: the oldest user/assistant turn goes
     first, one at a time; system turns are kept to the last and then go too (the question
-    itself is never cut here; `max_question_tokens` cuts it to its tail)."""
-    kept = list(history)
-    while kept and not fits(kept):
-        others = [i for i, t in enumerate(kept) if t["role"] not in ("system", "developer")]
-        kept.pop(others[0] if others else 0)
-    return kept
+    itself is never cut here; `max_question_tokens` cuts it to its tail). `fits` must be monotone
+    (a history that fits still fits with a turn fewer, as a token budget is): the number of turns
+    to cut is then found by bisection, in about log2(n) calls of `fits` instead of up to n, each
+    of which renders and tokenizes the whole prompt."""
+    turns = list(history)
+    if not turns or fits(turns):  # the common case: the whole conversation fits
+        return turns
+    system = [i for i, t in enumerate(turns) if t["role"] in ("system", "developer")]
+    order = [i for i in range(len(turns)) if i not in set(system)] + system  # the order turns go in
+
+    def without_first(k: int) -> list[Turn]:
+        gone = set(order[:k])
+        return [t for i, t in enumerate(turns) if i not in gone]
+
+    lo, hi = 1, len(turns)  # the fewest turns to cut lies in [lo, hi]; cutting all always "fits"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(without_first(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return without_first(lo)
 
 
 class PromptOptions(BaseModel):
