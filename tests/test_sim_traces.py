@@ -166,6 +166,28 @@ def test_subject_swap_gives_each_trace_a_fresh_subject_everywhere(sim):
         make_traces(sim, qs, subject_swap=1.5)
 
 
+def test_renamed_subjects_are_never_held_out_entities_unless_asked(sim):
+    """swap_names "all" (the default) draws a renamed subject among every entity of its kind,
+    held-out ones included; "training" only among entities training questions may ask about, so
+    no trace writes a held-out (validation or test) subject's name."""
+    world = sim.world
+    assert all(world.trained_subject(q.subject) for q in world.questions("train"))
+    assert not any(world.trained_subject(q.subject) for q in world.questions("val") + world.questions("test"))
+    qs = world.questions("train", 200)
+    base = make_traces(sim, qs, seed=5, mix={"expert": 1.0})
+    drawn = {}
+    for names in ("training", "all"):
+        swapped = make_traces(sim, qs, seed=5, mix={"expert": 1.0}, subject_swap=1.0, swap_names=names)
+        new = []
+        for q, a, b in zip(qs, base, swapped):
+            old = world.entities[q.subject]
+            new += [e for e in world.by_kind(old.kind) if a.question.replace(old.name, e.name) == b.question]
+        assert len(new) == len(qs)  # each trace renamed to exactly one entity of its kind
+        drawn[names] = [world.trained_subject(e.id) for e in new]
+    assert all(drawn["training"])
+    assert not all(drawn["all"])  # ~a third of entities are held out under the default split
+
+
 def test_generalist_traces_ask_the_model_best_over_all_domains_once():
     """The sweep's pool: the generalist is the most accurate and the most expensive model; its
     trace is one call with the whole question, the expert's goes to cheaper specialists."""

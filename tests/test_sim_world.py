@@ -214,3 +214,26 @@ def test_split_option_reaches_the_training_world():
     assert we.extra_evals() == {} and "entities" in we.held_out()
     with pytest.raises(ValueError):
         load_config(root / "configs" / "demo.yaml", {"data.sim.split": "fact"})
+
+
+@pytest.mark.parametrize("swap_names, leaks", [("training", False), ("all", True)])
+def test_warm_start_names_held_out_entities_only_when_asked(swap_names, leaks):
+    """The held-out-entity test asks about subjects no training question asks about; with
+    warmstart.swap_names "training" no renamed warm-start trace asks about them either, where
+    "all" (the default, the demo's) names them as renamed subjects. (A held-out entity may still
+    be the answer of a training question, as in the world itself.)"""
+    import re
+
+    from router_r1.infra.config import load_config
+    from router_r1.worlds.base import make_world
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "demo.yaml", {"warmstart.num_traces": 600,
+                                                       "warmstart.swap_names": swap_names})
+    spec = cfg.load_pool().seen()
+    w = make_world(cfg, spec)
+    kb = w.sim.world
+    held = {kb.entities[kb.question(it["id"]).subject].name for it in w.extra_evals()["held_out_entities"]}
+    text = "\n".join(t.question for t in w.warmstart_traces(spec, None))
+    written = {n for n in held if re.search(rf"\b{re.escape(n)}\b", text)}
+    assert bool(written) is leaks, sorted(written)

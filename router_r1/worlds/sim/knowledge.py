@@ -232,6 +232,12 @@ class KnowledgeBase:
                 self._index.setdefault(k, e.id)
                 self._max_name_words = max(self._max_name_words, len(k))
 
+    def trained_subject(self, entity_id: str) -> bool:
+        """Whether training questions may ask about this entity: not a held-out (test) subject
+        and, under the entity rule, not a validation one either. With `warmstart.swap_names:
+        training` renamed warm-start traces take only such names (`traces.swap_subject`)."""
+        return self._split_of(entity_id) == "train"
+
     def _split_of(self, subject: str) -> str:
         """The split of a question about `subject` under the entity rule; under the question
         rule, "test" or "train" (val is then chosen per question in `_hold_out_questions`)."""

@@ -28,7 +28,7 @@ from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import DOMAINS
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.plans import STRONG
-from router_r1.worlds.sim.traces import make_trace, swap_subject
+from router_r1.worlds.sim.traces import SwapNames, make_trace, swap_subject
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
 # Name parts: the real pool's pieces and others, combined at random (a name says nothing about
@@ -114,9 +114,10 @@ def random_pool(rng: random.Random, reserved: Iterable[str] = (), sizes: tuple[i
 
 def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: int = 0,
                      reserved: Iterable[str] = (), layout: PromptLayout = "full",
-                     subject_swap: float = 0.0) -> list[Episode]:
+                     subject_swap: float = 0.0, swap_names: SwapNames = "all") -> list[Episode]:
     """One expert trace per question, each over its own random pool (on `sim`'s world), carrying
-    that pool (`Episode.pool`); a `subject_swap` share get a fresh subject (`traces.swap_subject`)."""
+    that pool (`Episode.pool`); a `subject_swap` share get a fresh subject, drawn as `swap_names`
+    says (`traces.swap_subject`)."""
     reserved = list(reserved)
     rng, subject_rng = random.Random(f"{seed}-synthetic"), random.Random(f"{seed}-synthetic-subject")
     out = []
@@ -128,6 +129,6 @@ def synthetic_traces(sim: Simulation, questions: Sequence[SimQuestion], seed: in
         ep.meta["synthetic_pool"] = True
         if subject_swap and subject_rng.random() < subject_swap:
             subject = sim.world.entities[q.subject]
-            ep = swap_subject(ep, subject.name, subject.kind, synth, subject_rng)
+            ep = swap_subject(ep, subject.name, subject.kind, synth, subject_rng, swap_names)
         out.append(ep)
     return out

@@ -123,15 +123,25 @@ def _call_result(sim: Simulation, c: SimCall) -> CallResult:
                       latency_s=sim.descriptor(c.model).latency_s, attempts=1)
 
 
-def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random) -> Episode:
+SwapNames = Literal["all", "training"]
+
+
+def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random,
+                 names: SwapNames = "all") -> Episode:
     """The same trace about another entity of the subject's kind: `old` (the question's subject)
     is renamed everywhere, in the question, the sub-questions, the replies and the answer. The
     facts become false; the text stays consistent. With one fresh name per trace the router cannot
     tie a question's words to a remembered name: the only way to write the right name is to copy
     it out of the question (docs/training.md, the demo's choices). A follow-up's subject is named
-only in its history (the earlier answer), renamed there too: it is copied out of the history."""
+only in its history (the earlier answer), renamed there too: it is copied out of the history.
+    `names`: "all" draws the new name among every entity of the kind, held-out ones included
+    (their names are written, about false facts, as pretraining text would name them); "training"
+    only among entities training questions may ask about, so a held-out entity (a validation or
+    test subject under the entity rule, a test one under the question rule) is never written."""
     text = " ".join([ep.question, *(t["content"] for t in ep.history), *(x.text for x in ep.segments)])
-    choices = [e.name for e in sim.world.by_kind(kind) if e.name != old and e.name not in text]
+    world = sim.world
+    choices = [e.name for e in world.by_kind(kind) if e.name != old and e.name not in text
+               and (names == "all" or world.trained_subject(e.id))]
     if not choices:
         return ep
     new = rng.choice(choices)
@@ -149,12 +159,12 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                 mix: dict[str, float] | None = None, seed: int = 0,
                 reward_cfg: RewardConfig | None = None,
                 instructions: str | None = None, layout: PromptLayout = "full",
-                subject_swap: float = 0.0) -> list[Episode]:
+                subject_swap: float = 0.0, swap_names: SwapNames = "all") -> list[Episode]:
     """One trace per question, its policy drawn with the weights of `mix` (default: 60% expert,
     40% random: the format and sensible routing, plus enough variety for RL to explore from).
     A `subject_swap` share of them have their subject renamed (`swap_subject`): fresh names in
-    every trace. A swapped trace keeps no prompt: the rollout worker renders it from the renamed
-    question."""
+    every trace, drawn as `swap_names` says (`swap_subject`). A swapped trace keeps no prompt: the
+    rollout worker renders it from the renamed question."""
     mix = mix or DEFAULT_MIX
     check_trace_mix(mix, TRACE_POLICIES, "simulated")
     if not 0.0 <= subject_swap <= 1.0:
@@ -168,7 +178,7 @@ def make_traces(sim: Simulation, questions: Sequence[SimQuestion],
                         instructions=instructions, layout=layout)
         if subject_swap and subject_rng.random() < subject_swap:
             subject = sim.world.entities[q.subject]
-            ep = swap_subject(ep, subject.name, subject.kind, sim, subject_rng)
+            ep = swap_subject(ep, subject.name, subject.kind, sim, subject_rng, swap_names)
         out.append(ep)
     return out
 

@@ -123,10 +123,12 @@ class SimulatedWorld(World):
         plain = with_follow_ups(self.sim, qs[n_synth:], "train", cfg.data.sim.conversation_share, cfg.seed + 1,
                                 shuffle=True)
         traces = make_traces(self.sim, plain, mix=ws.trace_mix, seed=cfg.seed, reward_cfg=cfg.reward,
-                             layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
+                             layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap,
+                             swap_names=ws.swap_names)
         if n_synth:
             traces += synthetic_traces(self.sim, qs[:n_synth], seed=cfg.seed + 1, reserved=self.reserved_names(),
-                                       layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap)
+                                       layout=cfg.policy.prompt_layout, subject_swap=ws.subject_swap,
+                                       swap_names=ws.swap_names)
             random.Random(f"{cfg.seed}-trace-order").shuffle(traces)
         return traces
 
