@@ -8,6 +8,7 @@ template) and the Qwen2-style byte-level BPE one with a chat template (tests/bpe
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -322,7 +323,22 @@ def test_fit_history_cuts_oldest_turns_then_system_turns_in_few_calls():
                          (11, [d7]), (7, [d7]), (6, [])]:
         assert fit_history(history, under(budget)) == kept, budget
     assert fit_history([], under(0)) == []
+    assert fit_history(history, lambda turns: False) == []  # not even [] fits: everything goes
     long = [turn("user" if i % 2 == 0 else "assistant", 1) for i in range(64)]
     calls.clear()
     assert fit_history(long, under(3)) == long[-3:]
-    assert len(calls) <= 8, calls  # 1 + ceil(log2 64) + 1, not 62
+    assert len(calls) <= 7, calls  # the whole history, then a bisection over 1..64: not 62 calls
+
+    def one_at_a_time(history, fits):  # the rule as stated, one turn at a time
+        kept = list(history)
+        while kept and not fits(kept):
+            others = [i for i, t in enumerate(kept) if t["role"] not in ("system", "developer")]
+            kept.pop(others[0] if others else 0)
+        return kept
+
+    rng = random.Random(0)
+    roles = ["system", "developer", "user", "assistant", "user", "assistant"]
+    for _ in range(300):
+        h = [turn(rng.choice(roles), rng.randrange(1, 30)) for _ in range(rng.randrange(0, 12))]
+        budget = rng.randrange(0, 200)
+        assert fit_history(h, under(budget)) == one_at_a_time(h, under(budget)), (h, budget)

@@ -233,6 +233,9 @@ def test_warm_start_names_held_out_entities_only_when_asked(swap_names, leaks):
     spec = cfg.load_pool().seen()
     w = make_world(cfg, spec)
     kb = w.sim.world
+    # Under the question rule (the demo's) validation subjects are training subjects; test ones not.
+    assert all(kb.trained_subject(kb.question(it["id"]).subject) for it in w.questions("train") + w.questions("val"))
+    assert not any(kb.trained_subject(q.subject) for q in kb.questions("test"))
     held = {kb.entities[kb.question(it["id"]).subject].name for it in w.extra_evals()["held_out_entities"]}
     text = "\n".join(t.question for t in w.warmstart_traces(spec, None))
     written = {n for n in held if re.search(rf"\b{re.escape(n)}\b", text)}

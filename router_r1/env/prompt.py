@@ -108,7 +108,8 @@ def fit_history(history: Sequence[Turn], fits: Callable[[list[Turn]], bool]) -> 
     if not turns or fits(turns):  # the common case: the whole conversation fits
         return turns
     system = [i for i, t in enumerate(turns) if t["role"] in ("system", "developer")]
-    order = [i for i in range(len(turns)) if i not in set(system)] + system  # the order turns go in
+    others = [i for i, t in enumerate(turns) if t["role"] not in ("system", "developer")]
+    order = others + system  # the order turns go in
 
     def without_first(k: int) -> list[Turn]:
         gone = set(order[:k])

@@ -186,11 +186,11 @@ class WarmStartConfig(_Section):
     # throughout (router_r1.worlds.sim.traces.swap_subject): fresh names in every trace, so names
     # can only be written by copying them out of the question.
     subject_swap: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Where a renamed subject's new name comes from: "all" (every entity of the kind: the warm
-    # start, like pretraining, has the router write every name, held-out entities' included,
-    # while the facts it states about a renamed subject are false) or "training" (only entities
-    # training questions may ask about: a held-out entity's name is never written in training,
-    # which a router built from scratch cannot then copy; docs/training.md, the demo now).
+    # Where a renamed subject's new name comes from: "all" (every entity of the kind, held-out
+    # entities included, as pretraining text would name them; the facts a renamed trace states
+    # about it are false) or "training" (only entities training questions may ask about: no
+    # trace asks about a held-out entity, though one may still be written as another question's
+    # answer or hop; docs/training.md, the demo now).
     swap_names: Literal["all", "training"] = "all"
     # Share of simulator traces played over a random synthetic pool each, routed by the
     # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so

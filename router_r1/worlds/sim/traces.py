@@ -135,9 +135,10 @@ def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.
     it out of the question (docs/training.md, the demo's choices). A follow-up's subject is named
 only in its history (the earlier answer), renamed there too: it is copied out of the history.
     `names`: "all" draws the new name among every entity of the kind, held-out ones included
-    (their names are written, about false facts, as pretraining text would name them); "training"
-    only among entities training questions may ask about, so a held-out entity (a validation or
-    test subject under the entity rule, a test one under the question rule) is never written."""
+    (about false facts, as pretraining text would name them); "training" only among entities
+    training questions may ask about, so no renamed trace asks about a held-out entity (a
+    validation or test subject under the entity rule, a test one under the question rule); it may
+    still name one as an answer or a hop, as training questions do."""
     text = " ".join([ep.question, *(t["content"] for t in ep.history), *(x.text for x in ep.segments)])
     world = sim.world
     choices = [e.name for e in world.by_kind(kind) if e.name != old and e.name not in text
