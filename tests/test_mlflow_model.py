@@ -131,3 +131,33 @@ def test_the_mlflow_model_loads_and_predicts_in_a_fresh_virtualenv(logged, tmp_p
     assert [r["question"] for r in got["rows"]] == QUESTIONS and all(r["answer"] for r in got["rows"])
     assert str(logged) in got["router_r1"] or "/code/" in got["router_r1"]  # the model's own code
     print(f"fresh virtualenv: install + predict in {time.monotonic() - t0:.0f} s")
+
+
+def test_first_calls_from_many_threads_share_one_event_loop(scripted):
+    """`Router.chat`/`route` called from many threads at once (a thread pool of requests) run on
+    one event loop: two loops would split the pool core's state and hand the turn batcher's lock
+    to a loop it is not bound to ("... is bound to a different event loop")."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import router_r1
+
+    ckpt, _ = scripted
+    r = router_r1.Router.load(ckpt, pool=SIM_POOL, **{"episode.max_turns": 2, "episode.max_new_tokens": 48})
+    before = {t.ident for t in threading.enumerate() if t.name == "router-r1"}
+    start = threading.Barrier(12)
+
+    def ask(i: int) -> dict:
+        start.wait()
+        return r.route(f"question number {i}?")
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            rows = list(pool.map(ask, range(12)))
+        loops = {t.ident for t in threading.enumerate() if t.name == "router-r1"} - before
+        assert all(row["answer"] for row in rows)
+        assert len(loops) == 1, f"{len(loops)} event-loop threads for one router"
+    finally:
+        r.close()
+    assert r.route(QUESTIONS[0])["answer"]  # usable again after close: a new loop, the batcher follows it
+    r.close()

@@ -92,6 +92,7 @@ class TurnBatcher:
         self._generate, self.max_batch_size = generate, max_batch_size
         self._pending: list[tuple[list[int], GenParams, TokenSink | None, asyncio.Future]] = []
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None  # the loop `_lock` belongs to
         self._flushes: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self.batches = self.turns = 0
 
@@ -108,8 +109,9 @@ class TurnBatcher:
         task.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:  # first use, or the owner moved to a new loop (Router.close)
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]

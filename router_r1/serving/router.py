@@ -38,6 +38,7 @@ class Router:
         self.tenant = "default"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()  # first calls from many threads start one loop, not one each
 
     @classmethod
     def load(cls, checkpoint: str | Path, pool: str | Path | PoolSpec | None = None, *,
@@ -117,19 +118,22 @@ class Router:
 
     def _run(self, coro: Coroutine) -> Any:
         """Run on the router's own event loop (a daemon thread), so the pool core's state stays on
-        one loop and this works inside a running loop too (a notebook)."""
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="router-r1", daemon=True)
-            self._thread.start()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        one loop and this works inside a running loop too (a notebook), from any number of threads."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="router-r1", daemon=True)
+                self._thread.start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def close(self) -> None:
-        """Flush the pool's ledger and stop the router's event loop."""
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self.core.close(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop = None
+        """Flush the pool's ledger and stop the router's event loop (a later call starts another)."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self.core.close(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
         else:
             self.core.ledger.close()
 
