@@ -1,5 +1,5 @@
 """Does the served router read the conversation? `python -m benchmarks.bench_conversation
-[--policy DIR | --warm-steps 900 --steps 2] [--split val] [--n 64]`.
+[--policy DIR | --warm-steps 900 --steps 2 --traces 1000] [--split val] [--n 64]`.
 
 Trains (unless `--policy` names a trained one) the demo router (configs/demo.yaml) with simulator
 follow-ups mixed in (`data.sim.conversation_share`, default 0.3 here: a two-hop chain's first hop
@@ -41,13 +41,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def config(out: Path, share: float, warm_steps: int, steps: int, seed: int):
-    """configs/demo.yaml with follow-ups, a shorter warm start, no MLflow and no ledger."""
+def config(out: Path, share: float, warm_steps: int, steps: int, seed: int, traces: int | None = None):
+    """configs/demo.yaml with follow-ups, a shorter warm start, no MLflow and no ledger; `traces`:
+    warm-start traces (default: the 1,000 the published figures were measured with)."""
     from router_r1.infra.config import load_config
 
     raw = demo_raw("bench-conversation", out, "bench_convo", val_size=32, conversation_share=share)
     raw["seed"] = seed
     raw["warmstart"]["steps"] = warm_steps
+    if traces is not None:
+        raw["warmstart"]["num_traces"] = traces
     raw["train"].update(steps=steps, checkpoint_every=max(steps, 1), sample_every=0)
     return load_config(None, raw)
 
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share", type=float, default=0.3, help="data.sim.conversation_share of the training run")
     p.add_argument("--warm-steps", type=int, default=900, help="warm-start steps of the training run")
     p.add_argument("--steps", type=int, default=2, help="GRPO steps of the training run")
+    p.add_argument("--traces", type=int, default=None,
+                   help="warm-start traces of the training run (default: 1,000, as the published figures)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="val", choices=["val", "test"], help="which held-out follow-ups")
     p.add_argument("--n", type=int, default=64, help="follow-ups played per arm")
@@ -137,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ADDRESS", "local")
     load_before = os.getloadavg()
     folder = Path(tempfile.mkdtemp(prefix="bench_conversation_"))
-    cfg = config(folder / "run", a.share, a.warm_steps, a.steps, a.seed)
+    cfg = config(folder / "run", a.share, a.warm_steps, a.steps, a.seed, a.traces)
     t0 = time.perf_counter()
     report = None
     policy = Path(a.policy) if a.policy else None
     if policy is None:
-        log(f"training the demo router with conversation_share {a.share}, {a.warm_steps} warm-start steps, "
-            f"{a.steps} GRPO steps, in {folder}")
+        log(f"training the demo router with conversation_share {a.share}, {a.warm_steps} warm-start steps on "
+            f"{cfg.warmstart.num_traces} traces, {a.steps} GRPO steps, in {folder}")
         policy, report = train(cfg)
     train_s = time.perf_counter() - t0
     log(f"serving {policy} on {a.n} {a.split} follow-ups, with and without the history")
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     out = measure(policy, cfg, a.split, a.n, a.workers, a.conversation)
     out.update(world="simulator (configs/pool_simulated.yaml)", seed=a.seed, policy=str(policy),
                training={"conversation_share": a.share, "warmstart_steps": a.warm_steps, "grpo_steps": a.steps,
+                         "warmstart_traces": cfg.warmstart.num_traces,
                          "config": "configs/demo.yaml", "wall_s": train_s if report else None,
                          "val_by_type": (report or {}).get("by_type")},
                serve_wall_s=time.perf_counter() - t1, load_before=load_before, load_after=os.getloadavg())
