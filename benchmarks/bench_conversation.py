@@ -34,23 +34,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.demo_config import ROOT, demo_raw
+from benchmarks.demo_config import MEASURED_TRACES, ROOT, demo_raw
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def config(out: Path, share: float, warm_steps: int, steps: int, seed: int, traces: int | None = None):
-    """configs/demo.yaml with follow-ups, a shorter warm start, no MLflow and no ledger; `traces`:
-    warm-start traces (default: the 1,000 the published figures were measured with)."""
+def config(out: Path, share: float, warm_steps: int, steps: int, seed: int, traces: int):
+    """configs/demo.yaml with follow-ups, a shorter warm start on `traces` traces, no MLflow and no
+    ledger."""
     from router_r1.infra.config import load_config
 
     raw = demo_raw("bench-conversation", out, "bench_convo", val_size=32, conversation_share=share)
     raw["seed"] = seed
-    raw["warmstart"]["steps"] = warm_steps
-    if traces is not None:
-        raw["warmstart"]["num_traces"] = traces
+    raw["warmstart"].update(steps=warm_steps, num_traces=traces)
     raw["train"].update(steps=steps, checkpoint_every=max(steps, 1), sample_every=0)
     return load_config(None, raw)
 
@@ -128,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share", type=float, default=0.3, help="data.sim.conversation_share of the training run")
     p.add_argument("--warm-steps", type=int, default=900, help="warm-start steps of the training run")
     p.add_argument("--steps", type=int, default=2, help="GRPO steps of the training run")
-    p.add_argument("--traces", type=int, default=None,
-                   help="warm-start traces of the training run (default: 1,000, as the published figures)")
+    p.add_argument("--traces", type=int, default=MEASURED_TRACES["num_traces"],
+                   help="warm-start traces of the training run (default: as the published figures)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="val", choices=["val", "test"], help="which held-out follow-ups")
     p.add_argument("--n", type=int, default=64, help="follow-ups played per arm")

@@ -107,9 +107,8 @@ def fit_history(history: Sequence[Turn], fits: Callable[[list[Turn]], bool]) -> 
     turns = list(history)
     if not turns or fits(turns):  # the common case: the whole conversation fits
         return turns
-    system = [i for i, t in enumerate(turns) if t["role"] in ("system", "developer")]
-    others = [i for i, t in enumerate(turns) if t["role"] not in ("system", "developer")]
-    order = others + system  # the order turns go in
+    # The order turns go in: user/assistant turns oldest first, then system turns (a stable sort).
+    order = sorted(range(len(turns)), key=lambda i: turns[i]["role"] in ("system", "developer"))
 
     def without_first(k: int) -> list[Turn]:
         gone = set(order[:k])

@@ -17,6 +17,9 @@ from router_r1.env.reward import RewardConfig
 from router_r1.pool.descriptors import PoolSpec, load_pool
 from router_r1.pool.runtime import PoolRuntimeConfig
 
+# Where a renamed warm-start subject's new name comes from (WarmStartConfig.swap_names).
+SwapNames = Literal["all", "training"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -191,7 +194,7 @@ class WarmStartConfig(_Section):
     # about it are false) or "training" (only entities training questions may ask about: no
     # trace asks about a held-out entity, though one may still be written as another question's
     # answer or hop; docs/training.md, the demo now).
-    swap_names: Literal["all", "training"] = "all"
+    swap_names: SwapNames = "all"
     # Share of simulator traces played over a random synthetic pool each, routed by the
     # descriptor-only expert (router_r1.worlds.sim.synthetic): teaches reading descriptors, so
     # that a model unseen in training is called where its description says it is strong.

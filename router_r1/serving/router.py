@@ -37,7 +37,6 @@ class Router:
         self.service, self.core, self.batcher, self.cfg = service, core, batcher, cfg
         self.tenant = "default"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()  # first calls from many threads start one loop, not one each
 
     @classmethod
@@ -122,8 +121,7 @@ class Router:
         with self._loop_lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=self._loop.run_forever, name="router-r1", daemon=True)
-                self._thread.start()
+                threading.Thread(target=self._loop.run_forever, name="router-r1", daemon=True).start()
             loop = self._loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 

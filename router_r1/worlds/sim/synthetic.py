@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from router_r1.env.episode import Episode
 from router_r1.env.prompt import PromptLayout
@@ -28,7 +29,10 @@ from router_r1.worlds.sim.knowledge import SimQuestion
 from router_r1.worlds.sim.language import DOMAINS
 from router_r1.worlds.sim.models import Simulation
 from router_r1.worlds.sim.plans import STRONG
-from router_r1.worlds.sim.traces import SwapNames, make_trace, swap_subject
+from router_r1.worlds.sim.traces import make_trace, swap_subject
+
+if TYPE_CHECKING:
+    from router_r1.infra.config import SwapNames
 
 FAIR = 0.45  # a skill at or above this (and below STRONG) is "fair" in words; below it "weak"
 # Name parts: the real pool's pieces and others, combined at random (a name says nothing about

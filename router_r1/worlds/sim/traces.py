@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from router_r1.env.answer_metrics import exact_match
 from router_r1.env.episode import Episode, Segment
@@ -39,6 +39,9 @@ from router_r1.worlds.sim.language import RELATIONS
 from router_r1.worlds.sim.models import SimCall, Simulation
 from router_r1.worlds.sim.oracle import oracle_plan
 from router_r1.worlds.sim.plans import Plan, expert_plan, generalist_plan, random_plan
+
+if TYPE_CHECKING:
+    from router_r1.infra.config import SwapNames
 
 TracePolicy = Literal["oracle", "expert", "random", "generalist"]
 TRACE_POLICIES = ("oracle", "expert", "random", "generalist")
@@ -121,9 +124,6 @@ def _call_result(sim: Simulation, c: SimCall) -> CallResult:
     return CallResult(model=c.model, text=c.reply.text, prompt_tokens=c.prompt_tokens,
                       completion_tokens=c.completion_tokens, cost_usd=c.cost_usd,
                       latency_s=sim.descriptor(c.model).latency_s, attempts=1)
-
-
-SwapNames = Literal["all", "training"]
 
 
 def swap_subject(ep: Episode, old: str, kind: str, sim: Simulation, rng: random.Random,
